@@ -1,0 +1,225 @@
+"""Retrieval datasets in BEIR layout: ``corpus.jsonl``, ``queries.jsonl``, ``qrels/<split>.tsv``.
+
+:func:`load_dataset` reads a folder, or a BEIR dataset name that it downloads once into a cache
+folder. Rows keep file order, so row ``i`` of a precomputed ``corpus.npy`` is line ``i`` of
+``corpus.jsonl``. Every malformed input raises :class:`DataError` naming the file and line.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+import urllib.error
+import urllib.request
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+__all__ = ["DataError", "Dataset", "load_dataset", "download_beir", "default_cache_dir"]
+
+logger = logging.getLogger(__name__)
+
+BEIR_URL = "https://public.ukp.informatik.tu-darmstadt.de/thakur/BEIR/datasets/{name}.zip"
+# md5 sums published by BEIR (beir/datasets/README); checked when known.
+BEIR_MD5 = {
+    "scifact": "5f7d1de60b170fc8027bb7898e2efca1",
+    "nfcorpus": "a89dba18a62ef92f7d323ec890a0d38d",
+    "arguana": "8ad3e3c2a5867cdced806d6503f29b99",
+}
+MAX_DOWNLOAD_BYTES = 8 * 1024**3
+
+
+class DataError(ValueError):
+    """A dataset file is missing or malformed; the message names the file and line."""
+
+
+@dataclass
+class Dataset:
+    """A retrieval dataset; documents and queries in file order, judgments of one split."""
+
+    name: str
+    doc_ids: list[str]
+    doc_texts: list[str]  # "title text", stripped: what gets embedded
+    titles: list[str]
+    query_ids: list[str]
+    query_texts: list[str]
+    qrels: dict[str, dict[str, int]]  # qid -> {doc_id: relevance}, only queries with a judgment
+    split: str = "test"
+    path: Path | None = None
+    _doc_index: dict[str, int] = field(default_factory=dict, repr=False)
+
+    @property
+    def eval_query_rows(self) -> list[int]:
+        """Rows of the queries judged in this split (the only ones that are evaluated)."""
+        return [i for i, q in enumerate(self.query_ids) if q in self.qrels]
+
+    def __repr__(self) -> str:
+        return (
+            f"Dataset({self.name!r}, docs={len(self.doc_ids)}, queries={len(self.query_ids)}, "
+            f"judged[{self.split}]={len(self.qrels)})"
+        )
+
+
+def default_cache_dir() -> Path:
+    """``$QAMA_CACHE`` or ``~/.cache/qama``."""
+    return Path(os.environ.get("QAMA_CACHE", Path.home() / ".cache" / "qama"))
+
+
+def _read_jsonl(path: Path, kind: str) -> list[dict]:
+    if not path.is_file():
+        raise DataError(f"{path}: file not found")
+    rows, seen = [], set()
+    with path.open("rb") as f:
+        for lineno, raw in enumerate(f, 1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise DataError(f"{path}:{lineno}: invalid UTF-8 ({e.reason} at byte {e.start})") from None
+            if lineno == 1:
+                line = line.lstrip("\ufeff")
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise DataError(f"{path}:{lineno}: malformed JSON ({e.msg})") from None
+            if not isinstance(obj, dict):
+                raise DataError(f"{path}:{lineno}: expected a JSON object, got {type(obj).__name__}")
+            if "_id" not in obj:
+                raise DataError(f"{path}:{lineno}: missing '_id'")
+            obj["_id"] = str(obj["_id"])
+            if obj["_id"] in seen:
+                raise DataError(f"{path}:{lineno}: duplicate _id {obj['_id']!r}")
+            seen.add(obj["_id"])
+            for key in ("title", "text"):
+                if key in obj and not isinstance(obj[key], str):
+                    raise DataError(f"{path}:{lineno}: '{key}' must be a string")
+            rows.append(obj)
+    if not rows:
+        raise DataError(f"{path}: no {kind} (the file is empty)")
+    return rows
+
+
+def _read_qrels(path: Path, doc_index: dict[str, int], query_set: set[str]) -> dict[str, dict[str, int]]:
+    qrels: dict[str, dict[str, int]] = {}
+    with path.open(newline="", encoding="utf-8") as f:
+        reader = csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
+        for lineno, row in enumerate(reader, 1):
+            if not row or (lineno == 1 and row[0] == "query-id"):
+                continue
+            if len(row) != 3:
+                raise DataError(f"{path}:{lineno}: expected 3 tab-separated columns, got {len(row)}")
+            qid, did, score = row
+            try:
+                rel = int(score)
+            except ValueError:
+                raise DataError(f"{path}:{lineno}: relevance {score!r} is not an integer") from None
+            if did not in doc_index:
+                raise DataError(f"{path}:{lineno}: unknown document {did!r}")
+            if qid not in query_set:
+                raise DataError(f"{path}:{lineno}: unknown query {qid!r}")
+            qrels.setdefault(qid, {})[did] = rel
+    # A query judged only with relevance 0 has no relevant document: nDCG is undefined, skip it.
+    return {q: docs for q, docs in qrels.items() if any(r > 0 for r in docs.values())}
+
+
+def load_dataset(path_or_name: str | os.PathLike, split: str = "test", cache_dir: Path | None = None) -> Dataset:
+    """Load a BEIR-layout dataset from a folder, or a BEIR dataset by name (downloaded once).
+
+    >>> ds = load_dataset("../shared/datasets/scifact")  # doctest: +SKIP
+    >>> len(ds.doc_ids), len(ds.qrels)  # doctest: +SKIP
+    (5183, 300)
+    """
+    path = Path(path_or_name)
+    if not path.is_dir():
+        name = str(path_or_name)
+        if os.sep in name or name.startswith("."):
+            raise DataError(f"{path}: no such dataset folder")
+        path = download_beir(name, cache_dir or default_cache_dir())
+    corpus = _read_jsonl(path / "corpus.jsonl", "documents")
+    queries = _read_jsonl(path / "queries.jsonl", "queries")
+    qrels_path = path / "qrels" / f"{split}.tsv"
+    if not qrels_path.is_file():
+        found = sorted(p.stem for p in (path / "qrels").glob("*.tsv"))
+        raise DataError(f"{qrels_path}: split {split!r} does not exist (found: {', '.join(found) or 'none'})")
+    doc_ids = [d["_id"] for d in corpus]
+    doc_index = {d: i for i, d in enumerate(doc_ids)}
+    query_ids = [q["_id"] for q in queries]
+    qrels = _read_qrels(qrels_path, doc_index, set(query_ids))
+    if not qrels:
+        raise DataError(f"{qrels_path}: no query has a relevant document")
+    return Dataset(
+        name=path.name,
+        doc_ids=doc_ids,
+        doc_texts=[(d.get("title", "") + " " + d.get("text", "")).strip() for d in corpus],
+        titles=[d.get("title", "") for d in corpus],
+        query_ids=query_ids,
+        query_texts=[q.get("text", "") for q in queries],
+        qrels=qrels,
+        split=split,
+        path=path,
+        _doc_index=doc_index,
+    )
+
+
+def _safe_extract(zf: zipfile.ZipFile, target: Path) -> None:
+    """Extract refusing absolute paths, ``..`` components and symbolic links (zip slip)."""
+    root = target.resolve()
+    for info in zf.infolist():
+        name = info.filename
+        is_link = (info.external_attr >> 16) & 0o170000 == 0o120000
+        dest = (root / name).resolve()
+        if Path(name).is_absolute() or ".." in Path(name).parts or is_link or not dest.is_relative_to(root):
+            raise DataError(f"refusing unsafe archive member {name!r}")
+    zf.extractall(root)
+
+
+def download_beir(name: str, cache_dir: Path, url: str | None = None, timeout: float = 60.0) -> Path:
+    """Download and unpack the public BEIR archive ``name`` into ``cache_dir/datasets/name``.
+
+    HTTPS only, a timeout and a size cap, md5 checked when BEIR publishes one, written to a
+    temporary file and renamed, so an interrupted download leaves nothing half-done behind.
+    """
+    target = Path(cache_dir) / "datasets" / name
+    if (target / "corpus.jsonl").is_file():
+        return target
+    url = url or BEIR_URL.format(name=name)
+    if not url.startswith("https://"):
+        raise DataError(f"refusing to download over plain HTTP: {url}")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    logger.info("downloading %s", url)
+    with tempfile.TemporaryDirectory(dir=target.parent, prefix=f".{name}-") as tmp:
+        archive = Path(tmp) / f"{name}.zip"
+        md5 = hashlib.md5()
+        try:
+            with urllib.request.urlopen(url, timeout=timeout) as resp, archive.open("wb") as out:
+                size = 0
+                while chunk := resp.read(1 << 20):
+                    size += len(chunk)
+                    if size > MAX_DOWNLOAD_BYTES:
+                        raise DataError(f"{url}: larger than {MAX_DOWNLOAD_BYTES} bytes, refusing")
+                    md5.update(chunk)
+                    out.write(chunk)
+        except (urllib.error.URLError, TimeoutError, OSError) as e:
+            raise DataError(
+                f"cannot download BEIR dataset {name!r} from {url} ({e}); are you offline? "
+                f"Pass a local folder in BEIR layout instead."
+            ) from None
+        expected = BEIR_MD5.get(name)
+        if expected and md5.hexdigest() != expected:
+            raise DataError(f"{url}: md5 {md5.hexdigest()} does not match the published {expected}")
+        extracted = Path(tmp) / "out"
+        with zipfile.ZipFile(archive) as zf:
+            _safe_extract(zf, extracted)
+        inner = extracted / name if (extracted / name).is_dir() else extracted
+        if not (inner / "corpus.jsonl").is_file():
+            raise DataError(f"{url}: archive has no corpus.jsonl")
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(inner, target)
+    return target

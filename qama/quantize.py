@@ -1,0 +1,119 @@
+"""From float embeddings to integer levels: plan values, thresholds, representative values.
+
+An embedding ``z`` of shape ``(n, d)`` is quantised under a :class:`~qama.codes.Plan` in three steps:
+
+1. :func:`plan_values` turns the first ``plan.dim`` dimensions into ``plan.n_values`` values (a
+   0.5-bit segment merges each pair of dimensions into one value; untrained, by their mean);
+2. :class:`Quantizer` compares each value with its thresholds: ``level = #{i : value > θ_i}``;
+3. :func:`qama.codes.pack` expands and packs the levels.
+
+Thresholds are stored as a ``(n_values, 3)`` array padded with ``+inf`` (a value with 2 levels
+has one finite threshold), so every precision goes through the same comparison.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from qama.codes import Plan, pack
+
+__all__ = ["plan_values", "quantile_thresholds", "Quantizer"]
+
+MAX_THRESHOLDS = 3  # 4 levels at most
+
+PairMerge = Callable[[np.ndarray], np.ndarray]
+
+
+def mean_merge(pairs: np.ndarray) -> np.ndarray:
+    """Untrained 0.5-bit merge: the mean of each ``(..., 2)`` pair."""
+    return pairs.mean(axis=-1)
+
+
+def plan_values(z: np.ndarray, plan: Plan, merge: PairMerge = mean_merge) -> np.ndarray:
+    """``(n, d)`` embeddings -> ``(n, plan.n_values)`` values to quantise (prefix ``plan.dim`` used)."""
+    if z.ndim != 2 or z.shape[1] < plan.dim:
+        raise ValueError(f"plan {plan.name!r} needs embeddings with at least {plan.dim} dimensions, got {z.shape}")
+    out, start = [], 0
+    for seg in plan.segments:
+        block = z[:, start : start + seg.dims]
+        if seg.bits == 0.5:
+            block = merge(block.reshape(len(z), seg.n_values, 2))
+        out.append(block)
+        start += seg.dims
+    return np.concatenate(out, axis=1)
+
+
+def quantile_thresholds(values: np.ndarray, value_levels: np.ndarray) -> np.ndarray:
+    """Per-value thresholds at evenly spaced quantiles (4 levels: 25/50/75%; 3: 33/67%; 2: 50%).
+
+    Returns ``(n_values, 3)`` float32, padded with ``+inf``.
+    """
+    thr = np.full((values.shape[1], MAX_THRESHOLDS), np.inf, dtype=np.float32)
+    for n_levels in np.unique(value_levels):
+        cols = np.flatnonzero(value_levels == n_levels)
+        q = np.arange(1, n_levels) / n_levels
+        thr[cols, : n_levels - 1] = np.quantile(values[:, cols], q, axis=0).T
+    return thr
+
+
+@dataclass
+class Quantizer:
+    """Thresholds and representative values of one plan; turns values into levels and codes.
+
+    ``centroids[j, l]`` is the mean of the fitting values of value ``j`` that fell in level ``l``:
+    the float that level stands for when a float query is scored against codes (asymmetric).
+    """
+
+    plan: Plan
+    thresholds: np.ndarray  # (n_values, 3) float32, +inf padded
+    centroids: np.ndarray  # (n_values, 4) float32, 0 padded
+
+    def __post_init__(self) -> None:
+        n = self.plan.n_values
+        if self.thresholds.shape != (n, MAX_THRESHOLDS) or self.centroids.shape != (n, MAX_THRESHOLDS + 1):
+            raise ValueError(
+                f"quantizer for plan {self.plan.name!r} needs thresholds ({n}, 3) and centroids ({n}, 4), "
+                f"got {self.thresholds.shape} and {self.centroids.shape}"
+            )
+
+    @classmethod
+    def fit(cls, values: np.ndarray, plan: Plan, sign_1bit: bool = False) -> Quantizer:
+        """Quantile thresholds fitted on ``(n, plan.n_values)`` values; ``sign_1bit`` puts 2-level
+        thresholds at zero (sign quantisation) instead of the median."""
+        thr = quantile_thresholds(values, plan.value_levels)
+        if sign_1bit:
+            thr[plan.value_levels == 2, 0] = 0.0
+        q = cls(plan, thr, np.zeros((plan.n_values, MAX_THRESHOLDS + 1), dtype=np.float32))
+        q.centroids = q.fit_centroids(values)
+        return q
+
+    def fit_centroids(self, values: np.ndarray) -> np.ndarray:
+        """Mean value in each level (an empty level takes its nearest threshold)."""
+        levels = self.levels(values)
+        cent = np.zeros((self.plan.n_values, MAX_THRESHOLDS + 1), dtype=np.float64)
+        for lv in range(MAX_THRESHOLDS + 1):
+            mask = levels == lv
+            count = mask.sum(axis=0)
+            total = np.where(mask, values, 0.0).sum(axis=0)
+            fallback = self.thresholds[:, min(lv, MAX_THRESHOLDS - 1)]
+            fallback = np.where(np.isfinite(fallback), fallback, self.thresholds[:, 0])
+            cent[:, lv] = np.where(count > 0, total / np.maximum(count, 1), fallback)
+        cent[np.arange(MAX_THRESHOLDS + 1)[None, :] >= self.plan.value_levels[:, None]] = 0.0
+        return cent.astype(np.float32)
+
+    def levels(self, values: np.ndarray) -> np.ndarray:
+        """``(n, n_values)`` values -> int64 levels."""
+        if values.ndim != 2 or values.shape[1] != self.plan.n_values:
+            raise ValueError(f"expected values of shape (n, {self.plan.n_values}), got {values.shape}")
+        return (values[:, :, None] > self.thresholds[None]).sum(axis=-1, dtype=np.int64)
+
+    def encode(self, values: np.ndarray) -> np.ndarray:
+        """``(n, n_values)`` values -> ``(n, code_size)`` packed uint8 codes."""
+        return pack(self.levels(values), self.plan)
+
+    def dequantize(self, levels: np.ndarray) -> np.ndarray:
+        """``(n, n_values)`` levels -> float32 representative values."""
+        return self.centroids[np.arange(self.plan.n_values), levels]
