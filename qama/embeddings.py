@@ -22,7 +22,15 @@ from qama.data import Dataset, default_cache_dir
 if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer
 
-__all__ = ["DEFAULT_MODEL", "EmbeddingError", "load_model", "encode", "embed_dataset", "load_embeddings", "check_embeddings"]
+__all__ = [
+    "DEFAULT_MODEL",
+    "EmbeddingError",
+    "load_model",
+    "encode",
+    "embed_dataset",
+    "load_embeddings",
+    "check_embeddings",
+]
 
 logger = logging.getLogger(__name__)
 

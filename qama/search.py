@@ -26,8 +26,10 @@ def hamming_search(codes: np.ndarray, query_codes: np.ndarray, k: int) -> tuple[
     if k <= 0:
         raise ValueError(f"k must be positive, got {k}")
     if codes.dtype != np.uint8 or query_codes.dtype != np.uint8 or codes.shape[1] != query_codes.shape[1]:
-        raise ValueError(f"codes must be uint8 of one code size, got {codes.dtype} {codes.shape} and "
-                         f"{query_codes.dtype} {query_codes.shape}")
+        raise ValueError(
+            f"codes must be uint8 of one code size, got {codes.dtype} {codes.shape} and "
+            f"{query_codes.dtype} {query_codes.shape}"
+        )
     index = faiss.IndexBinaryFlat(codes.shape[1] * 8)
     index.add(np.ascontiguousarray(codes))
     return index.search(np.ascontiguousarray(query_codes), k)

@@ -69,7 +69,12 @@ def code_row(
     plan = make_plan(plan_name, dims)
     dist, ids = hamming_search(codes, query_codes, TOP_K)
     return Row(
-        fmt, plan_name, dims, plan.bits_per_dim, plan.code_size, metrics=evaluator.from_ranking(ids, -dist.astype(float))
+        fmt,
+        plan_name,
+        dims,
+        plan.bits_per_dim,
+        plan.code_size,
+        metrics=evaluator.from_ranking(ids, -dist.astype(float)),
     )
 
 
