@@ -139,7 +139,7 @@ def check_embeddings(emb: np.ndarray, rows: int | None, what: str, dim: int | No
     norms = np.linalg.norm(emb, axis=1, keepdims=True)
     if (norms == 0).any():
         raise EmbeddingError(f"{what}: row {int(np.flatnonzero(norms[:, 0] == 0)[0])} is all zeros")
-    return emb / norms
+    return emb if np.allclose(norms, 1.0, atol=1e-5) else emb / norms
 
 
 def load_embeddings(directory: str | os.PathLike, dataset: Dataset) -> tuple[np.ndarray, np.ndarray]:

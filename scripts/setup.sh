@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# Create .venv and install qama with its test and offline extras. Idempotent; needs Python >= 3.10.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+[ -x .venv/bin/python ] || "$PY" -m venv .venv
+.venv/bin/python -m pip install -q --upgrade pip
+# torch first, pinned: a bare `torch` requirement could pull a multi-GB CUDA build. On Linux
+# without a GPU, TORCH_INDEX=https://download.pytorch.org/whl/cpu picks the small CPU build.
+.venv/bin/python -m pip install -q "torch==${TORCH_VERSION:-2.13.0}" ${TORCH_INDEX:+--index-url "$TORCH_INDEX"}
+.venv/bin/python -m pip install -q -e ".[offline,test]"
+echo "qama installed in .venv: run .venv/bin/qama --help"

