@@ -19,6 +19,16 @@ bit first within each byte (``np.packbits`` order), and each row is padded with 
 whole number of bytes: ``code_size = ceil(n_bits / 8)``. Rows are packed independently; codes are
 ``uint8`` arrays of shape ``(n, code_size)``, the layout faiss binary indexes use (``d = 8 *
 code_size``). Zero padding is the same in every code, so it never changes a Hamming distance.
+
+Alignment: the canonical code is byte-aligned (hybrid at 384 dimensions: 78 bytes). Stored and
+searched rows may be padded further with zero bytes to a multiple of 8 bytes (``Plan.row_size()``,
+80 bytes for hybrid 384, ``pack(..., align=8)``): popcount then runs on whole 64-bit words, which
+measured about 1.3x faster in faiss's Hamming scan, for 2.6% more bytes (19.2x smaller than FP32).
+Every function here accepts rows wider than ``code_size`` whose extra bytes are zero.
+
+A plan whose first segments cover the first ``m`` dimensions in whole bytes has a *prefix*: the
+first bytes of every code are the code of the first ``m`` dimensions under that shorter plan
+(:func:`prefix_plan`), which is what the Matryoshka funnel searches before reranking.
 """
 
 from __future__ import annotations
@@ -39,6 +49,7 @@ __all__ = [
     "pack",
     "unpack",
     "hamming_distances",
+    "prefix_plan",
 ]
 
 #: Supported precisions: bits per dimension -> number of levels of one quantised value.
@@ -118,6 +129,12 @@ class Plan:
     def code_size(self) -> int:
         """Bytes of one packed code: ``n_bits`` padded to a whole byte."""
         return (self.n_bits + 7) // 8
+
+    def row_size(self, align: int = 8) -> int:
+        """Bytes of one code padded with zero bytes to a multiple of ``align`` (8: 64-bit words)."""
+        if align <= 0:
+            raise ValueError(f"alignment must be positive, got {align}")
+        return -(-self.code_size // align) * align
 
     @property
     def bits_per_dim(self) -> float:
@@ -207,18 +224,20 @@ def make_plan(spec: str | Plan, dim: int) -> Plan:
     return Plan(name, tuple(segments))
 
 
-def pack(levels: np.ndarray, plan: Plan, chunk: int = 65536) -> np.ndarray:
+def pack(levels: np.ndarray, plan: Plan, chunk: int = 65536, align: int = 1) -> np.ndarray:
     """Expand ``(n, plan.n_values)`` integer levels to thermometer bits and pack each row.
 
-    Returns ``(n, plan.code_size)`` uint8 codes. Levels outside ``[0, levels-1]`` are refused.
+    Returns ``(n, plan.row_size(align))`` uint8 codes (``align=1``: ``code_size`` bytes). Levels
+    outside ``[0, levels-1]`` are refused.
     """
     levels = np.asarray(levels)
     if levels.ndim != 2 or levels.shape[1] != plan.n_values:
         raise ValueError(f"expected levels of shape (n, {plan.n_values}) for plan {plan.name!r}, got {levels.shape}")
     if levels.size and (levels.min() < 0 or np.any(levels.max(axis=0) >= plan.value_levels)):
         raise ValueError(f"levels out of range for plan {plan.name!r}")
-    out = np.empty((levels.shape[0], plan.code_size), dtype=np.uint8)
-    pad = plan.code_size * 8 - plan.n_bits
+    width = plan.row_size(align)
+    out = np.empty((levels.shape[0], width), dtype=np.uint8)
+    pad = width * 8 - plan.n_bits
     for i in range(0, levels.shape[0], chunk):
         bits = levels[i : i + chunk, plan._bit_value] > plan._bit_rank  # (c, n_bits) thermometer bits
         out[i : i + chunk] = np.packbits(np.pad(bits, ((0, 0), (0, pad))), axis=-1)
@@ -226,9 +245,12 @@ def pack(levels: np.ndarray, plan: Plan, chunk: int = 65536) -> np.ndarray:
 
 
 def unpack(codes: np.ndarray, plan: Plan) -> np.ndarray:
-    """Inverse of :func:`pack`: ``(n, code_size)`` uint8 codes to ``(n, n_values)`` int64 levels."""
+    """Inverse of :func:`pack`: ``(n, code_size)`` uint8 codes to ``(n, n_values)`` int64 levels.
+
+    Rows may be wider than ``code_size`` (aligned rows); the extra bytes are ignored.
+    """
     codes = np.asarray(codes)
-    if codes.dtype != np.uint8 or codes.ndim != 2 or codes.shape[1] != plan.code_size:
+    if codes.dtype != np.uint8 or codes.ndim != 2 or codes.shape[1] < plan.code_size:
         raise ValueError(
             f"expected uint8 codes of shape (n, {plan.code_size}) for plan {plan.name!r}, "
             f"got {codes.dtype} {codes.shape}"
@@ -253,3 +275,28 @@ def hamming_distances(a: np.ndarray, b: np.ndarray, chunk: int = 256) -> np.ndar
         x = a[i : i + chunk, None, :] ^ b[None, :, :]  # (c, nb, code_size)
         out[i : i + chunk] = np.bitwise_count(x).sum(axis=-1, dtype=np.int32)
     return out
+
+
+def prefix_plan(plan: Plan, dims: int) -> tuple[Plan, int]:
+    """The plan of the first ``dims`` dimensions and the number of code bytes it occupies.
+
+    The first ``n_bytes`` bytes of a code under ``plan`` are then exactly the code of the first
+    ``dims`` dimensions under the returned plan (a Matryoshka prefix of the code). Raises
+    ``ValueError`` when ``dims`` does not end on a segment boundary or the prefix is not a whole
+    number of bytes.
+
+    >>> prefix_plan(make_plan("hybrid", 384), 96)[1]
+    36
+    """
+    segments, covered = [], 0
+    for seg in plan.segments:
+        if covered >= dims:
+            break
+        segments.append(seg)
+        covered += seg.dims
+    if covered != dims:
+        raise ValueError(f"plan {plan.name!r} ({plan.spec()}) has no segment boundary at {dims} dimensions")
+    prefix = Plan(f"{plan.name}[:{dims}]", tuple(segments))
+    if prefix.n_bits % 8:
+        raise ValueError(f"the first {dims} dimensions of plan {plan.name!r} take {prefix.n_bits} bits, not whole bytes")
+    return prefix, prefix.n_bits // 8

@@ -1,0 +1,118 @@
+"""Evaluation rows for two-stage search: Hamming candidates rescored asymmetrically, and the funnel.
+
+:func:`rescore_rows` scores one :class:`~qama.search.Encoder` (trained adapter or untrained
+thresholds) on a dataset and returns :class:`~qama.table.Row` objects for ``qama eval``:
+
+* ``rescore=None``: symmetric Hamming search (queries are codes too);
+* ``rescore=f``: ``f × TOP_K`` Hamming candidates (100 per query at f=1), rescored
+  by the asymmetric score (float query · dequantised code), the top ``TOP_K`` kept;
+* format ``"<fmt>-funnel"``, plan ``"<plan>[:m]"``: the code prefix of the first ``m`` dimensions
+  picks ``f × TOP_K`` candidates, the full code reranks them asymmetrically.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+
+import numpy as np
+
+from qama import baselines
+from qama.codes import make_plan, prefix_plan
+from qama.evaluate import Evaluator
+from qama.search import Encoder, ThresholdEncoder, funnel_search, hamming_search, search_rescored
+from qama.table import TOP_K, BASELINE_PLANS, Row
+
+__all__ = ["rescore_rows", "threshold_rescore_rows"]
+
+logger = logging.getLogger(__name__)
+
+
+def rescore_rows(
+    encoder: Encoder,
+    corpus: np.ndarray,
+    queries: np.ndarray,
+    evaluator: Evaluator,
+    fmt: str = "qama",
+    oversamples: Iterable[int] = (1, 4),
+    funnel_dims: Iterable[int] = (),
+    symmetric: bool = True,
+    vectors: bool = False,
+) -> list[Row]:
+    """Rows for ``encoder`` on ``(n, d)`` corpus and judged ``(nq, d)`` query embeddings.
+
+    The embeddings are those the encoder takes (already truncated to ``encoder.plan.dim`` when
+    the plan covers a prefix). ``oversamples`` are the rescoring factors (``1``: reorder the
+    Hamming top 100 only); ``funnel_dims`` the prefix sizes tried as a funnel at the largest factor.
+    ``vectors=True`` adds rows (format ``"<fmt>+fp32"``) that rescore the candidates with the
+    full-precision corpus vectors instead, as an index keeping them on disk does.
+    """
+    plan = encoder.plan
+    codes, qcodes = encoder.encode(corpus), encoder.encode(queries)
+
+    def row(fmt_: str, plan_name: str, rescore: int | None, dist_or_scores: np.ndarray, ids: np.ndarray) -> Row:
+        return Row(
+            fmt_,
+            plan_name,
+            plan.dim,
+            plan.bits_per_dim,
+            plan.code_size,
+            rescore=rescore,
+            metrics=evaluator.from_ranking(ids, dist_or_scores),
+        )
+
+    rows = []
+    if symmetric:
+        dist, ids = hamming_search(codes, qcodes, TOP_K)
+        rows.append(row(fmt, plan.name, None, -dist.astype(float), ids))
+    factors = sorted(set(oversamples))
+    for f in factors:
+        scores, ids = search_rescored(codes, encoder, queries, TOP_K, oversample=f, query_codes=qcodes)
+        rows.append(row(fmt, plan.name, f, scores, ids))
+        if vectors:
+            scores, ids = search_rescored(codes, encoder, queries, TOP_K, f, vectors=corpus, query_codes=qcodes)
+            rows.append(row(f"{fmt}+fp32", plan.name, f, scores, ids))
+    for m in funnel_dims:
+        try:
+            _, nbytes = prefix_plan(plan, m)
+        except ValueError as e:
+            logger.info("no funnel at %d dims for plan %s: %s", m, plan.name, e)
+            continue
+        f = max(factors) if factors else 4
+        scores, ids = funnel_search(
+            np.ascontiguousarray(codes[:, :nbytes]),
+            np.ascontiguousarray(qcodes[:, :nbytes]),
+            TOP_K,
+            f,
+            "asymmetric",
+            codes=codes,
+            encoder=encoder,
+            queries=queries,
+        )
+        rows.append(row(f"{fmt}-funnel", f"{plan.name}[:{m}]", f, scores, ids))
+    return rows
+
+
+def threshold_rescore_rows(
+    corpus: np.ndarray,
+    queries: np.ndarray,
+    evaluator: Evaluator,
+    dims_list: Iterable[int] | None = None,
+    plans: Iterable[str] = BASELINE_PLANS,
+    oversamples: Iterable[int] = (1, 4),
+    vectors: bool = False,
+) -> list[Row]:
+    """:func:`rescore_rows` for untrained quantile thresholds (1-bit by sign), every plan and size."""
+    rows = []
+    for dims in dims_list or [corpus.shape[1]]:
+        c, q = baselines.truncate(corpus, dims), baselines.truncate(queries, dims)
+        for name in plans:
+            try:
+                plan = make_plan(name, dims)
+            except ValueError as e:
+                logger.info("skipping %s at %d dims: %s", name, dims, e)
+                continue
+            encoder = ThresholdEncoder.fit(c, plan, sign_1bit=True)
+            funnel = [dims // 4] if name == "hybrid" else []
+            rows += rescore_rows(encoder, c, q, evaluator, "threshold", oversamples, funnel, False, vectors)
+    return rows
