@@ -1,0 +1,401 @@
+"""The QAMA adapter: a small trainable transform on top of a frozen embedding model.
+
+``z = A·x + W2·GELU(W1·x + b1) + b2`` maps a frozen model's L2-normalised embedding ``x`` (``d``
+dimensions) to ``z`` (``d`` dimensions). ``W1`` is ``(k·d, d)``, ``W2`` is ``(d, k·d)``: the FFN of
+the QAMA paper with expansion ``k``. The linear skip ``A`` carries the start (``init``):
+``"identity"`` (``A = I``) or ``"pca"`` (principal axes of the fitting corpus); ``W2`` starts at
+zero, so an untrained adapter *is* its start and training only has to learn a correction.
+
+Nested (Matryoshka) sizes: the ``m``-dimensional embedding is the prefix ``z[:, :m]``.
+
+Quantisation. Every dimension ``j`` has thresholds for each precision (buffers, so they are saved
+and never trained by the optimiser): 2-bit (3 thresholds), 1.5-bit (2), 1-bit (1). A 0.5-bit value
+merges the pair of dimensions ``(2i, 2i+1)`` with a small shared FFN (:class:`PairMerge`) into
+one value, which has its own 1-bit threshold. Thresholds start at quantiles of the fitting
+embeddings, follow an exponential moving average of batch quantiles during training, and are set
+to exact quantiles of the whole fitting set when training ends.
+
+Public API::
+
+    adapter = QamaAdapter(AdapterConfig(dim=384))
+    z = adapter.transform(x, dim=192)              # (n, 192) float32 prefix embeddings
+    v = adapter.values(x, "hybrid", dim=384)       # (n, plan.n_values) values to threshold
+    q = adapter.quantizer("hybrid", dim=384)       # a qama.quantize.Quantizer
+    codes = adapter.encode(x, "hybrid", dim=384)   # (n, code_size) packed uint8 codes
+    adapter.save("my_adapter"); QamaAdapter.load("my_adapter")
+
+A saved adapter is a folder with ``config.json`` (sizes, plans, training settings and data
+description) and ``model.safetensors`` (weights and thresholds); nothing is pickled.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from qama.codes import Plan, make_plan
+from qama.quantize import MAX_THRESHOLDS, Quantizer
+
+__all__ = ["AdapterConfig", "PairMerge", "QamaAdapter", "DimensionError", "PRECISIONS"]
+
+logger = logging.getLogger(__name__)
+
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+FORMAT_VERSION = 1
+
+#: Precisions with per-dimension thresholds: bits -> (buffer name, quantiles of the thresholds).
+PRECISIONS: dict[float, tuple[str, tuple[float, ...]]] = {
+    2.0: ("thr_2bit", (0.25, 0.5, 0.75)),
+    1.5: ("thr_1_5bit", (1 / 3, 2 / 3)),
+    1.0: ("thr_1bit", (0.5,)),
+    0.5: ("thr_0_5bit", (0.5,)),
+}
+RANGE_QUANTILES = (0.005, 0.995)  # the valid range [lo, hi] the quantisation regulariser keeps values in
+
+
+class DimensionError(ValueError):
+    """Embeddings whose dimension does not match the adapter."""
+
+
+@dataclass
+class AdapterConfig:
+    """Shape and start of an adapter; stored in ``config.json``."""
+
+    dim: int = 384  # dimension of the frozen model's embeddings (and of the adapter's output)
+    expansion: int = 2  # k: hidden width k·dim of the FFN (the paper uses 32; 2 trains fast on CPU)
+    nested_dims: tuple[int, ...] = ()  # Matryoshka sizes, ascending; () = (dim/4, dim/2, dim)
+    init: str = "identity"  # start of the linear skip: "identity" or "pca"
+    merge_hidden: int = 16  # hidden width of the 0.5-bit pair-merge FFN
+    model_name: str = ""  # frozen model the adapter belongs to (informative)
+    plans: tuple[str, ...] = ("2bit", "1.5bit", "1bit", "hybrid")  # plans the adapter is meant for
+
+    def __post_init__(self) -> None:
+        if self.dim <= 0 or self.dim % 2:
+            raise ValueError(f"dim must be a positive even number, got {self.dim}")
+        if self.expansion < 1:
+            raise ValueError(f"expansion must be at least 1, got {self.expansion}")
+        if self.init not in ("identity", "pca"):
+            raise ValueError(f"init must be 'identity' or 'pca', got {self.init!r}")
+        nested = tuple(int(m) for m in self.nested_dims) or default_nested_dims(self.dim)
+        if list(nested) != sorted(set(nested)) or nested[-1] != self.dim or nested[0] <= 0:
+            raise ValueError(f"nested_dims must be ascending, distinct, positive and end at dim={self.dim}, got {nested}")
+        if any(m % 2 for m in nested):
+            raise ValueError(f"nested_dims must be even (0.5-bit merges pairs), got {nested}")
+        self.nested_dims = nested
+        self.plans = tuple(self.plans)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> AdapterConfig:
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items() if k in names})
+
+
+def default_nested_dims(dim: int) -> tuple[int, ...]:
+    """``(dim/4, dim/2, dim)``, leaving out sizes that are not whole even numbers."""
+    return tuple(m for m in (dim // 4, dim // 2) if m > 0 and m % 2 == 0 and m * (dim // m) == dim) + (dim,)
+
+
+class PairMerge(nn.Module):
+    """Merges each pair of standardised dimensions ``(u_2i, u_2i+1)`` into one value (0.5-bit).
+
+    ``v = (u_a + u_b)/√2 + W2·GELU(W1·[u_a, u_b] + b1)``; ``W2`` starts at zero, so the untrained
+    merge is the scaled sum of the pair. The weights are shared by every pair.
+    """
+
+    def __init__(self, hidden: int = 16) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(2, hidden)
+        self.fc2 = nn.Linear(hidden, 1)
+        nn.init.zeros_(self.fc2.weight)
+        nn.init.zeros_(self.fc2.bias)
+
+    def forward(self, pairs: torch.Tensor) -> torch.Tensor:
+        """``(..., 2)`` standardised pairs -> ``(...)`` merged values."""
+        linear = pairs.sum(dim=-1) / 2**0.5
+        return linear + self.fc2(nn.functional.gelu(self.fc1(pairs))).squeeze(-1)
+
+
+class QamaAdapter(nn.Module):
+    """FFN adapter with nested prefixes, per-precision thresholds and a 0.5-bit pair merge."""
+
+    def __init__(self, config: AdapterConfig, metadata: dict[str, Any] | None = None) -> None:
+        super().__init__()
+        self.config = config
+        self.metadata: dict[str, Any] = dict(metadata or {})  # training settings and data description
+        d, h = config.dim, config.expansion * config.dim
+        self.skip = nn.Linear(d, d, bias=True)
+        self.fc1 = nn.Linear(d, h)
+        self.fc2 = nn.Linear(h, d)
+        self.merge = PairMerge(config.merge_hidden)
+        with torch.no_grad():
+            self.skip.weight.copy_(torch.eye(d))
+            self.skip.bias.zero_()
+            nn.init.zeros_(self.fc2.weight)
+            nn.init.zeros_(self.fc2.bias)
+        # Statistics of z (per dimension) used to standardise values before soft quantisation.
+        self.register_buffer("z_mean", torch.zeros(d))
+        self.register_buffer("z_std", torch.ones(d))
+        self.register_buffer("m_mean", torch.zeros(d // 2))  # of the merged 0.5-bit values
+        self.register_buffer("m_std", torch.ones(d // 2))
+        for bits, (name, qs) in PRECISIONS.items():
+            n = d // 2 if bits == 0.5 else d
+            self.register_buffer(name, torch.zeros(n, len(qs)))
+        self.register_buffer("range_lo", torch.full((d,), -1.0))
+        self.register_buffer("range_hi", torch.full((d,), 1.0))
+        self.register_buffer("calibrated", torch.zeros((), dtype=torch.bool))
+
+    # ------------------------------------------------------------------ transform
+    @property
+    def dim(self) -> int:
+        return self.config.dim
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``(B, d)`` frozen embeddings -> ``(B, d)`` adapter embeddings (slice for nested sizes)."""
+        return self.skip(x) + self.fc2(nn.functional.gelu(self.fc1(x)))
+
+    def merged(self, z: torch.Tensor, start: int = 0, stop: int | None = None) -> torch.Tensor:
+        """``(B, ≥stop)`` embeddings -> ``(B, (stop-start)/2)`` merged 0.5-bit values of dims start..stop."""
+        stop = z.shape[1] if stop is None else stop
+        if start % 2 or stop % 2:
+            raise ValueError(f"a 0.5-bit range must start and end on even dimensions, got {start}..{stop}")
+        u = (z[:, start:stop] - self.z_mean[start:stop]) / self.z_std[start:stop]  # (B, n)
+        return self.merge(u.reshape(len(z), -1, 2))  # (B, n/2)
+
+    def init_linear(self, x: np.ndarray) -> None:
+        """Set the linear skip from the fitting embeddings (``init="pca"``: principal axes)."""
+        if self.config.init == "identity":
+            return
+        xc = x - x.mean(axis=0)
+        _, _, vt = np.linalg.svd(xc.astype(np.float64), full_matrices=False)
+        # Sign convention: the largest coordinate of each axis is positive (deterministic).
+        vt *= np.sign(vt[np.arange(len(vt)), np.abs(vt).argmax(axis=1)])[:, None]
+        with torch.no_grad():
+            self.skip.weight.copy_(torch.from_numpy(vt.astype(np.float32)))
+            self.skip.bias.zero_()
+
+    # ------------------------------------------------------------------ thresholds
+    @torch.no_grad()
+    def batch_statistics(self, z: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Per-dimension statistics of a batch ``z``: mean, std, thresholds of every precision, range."""
+        stats = {"z_mean": z.mean(0), "z_std": z.std(0).clamp_min(1e-6)}
+        qs = torch.tensor(PRECISIONS[2.0][1] + PRECISIONS[1.5][1] + RANGE_QUANTILES, dtype=z.dtype)
+        qz = torch.quantile(z, qs, dim=0).T  # (d, 7)
+        stats["thr_2bit"], stats["thr_1_5bit"] = qz[:, :3], qz[:, 3:5]
+        stats["thr_1bit"] = qz[:, 1:2]
+        stats["range_lo"], stats["range_hi"] = qz[:, 5], qz[:, 6]
+        m = self._merged_with(z, stats["z_mean"], stats["z_std"])
+        stats["m_mean"], stats["m_std"] = m.mean(0), m.std(0).clamp_min(1e-6)
+        stats["thr_0_5bit"] = m.median(dim=0).values[:, None]
+        return stats
+
+    def _merged_with(self, z: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+        u = (z - mean) / std
+        return self.merge(u.reshape(len(z), -1, 2))
+
+    @torch.no_grad()
+    def update_statistics(self, z: torch.Tensor, momentum: float) -> None:
+        """EMA update ``θ ← μ·θ + (1−μ)·θ̂_batch`` of every threshold and statistic (``μ = momentum``)."""
+        for name, value in self.batch_statistics(z).items():
+            getattr(self, name).mul_(momentum).add_(value, alpha=1 - momentum)
+
+    @torch.no_grad()
+    def calibrate(self, x: np.ndarray | torch.Tensor, batch_size: int = 8192) -> None:
+        """Set every threshold and statistic to exact quantiles of the adapter's output on ``x``."""
+        was_training = self.training
+        self.eval()
+        xt = torch.as_tensor(np.asarray(x, dtype=np.float32))
+        z = torch.cat([self(xt[i : i + batch_size]) for i in range(0, len(xt), batch_size)])
+        stats = self.batch_statistics(z)
+        # Thresholds of merged values are quantiles of values merged with the final statistics.
+        for name, value in stats.items():
+            getattr(self, name).copy_(value)
+        self.calibrated.fill_(True)
+        self.train(was_training)
+
+    def thresholds(self, bits: float) -> torch.Tensor:
+        """``(n, t)`` thresholds of one precision (``n = d`` or ``d/2`` for 0.5-bit)."""
+        return getattr(self, PRECISIONS[float(bits)][0])
+
+    # ------------------------------------------------------------------ soft / hard quantisation (torch)
+    def plan_levels(
+        self, z: torch.Tensor, plan: Plan, temperature: float = 0.0, hard: bool = True
+    ) -> list[tuple[torch.Tensor, int]]:
+        """Thermometer bits of ``z`` under ``plan``, per segment: ``[(bits (B, n_values·t), n_bits)]``.
+
+        ``temperature > 0`` gives soft bits ``σ((v − θ)/(τ·σ_v))``; with ``hard=True`` the forward pass
+        uses the exact bits and the gradient that of the soft bits (straight-through estimator).
+        ``temperature == 0`` gives exact bits without gradient.
+        """
+        out, start = [], 0
+        for seg in plan.segments:
+            stop = start + seg.dims
+            if seg.bits == 0.5:
+                v = self.merged(z, start, stop)  # (B, n/2)
+                thr, scale = self.thr_0_5bit[start // 2 : stop // 2], self.m_std[start // 2 : stop // 2]
+            else:
+                v = z[:, start:stop]
+                thr, scale = self.thresholds(seg.bits)[start:stop], self.z_std[start:stop]
+            diff = v[:, :, None] - thr[None]  # (B, n, t)
+            exact = (diff > 0).to(z.dtype)
+            if temperature > 0:
+                soft = torch.sigmoid(diff / (temperature * scale[None, :, None]))
+                bits = exact + soft - soft.detach() if hard else soft
+            else:
+                bits = exact
+            out.append((bits.reshape(len(z), -1), seg.n_bits))
+            start = stop
+        return out
+
+    # ------------------------------------------------------------------ numpy API
+    def check_input(self, x: np.ndarray, what: str = "embeddings") -> np.ndarray:
+        """Validate ``(n, dim)`` finite float embeddings; returns them as float32."""
+        x = np.asarray(x)
+        if x.ndim != 2:
+            raise DimensionError(f"{what} must be a 2-D array (n, {self.dim}), got shape {x.shape}")
+        if x.shape[1] != self.dim:
+            raise DimensionError(
+                f"{what} have dimension {x.shape[1]}, but the adapter was trained for {self.dim}-dimensional "
+                f"embeddings{' of ' + self.config.model_name if self.config.model_name else ''}"
+            )
+        x = x.astype(np.float32, copy=False)
+        if not np.all(np.isfinite(x)):
+            bad = int(np.flatnonzero(~np.isfinite(x).all(axis=1))[0])
+            raise ValueError(f"{what} contain NaN or inf values (first at row {bad})")
+        return x
+
+    def _check_dim(self, dim: int | None) -> int:
+        dim = self.dim if dim is None else int(dim)
+        if not 0 < dim <= self.dim or dim % 2:
+            raise ValueError(f"dim must be an even number in 2..{self.dim}, got {dim}")
+        return dim
+
+    @torch.no_grad()
+    def _z(self, x: np.ndarray, batch_size: int = 8192) -> torch.Tensor:
+        x = self.check_input(x)
+        was_training = self.training
+        self.eval()
+        xt = torch.from_numpy(np.ascontiguousarray(x))
+        z = torch.cat([self(xt[i : i + batch_size]) for i in range(0, len(xt), batch_size)]) if len(xt) else (
+            torch.zeros(0, self.dim)
+        )
+        self.train(was_training)
+        return z
+
+    def transform(self, x: np.ndarray, dim: int | None = None) -> np.ndarray:
+        """``(n, d)`` frozen embeddings -> ``(n, dim)`` float32 adapter embeddings (the nested prefix)."""
+        dim = self._check_dim(dim)
+        return self._z(x)[:, :dim].numpy().copy()
+
+    def plan(self, plan: str | Plan, dim: int | None = None) -> Plan:
+        """The plan ``plan`` (a name, a spec or a :class:`Plan`) over the first ``dim`` dimensions.
+
+        ``dim`` defaults to the plan's own size for a :class:`Plan`, else to the full dimension.
+        """
+        if isinstance(plan, Plan) and dim is None:
+            dim = plan.dim
+        return make_plan(plan, self._check_dim(dim))
+
+    def values(self, x: np.ndarray, plan: str | Plan, dim: int | None = None) -> np.ndarray:
+        """``(n, d)`` frozen embeddings -> ``(n, plan.n_values)`` float32 values to threshold.
+
+        Like :func:`qama.quantize.plan_values`, but 0.5-bit segments go through the trained pair merge.
+        """
+        p = self.plan(plan, dim)
+        z = self._z(x)
+        out, start = [], 0
+        with torch.no_grad():
+            for seg in p.segments:
+                stop = start + seg.dims
+                out.append(self.merged(z, start, stop) if seg.bits == 0.5 else z[:, start:stop])
+                start = stop
+        return torch.cat(out, dim=1).numpy().copy()
+
+    def quantizer(self, plan: str | Plan, dim: int | None = None, fit_values: np.ndarray | None = None) -> Quantizer:
+        """A :class:`qama.quantize.Quantizer` with the adapter's thresholds for ``plan`` at ``dim``.
+
+        Its centroids (used for asymmetric scoring) are the mean value per level of ``fit_values``
+        (``(n, plan.n_values)``, from :meth:`values`) when given, else the midpoints between
+        consecutive thresholds and the valid range.
+        """
+        p = self.plan(plan, dim)
+        thr = np.full((p.n_values, MAX_THRESHOLDS), np.inf, dtype=np.float32)
+        cent = np.zeros((p.n_values, MAX_THRESHOLDS + 1), dtype=np.float32)
+        start, row = 0, 0
+        for seg in p.segments:
+            stop = start + seg.dims
+            if seg.bits == 0.5:
+                t = self.thr_0_5bit[start // 2 : stop // 2].numpy()
+                lo = (self.m_mean - 2 * self.m_std)[start // 2 : stop // 2].numpy()[:, None]
+                hi = (self.m_mean + 2 * self.m_std)[start // 2 : stop // 2].numpy()[:, None]
+            else:
+                t = self.thresholds(seg.bits)[start:stop].numpy()
+                lo, hi = self.range_lo[start:stop].numpy()[:, None], self.range_hi[start:stop].numpy()[:, None]
+            n, nt = t.shape
+            thr[row : row + n, :nt] = t
+            edges = np.concatenate([lo, t, hi], axis=1)
+            cent[row : row + n, : nt + 1] = (edges[:, 1:] + edges[:, :-1]) / 2
+            start, row = stop, row + n
+        q = Quantizer(p, thr, cent)
+        if fit_values is not None:
+            q.centroids = q.fit_centroids(np.asarray(fit_values, dtype=np.float32))
+        return q
+
+    def encode(self, x: np.ndarray, plan: str | Plan, dim: int | None = None) -> np.ndarray:
+        """``(n, d)`` frozen embeddings -> ``(n, code_size)`` packed uint8 codes (see :mod:`qama.codes`)."""
+        p = self.plan(plan, dim)
+        return self.quantizer(p).encode(self.values(x, p))
+
+    # ------------------------------------------------------------------ persistence
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write ``config.json`` and ``model.safetensors`` into the folder ``path`` (atomically per file)."""
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        config = {"format_version": FORMAT_VERSION, "adapter": self.config.to_dict(), **self.metadata}
+        tensors = {k: v.detach().contiguous().clone() for k, v in self.state_dict().items()}
+        _atomic_write(path / WEIGHTS_NAME, lambda p: save_file(tensors, str(p)))
+        _atomic_write(path / CONFIG_NAME, lambda p: p.write_text(json.dumps(config, indent=2, default=str) + "\n"))
+        return path
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> QamaAdapter:
+        """Read an adapter folder written by :meth:`save`."""
+        path = Path(path)
+        cfg_path, w_path = path / CONFIG_NAME, path / WEIGHTS_NAME
+        for p in (cfg_path, w_path):
+            if not p.is_file():
+                raise FileNotFoundError(f"{p} not found: an adapter folder holds {CONFIG_NAME} and {WEIGHTS_NAME}")
+        data = json.loads(cfg_path.read_text())
+        if data.get("format_version") != FORMAT_VERSION:
+            raise ValueError(f"{cfg_path}: unsupported adapter format {data.get('format_version')!r}")
+        metadata = {k: v for k, v in data.items() if k not in ("format_version", "adapter")}
+        adapter = cls(AdapterConfig.from_dict(data["adapter"]), metadata)
+        adapter.load_state_dict(load_file(str(w_path)))
+        adapter.eval()
+        return adapter
+
+
+def _atomic_write(target: Path, write: Any) -> None:
+    """Write ``target`` through a temporary file in the same folder and an atomic rename."""
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        os.replace(tmp, target)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)

@@ -1,0 +1,408 @@
+"""Fitting a QAMA adapter on a corpus's embeddings (no labels needed; query-document pairs optional).
+
+Entry points::
+
+    from qama.train import TrainConfig, fit, ablate
+    adapter = fit(corpus_emb, TrainConfig(), pairs=None, out_dir="my_adapter")
+    rows = ablate(corpus_emb, evaluate_fn, TrainConfig())   # one retrain per switched-off term
+
+The loop (one function, :func:`fit`, top to bottom): validate the input; seed; build the adapter and
+start its thresholds at quantiles of the corpus; then for each step draw a batch, compute every
+enabled loss term at every nested size on the continuous prefix and on the (straight-through)
+quantised codes of every training plan, step AdamW with warm-up then cosine decay and gradient
+clipping, move the thresholds by EMA, and every ``checkpoint_every`` steps write a checkpoint
+atomically into ``out_dir/checkpoint`` so an interrupted run resumes where it stopped. Finally the
+thresholds are set to exact quantiles of the whole corpus and the adapter is saved to ``out_dir``.
+
+Batches, noise and triplets of step ``t`` are drawn from a generator seeded with ``(seed, t)``, so a
+run gives the same adapter twice and a resumed run the same adapter as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import os
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+from tqdm.auto import tqdm
+
+from qama import losses as L
+from qama.adapter import AdapterConfig, DimensionError, QamaAdapter
+from qama.codes import make_plan
+
+__all__ = ["TrainConfig", "fit", "ablate", "ABLATIONS", "check_training_input", "TrainingError"]
+
+logger = logging.getLogger(__name__)
+
+CHECKPOINT_DIR = "checkpoint"
+
+
+class TrainingError(RuntimeError):
+    """Training diverged (a loss became NaN or inf)."""
+
+
+@dataclass
+class TrainConfig:
+    """Training settings; the defaults are the settings measured in benchmarks/RESULTS_training.md."""
+
+    # adapter shape
+    expansion: int = 2  # FFN hidden width = expansion·d (paper: 32; 2 trains fast on 2 CPU cores)
+    nested_dims: tuple[int, ...] = ()  # Matryoshka sizes; () = (d/4, d/2, d)
+    init: str = "identity"  # linear start: "identity" or "pca"
+    merge_hidden: int = 16  # hidden width of the 0.5-bit pair-merge FFN
+    # optimisation
+    steps: int = 600  # optimiser steps
+    batch_size: int = 512  # corpus vectors per step
+    lr: float = 1e-3  # peak AdamW learning rate
+    weight_decay: float = 0.0  # AdamW weight decay (the start is identity: decay would pull it to 0)
+    warmup_steps: int = 50  # linear warm-up, then cosine decay
+    min_lr_ratio: float = 0.05  # final learning rate / peak
+    grad_clip: float = 1.0  # max global gradient norm
+    seed: int = 0  # fixed seed: same data + config -> same adapter
+    threads: int = 2  # torch CPU threads
+    # quantisation during training
+    train_plans: tuple[str, ...] = ("2bit", "1bit", "hybrid")  # plans whose codes enter the losses
+    relax: str = "ste"  # "ste" (exact bits forward, sigmoid gradient) or "soft" (sigmoid bits)
+    temperature: float = 0.5  # sigmoid temperature at the start, in units of each value's std
+    temperature_end: float = 0.1  # ... annealed geometrically to this at the end
+    ema_momentum: float = 0.99  # threshold EMA: θ ← μ·θ + (1−μ)·θ_batch
+    # similarity losses (applied to the continuous prefix and to the quantised codes)
+    w_mse: float = 1.0  # similarity-matrix MSE (row-standardised)
+    w_kl: float = 1.0  # symmetric KL of softmax(S/τ)
+    w_rank: float = 0.0  # triplet rank preservation
+    w_nce: float = 0.0  # InfoNCE (pairs when given, else the teacher's in-batch nearest neighbour)
+    quantized_weight: float = 1.0  # weight of the quantised-code terms relative to the continuous ones
+    matryoshka: bool = True  # apply the similarity losses at every nested size (False: full size only)
+    kl_temperature: float = 0.5  # τ of the KL term (on row-standardised similarities)
+    nce_temperature: float = 0.05  # τ of InfoNCE (on cosine / Hamming similarity)
+    rank_triplets: int = 32  # sampled (j, k) pairs per anchor for the rank term
+    rank_sharpness: float = 5.0  # t in σ((y_ij − y_ik)·t)
+    # regularisers
+    w_ortho: float = 0.05  # inter-level orthogonality
+    w_bottleneck: float = 0.01  # progressive information bottleneck
+    w_variance: float = 0.1  # adaptive variance control (× max(0.2, (e^{t/T}−1)/(e−1)))
+    variance_floor: float = 0.5  # floor on each dimension's std, relative to the starting typical std
+    w_quant: float = 0.01  # quantisation regulariser (× linear ramp 0.2 -> 1.0)
+    quant_margin: float = 0.1  # boundary width of the regulariser, in units of each value's std
+    # data augmentation
+    noise: float = 0.0  # std of Gaussian noise added to inputs (relative to a coordinate's typical size)
+    # housekeeping
+    checkpoint_every: int = 200  # steps between checkpoints (0: none); needs out_dir
+    progress: bool = True  # tqdm progress bar with the loss parts
+    model_name: str = ""  # frozen model (stored in config.json)
+    data_description: str = ""  # what the adapter was fitted on (stored in config.json)
+
+    def __post_init__(self) -> None:
+        if self.relax not in ("ste", "soft"):
+            raise ValueError(f"relax must be 'ste' or 'soft', got {self.relax!r}")
+        for name in ("steps", "batch_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.batch_size < 4:
+            raise ValueError(f"batch_size must be at least 4, got {self.batch_size}")
+        self.nested_dims = tuple(self.nested_dims)
+        self.train_plans = tuple(self.train_plans)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items() if k in names})
+
+
+# ---------------------------------------------------------------------------- schedules
+def lr_factor(step: int, cfg: TrainConfig) -> float:
+    """Linear warm-up to 1, then cosine decay to ``min_lr_ratio``."""
+    if step < cfg.warmup_steps:
+        return (step + 1) / cfg.warmup_steps
+    progress = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
+    return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+def loss_schedules(step: int, total: int) -> dict[str, float]:
+    """Progressive weight multipliers at ``step`` of ``total``: the quantisation regulariser ramps
+    from 0.2 to 1.0; variance control grows as ``max(0.2, (e^{t/T} − 1)/(e − 1))``."""
+    frac = step / max(1, total)
+    return {"quant": 0.2 + 0.8 * frac, "variance": max(0.2, (math.exp(frac) - 1) / (math.e - 1))}
+
+
+def temperature_at(step: int, cfg: TrainConfig) -> float:
+    """Sigmoid temperature, annealed geometrically from ``temperature`` to ``temperature_end``."""
+    frac = step / max(1, cfg.steps - 1)
+    return cfg.temperature * (cfg.temperature_end / cfg.temperature) ** frac
+
+
+# ---------------------------------------------------------------------------- input checks
+def check_training_input(x: np.ndarray, batch_size: int, dim: int | None = None, what: str = "embeddings") -> np.ndarray:
+    """Validate training embeddings; returns float32. Raises ``ValueError`` / :class:`DimensionError`."""
+    x = np.asarray(x)
+    if x.ndim != 2:
+        raise DimensionError(f"{what} must be a 2-D array (n, d), got shape {x.shape}")
+    if dim is not None and x.shape[1] != dim:
+        raise DimensionError(f"{what} have dimension {x.shape[1]}, but the adapter expects {dim}")
+    if x.shape[0] < batch_size:
+        raise ValueError(
+            f"{what}: {x.shape[0]} vectors are fewer than one batch ({batch_size}); "
+            f"lower batch_size or give more vectors"
+        )
+    x = x.astype(np.float32, copy=False)
+    finite = np.isfinite(x).all(axis=1)
+    if not finite.all():
+        raise ValueError(f"{what} contain NaN or inf values (first at row {int(np.flatnonzero(~finite)[0])})")
+    return x
+
+
+# ---------------------------------------------------------------------------- one step's losses
+def compute_losses(
+    adapter: QamaAdapter,
+    x: torch.Tensor,
+    cfg: TrainConfig,
+    step: int,
+    gen: torch.Generator,
+    unit: float,
+    pairs: tuple[torch.Tensor, torch.Tensor] | None = None,
+) -> dict[str, torch.Tensor]:
+    """Unweighted loss parts of one batch, by name (e.g. ``kl@192/2bit``, ``ortho``).
+
+    ``unit`` is the typical standard deviation of the starting adapter's output, the scale of the
+    regularisers. Terms whose weight is 0 are not computed.
+    """
+    parts: dict[str, torch.Tensor] = {}
+    nested = adapter.config.nested_dims if cfg.matryoshka else (adapter.dim,)
+    z = adapter(x)  # (B, d)
+    s_x = L.cosine_matrix(x)  # (B, B) teacher
+    temp = temperature_at(step, cfg)
+    need_rank = cfg.w_rank > 0
+    if need_rank:
+        b = len(x)
+        j = torch.randint(0, b, (b, cfg.rank_triplets), generator=gen)
+        k = torch.randint(0, b, (b, cfg.rank_triplets), generator=gen)
+    nn_idx = L.nearest_neighbours(s_x) if cfg.w_nce > 0 and pairs is None else None
+    if pairs is not None and cfg.w_nce > 0:
+        zq, zd = adapter(pairs[0]), adapter(pairs[1])
+        targets = torch.arange(len(zq))
+
+    def similarity_terms(s_y: torch.Tensor, tag: str) -> None:
+        if cfg.w_mse > 0:
+            parts[f"mse@{tag}"] = L.similarity_mse(s_x, s_y)
+        if cfg.w_kl > 0:
+            parts[f"kl@{tag}"] = L.symmetric_kl(s_x, s_y, cfg.kl_temperature)
+        if need_rank:
+            parts[f"rank@{tag}"] = L.rank_loss(s_x, s_y, j, k, cfg.rank_sharpness)
+        if nn_idx is not None:
+            scale = 1.0 if tag.endswith("fp") else 0.5  # Hamming similarities are compressed: sharper τ
+            parts[f"nce@{tag}"] = L.info_nce(s_y, nn_idx, cfg.nce_temperature * scale)
+
+    for m in nested:
+        similarity_terms(L.cosine_matrix(z[:, :m]), f"{m}/fp")
+        if pairs is not None and cfg.w_nce > 0:
+            parts[f"nce@{m}/fp"] = L.info_nce(L.cosine_matrix(zq[:, :m], zd[:, :m]), targets, cfg.nce_temperature, False)
+        if cfg.quantized_weight > 0:
+            for spec in cfg.train_plans:
+                plan = make_plan(spec, m)
+                bits = torch.cat([b for b, _ in adapter.plan_levels(z, plan, temp, hard=cfg.relax == "ste")], 1)
+                similarity_terms(L.hamming_similarity(bits), f"{m}/{spec}")
+    zu = (z - adapter.z_mean) / unit  # (B, d) on a unit scale
+    if cfg.w_ortho > 0 and len(adapter.config.nested_dims) > 1:
+        parts["ortho"] = L.orthogonality(z, adapter.config.nested_dims)
+    if cfg.w_bottleneck > 0:
+        parts["bottleneck"] = L.information_bottleneck(zu)
+    if cfg.w_variance > 0:
+        parts["variance"] = L.variance_control(zu, cfg.variance_floor)
+    if cfg.w_quant > 0:
+        q = [L.quantization_regularizer(z, adapter.thresholds(bits), adapter.range_lo, adapter.range_hi,
+                                        adapter.z_std, cfg.quant_margin) for bits in (2.0, 1.5, 1.0)]
+        m = adapter.merged(z)
+        q.append(L.quantization_regularizer(m, adapter.thr_0_5bit, adapter.m_mean - 3 * adapter.m_std,
+                                            adapter.m_mean + 3 * adapter.m_std, adapter.m_std, cfg.quant_margin))
+        parts["quant"] = torch.stack(q).mean()
+    return parts
+
+
+def weight_of(name: str, cfg: TrainConfig, sched: dict[str, float]) -> float:
+    """Weight of the loss part ``name`` (e.g. ``kl@96/2bit``) at the current schedule."""
+    term, _, tag = name.partition("@")
+    w = {"mse": cfg.w_mse, "kl": cfg.w_kl, "rank": cfg.w_rank, "nce": cfg.w_nce, "ortho": cfg.w_ortho,
+         "bottleneck": cfg.w_bottleneck, "variance": cfg.w_variance * sched["variance"],
+         "quant": cfg.w_quant * sched["quant"]}[term]
+    if tag and not tag.endswith("/fp"):
+        w *= cfg.quantized_weight
+    return w
+
+
+# ---------------------------------------------------------------------------- checkpoints
+def _save_checkpoint(path: Path, adapter: QamaAdapter, opt: torch.optim.Optimizer, step: int, cfg: TrainConfig) -> None:
+    """Write ``path`` (a folder) atomically: a temporary folder renamed over the old one."""
+    tmp = path.with_name(path.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    tensors = {f"model.{k}": v.detach().clone().contiguous() for k, v in adapter.state_dict().items()}
+    for i, (p, state) in enumerate(opt.state.items()):
+        for k, v in state.items():
+            tensors[f"opt.{i}.{k}"] = torch.as_tensor(v).detach().clone().contiguous()
+    save_file(tensors, str(tmp / "state.safetensors"))
+    (tmp / "meta.json").write_text(json.dumps({"step": step, "config": cfg.to_dict()}, indent=2))
+    old = path.with_name(path.name + ".old")
+    shutil.rmtree(old, ignore_errors=True)
+    if path.exists():
+        os.replace(path, old)
+    os.replace(tmp, path)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _load_checkpoint(path: Path, adapter: QamaAdapter, opt: torch.optim.Optimizer, cfg: TrainConfig) -> int:
+    """Restore a checkpoint written by the same config; returns the step to continue from."""
+    meta = json.loads((path / "meta.json").read_text())
+    if meta["config"] != cfg.to_dict():
+        raise ValueError(f"checkpoint {path} was written with a different configuration; remove it to start anew")
+    tensors = load_file(str(path / "state.safetensors"))
+    adapter.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+    params = [p for group in opt.param_groups for p in group["params"]]
+    for i, p in enumerate(params):
+        state = {k.split(".", 2)[2]: v for k, v in tensors.items() if k.startswith(f"opt.{i}.")}
+        if state:
+            opt.state[p] = state
+    return int(meta["step"])
+
+
+# ---------------------------------------------------------------------------- the loop
+def fit(
+    corpus_emb: np.ndarray,
+    config: TrainConfig | None = None,
+    pairs: tuple[np.ndarray, np.ndarray] | None = None,
+    out_dir: str | os.PathLike | None = None,
+) -> QamaAdapter:
+    """Fit an adapter on ``(n, d)`` L2-normalised corpus embeddings; returns it (saved to ``out_dir``).
+
+    ``pairs``: optional ``(queries, positives)`` embeddings ``(P, d)`` each (e.g. training qrels),
+    used by the InfoNCE term. With ``out_dir``, checkpoints go to ``out_dir/checkpoint`` every
+    ``checkpoint_every`` steps and a run that finds one resumes from it; the finished adapter is saved
+    to ``out_dir`` and the checkpoint removed.
+    """
+    cfg = config or TrainConfig()
+    x_np = check_training_input(corpus_emb, cfg.batch_size)
+    d = x_np.shape[1]
+    pair_t: tuple[torch.Tensor, torch.Tensor] | None = None
+    if pairs is not None:
+        q_np = check_training_input(pairs[0], 2, d, "pair queries")
+        p_np = check_training_input(pairs[1], 2, d, "pair documents")
+        if len(q_np) != len(p_np):
+            raise ValueError(f"pairs need as many queries as documents, got {len(q_np)} and {len(p_np)}")
+        pair_t = (torch.from_numpy(q_np), torch.from_numpy(p_np))
+    torch.set_num_threads(max(1, cfg.threads))
+    torch.manual_seed(cfg.seed)
+    acfg = AdapterConfig(dim=d, expansion=cfg.expansion, nested_dims=cfg.nested_dims, init=cfg.init,
+                         merge_hidden=cfg.merge_hidden, model_name=cfg.model_name)
+    metadata = {"training": cfg.to_dict(), "data": {"description": cfg.data_description, "n_vectors": len(x_np),
+                                                   "n_pairs": 0 if pairs is None else len(pairs[0])}}
+    adapter = QamaAdapter(acfg, metadata)
+    adapter.init_linear(x_np)
+    adapter.calibrate(x_np)  # thresholds start at quantiles of the corpus
+    unit = float(adapter.z_std.mean())
+    x = torch.from_numpy(x_np)
+    params = [p for p in adapter.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    out = Path(out_dir) if out_dir is not None else None
+    ckpt = out / CHECKPOINT_DIR if out is not None else None
+    start = 0
+    if ckpt is not None and (ckpt / "meta.json").is_file():
+        start = _load_checkpoint(ckpt, adapter, opt, cfg)
+        logger.info("resuming from %s at step %d", ckpt, start)
+    adapter.train()
+    t0 = time.perf_counter()
+    bar = tqdm(range(start, cfg.steps), desc="qama fit", disable=not cfg.progress, initial=start, total=cfg.steps)
+    for step in bar:
+        gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
+        idx = torch.randperm(len(x), generator=gen)[: cfg.batch_size]
+        xb = x[idx]  # (B, d)
+        if cfg.noise > 0:
+            xb = torch.nn.functional.normalize(xb + cfg.noise / d**0.5 * torch.randn(xb.shape, generator=gen), dim=1)
+        pb = None
+        if pair_t is not None:
+            pidx = torch.randperm(len(pair_t[0]), generator=gen)[: cfg.batch_size // 2]
+            pb = (pair_t[0][pidx], pair_t[1][pidx])
+        for group in opt.param_groups:
+            group["lr"] = cfg.lr * lr_factor(step, cfg)
+        sched = loss_schedules(step, cfg.steps)
+        parts = compute_losses(adapter, xb, cfg, step, gen, unit, pb)
+        total = sum(weight_of(name, cfg, sched) * v for name, v in parts.items())
+        if not torch.isfinite(total):
+            bad = [n for n, v in parts.items() if not torch.isfinite(v)]
+            raise TrainingError(f"loss became non-finite at step {step} (parts {bad}); lower lr or check the input")
+        opt.zero_grad(set_to_none=True)
+        total.backward()
+        torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+        opt.step()
+        with torch.no_grad():
+            adapter.update_statistics(adapter(xb), cfg.ema_momentum)
+        if cfg.progress and (step % 10 == 0 or step == cfg.steps - 1):
+            bar.set_postfix(_summary(parts, total))
+        if ckpt is not None and cfg.checkpoint_every > 0 and (step + 1) % cfg.checkpoint_every == 0 and step + 1 < cfg.steps:
+            _save_checkpoint(ckpt, adapter, opt, step + 1, cfg)
+    bar.close()
+    adapter.calibrate(x_np)  # final thresholds: exact quantiles over the whole corpus
+    adapter.eval()
+    adapter.metadata["training"]["seconds"] = round(time.perf_counter() - t0, 1)
+    logger.info("fitted adapter in %.1f s", time.perf_counter() - t0)
+    if out is not None:
+        adapter.save(out)
+        shutil.rmtree(ckpt, ignore_errors=True)
+    return adapter
+
+
+def _summary(parts: dict[str, torch.Tensor], total: torch.Tensor) -> dict[str, str]:
+    """Loss parts grouped by term (summed over sizes and plans) for the progress bar."""
+    grouped: dict[str, float] = {"loss": float(total)}
+    for name, v in parts.items():
+        key = name.split("@")[0]
+        grouped[key] = grouped.get(key, 0.0) + float(v)
+    return {k: f"{v:.3g}" for k, v in grouped.items()}
+
+
+# ---------------------------------------------------------------------------- ablations
+#: Ablation name -> config changes that switch one component off.
+ABLATIONS: dict[str, dict[str, Any]] = {
+    "full": {},
+    "no_matryoshka": {"matryoshka": False},
+    "no_orthogonality": {"w_ortho": 0.0},
+    "no_bottleneck": {"w_bottleneck": 0.0},
+    "no_variance": {"w_variance": 0.0},
+    "no_quantization": {"w_quant": 0.0},
+}
+
+
+def ablate(
+    corpus_emb: np.ndarray,
+    evaluate: Callable[[QamaAdapter], dict[str, float]],
+    config: TrainConfig | None = None,
+    names: list[str] | None = None,
+    pairs: tuple[np.ndarray, np.ndarray] | None = None,
+) -> dict[str, dict[str, float]]:
+    """Retrain with each component of :data:`ABLATIONS` switched off in turn; ``evaluate`` scores each.
+
+    ``evaluate(adapter)`` returns figures by name (e.g. ``{"2bit@384": 0.64, ...}``); the result maps
+    ablation name -> those figures. ``"full"`` is the unablated reference.
+    """
+    base = config or TrainConfig()
+    results: dict[str, dict[str, float]] = {}
+    for name in names or list(ABLATIONS):
+        if name not in ABLATIONS:
+            raise ValueError(f"unknown ablation {name!r}; choose from {', '.join(ABLATIONS)}")
+        cfg = dataclasses.replace(base, **ABLATIONS[name])
+        logger.info("ablation %s", name)
+        results[name] = evaluate(fit(corpus_emb, cfg, pairs=pairs))
+    return results
+
