@@ -13,8 +13,8 @@ bits      levels  values per dimension   stored bits  level -> bits
 ========  ======  =====================  ===========  =======================
 
 Levels are expanded with a thermometer code (bit ``i`` of a value is set iff its level is
-greater than ``i``), so the Hamming distance between two codes is exactly the L1 distance
-between their levels. The bits of all values are concatenated in plan order, most significant
+greater than ``i``; the table writes bit 0 rightmost, the packed stream puts it first), so the
+Hamming distance between two codes is exactly the L1 distance between their levels. The bits of all values are concatenated in plan order, most significant
 bit first within each byte (``np.packbits`` order), and each row is padded with zero bits to a
 whole number of bytes: ``code_size = ceil(n_bits / 8)``. Rows are packed independently; codes are
 ``uint8`` arrays of shape ``(n, code_size)``, the layout faiss binary indexes use (``d = 8 *
@@ -298,5 +298,7 @@ def prefix_plan(plan: Plan, dims: int) -> tuple[Plan, int]:
         raise ValueError(f"plan {plan.name!r} ({plan.spec()}) has no segment boundary at {dims} dimensions")
     prefix = Plan(f"{plan.name}[:{dims}]", tuple(segments))
     if prefix.n_bits % 8:
-        raise ValueError(f"the first {dims} dimensions of plan {plan.name!r} take {prefix.n_bits} bits, not whole bytes")
+        raise ValueError(
+            f"the first {dims} dimensions of plan {plan.name!r} take {prefix.n_bits} bits, not whole bytes"
+        )
     return prefix, prefix.n_bits // 8

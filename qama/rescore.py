@@ -21,7 +21,7 @@ from qama import baselines
 from qama.codes import make_plan, prefix_plan
 from qama.evaluate import Evaluator
 from qama.search import Encoder, ThresholdEncoder, funnel_search, hamming_search, search_rescored
-from qama.table import TOP_K, BASELINE_PLANS, Row
+from qama.table import BASELINE_PLANS, TOP_K, Row
 
 __all__ = ["rescore_rows", "threshold_rescore_rows"]
 

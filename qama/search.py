@@ -44,6 +44,7 @@ __all__ = [
     "exact_scores",
     "search_rescored",
     "funnel_search",
+    "top_by_score",
 ]
 
 logger = logging.getLogger(__name__)
@@ -240,7 +241,7 @@ def exact_scores(queries: np.ndarray, vectors: np.ndarray, candidates: np.ndarra
     return np.where(valid, scores, -np.inf).astype(np.float32)
 
 
-def _top_by_score(scores: np.ndarray, candidates: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+def top_by_score(scores: np.ndarray, candidates: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """Top-``k`` of each row by descending score, ties by ascending id; pads with -inf / -1."""
     nq, m = scores.shape
     key_ids = np.where(candidates < 0, np.iinfo(np.int64).max, candidates)
@@ -283,7 +284,7 @@ def search_rescored(
         scores = exact_scores(queries, vectors, cand)
     else:
         scores = asymmetric_scores(encoder.query_weights(queries), codes, cand, encoder)
-    return _top_by_score(scores, cand, k)
+    return top_by_score(scores, cand, k)
 
 
 def funnel_search(
@@ -322,4 +323,4 @@ def funnel_search(
         scores = asymmetric_scores(encoder.query_weights(queries), codes, cand, encoder)
     else:
         raise ValueError(f"rerank must be 'hamming' or 'asymmetric', got {rerank!r}")
-    return _top_by_score(scores, cand, k)
+    return top_by_score(scores, cand, k)

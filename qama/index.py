@@ -1,0 +1,553 @@
+"""A persistent qama index: a folder of memory-mapped codes, document ids, the encoder and a manifest.
+
+Layout of an index folder (``G`` is the generation that wrote a file)::
+
+    manifest.json               format, version, generation, plan, row size, count, encoder, files
+    codes-G.npy                 (n, row_size) uint8 codes, rows padded with zero bytes to 64 bits
+    ids-G.npy, ids-G.off.npy    document ids: UTF-8 bytes and (n + 1) int64 offsets
+    titles-G.npy, ...off.npy    optional titles, same layout
+    vectors-G.npy               optional (n, d) float32 full-precision embeddings, for rescoring
+    encoder-G.safetensors       untrained thresholds and centroids (when no adapter is referenced)
+
+Every file in the manifest is listed with its size in bytes and its SHA-256. A commit (create,
+:meth:`QamaIndex.add`, :meth:`QamaIndex.delete`) writes the new generation's files next to the old
+ones, then atomically replaces ``manifest.json`` (write, fsync, rename), then removes the files no
+manifest references. A crash before the rename leaves the previous index intact and searchable;
+a crash after it leaves only stray files, removed by the next commit. One writer at a time.
+
+Opening checks everything a wrong answer could come from and raises :class:`IndexCorruptError`
+or :class:`IndexMismatchError` (both ``ValueError``) with the file and the problem: a missing,
+truncated or modified file (size, then SHA-256 when ``verify=True``), an array of the wrong shape
+or dtype, codes whose size does not match the plan, and an encoder whose checksum differs from
+the one the index was built with. Files are memory-mapped: only the pages a search reads are
+loaded (a Hamming scan reads every code once; rescoring reads candidate rows only).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import re
+import shutil
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from safetensors.numpy import load as st_load
+from safetensors.numpy import save as st_save
+
+from qama._io import atomic_open, save_npy, write_json
+from qama.codes import Plan
+from qama.quantize import Quantizer
+from qama.search import (
+    Encoder,
+    ThresholdEncoder,
+    asymmetric_scores,
+    exact_scores,
+    hamming_search,
+    top_by_score,
+)
+
+__all__ = ["IndexCorruptError", "IndexMismatchError", "QamaIndex", "StringColumn"]
+
+logger = logging.getLogger(__name__)
+
+FORMAT = "qama-index"
+VERSION = 1
+MANIFEST = "manifest.json"
+ALIGN = 8  # bytes: rows padded to whole 64-bit words
+_GENERATED = re.compile(r"^(codes|ids|titles|vectors|encoder)-\d{6}\.")
+
+
+class IndexCorruptError(ValueError):
+    """A file of the index is missing, truncated, modified or malformed."""
+
+
+class IndexMismatchError(ValueError):
+    """The index does not fit what it is used with (encoder, query codes, dimensions)."""
+
+
+def _sha256(path: Path, block: int = 1 << 22) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(block):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+@dataclass(frozen=True)
+class StringColumn:
+    """Strings stored as one UTF-8 byte array and ``n + 1`` offsets; decoded one at a time."""
+
+    data: np.ndarray  # (total_bytes,) uint8
+    offsets: np.ndarray  # (n + 1,) int64
+
+    @classmethod
+    def from_strings(cls, strings: Sequence[str]) -> StringColumn:
+        encoded = [s.encode("utf-8") for s in strings]
+        offsets = np.zeros(len(encoded) + 1, dtype=np.int64)
+        offsets[1:] = np.cumsum([len(b) for b in encoded])
+        return cls(np.frombuffer(b"".join(encoded), dtype=np.uint8).copy(), offsets)
+
+    def __len__(self) -> int:
+        return len(self.offsets) - 1
+
+    def __getitem__(self, row: int) -> str:
+        start, end = int(self.offsets[row]), int(self.offsets[row + 1])
+        return bytes(self.data[start:end]).decode("utf-8")
+
+    def to_list(self) -> list[str]:
+        raw = bytes(self.data)
+        off = self.offsets.tolist()
+        return [raw[off[i] : off[i + 1]].decode("utf-8") for i in range(len(self))]
+
+    def take(self, rows: np.ndarray) -> StringColumn:
+        keep = self.to_list()
+        return StringColumn.from_strings([keep[i] for i in rows])
+
+
+def _encoder_bytes(encoder: ThresholdEncoder) -> bytes:
+    q = encoder.quantizer
+    meta = {"plan": json.dumps(q.plan.to_dict()), "checksum": encoder.checksum}
+    return st_save({"thresholds": q.thresholds.astype(np.float32), "centroids": q.centroids.astype(np.float32)}, meta)
+
+
+class QamaIndex:
+    """A searchable, persistent set of qama codes with their document ids.
+
+    Build one with :meth:`create`, reopen it with :meth:`open`. ``search`` takes float query
+    embeddings; ``search_codes`` takes query codes. Rows are numbered ``0..len-1`` in insertion
+    order (deletions renumber the rows after them); :meth:`doc_id` maps a row to its document id.
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        manifest: dict[str, Any],
+        encoder: Encoder,
+        codes: np.ndarray,
+        ids: StringColumn,
+        titles: StringColumn | None,
+        vectors: np.ndarray | None,
+    ) -> None:
+        self.path = path
+        self.manifest = manifest
+        self.encoder = encoder
+        self.codes = codes
+        self.ids = ids
+        self.titles = titles
+        self.vectors = vectors
+
+    # ------------------------------------------------------------------ properties
+    @property
+    def plan(self) -> Plan:
+        return self.encoder.plan
+
+    @property
+    def row_size(self) -> int:
+        return int(self.manifest["row_size"])
+
+    def __len__(self) -> int:
+        return len(self.codes)
+
+    def __repr__(self) -> str:
+        return (
+            f"QamaIndex({str(self.path)!r}, n={len(self)}, plan={self.plan.spec()!r}, "
+            f"row_size={self.row_size}, vectors={self.vectors is not None}, generation={self.manifest['generation']})"
+        )
+
+    def doc_id(self, row: int) -> str | None:
+        """The document id of ``row`` (``None`` for ``-1``)."""
+        return None if row < 0 else self.ids[int(row)]
+
+    def title(self, row: int) -> str | None:
+        return None if row < 0 or self.titles is None else self.titles[int(row)]
+
+    def disk_bytes(self) -> dict[str, int]:
+        """Bytes on disk of each file of the current generation (and the manifest)."""
+        out = {key: int(f["bytes"]) for key, f in self.manifest["files"].items()}
+        out["manifest"] = (self.path / MANIFEST).stat().st_size
+        return out
+
+    # ------------------------------------------------------------------ create / open
+    @classmethod
+    def create(
+        cls,
+        path: str | os.PathLike,
+        encoder: Encoder,
+        embeddings: np.ndarray,
+        ids: Sequence[str],
+        titles: Sequence[str] | None = None,
+        keep_vectors: bool = False,
+        adapter_path: str | os.PathLike | None = None,
+        overwrite: bool = False,
+        progress: Callable[[int], None] | None = None,
+        chunk: int = 65536,
+    ) -> QamaIndex:
+        """Encode ``(n, d)`` float ``embeddings`` and write a new index folder at ``path``.
+
+        A :class:`~qama.search.ThresholdEncoder` is stored in the folder; any other encoder (a
+        trained adapter) is referenced by ``adapter_path`` and its checksum, and must be passed to
+        :meth:`open`. ``keep_vectors`` also stores the float32 embeddings for exact rescoring.
+        ``progress`` is called with the number of rows encoded after each chunk.
+        """
+        path = Path(path)
+        if (path / MANIFEST).exists() and not overwrite:
+            raise FileExistsError(f"{path}: an index already exists here (pass overwrite=True to replace it)")
+        if path.exists() and not path.is_dir():
+            raise FileExistsError(f"{path}: exists and is not a folder")
+        path.mkdir(parents=True, exist_ok=True)
+        embeddings = np.asarray(embeddings)
+        _check_new_docs(embeddings, ids, titles, encoder.plan.dim)
+        if isinstance(encoder, ThresholdEncoder):
+            enc_meta: dict[str, Any] = {"kind": "thresholds", "checksum": encoder.checksum}
+        else:
+            enc_meta = {
+                "kind": "adapter",
+                "path": None if adapter_path is None else str(Path(adapter_path).resolve()),
+                "checksum": encoder.checksum,
+            }
+        row_size = encoder.plan.row_size(ALIGN)
+        manifest: dict[str, Any] = {
+            "format": FORMAT,
+            "version": VERSION,
+            "generation": 0,
+            "plan": encoder.plan.to_dict(),
+            "code_size": encoder.plan.code_size,
+            "row_size": row_size,
+            "dim": int(embeddings.shape[1]),
+            "count": 0,
+            "encoder": enc_meta,
+            "files": {},
+        }
+        codes = _encode_rows(encoder, embeddings, row_size, progress, chunk)
+        if (path / MANIFEST).exists():  # overwrite: continue the generations so no live file is reused
+            try:
+                manifest["generation"] = int(json.loads((path / MANIFEST).read_text())["generation"])
+            except (ValueError, KeyError, TypeError, OSError):
+                pass
+        writer = _Commit(path, manifest)
+        if enc_meta["kind"] == "thresholds":
+            writer.write_bytes("encoder", ".safetensors", _encoder_bytes(encoder))  # type: ignore[arg-type]
+        writer.write_array("codes", codes)
+        writer.write_strings("ids", StringColumn.from_strings(list(ids)))
+        if titles is not None:
+            writer.write_strings("titles", StringColumn.from_strings(list(titles)))
+        if keep_vectors:
+            writer.write_array("vectors", np.ascontiguousarray(embeddings, dtype=np.float32))
+        manifest["count"] = len(codes)
+        writer.commit()
+        logger.info("wrote index %s: %d documents, %d bytes per code", path, len(codes), row_size)
+        return cls.open(path, encoder=encoder, verify=False)
+
+    @classmethod
+    def open(cls, path: str | os.PathLike, encoder: Encoder | None = None, verify: bool = True) -> QamaIndex:
+        """Open the index at ``path`` memory-mapped.
+
+        ``encoder`` is required for an index built with an adapter and must match its checksum;
+        for untrained thresholds it is read from the folder. ``verify`` checks the SHA-256 of
+        every file (sizes, shapes and dtypes are always checked).
+        """
+        path = Path(path)
+        manifest = _read_manifest(path)
+        files = manifest["files"]
+        for key, f in files.items():
+            _check_file(path, key, f, verify)
+        plan = Plan.from_dict(manifest["plan"])
+        if manifest["code_size"] != plan.code_size or manifest["row_size"] != plan.row_size(ALIGN):
+            raise IndexCorruptError(
+                f"{path / MANIFEST}: code size {manifest['code_size']} / row size {manifest['row_size']} "
+                f"do not match plan {plan.spec()} ({plan.code_size} / {plan.row_size(ALIGN)} bytes)"
+            )
+        enc_meta = manifest["encoder"]
+        if enc_meta["kind"] == "thresholds":
+            stored = _load_threshold_encoder(path / files["encoder"]["name"], plan)
+            if stored.checksum != enc_meta["checksum"]:
+                raise IndexCorruptError(f"{path}: the stored thresholds do not match the checksum in the manifest")
+            if encoder is None:
+                encoder = stored
+        elif encoder is None:
+            raise IndexMismatchError(
+                f"{path}: this index was built with the adapter at {enc_meta.get('path')} "
+                f"(checksum {enc_meta['checksum'][:12]}…); open it with that adapter as the encoder"
+            )
+        if encoder.checksum != enc_meta["checksum"]:
+            raise IndexMismatchError(
+                f"{path}: the encoder given (checksum {encoder.checksum[:12]}…) is not the one this index was "
+                f"built with (checksum {enc_meta['checksum'][:12]}…); its codes would not be comparable"
+            )
+        if encoder.plan.spec() != plan.spec():
+            raise IndexMismatchError(f"{path}: encoder plan {encoder.plan.spec()} != index plan {plan.spec()}")
+        n = int(manifest["count"])
+        codes = _load_array(path, files["codes"], np.uint8, (n, plan.row_size(ALIGN)), "codes")
+        ids = _load_strings(path, files, "ids", n)
+        titles = _load_strings(path, files, "titles", n) if "titles" in files else None
+        vectors = (
+            _load_array(path, files["vectors"], np.float32, (n, int(manifest["dim"])), "vectors")
+            if "vectors" in files
+            else None
+        )
+        return cls(path, manifest, encoder, codes, ids, titles, vectors)
+
+    # ------------------------------------------------------------------ search
+    def search_codes(self, query_codes: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Exact Hamming top-``k`` of ``(nq, code_size)`` (or row-size) query codes: distances, rows."""
+        query_codes = np.asarray(query_codes)
+        if (
+            query_codes.ndim != 2
+            or query_codes.dtype != np.uint8
+            or query_codes.shape[1]
+            not in (
+                self.plan.code_size,
+                self.row_size,
+            )
+        ):
+            raise IndexMismatchError(
+                f"query codes must be uint8 of shape (nq, {self.plan.code_size}) for this index's plan "
+                f"{self.plan.spec()}, got {query_codes.dtype} {query_codes.shape}"
+            )
+        if query_codes.shape[1] < self.row_size:
+            query_codes = np.pad(query_codes, ((0, 0), (0, self.row_size - query_codes.shape[1])))
+        return hamming_search(self.codes, query_codes, k)
+
+    def search(
+        self, queries: np.ndarray, k: int = 10, oversample: int = 0, rescore: str = "auto"
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Top-``k`` rows for ``(nq, d)`` float query embeddings: ``(scores, rows)``.
+
+        ``oversample=0``: Hamming search only (scores are negated distances). ``oversample=f``:
+        ``f × k`` Hamming candidates rescored by ``rescore``: ``"vectors"`` (stored float32
+        vectors), ``"asymmetric"`` (query · dequantised code) or ``"auto"`` (vectors if stored).
+        """
+        queries = np.asarray(queries, dtype=np.float32)
+        if queries.ndim != 2 or queries.shape[1] < self.plan.dim:
+            raise IndexMismatchError(
+                f"queries must be (nq, d) with d >= {self.plan.dim} for this index, got {queries.shape}"
+            )
+        if oversample < 0:
+            raise ValueError(f"oversample must be >= 0, got {oversample}")
+        if rescore not in ("auto", "vectors", "asymmetric"):
+            raise ValueError(f"rescore must be 'auto', 'vectors' or 'asymmetric', got {rescore!r}")
+        if rescore == "vectors" and self.vectors is None:
+            raise ValueError(f"{self.path}: this index keeps no vectors; rebuild it with keep_vectors=True")
+        qcodes = self.encoder.encode(queries)
+        if oversample == 0:
+            dist, rows = self.search_codes(qcodes, k)
+            return np.where(rows >= 0, -dist.astype(np.float32), -np.inf).astype(np.float32), rows
+        _, cand = self.search_codes(qcodes, k * oversample)
+        if rescore == "asymmetric" or (rescore == "auto" and self.vectors is None):
+            scores = asymmetric_scores(self.encoder.query_weights(queries), self.codes, cand, self.encoder)
+        else:
+            if queries.shape[1] != self.vectors.shape[1]:  # type: ignore[union-attr]
+                raise IndexMismatchError(f"queries have {queries.shape[1]} dimensions, vectors {self.manifest['dim']}")
+            scores = exact_scores(queries, self.vectors, cand)  # type: ignore[arg-type]
+        return top_by_score(scores, cand, k)
+
+    # ------------------------------------------------------------------ updates
+    def add(
+        self,
+        embeddings: np.ndarray,
+        ids: Sequence[str],
+        titles: Sequence[str] | None = None,
+        progress: Callable[[int], None] | None = None,
+    ) -> None:
+        """Append documents (new ids only) and commit a new generation."""
+        embeddings = np.asarray(embeddings)
+        _check_new_docs(embeddings, ids, titles, self.plan.dim)
+        if embeddings.shape[1] != self.manifest["dim"]:
+            raise IndexMismatchError(
+                f"embeddings have {embeddings.shape[1]} dimensions, the index {self.manifest['dim']}"
+            )
+        existing = set(self.ids.to_list())
+        dup = [i for i in ids if i in existing]
+        if dup:
+            raise ValueError(f"{len(dup)} document id(s) already in the index, e.g. {dup[:3]}")
+        if (titles is None) != (self.titles is None) and len(self):
+            raise ValueError("titles must be given for every document or for none")
+        new_codes = _encode_rows(self.encoder, embeddings, self.row_size, progress, 65536)
+        manifest = json.loads(json.dumps(self.manifest))
+        writer = _Commit(self.path, manifest)
+        writer.write_array("codes", np.concatenate([self.codes, new_codes]))
+        writer.write_strings("ids", StringColumn.from_strings(self.ids.to_list() + list(ids)))
+        if titles is not None:
+            old = self.titles.to_list() if self.titles is not None else []
+            writer.write_strings("titles", StringColumn.from_strings(old + list(titles)))
+        if self.vectors is not None:
+            writer.write_array("vectors", np.concatenate([self.vectors, embeddings.astype(np.float32)]))
+        manifest["count"] = len(self) + len(embeddings)
+        writer.commit()
+        self._reload()
+
+    def delete(self, ids: Iterable[str]) -> int:
+        """Remove documents by id and commit; returns how many were removed. Unknown ids raise KeyError."""
+        wanted = set(ids)
+        all_ids = self.ids.to_list()
+        missing = wanted.difference(all_ids)
+        if missing:
+            raise KeyError(f"{len(missing)} document id(s) not in the index, e.g. {sorted(missing)[:3]}")
+        keep = np.array([i not in wanted for i in all_ids], dtype=bool)
+        rows = np.flatnonzero(keep)
+        manifest = json.loads(json.dumps(self.manifest))
+        writer = _Commit(self.path, manifest)
+        writer.write_array("codes", np.asarray(self.codes[rows]))
+        writer.write_strings("ids", self.ids.take(rows))
+        if self.titles is not None:
+            writer.write_strings("titles", self.titles.take(rows))
+        if self.vectors is not None:
+            writer.write_array("vectors", np.asarray(self.vectors[rows]))
+        manifest["count"] = int(len(rows))
+        writer.commit()
+        self._reload()
+        return len(all_ids) - len(rows)
+
+    def _reload(self) -> None:
+        fresh = QamaIndex.open(self.path, encoder=self.encoder, verify=False)
+        self.__dict__.update(fresh.__dict__)
+
+
+# ---------------------------------------------------------------------- helpers
+def _check_new_docs(embeddings: np.ndarray, ids: Sequence[str], titles: Sequence[str] | None, plan_dim: int) -> None:
+    if embeddings.ndim != 2 or embeddings.shape[1] < plan_dim:
+        raise ValueError(f"embeddings must be (n, d) with d >= {plan_dim}, got {embeddings.shape}")
+    if len(ids) != len(embeddings):
+        raise ValueError(f"{len(ids)} ids for {len(embeddings)} embeddings")
+    if titles is not None and len(titles) != len(embeddings):
+        raise ValueError(f"{len(titles)} titles for {len(embeddings)} embeddings")
+    if len(set(ids)) != len(ids):
+        raise ValueError("document ids must be unique")
+    if not all(isinstance(i, str) for i in ids):
+        raise ValueError("document ids must be strings")
+
+
+def _encode_rows(
+    encoder: Encoder, embeddings: np.ndarray, row_size: int, progress: Callable[[int], None] | None, chunk: int
+) -> np.ndarray:
+    codes = np.zeros((len(embeddings), row_size), dtype=np.uint8)
+    cs = encoder.plan.code_size
+    for i in range(0, len(embeddings), chunk):
+        block = encoder.encode(np.asarray(embeddings[i : i + chunk], dtype=np.float32))
+        if block.shape != (min(chunk, len(embeddings) - i), cs) or block.dtype != np.uint8:
+            raise IndexMismatchError(
+                f"the encoder returned codes {block.dtype} {block.shape}, expected (n, {cs}) uint8"
+            )
+        codes[i : i + chunk, :cs] = block
+        if progress is not None:
+            progress(len(block))
+    return codes
+
+
+class _Commit:
+    """Writes one generation's files, then swaps the manifest."""
+
+    def __init__(self, path: Path, manifest: dict[str, Any]) -> None:
+        self.path = path
+        self.manifest = manifest
+        manifest["generation"] = int(manifest["generation"]) + 1
+        self.tag = f"{manifest['generation']:06d}"
+
+    def _record(self, key: str, name: str) -> None:
+        p = self.path / name
+        self.manifest["files"][key] = {"name": name, "bytes": p.stat().st_size, "sha256": _sha256(p)}
+
+    def write_bytes(self, key: str, suffix: str, data: bytes) -> None:
+        name = f"{key}-{self.tag}{suffix}"
+        with atomic_open(self.path / name, "wb") as f:
+            f.write(data)
+        self._record(key, name)
+
+    def write_array(self, key: str, array: np.ndarray) -> None:
+        name = f"{key}-{self.tag}.npy"
+        save_npy(self.path / name, array)
+        self._record(key, name)
+
+    def write_strings(self, key: str, column: StringColumn) -> None:
+        self.write_array(key, column.data)
+        name = f"{key}-{self.tag}.off.npy"
+        save_npy(self.path / name, column.offsets)
+        self._record(f"{key}.off", name)
+
+    def commit(self) -> None:
+        write_json(self.path / MANIFEST, self.manifest)  # the atomic switch to the new generation
+        live = {f["name"] for f in self.manifest["files"].values()}
+        for p in self.path.iterdir():
+            if _GENERATED.match(p.name) and p.name not in live:
+                if p.is_dir():
+                    shutil.rmtree(p, ignore_errors=True)
+                else:
+                    p.unlink(missing_ok=True)
+
+
+def _read_manifest(path: Path) -> dict[str, Any]:
+    mpath = path / MANIFEST
+    if not mpath.exists():
+        raise IndexCorruptError(f"{path}: not a qama index (no {MANIFEST})")
+    try:
+        manifest = json.loads(mpath.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise IndexCorruptError(f"{mpath}: unreadable manifest ({e})") from None
+    required = ("format", "version", "generation", "plan", "code_size", "row_size", "dim", "count", "encoder", "files")
+    if not isinstance(manifest, dict) or any(key not in manifest for key in required):
+        raise IndexCorruptError(f"{mpath}: incomplete manifest (needs {', '.join(required)})")
+    if manifest["format"] != FORMAT:
+        raise IndexCorruptError(f"{mpath}: not a qama index manifest (format {manifest['format']!r})")
+    if manifest["version"] != VERSION:
+        raise IndexCorruptError(f"{mpath}: index format version {manifest['version']}, this qama reads {VERSION}")
+    for key in ("codes", "ids", "ids.off"):
+        if key not in manifest["files"]:
+            raise IndexCorruptError(f"{mpath}: the manifest lists no {key} file")
+    return manifest
+
+
+def _check_file(path: Path, key: str, f: dict[str, Any], verify: bool) -> None:
+    p = path / f["name"]
+    if not p.is_file():
+        raise IndexCorruptError(f"{p}: missing {key} file of the index")
+    size = p.stat().st_size
+    if size != f["bytes"]:
+        raise IndexCorruptError(f"{p}: {size} bytes, the manifest says {f['bytes']} (truncated or replaced)")
+    if verify and _sha256(p) != f["sha256"]:
+        raise IndexCorruptError(f"{p}: SHA-256 differs from the manifest (the file was modified or corrupted)")
+
+
+def _load_array(path: Path, f: dict[str, Any], dtype: Any, shape: tuple[int, ...], what: str) -> np.ndarray:
+    from qama._io import load_npy
+
+    arr = load_npy(path / f["name"], mmap=True, error=IndexCorruptError)
+    if arr.dtype != dtype or arr.shape != shape:
+        kind = "codes of the wrong size" if what == "codes" else f"wrong {what} array"
+        raise IndexCorruptError(
+            f"{path / f['name']}: {kind}: {arr.dtype} {arr.shape}, expected {np.dtype(dtype)} {shape}"
+        )
+    if arr.size == 0:
+        return np.zeros(shape, dtype=dtype)  # a memory map of zero bytes is not allowed
+    return arr
+
+
+def _load_strings(path: Path, files: dict[str, Any], key: str, n: int) -> StringColumn:
+    from qama._io import load_npy
+
+    off_key = f"{key}.off"
+    if off_key not in files:
+        raise IndexCorruptError(f"{path}: the manifest lists {key} without its offsets")
+    offsets = load_npy(path / files[off_key]["name"], error=IndexCorruptError)
+    data = load_npy(path / files[key]["name"], mmap=True, error=IndexCorruptError)
+    if offsets.dtype != np.int64 or offsets.shape != (n + 1,) or data.dtype != np.uint8 or data.ndim != 1:
+        raise IndexCorruptError(f"{path / files[key]['name']}: malformed {key} column")
+    if offsets[0] != 0 or offsets[-1] != len(data) or np.any(np.diff(offsets) < 0):
+        raise IndexCorruptError(f"{path / files[off_key]['name']}: offsets do not describe the {key} data")
+    return StringColumn(data if len(data) else np.zeros(0, dtype=np.uint8), offsets)
+
+
+def _load_threshold_encoder(p: Path, plan: Plan) -> ThresholdEncoder:
+    try:
+        tensors = st_load(p.read_bytes())
+    except Exception as e:  # safetensors raises its own error types for malformed headers
+        raise IndexCorruptError(f"{p}: unreadable thresholds file ({e})") from None
+    try:
+        return ThresholdEncoder(Quantizer(plan, tensors["thresholds"], tensors["centroids"]))
+    except (KeyError, ValueError) as e:
+        raise IndexCorruptError(f"{p}: malformed thresholds file ({e})") from None

@@ -1,0 +1,190 @@
+"""Exact Hamming search against the numpy reference, asymmetric scoring, two-stage search, funnel."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from qama.codes import make_plan, pack, prefix_plan, unpack
+from qama.search import (
+    MISSING_DISTANCE,
+    Encoder,
+    ThresholdEncoder,
+    asymmetric_scores,
+    exact_scores,
+    float_search,
+    funnel_search,
+    hamming_search,
+    hamming_search_reference,
+    search_rescored,
+)
+
+SHARED = Path(__file__).resolve().parents[2] / "shared"
+
+
+def random_codes(n: int, width: int, seed: int, values: int = 256) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, values, size=(n, width), dtype=np.uint8)
+
+
+@pytest.mark.parametrize("width", [1, 3, 8, 78, 80])
+@pytest.mark.parametrize("k", [1, 10, 50])
+def test_hamming_search_matches_reference_exactly(width: int, k: int) -> None:
+    # few distinct byte values -> many ties, also at the k-th place
+    codes, queries = random_codes(700, width, 0, values=4), random_codes(33, width, 1, values=4)
+    d, i = hamming_search(codes, queries, k)
+    rd, ri = hamming_search_reference(codes, queries, k)
+    np.testing.assert_array_equal(d, rd)
+    np.testing.assert_array_equal(i, ri)  # ties broken by ascending id in both
+    full = np.bitwise_count(codes[None] ^ queries[:, None]).sum(-1)
+    np.testing.assert_array_equal(np.take_along_axis(full, i, 1), d)
+    assert (np.diff(d, axis=1) >= 0).all()
+
+
+def test_hamming_search_fewer_rows_than_k_and_empty() -> None:
+    codes, q = random_codes(3, 8, 0), random_codes(2, 8, 1)
+    d, i = hamming_search(codes, q, 5)
+    assert (i[:, 3:] == -1).all() and (d[:, 3:] == MISSING_DISTANCE).all()
+    assert sorted(i[0, :3]) == [0, 1, 2]
+    rd, ri = hamming_search_reference(codes, q, 5)
+    np.testing.assert_array_equal(d, rd)
+    np.testing.assert_array_equal(i, ri)
+    d, i = hamming_search(np.zeros((0, 8), np.uint8), q, 4)
+    assert i.shape == (2, 4) and (i == -1).all() and (d == MISSING_DISTANCE).all()
+    s, i = float_search(np.zeros((0, 4), np.float32), np.ones((1, 4), np.float32), 2)
+    assert (i == -1).all() and np.isneginf(s).all()
+
+
+@pytest.mark.parametrize("k", [0, -1])
+def test_k_must_be_positive(k: int) -> None:
+    codes = random_codes(4, 8, 0)
+    with pytest.raises(ValueError, match="k must be positive"):
+        hamming_search(codes, codes, k)
+    with pytest.raises(ValueError, match="k must be positive"):
+        hamming_search_reference(codes, codes, k)
+    with pytest.raises(ValueError, match="k must be positive"):
+        float_search(codes.astype(np.float32), codes.astype(np.float32), k)
+
+
+def test_hamming_search_refuses_mismatched_codes() -> None:
+    with pytest.raises(ValueError, match="one code size"):
+        hamming_search(random_codes(4, 8, 0), random_codes(1, 9, 0), 1)
+    with pytest.raises(ValueError, match="one code size"):
+        hamming_search(random_codes(4, 8, 0).astype(np.int8), random_codes(1, 8, 0), 1)
+
+
+def test_hamming_search_on_memory_map(tmp_path: Path) -> None:
+    codes = random_codes(500, 80, 3)
+    np.save(tmp_path / "c.npy", codes)
+    mm = np.load(tmp_path / "c.npy", mmap_mode="r")
+    q = random_codes(4, 80, 4)
+    for a, b in zip(hamming_search(mm, q, 7), hamming_search_reference(codes, q, 7), strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+@pytest.fixture
+def corpus() -> np.ndarray:
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((300, 32)).astype(np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+@pytest.mark.parametrize("plan_name", ["2bit", "1.5bit", "1bit", "0.5bit", "hybrid"])
+def test_threshold_encoder_satisfies_protocol_and_asymmetric_equals_dequantized_dot(
+    corpus: np.ndarray, plan_name: str
+) -> None:
+    plan = make_plan(plan_name, 32)
+    enc = ThresholdEncoder.fit(corpus, plan)
+    assert isinstance(enc, Encoder)
+    codes = enc.encode(corpus)
+    assert codes.shape == (300, plan.code_size)
+    # explicit dequantised vectors in embedding space: a 0.5-bit value stands for both dims of its pair
+    levels = unpack(codes, plan)
+    values = enc.centroids[np.arange(plan.n_values), levels]
+    cols, start = [], 0
+    for seg in plan.segments:
+        block = values[:, start : start + seg.n_values]
+        cols.append(np.repeat(block, 2, axis=1) if seg.bits == 0.5 else block)
+        start += seg.n_values
+    deq = np.concatenate(cols, axis=1)  # (n, 32)
+    queries = corpus[:5] + 0.1
+    cand = np.array([[0, 5, 299, -1], [7, 7, 1, 2], [3, 4, 5, 6], [0, 0, 0, 0], [-1, -1, -1, 9]])
+    got = asymmetric_scores(enc.query_weights(queries), np.pad(codes, ((0, 0), (0, 3))), cand, enc)
+    expected = np.einsum("qmd,qd->qm", deq[np.maximum(cand, 0)], queries)
+    np.testing.assert_allclose(got[cand >= 0], expected[cand >= 0], rtol=1e-5, atol=1e-6)
+    assert np.isneginf(got[cand < 0]).all()
+
+
+def test_exact_scores(corpus: np.ndarray) -> None:
+    cand = np.array([[3, 1, -1]])
+    got = exact_scores(corpus[:1], corpus, cand)
+    np.testing.assert_allclose(got[0, :2], corpus[[3, 1]] @ corpus[0], rtol=1e-6)
+    assert np.isneginf(got[0, 2])
+
+
+def test_search_rescored_large_oversample_equals_full_rescoring(corpus: np.ndarray) -> None:
+    enc = ThresholdEncoder.fit(corpus, make_plan("2bit", 32))
+    codes = enc.encode(corpus)
+    q = corpus[:8]
+    # oversample covering the whole corpus -> rescoring ranks every document
+    s, i = search_rescored(codes, enc, q, 10, oversample=30, vectors=corpus)
+    fs, fi = float_search(corpus, q, 10)
+    np.testing.assert_array_equal(i, fi)
+    np.testing.assert_allclose(s, fs, rtol=1e-5)
+    s, i = search_rescored(codes, enc, q, 10, oversample=30)
+    all_ids = np.tile(np.arange(300), (8, 1))
+    full = asymmetric_scores(enc.query_weights(q), codes, all_ids, enc)
+    ref = np.lexsort((all_ids, -full.astype(np.float64)), axis=-1)[:, :10]
+    np.testing.assert_array_equal(i, ref)
+    # aligned corpus rows give identical answers
+    s2, i2 = search_rescored(pack(unpack(codes, enc.plan), enc.plan, align=8), enc, q, 10, oversample=30)
+    np.testing.assert_array_equal(i2, i)
+    with pytest.raises(ValueError, match="oversample"):
+        search_rescored(codes, enc, q, 10, oversample=0)
+
+
+def test_search_rescored_k_beyond_corpus(corpus: np.ndarray) -> None:
+    enc = ThresholdEncoder.fit(corpus, make_plan("1bit", 32))
+    codes = enc.encode(corpus[:3])
+    s, i = search_rescored(codes, enc, corpus[:2], 5, oversample=4)
+    assert (i[:, 3:] == -1).all() and np.isneginf(s[:, 3:]).all() and (i[:, :3] >= 0).all()
+
+
+def test_funnel_search(corpus: np.ndarray) -> None:
+    plan = make_plan("hybrid", 32)
+    enc = ThresholdEncoder.fit(corpus, plan)
+    codes, q = enc.encode(corpus), corpus[:6]
+    qc = enc.encode(q)
+    _, nbytes = prefix_plan(plan, 8)
+    pc, pq = np.ascontiguousarray(codes[:, :nbytes]), np.ascontiguousarray(qc[:, :nbytes])
+    # with every document a candidate, hamming rerank equals full Hamming search
+    s, i = funnel_search(pc, pq, 10, 30, "hamming", codes=codes, query_codes=qc)
+    d, ri = hamming_search(codes, qc, 10)
+    np.testing.assert_array_equal(i, ri)
+    np.testing.assert_array_equal(-s, d)
+    s, i = funnel_search(pc, pq, 10, 30, "asymmetric", codes=codes, encoder=enc, queries=q)
+    s2, i2 = search_rescored(codes, enc, q, 10, oversample=30)
+    np.testing.assert_array_equal(i, i2)
+    with pytest.raises(ValueError, match="rerank"):
+        funnel_search(pc, pq, 10, 2, "bogus", codes=codes)
+
+
+def test_rescoring_on_scifact_recovers_quality() -> None:
+    from qama.data import load_dataset
+    from qama.embeddings import load_embeddings
+    from qama.evaluate import Evaluator
+    from qama.rescore import rescore_rows
+
+    data, emb = SHARED / "datasets" / "scifact", SHARED / "embeddings" / "all-MiniLM-L6-v2" / "scifact"
+    if not (emb / "corpus.npy").is_file() or not (data / "corpus.jsonl").is_file():
+        pytest.skip(f"shared SciFact data not found at {SHARED}")
+    ds = load_dataset(data)
+    corpus, queries = load_embeddings(emb, ds)
+    ev = Evaluator(ds)
+    enc = ThresholdEncoder.fit(corpus, make_plan("2bit", 384), sign_1bit=True)
+    rows = rescore_rows(enc, corpus, queries[ev.rows], ev, oversamples=(4,), vectors=True)
+    ndcg = {(r.format, r.rescore): r.metrics["ndcg@10"] for r in rows}
+    assert ndcg[("qama", None)] < ndcg[("qama", 4)]  # asymmetric rescoring beats symmetric Hamming
+    assert ndcg[("qama", 4)] >= 0.995 * 0.6492
+    assert ndcg[("qama+fp32", 4)] >= 0.995 * 0.6492
