@@ -7,7 +7,6 @@ folder. Rows keep file order, so row ``i`` of a precomputed ``corpus.npy`` is li
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import json
 import logging
@@ -32,6 +31,7 @@ BEIR_MD5 = {
     "arguana": "8ad3e3c2a5867cdced806d6503f29b99",
 }
 MAX_DOWNLOAD_BYTES = 8 * 1024**3
+MAX_LINE_BYTES = 16 * 1024**2  # one JSONL record; BEIR's longest is far below
 
 
 class DataError(ValueError):
@@ -73,9 +73,11 @@ def default_cache_dir() -> Path:
 def _read_jsonl(path: Path, kind: str) -> list[dict]:
     if not path.is_file():
         raise DataError(f"{path}: file not found")
-    rows, seen = [], set()
+    rows, seen, empty = [], set(), []
     with path.open("rb") as f:
-        for lineno, raw in enumerate(f, 1):
+        for lineno, raw in enumerate(iter(lambda: f.readline(MAX_LINE_BYTES + 1), b""), 1):
+            if len(raw) > MAX_LINE_BYTES:
+                raise DataError(f"{path}:{lineno}: line longer than {MAX_LINE_BYTES // 2**20} MiB")
             try:
                 line = raw.decode("utf-8")
             except UnicodeDecodeError as e:
@@ -99,18 +101,28 @@ def _read_jsonl(path: Path, kind: str) -> list[dict]:
             for key in ("title", "text"):
                 if key in obj and not isinstance(obj[key], str):
                     raise DataError(f"{path}:{lineno}: '{key}' must be a string")
+            if not (obj.get("title", "") + obj.get("text", "")).strip():
+                empty.append(lineno)
             rows.append(obj)
     if not rows:
         raise DataError(f"{path}: no {kind} (the file is empty)")
+    if empty and kind == "queries":
+        raise DataError(f"{path}:{empty[0]}: empty query text")
+    if empty:  # kept, so that rows still follow the file order (Cranfield has two such documents)
+        logger.warning("%s:%d: empty title and text (%d such %s, kept)", path, empty[0], len(empty), kind)
     return rows
 
 
 def _read_qrels(path: Path, doc_index: dict[str, int], query_set: set[str]) -> dict[str, dict[str, int]]:
     qrels: dict[str, dict[str, int]] = {}
-    with path.open(newline="", encoding="utf-8") as f:
-        reader = csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
-        for lineno, row in enumerate(reader, 1):
-            if not row or (lineno == 1 and row[0] == "query-id"):
+    with path.open("rb") as f:
+        for lineno, raw in enumerate(f, 1):
+            try:
+                line = raw.decode("utf-8").lstrip("\ufeff" if lineno == 1 else "").rstrip("\r\n")
+            except UnicodeDecodeError as e:
+                raise DataError(f"{path}:{lineno}: invalid UTF-8 ({e.reason} at byte {e.start})") from None
+            row = line.split("\t")
+            if not line.strip() or (lineno == 1 and row[0] == "query-id"):
                 continue
             if len(row) != 3:
                 raise DataError(f"{path}:{lineno}: expected 3 tab-separated columns, got {len(row)}")

@@ -9,6 +9,8 @@ import zipfile
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from qama import data
 from qama.data import DataError, download_beir, load_dataset
@@ -166,3 +168,42 @@ def test_download_offline_message(tmp_path, monkeypatch):
     monkeypatch.setattr(data.urllib.request, "urlopen", fail)
     with pytest.raises(DataError, match="are you offline"):
         load_dataset("scifact", cache_dir=tmp_path)
+
+
+def test_empty_query_text_is_refused(tmp_path):
+    root = make(tmp_path)
+    (root / "queries.jsonl").write_text('{"_id": "q1", "text": "first"}\n{"_id": "q2", "text": "  "}\n')
+    with pytest.raises(DataError, match=r"queries.jsonl:2: empty query text"):
+        load_dataset(root)
+
+
+def test_empty_document_is_kept_with_a_warning(tmp_path, caplog):
+    root = make(tmp_path)
+    ds = load_dataset(root)  # document "3" has a title: not empty
+    assert not caplog.records
+    (root / "corpus.jsonl").write_text('{"_id": "d1", "text": "one"}\n{"_id": "d2", "title": "", "text": ""}\n'
+                                       '{"_id": "3", "text": "x"}\n')
+    ds = load_dataset(root)
+    assert ds.doc_ids == ["d1", "d2", "3"]
+    assert "corpus.jsonl:2: empty title and text (1 such documents, kept)" in caplog.text
+
+
+def test_a_100_mb_line_is_refused(tmp_path):
+    root = make(tmp_path)
+    with (root / "corpus.jsonl").open("wb") as f:
+        f.write(b'{"_id": "d1", "text": "one"}\n{"_id": "big", "text": "' + b"a" * 100 * 2**20 + b'"}\n')
+    with pytest.raises(DataError, match=r"corpus.jsonl:2: line longer than 16 MiB"):
+        load_dataset(root)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(blob=st.binary(max_size=300), file=st.sampled_from(["corpus.jsonl", "queries.jsonl", "qrels/test.tsv"]))
+def test_random_bytes_give_a_data_error_or_a_dataset(tmp_path, blob, file):
+    root = make(tmp_path)
+    (root / file).write_bytes(blob)
+    try:
+        ds = load_dataset(root)
+    except DataError as e:
+        assert str(root / file) in str(e) or "qrels" in str(e)
+    else:
+        assert ds.qrels and set(ds.qrels) <= set(ds.query_ids)
