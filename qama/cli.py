@@ -63,6 +63,133 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _read_jsonl_corpus(path: Path) -> tuple[list[str], list[str], list[str]]:
+    """``(ids, titles, texts)`` of a plain JSONL corpus: one ``{"_id" or "id", "text", "title"?}`` a line."""
+    import json
+
+    ids, titles, texts = [], [], []
+    with open(path, encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                doc = json.loads(line)
+                doc_id = str(doc.get("_id", doc.get("id")))
+                text = str(doc["text"])
+            except (json.JSONDecodeError, KeyError, AttributeError) as e:
+                raise ValueError(f"{path}:{n}: expected a JSON object with an id and a text ({e})") from None
+            ids.append(doc_id)
+            titles.append(str(doc.get("title", "")))
+            texts.append(f"{titles[-1]} {text}".strip())
+    return ids, titles, texts
+
+
+def _load_encoder_adapter(path: Path):
+    """The trained adapter at ``path`` as a :class:`qama.search.Encoder`."""
+    try:
+        from qama import adapter as adapter_mod
+    except ImportError as e:
+        raise ValueError(f"cannot load adapter {path}: qama.adapter is not available ({e})") from None
+    for name in ("load_encoder", "load_adapter"):
+        if hasattr(adapter_mod, name):
+            return getattr(adapter_mod, name)(path)
+    raise ValueError(f"cannot load adapter {path}: qama.adapter offers no load_encoder()")
+
+
+def cmd_index(args: argparse.Namespace) -> int:
+    import numpy as np
+    from tqdm.auto import tqdm
+
+    from qama.codes import make_plan
+    from qama.index import QamaIndex
+    from qama.search import ThresholdEncoder
+
+    start = time.perf_counter()
+    if (args.corpus is None) == (args.dataset is None):
+        raise ValueError("give either --dataset or --corpus")
+    if args.corpus:
+        ids, titles, texts = _read_jsonl_corpus(args.corpus)
+        if args.embeddings:
+            from qama._io import load_npy
+            from qama.embeddings import check_embeddings
+
+            corpus = check_embeddings(load_npy(args.embeddings), len(ids), str(args.embeddings))
+        else:
+            from qama.embeddings import encode, load_model
+
+            corpus = encode(load_model(args.model), texts, batch_size=args.batch_size)
+    else:
+        dataset, corpus, _ = _load_inputs(args)
+        ids, titles = dataset.doc_ids, dataset.titles
+    if args.adapter:
+        encoder = _load_encoder_adapter(args.adapter)
+    else:
+        logger.info("no --adapter: fitting untrained quantile thresholds (%s) on the corpus", args.plan)
+        encoder = ThresholdEncoder.fit(corpus, make_plan(args.plan, corpus.shape[1]))
+    with tqdm(total=len(corpus), desc="encoding", unit="doc", disable=args.quiet) as bar:
+        index = QamaIndex.create(
+            args.out,
+            encoder,
+            np.asarray(corpus, dtype=np.float32),
+            ids,
+            titles=titles if any(titles) else None,
+            keep_vectors=args.keep_vectors,
+            adapter_path=args.adapter,
+            overwrite=args.overwrite,
+            progress=bar.update,
+            meta={"model": None if args.embeddings else args.model},
+        )
+    logger.info("%r in %.1f s; %s bytes on disk", index, time.perf_counter() - start, sum(index.disk_bytes().values()))
+    return 0
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    import json
+
+    import numpy as np
+
+    from qama.index import QamaIndex
+
+    encoder = _load_encoder_adapter(args.adapter) if args.adapter else None
+    index = QamaIndex.open(args.index, encoder=encoder)
+    if args.queries is not None:
+        from qama._io import load_npy
+
+        queries = np.atleast_2d(load_npy(args.queries)).astype(np.float32)
+        labels = [str(i) for i in range(len(queries))]
+    else:
+        if not args.text:
+            raise ValueError("give query text or --queries FILE.npy")
+        from qama.embeddings import encode, load_model
+
+        model = args.model or index.manifest.get("meta", {}).get("model")
+        if not model:
+            raise ValueError(f"{args.index}: the index does not name its model; pass --model")
+        queries = encode(load_model(model), list(args.text), progress=False)
+        labels = list(args.text)
+    scores, rows = index.search(queries, args.k, oversample=args.oversample, rescore=args.rescore)
+    results = [
+        {
+            "query": label,
+            "hits": [
+                {"id": index.doc_id(int(r)), "title": index.title(int(r)), "score": float(s)}
+                for s, r in zip(srow, rrow, strict=True)
+                if r >= 0
+            ],
+        }
+        for label, srow, rrow in zip(labels, scores, rows, strict=True)
+    ]
+    if args.json:
+        print(json.dumps(results, ensure_ascii=False, indent=2))
+    else:
+        for res in results:
+            print(f"query: {res['query']}")
+            for rank, hit in enumerate(res["hits"], 1):
+                title = f"  {hit['title']}" if hit["title"] else ""
+                print(f"{rank:4d}. {hit['score']:9.4f}  {hit['id']}{title}")
+    return 0
+
+
 def _add_input_args(p: argparse.ArgumentParser) -> None:
     from qama.embeddings import DEFAULT_MODEL
 
@@ -89,6 +216,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", type=Path, help="write the table as JSON {'rows': [...]}")
     p.add_argument("--markdown", type=Path, help="write the table as Markdown")
     p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("index", help="encode a corpus into a persistent qama index folder")
+    _add_input_args(p)
+    p.set_defaults(dataset=None)
+    for action in p._actions:
+        if action.dest == "dataset":
+            action.required = False
+    p.add_argument("--corpus", type=Path, help="plain JSONL corpus ({_id, text, title?} a line) instead of --dataset")
+    p.add_argument("--adapter", type=Path, help="trained adapter folder (default: untrained quantile thresholds)")
+    p.add_argument("--plan", default="hybrid", help="plan without an adapter (default: hybrid)")
+    p.add_argument("--keep-vectors", action="store_true", help="also store float32 vectors for exact rescoring")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing index at --out")
+    p.add_argument("--out", type=Path, required=True, help="index folder to write")
+    p.set_defaults(func=cmd_index)
+
+    p = sub.add_parser("search", help="top-k documents of a qama index for query texts or embeddings")
+    p.add_argument("--index", type=Path, required=True, help="index folder written by 'qama index'")
+    p.add_argument("text", nargs="*", help="query texts (embedded with the index's model)")
+    p.add_argument("--queries", type=Path, help=".npy of query embeddings (nq, d) instead of texts")
+    p.add_argument("--model", help="sentence-transformers model for query texts (default: the index's)")
+    p.add_argument("--adapter", type=Path, help="the adapter the index was built with (if any)")
+    p.add_argument("-k", type=int, default=10, help="documents per query (default: 10)")
+    p.add_argument("--oversample", type=int, default=4, help="rescore oversample*k Hamming candidates; 0: none")
+    p.add_argument("--rescore", default="auto", choices=["auto", "asymmetric", "vectors"])
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=cmd_search)
     return parser
 
 

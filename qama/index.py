@@ -187,13 +187,15 @@ class QamaIndex:
         overwrite: bool = False,
         progress: Callable[[int], None] | None = None,
         chunk: int = 65536,
+        meta: dict[str, Any] | None = None,
     ) -> QamaIndex:
         """Encode ``(n, d)`` float ``embeddings`` and write a new index folder at ``path``.
 
         A :class:`~qama.search.ThresholdEncoder` is stored in the folder; any other encoder (a
         trained adapter) is referenced by ``adapter_path`` and its checksum, and must be passed to
         :meth:`open`. ``keep_vectors`` also stores the float32 embeddings for exact rescoring.
-        ``progress`` is called with the number of rows encoded after each chunk.
+        ``progress`` is called with the number of rows encoded after each chunk. ``meta`` (JSON)
+        is kept in the manifest, e.g. the name of the model that embedded the documents.
         """
         path = Path(path)
         if (path / MANIFEST).exists() and not overwrite:
@@ -222,6 +224,7 @@ class QamaIndex:
             "dim": int(embeddings.shape[1]),
             "count": 0,
             "encoder": enc_meta,
+            "meta": dict(meta or {}),
             "files": {},
         }
         codes = _encode_rows(encoder, embeddings, row_size, progress, chunk)
