@@ -1,0 +1,152 @@
+"""The training loop: determinism, resume, schedules, switches and bad input."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import numpy as np
+import pytest
+import torch
+
+import qama.train as T
+from qama.adapter import DimensionError, QamaAdapter
+from qama.train import TrainConfig, ablate, fit, lr_factor, loss_schedules
+
+
+def _embeddings(n: int = 96, d: int = 32, seed: int = 0) -> np.ndarray:
+    x = np.random.default_rng(seed).standard_normal((n, d)).astype(np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+TINY = TrainConfig(steps=6, batch_size=32, warmup_steps=2, progress=False, checkpoint_every=2, w_rank=0.5, w_nce=0.5)
+
+
+def _state(adapter: QamaAdapter) -> dict[str, np.ndarray]:
+    return {k: v.numpy().copy() for k, v in adapter.state_dict().items()}
+
+
+def test_fit_changes_the_adapter_and_is_deterministic() -> None:
+    x = _embeddings()
+    a, b = _state(fit(x, TINY)), _state(fit(x, TINY))
+    assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
+    assert not np.allclose(a["fc2.weight"], 0.0)  # training moved the FFN off its zero start
+    c = _state(fit(x, dataclasses.replace(TINY, seed=1)))
+    assert not np.array_equal(a["fc2.weight"], c["fc2.weight"])
+
+
+def test_fit_saves_and_interrupted_run_resumes_to_the_same_adapter(tmp_path, monkeypatch) -> None:
+    x = _embeddings()
+    reference = _state(fit(x, TINY))
+    original = T.compute_losses
+    calls = {"n": 0}
+
+    def crash_at_fifth_step(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 5:
+            raise KeyboardInterrupt
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(T, "compute_losses", crash_at_fifth_step)
+    with pytest.raises(KeyboardInterrupt):
+        fit(x, TINY, out_dir=tmp_path / "ad")
+    assert (tmp_path / "ad" / "checkpoint" / "meta.json").is_file()  # written after step 4
+    monkeypatch.setattr(T, "compute_losses", original)
+    resumed = fit(x, TINY, out_dir=tmp_path / "ad")
+    state = _state(resumed)
+    assert all(np.allclose(state[k], reference[k], atol=1e-6) for k in reference)
+    assert not (tmp_path / "ad" / "checkpoint").exists()  # removed once the adapter is saved
+    loaded = QamaAdapter.load(tmp_path / "ad")
+    assert np.array_equal(loaded.encode(x, "hybrid"), resumed.encode(x, "hybrid"))
+    assert loaded.metadata["training"]["steps"] == 6 and loaded.metadata["data"]["n_vectors"] == 96
+
+
+def test_resume_refuses_a_checkpoint_of_another_config(tmp_path, monkeypatch) -> None:
+    x = _embeddings()
+    original = T.compute_losses
+    calls = {"n": 0}
+
+    def crash(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 4:
+            raise KeyboardInterrupt
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(T, "compute_losses", crash)
+    with pytest.raises(KeyboardInterrupt):
+        fit(x, TINY, out_dir=tmp_path)
+    monkeypatch.setattr(T, "compute_losses", original)
+    with pytest.raises(ValueError, match="was written with a different configuration; remove it to start anew"):
+        fit(x, dataclasses.replace(TINY, lr=0.5), out_dir=tmp_path)
+
+
+def test_lr_schedule_warms_up_then_decays() -> None:
+    cfg = TrainConfig(steps=100, warmup_steps=10, min_lr_ratio=0.1)
+    assert lr_factor(0, cfg) == pytest.approx(0.1)
+    assert lr_factor(9, cfg) == pytest.approx(1.0)
+    assert lr_factor(10, cfg) == pytest.approx(1.0)
+    assert lr_factor(55, cfg) == pytest.approx(0.1 + 0.9 * 0.5)
+    assert lr_factor(100, cfg) == pytest.approx(0.1)
+
+
+def test_loss_schedules_ramp() -> None:
+    assert loss_schedules(0, 100) == {"quant": pytest.approx(0.2), "variance": pytest.approx(0.2)}
+    end = loss_schedules(100, 100)
+    assert end["quant"] == pytest.approx(1.0) and end["variance"] == pytest.approx(1.0)
+    assert loss_schedules(50, 100)["variance"] == pytest.approx(max(0.2, (math.exp(0.5) - 1) / (math.e - 1)))
+
+
+def test_switched_off_terms_are_not_computed() -> None:
+    x = torch.from_numpy(_embeddings(n=32))
+    adapter = QamaAdapter(T.AdapterConfig(dim=32))
+    adapter.calibrate(x.numpy())
+    gen = torch.Generator().manual_seed(0)
+    cfg = TrainConfig(w_ortho=0.0, w_bottleneck=0.0, w_variance=0.0, w_quant=0.0, w_kl=0.0, matryoshka=False,
+                      train_plans=("2bit",), batch_size=32)
+    parts = T.compute_losses(adapter, x, cfg, 0, gen, 1.0)
+    assert sorted(parts) == ["mse@32/2bit", "mse@32/fp"]
+    full = T.compute_losses(adapter, x, TrainConfig(batch_size=32), 0, gen, 1.0)
+    assert {"ortho", "bottleneck", "variance", "quant", "kl@8/hybrid", "mse@8/fp"} <= set(full)
+    assert all(torch.isfinite(v) for v in full.values())
+
+
+def test_pairs_feed_info_nce() -> None:
+    x = _embeddings()
+    q = _embeddings(n=20, seed=1)
+    adapter = fit(x, dataclasses.replace(TINY, checkpoint_every=0), pairs=(q, x[:20]))
+    assert adapter.metadata["data"]["n_pairs"] == 20
+
+
+def test_bad_inputs_raise_clear_errors() -> None:
+    x = _embeddings()
+    bad = x.copy()
+    bad[3, 0] = np.inf
+    with pytest.raises(ValueError, match=r"^embeddings contain NaN or inf values \(first at row 3\)$"):
+        fit(bad, TINY)
+    with pytest.raises(
+        ValueError, match=r"^embeddings: 10 vectors are fewer than one batch \(32\); lower batch_size or give more vectors$"
+    ):
+        fit(x[:10], TINY)
+    with pytest.raises(DimensionError, match=r"^pair queries have dimension 8, but the adapter expects 32$"):
+        fit(x, TINY, pairs=(np.ones((4, 8), np.float32), x[:4]))
+    with pytest.raises(DimensionError, match=r"^embeddings must be a 2-D array \(n, d\), got shape \(96,\)$"):
+        fit(x[:, 0], TINY)
+    with pytest.raises(ValueError, match=r"^relax must be 'ste' or 'soft', got 'hard'$"):
+        TrainConfig(relax="hard")
+
+
+def test_ablate_runs_each_switch(monkeypatch) -> None:
+    x = _embeddings()
+    seen = []
+
+    def evaluate(adapter: QamaAdapter) -> dict[str, float]:
+        seen.append(adapter.metadata["training"])
+        return {"steps": float(adapter.metadata["training"]["steps"])}
+
+    cfg = dataclasses.replace(TINY, steps=2, checkpoint_every=0)
+    out = ablate(x, evaluate, cfg, names=["full", "no_matryoshka", "no_quantization"])
+    assert list(out) == ["full", "no_matryoshka", "no_quantization"]
+    assert [s["matryoshka"] for s in seen] == [True, False, True]
+    assert [s["w_quant"] for s in seen] == [cfg.w_quant, cfg.w_quant, 0.0]
+    with pytest.raises(ValueError, match="unknown ablation 'nope'"):
+        ablate(x, evaluate, cfg, names=["nope"])
