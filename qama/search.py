@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import faiss
 import numpy as np
@@ -324,3 +324,40 @@ def funnel_search(
     else:
         raise ValueError(f"rerank must be 'hamming' or 'asymmetric', got {rerank!r}")
     return top_by_score(scores, cand, k)
+
+
+class AdapterEncoder:
+    """:class:`Encoder` over a trained :class:`~qama.adapter.QamaAdapter` at one plan and nested size.
+
+    The codes are the adapter's (its thresholds, its 0.5-bit pair merge); the centroids are the mean
+    adapter value per level over ``fit_emb`` (the corpus), so the asymmetric score of a code is the
+    dot product, in the adapter's value space, of the query's values and the code's centroids.
+    """
+
+    def __init__(self, adapter: Any, plan: str | Plan, dim: int | None = None, fit_emb: np.ndarray | None = None):
+        self.adapter = adapter
+        self._plan = adapter.plan(plan, dim)
+        fit_values = None if fit_emb is None else adapter.values(fit_emb, self._plan)
+        self.quantizer = adapter.quantizer(self._plan, fit_values=fit_values)
+
+    @property
+    def plan(self) -> Plan:
+        return self._plan
+
+    @property
+    def centroids(self) -> np.ndarray:
+        return self.quantizer.centroids
+
+    @property
+    def checksum(self) -> str:
+        h = hashlib.sha256(self._plan.spec().encode())
+        for t in self.adapter.state_dict().values():
+            h.update(t.detach().cpu().numpy().tobytes())
+        h.update(np.ascontiguousarray(self.quantizer.centroids, dtype=np.float32).tobytes())
+        return h.hexdigest()
+
+    def encode(self, emb: np.ndarray) -> np.ndarray:
+        return self.adapter.encode(emb, self._plan)
+
+    def query_weights(self, emb: np.ndarray) -> np.ndarray:
+        return self.adapter.values(emb, self._plan).astype(np.float32)
