@@ -49,6 +49,13 @@ def cmd_eval(args: argparse.Namespace) -> int:
     judged = queries[evaluator.rows]
     dims = args.dims or None
     rows = baseline_rows(corpus, judged, evaluator, dims)
+    if args.adapter:
+        from qama.adapter import QamaAdapter
+        from qama.rescore import adapter_rows
+
+        adapter = QamaAdapter.load(args.adapter)
+        adapter.check_input(corpus, "corpus embeddings")
+        rows += adapter_rows(adapter, corpus, judged, evaluator, args.plans, args.rescore)
     for r in rows:
         r.dataset = dataset.name
     set_retention(rows)
@@ -60,6 +67,65 @@ def cmd_eval(args: argparse.Namespace) -> int:
         with atomic_open(args.markdown, "w") as f:
             f.write(table)
     logger.info("evaluated %d formats in %.1f s", len(rows), time.perf_counter() - start)
+    return 0
+
+
+def _train_config(args: argparse.Namespace, dataset_name: str):
+    from qama.train import TrainConfig
+
+    overrides = {
+        k: v
+        for k, v in {
+            "steps": args.steps,
+            "expansion": args.expansion,
+            "seed": args.seed,
+            "nested_dims": args.nested_dims,
+            "batch_size": args.train_batch_size,
+        }.items()
+        if v is not None
+    }
+    return TrainConfig(
+        model_name=args.model if not args.embeddings else str(args.embeddings),
+        data_description=f"{dataset_name} corpus embeddings (no labels)",
+        progress=not args.quiet,
+        **overrides,
+    )
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from qama.train import fit
+
+    dataset, corpus, _ = _load_inputs(args)
+    cfg = _train_config(args, dataset.name)
+    fit(corpus, cfg, out_dir=args.out)
+    logger.info("adapter saved to %s", args.out)
+    return 0
+
+
+def cmd_ablate(args: argparse.Namespace) -> int:
+    from qama._io import write_json
+    from qama.evaluate import Evaluator
+    from qama.rescore import adapter_rows
+    from qama.train import ablate
+
+    dataset, corpus, queries = _load_inputs(args)
+    evaluator = Evaluator(dataset)
+    judged = queries[evaluator.rows]
+
+    def score(adapter) -> dict[str, float]:
+        rows = adapter_rows(adapter, corpus, judged, evaluator, ("2bit", "hybrid"), oversamples=())
+        return {f"{r.plan}@{r.dims}": r.metrics["ndcg@10"] for r in rows if r.plan is not None}
+
+    results = ablate(corpus, score, _train_config(args, dataset.name), names=args.only)
+    columns = sorted(
+        {c for figures in results.values() for c in figures}, key=lambda c: (c.split("@")[0], -int(c.split("@")[1]))
+    )
+    print("| ablation | " + " | ".join(columns) + " |")
+    print("|---" * (len(columns) + 1) + "|")
+    for name, figures in results.items():
+        print(f"| {name} | " + " | ".join(f"{figures.get(c, float('nan')):.4f}" for c in columns) + " |")
+    if args.json:
+        write_json(args.json, {"dataset": dataset.name, "ablations": results})
     return 0
 
 
@@ -215,7 +281,39 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dims", type=int, nargs="+", help="embedding sizes to evaluate (default: d, d/2, d/4)")
     p.add_argument("--json", type=Path, help="write the table as JSON {'rows': [...]}")
     p.add_argument("--markdown", type=Path, help="write the table as Markdown")
+    p.add_argument("--adapter", type=Path, help="a trained adapter folder: adds its rows (format qama)")
+    p.add_argument(
+        "--plans",
+        nargs="+",
+        default=["2bit", "1.5bit", "1bit", "0.5bit", "hybrid"],
+        help="plans of the adapter rows (built-in names or SIZE:BITS specs)",
+    )
+    p.add_argument(
+        "--rescore",
+        type=int,
+        nargs="*",
+        default=[4],
+        help="oversampling factors of the rescoring rows of the adapter (default: 4)",
+    )
     p.set_defaults(func=cmd_eval)
+
+    for name, func, text in (
+        ("train", cmd_train, "fit a QAMA adapter on a dataset's corpus embeddings"),
+        ("ablate", cmd_ablate, "retrain with each loss component off; nDCG@10 table"),
+    ):
+        p = sub.add_parser(name, help=text)
+        _add_input_args(p)
+        p.add_argument("--steps", type=int, help="optimiser steps (default: the training default)")
+        p.add_argument("--expansion", type=int, help="FFN expansion factor k (hidden width k·d)")
+        p.add_argument("--nested-dims", type=int, nargs="+", help="Matryoshka sizes (default: d, d/2, d/4)")
+        p.add_argument("--seed", type=int, help="random seed")
+        p.add_argument("--train-batch-size", type=int, help="corpus vectors per training step")
+        if name == "train":
+            p.add_argument("--out", type=Path, required=True, help="adapter folder to write")
+        else:
+            p.add_argument("--only", nargs="+", help="ablations to run (default: all)")
+            p.add_argument("--json", type=Path, help="write the results as JSON")
+        p.set_defaults(func=func)
 
     p = sub.add_parser("index", help="encode a corpus into a persistent qama index folder")
     _add_input_args(p)

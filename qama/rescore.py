@@ -14,16 +14,22 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from qama import baselines
 from qama.codes import make_plan, prefix_plan
 from qama.evaluate import Evaluator
-from qama.search import Encoder, ThresholdEncoder, funnel_search, hamming_search, search_rescored
-from qama.table import BASELINE_PLANS, TOP_K, Row
+from qama.search import AdapterEncoder, Encoder, ThresholdEncoder, funnel_search, hamming_search, search_rescored
+from qama.table import BASELINE_PLANS, TOP_K, Row, float_row
 
-__all__ = ["rescore_rows", "threshold_rescore_rows"]
+__all__ = ["rescore_rows", "threshold_rescore_rows", "adapter_rows"]
+
+ALL_PLANS = ("2bit", "1.5bit", "1bit", "0.5bit", "hybrid")
+
+if TYPE_CHECKING:
+    from qama.adapter import QamaAdapter
 
 logger = logging.getLogger(__name__)
 
@@ -115,4 +121,32 @@ def threshold_rescore_rows(
             encoder = ThresholdEncoder.fit(c, plan, sign_1bit=True)
             funnel = [dims // 4] if name == "hybrid" else []
             rows += rescore_rows(encoder, c, q, evaluator, "threshold", oversamples, funnel, False, vectors)
+    return rows
+
+
+def adapter_rows(
+    adapter: QamaAdapter,
+    corpus: np.ndarray,
+    queries: np.ndarray,
+    evaluator: Evaluator,
+    plans: Iterable[str] = ALL_PLANS,
+    oversamples: Iterable[int] = (4,),
+) -> list[Row]:
+    """Rows of a trained adapter (format ``qama``): at every nested size, its FP32 output (plan
+    ``None``), then every plan's symmetric Hamming search and its rescoring at each factor.
+
+    ``corpus`` and ``queries`` are the frozen model's embeddings (queries: the judged ones).
+    """
+    rows = []
+    for dims in sorted(adapter.config.nested_dims, reverse=True):
+        z_c = baselines.truncate(adapter.transform(corpus, dims), dims)
+        z_q = baselines.truncate(adapter.transform(queries, dims), dims)
+        rows.append(float_row("qama", z_c, z_q, dims, evaluator, bytes_per_dim=4))
+        for name in plans:
+            try:
+                encoder = AdapterEncoder(adapter, name, dims, fit_emb=corpus)
+            except ValueError as e:
+                logger.info("skipping %s at %d dims: %s", name, dims, e)
+                continue
+            rows += rescore_rows(encoder, corpus, queries, evaluator, "qama", oversamples)
     return rows

@@ -55,9 +55,11 @@ def default_dims(d: int) -> list[int]:
     return [m for m in (d, d // 2, d // 4) if m > 0]
 
 
-def float_row(fmt: str, corpus: np.ndarray, queries: np.ndarray, dims: int, evaluator: Evaluator) -> Row:
+def float_row(
+    fmt: str, corpus: np.ndarray, queries: np.ndarray, dims: int, evaluator: Evaluator, bytes_per_dim: int | None = None
+) -> Row:
     """Score a float format: ``corpus``/``queries`` already at ``dims`` dimensions in that format."""
-    bytes_per_dim = {"fp32": 4, "fp16": 2, "int8": 1}[fmt]
+    bytes_per_dim = bytes_per_dim or {"fp32": 4, "fp16": 2, "int8": 1}[fmt]
     scores, ids = float_search(corpus, queries, TOP_K)
     return Row(fmt, None, dims, 8.0 * bytes_per_dim, dims * bytes_per_dim, metrics=evaluator.from_ranking(ids, scores))
 

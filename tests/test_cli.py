@@ -1,0 +1,96 @@
+"""The training commands end to end on tiny data: train, eval --adapter, ablate."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from qama.cli import main
+from tests.conftest import write_beir
+
+
+@pytest.fixture
+def small(tmp_path: Path) -> tuple[Path, Path]:
+    """300 documents, 30 judged queries, 32-dim embeddings; query i is a noisy copy of document i."""
+    rng = np.random.default_rng(0)
+    n, d, nq = 300, 32, 30
+    docs = [{"_id": f"d{i}", "text": f"text {i}"} for i in range(n)]
+    queries = [{"_id": f"q{i}", "text": f"query {i}"} for i in range(nq)]
+    root = write_beir(tmp_path / "ds", docs, queries, [(f"q{i}", f"d{i}", 1) for i in range(nq)])
+    c = rng.normal(size=(n, d)).astype(np.float32)
+    c /= np.linalg.norm(c, axis=1, keepdims=True)
+    q = c[:nq] + 0.1 * rng.normal(size=(nq, d)).astype(np.float32)
+    emb = tmp_path / "emb"
+    emb.mkdir()
+    np.save(emb / "corpus.npy", c)
+    np.save(emb / "queries.npy", (q / np.linalg.norm(q, axis=1, keepdims=True)).astype(np.float32))
+    return root, emb
+
+
+def test_train_then_eval_with_the_adapter(small, tmp_path):
+    root, emb = small
+    common = ["--dataset", str(root), "--embeddings", str(emb)]
+    args = ["-q", "train", *common, "--out", str(tmp_path / "ad"), "--steps", "5", "--train-batch-size", "64"]
+    assert main(args) == 0
+    config = json.loads((tmp_path / "ad" / "config.json").read_text())
+    assert config["adapter"]["dim"] == 32 and config["adapter"]["nested_dims"] == [8, 16, 32]
+    out = tmp_path / "t.json"
+    args = ["-q", "eval", *common, "--adapter", str(tmp_path / "ad"), "--dims", "32", "--plans", "2bit", "hybrid"]
+    assert main([*args, "--json", str(out)]) == 0
+    rows = json.loads(out.read_text())["rows"]
+    qama = [(r["plan"], r["dims"], r["rescore"]) for r in rows if r["format"] == "qama"]
+    # every nested size (32, 16, 8): the FP32 output, then each plan symmetric and rescored 4x
+    for dims in (32, 16, 8):
+        assert (None, dims, None) in qama
+        assert ("2bit", dims, None) in qama and ("2bit", dims, 4) in qama
+    assert ("hybrid", 32, None) in qama
+    by = {(r["format"], r["plan"], r["dims"], r["rescore"]): r for r in rows}
+    assert by[("qama", "hybrid", 32, None)]["bytes_per_vector"] == 7  # 8*3 + 8*2 + 8 + 4 = 52 bits
+    assert all(0.0 <= r["ndcg@10"] <= 1.0 for r in rows)
+
+
+def test_eval_refuses_an_adapter_of_another_dimension(small, tmp_path, capsys):
+    root, emb = small
+    main(
+        [
+            "-q",
+            "train",
+            "--dataset",
+            str(root),
+            "--embeddings",
+            str(emb),
+            "--out",
+            str(tmp_path / "ad"),
+            "--steps",
+            "2",
+            "--train-batch-size",
+            "64",
+        ]
+    )
+    np.save(emb / "corpus.npy", np.eye(300, 16, dtype=np.float32) + 0.01)
+    np.save(emb / "queries.npy", np.ones((30, 16), np.float32))
+    rc = main(["-q", "eval", "--dataset", str(root), "--embeddings", str(emb), "--adapter", str(tmp_path / "ad")])
+    err = capsys.readouterr().err
+    assert rc == 2 and "corpus embeddings have dimension 16, but the adapter was trained for 32" in err
+
+
+def test_train_too_few_vectors_for_a_batch(small, tmp_path, capsys):
+    root, emb = small
+    rc = main(
+        [
+            "-q",
+            "train",
+            "--dataset",
+            str(root),
+            "--embeddings",
+            str(emb),
+            "--out",
+            str(tmp_path / "ad"),
+            "--train-batch-size",
+            "1000",
+        ]
+    )
+    assert rc == 2 and "batch" in capsys.readouterr().err
