@@ -129,6 +129,43 @@ def cmd_ablate(args: argparse.Namespace) -> int:
     return 0
 
 
+class _DatasetAction(argparse.Action):
+    """``--dataset A [--embeddings EA] --dataset B ...``: each --embeddings belongs to the --dataset before it."""
+
+    def __call__(self, parser, namespace, value, option_string=None):
+        specs = list(getattr(namespace, "datasets", None) or [])
+        if option_string == "--dataset":
+            specs.append({"path": value})
+        elif not specs or "embeddings" in specs[-1]:
+            parser.error("--embeddings must follow the --dataset it belongs to")
+        else:
+            specs[-1]["embeddings"] = value
+        namespace.datasets = specs
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from qama.config import ExperimentConfig, load_config, preset_path
+    from qama.report import run_report
+
+    if args.config or args.preset:
+        config = load_config(args.config or preset_path(args.preset))
+        if args.datasets:
+            config.datasets = ExperimentConfig(datasets=args.datasets).datasets
+    elif args.datasets:
+        config = ExperimentConfig(datasets=args.datasets, **({"model": args.model} if args.model else {}))
+    else:
+        raise ValueError("qama report needs --config FILE, --preset NAME or at least one --dataset")
+    if args.steps is not None:
+        config.train["steps"] = args.steps
+    if args.no_ablation:
+        config.ablation = False
+    if args.speed_vectors is not None:
+        config.speed_vectors = args.speed_vectors
+    results = run_report(config, args.out, command="qama " + " ".join(sys.argv[1:]))
+    print(f"report written to {args.out / 'report.md'} ({results['seconds']:.0f} s)")
+    return 0
+
+
 def _read_jsonl_corpus(path: Path) -> tuple[list[str], list[str], list[str]]:
     """``(ids, titles, texts)`` of a plain JSONL corpus: one ``{"_id" or "id", "text", "title"?}`` a line."""
     import json
@@ -150,16 +187,16 @@ def _read_jsonl_corpus(path: Path) -> tuple[list[str], list[str], list[str]]:
     return ids, titles, texts
 
 
-def _load_encoder_adapter(path: Path):
-    """The trained adapter at ``path`` as a :class:`qama.search.Encoder`."""
-    try:
-        from qama import adapter as adapter_mod
-    except ImportError as e:
-        raise ValueError(f"cannot load adapter {path}: qama.adapter is not available ({e})") from None
-    for name in ("load_encoder", "load_adapter"):
-        if hasattr(adapter_mod, name):
-            return getattr(adapter_mod, name)(path)
-    raise ValueError(f"cannot load adapter {path}: qama.adapter offers no load_encoder()")
+def _load_encoder_adapter(path: Path, plan, fit_emb=None, centroids=None):
+    """The trained adapter at ``path`` at ``plan`` as a :class:`qama.search.Encoder`; centroids fitted
+    on ``fit_emb`` (building an index) or taken as stored in the index (searching it)."""
+    from qama.adapter import QamaAdapter
+    from qama.search import AdapterEncoder
+
+    encoder = AdapterEncoder(QamaAdapter.load(path), plan, fit_emb=fit_emb)
+    if centroids is not None:
+        encoder.quantizer.centroids = centroids
+    return encoder
 
 
 def cmd_index(args: argparse.Namespace) -> int:
@@ -188,7 +225,7 @@ def cmd_index(args: argparse.Namespace) -> int:
         dataset, corpus, _ = _load_inputs(args)
         ids, titles = dataset.doc_ids, dataset.titles
     if args.adapter:
-        encoder = _load_encoder_adapter(args.adapter)
+        encoder = _load_encoder_adapter(args.adapter, args.plan, fit_emb=np.asarray(corpus, dtype=np.float32))
     else:
         logger.info("no --adapter: fitting untrained quantile thresholds (%s) on the corpus", args.plan)
         encoder = ThresholdEncoder.fit(corpus, make_plan(args.plan, corpus.shape[1]))
@@ -216,7 +253,13 @@ def cmd_search(args: argparse.Namespace) -> int:
 
     from qama.index import QamaIndex
 
-    encoder = _load_encoder_adapter(args.adapter) if args.adapter else None
+    encoder = None
+    if args.adapter:
+        from qama.codes import Plan
+        from qama.index import _read_manifest
+
+        plan = Plan.from_dict(_read_manifest(args.index)["plan"])
+        encoder = _load_encoder_adapter(args.adapter, plan, centroids=QamaIndex.stored_centroids(args.index))
     index = QamaIndex.open(args.index, encoder=encoder)
     if args.queries is not None:
         from qama._io import load_npy
@@ -297,6 +340,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=cmd_eval)
 
+    p = sub.add_parser("report", help="the full study: tables, ablations, speed, plots, report.md")
+    p.add_argument("--config", type=Path, help="TOML experiment config")
+    p.add_argument("--preset", help="a preset config (minilm, bert768)")
+    p.add_argument("--dataset", dest="datasets", action=_DatasetAction, help="BEIR folder or name (repeatable)")
+    p.add_argument("--embeddings", action=_DatasetAction, help="precomputed embeddings of the --dataset before it")
+    p.add_argument("--model", default=None, help="sentence-transformers model (default: all-MiniLM-L6-v2)")
+    p.add_argument("--steps", type=int, help="training steps (overrides the config)")
+    p.add_argument("--no-ablation", action="store_true", help="skip the ablations")
+    p.add_argument("--speed-vectors", type=int, help="synthetic vectors of the speed table (0: skip)")
+    p.add_argument("--out", type=Path, required=True, help="report folder (re-running resumes)")
+    p.set_defaults(func=cmd_report, datasets=None)
+
     for name, func, text in (
         ("train", cmd_train, "fit a QAMA adapter on a dataset's corpus embeddings"),
         ("ablate", cmd_ablate, "retrain with each loss component off; nDCG@10 table"),
@@ -323,7 +378,7 @@ def build_parser() -> argparse.ArgumentParser:
             action.required = False
     p.add_argument("--corpus", type=Path, help="plain JSONL corpus ({_id, text, title?} a line) instead of --dataset")
     p.add_argument("--adapter", type=Path, help="trained adapter folder (default: untrained quantile thresholds)")
-    p.add_argument("--plan", default="hybrid", help="plan without an adapter (default: hybrid)")
+    p.add_argument("--plan", default="hybrid", help="plan of the codes (default: hybrid)")
     p.add_argument("--keep-vectors", action="store_true", help="also store float32 vectors for exact rescoring")
     p.add_argument("--overwrite", action="store_true", help="replace an existing index at --out")
     p.add_argument("--out", type=Path, required=True, help="index folder to write")

@@ -236,6 +236,9 @@ class QamaIndex:
         writer = _Commit(path, manifest)
         if enc_meta["kind"] == "thresholds":
             writer.write_bytes("encoder", ".safetensors", _encoder_bytes(encoder))  # type: ignore[arg-type]
+        else:  # an adapter's centroids depend on the corpus they were fitted on: keep them with the codes
+            cent = np.ascontiguousarray(encoder.centroids, dtype=np.float32)
+            writer.write_bytes("encoder", ".safetensors", st_save({"centroids": cent}))
         writer.write_array("codes", codes)
         writer.write_strings("ids", StringColumn.from_strings(list(ids)))
         if titles is not None:
@@ -295,6 +298,16 @@ class QamaIndex:
             else None
         )
         return cls(path, manifest, encoder, codes, ids, titles, vectors)
+
+    @staticmethod
+    def stored_centroids(path: str | os.PathLike) -> np.ndarray | None:
+        """The centroids an adapter-built index stored (to rebuild its encoder), or ``None``."""
+        manifest = _read_manifest(Path(path))
+        f = manifest["files"].get("encoder")
+        if manifest["encoder"]["kind"] != "adapter" or f is None:
+            return None
+        _check_file(Path(path), "encoder", f, verify=True)
+        return st_load((Path(path) / f["name"]).read_bytes())["centroids"]
 
     # ------------------------------------------------------------------ search
     def search_codes(self, query_codes: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
