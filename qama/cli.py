@@ -229,6 +229,16 @@ def cmd_index(args: argparse.Namespace) -> int:
     else:
         logger.info("no --adapter: fitting untrained quantile thresholds (%s) on the corpus", args.plan)
         encoder = ThresholdEncoder.fit(corpus, make_plan(args.plan, corpus.shape[1]))
+    if args.shard:  # this worker's part of the corpus (the encoder above is fitted on all of it)
+        from qama.backends import parse_shard, shard_range
+
+        part = shard_range(len(ids), *parse_shard(args.shard))
+        corpus, ids, titles = corpus[part.start : part.stop], ids[part.start : part.stop], titles[part.start : part.stop]
+        logger.info("shard %s: documents %d-%d of %d", args.shard, part.start, part.stop - 1, part.stop - part.start)
+    if _use_milvus(args):
+        return _index_milvus(args, encoder, corpus, ids, titles)
+    if args.out is None:
+        raise ValueError("give --out (an index folder), or --backend milvus --uri URI")
     with tqdm(total=len(corpus), desc="encoding", unit="doc", disable=args.quiet) as bar:
         index = QamaIndex.create(
             args.out,
@@ -253,6 +263,10 @@ def cmd_search(args: argparse.Namespace) -> int:
 
     from qama.index import QamaIndex
 
+    if _use_milvus(args):
+        return _search_milvus(args)
+    if args.index is None:
+        raise ValueError("give --index (an index folder), or --backend milvus --uri URI")
     encoder = None
     if args.adapter:
         from qama.codes import Plan
@@ -297,6 +311,81 @@ def cmd_search(args: argparse.Namespace) -> int:
                 title = f"  {hit['title']}" if hit["title"] else ""
                 print(f"{rank:4d}. {hit['score']:9.4f}  {hit['id']}{title}")
     return 0
+
+
+def _use_milvus(args: argparse.Namespace) -> bool:
+    from qama.backends import backend_kind
+
+    return args.backend == "milvus" or (args.uri is not None and backend_kind(args.uri, args.backend) == "milvus")
+
+
+def _milvus_options(args: argparse.Namespace) -> dict:
+    if args.uri is None:
+        raise ValueError("--backend milvus needs --uri (http://host:19530 or a milvus-lite file.db)")
+    return {"collection": args.collection, "index_type": args.index_type, "nprobe": args.nprobe}
+
+
+def _index_milvus(args: argparse.Namespace, encoder, corpus, ids: list[str], titles: list[str]) -> int:
+    """``qama index --backend milvus``: upsert this worker's documents into the collection."""
+    from tqdm.auto import tqdm
+
+    from qama.backends import open_backend
+
+    meta = {"model": None if args.embeddings else args.model}
+    opts = _milvus_options(args)
+    backend = open_backend(args.uri, "milvus", encoder, True, keep_vectors=args.keep_vectors, dim=corpus.shape[1], meta=meta, **opts)
+    with backend, tqdm(total=len(corpus), desc="loading", unit="doc", disable=args.quiet) as bar:
+        backend.add(corpus, ids, titles=titles if any(titles) else None, progress=bar.update)
+        logger.info("%r: %d documents after this load", backend, backend.count())
+    return 0
+
+
+def _search_milvus(args: argparse.Namespace) -> int:
+    """``qama search --backend milvus``: the same output as for an index folder."""
+    import json
+
+    import numpy as np
+
+    from qama.backends import open_backend
+
+    if args.adapter:
+        raise ValueError("--backend milvus with --adapter: use qama.backends.open_backend(uri, encoder=...) for now")
+    with open_backend(args.uri, "milvus", **_milvus_options(args)) as backend:
+        if args.queries is not None:
+            from qama._io import load_npy
+
+            queries = np.atleast_2d(load_npy(args.queries)).astype(np.float32)
+            labels = [str(i) for i in range(len(queries))]
+        elif args.text:
+            from qama.embeddings import encode, load_model
+
+            model = args.model or backend.manifest.get("meta", {}).get("model")
+            if not model:
+                raise ValueError(f"collection {args.collection!r} does not name its model; pass --model")
+            queries, labels = encode(load_model(model), list(args.text), progress=False), list(args.text)
+        else:
+            raise ValueError("give query text or --queries FILE.npy")
+        scores, ids = backend.search(queries, args.k, oversample=args.oversample, rescore=args.rescore)
+        results = [
+            {"query": label, "hits": [{"id": d, "title": backend.title(d), "score": float(s)} for s, d in zip(sr, ir) if d]}
+            for label, sr, ir in zip(labels, scores, ids, strict=True)
+        ]
+    if args.json:
+        print(json.dumps(results, ensure_ascii=False, indent=2))
+    for res in [] if args.json else results:
+        print(f"query: {res['query']}")
+        for rank, hit in enumerate(res["hits"], 1):
+            print(f"{rank:4d}. {hit['score']:9.4f}  {hit['id']}" + (f"  {hit['title']}" if hit["title"] else ""))
+    return 0
+
+
+def _add_backend_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("backend (default: a faiss index folder on this machine)")
+    g.add_argument("--backend", choices=["faiss", "milvus"], help="where the codes live (default: from --uri, else faiss)")
+    g.add_argument("--uri", help="Milvus server (http://host:19530) or milvus-lite file (codes.db)")
+    g.add_argument("--collection", default="qama", help="Milvus collection (default: qama)")
+    g.add_argument("--index-type", default="BIN_FLAT", choices=["BIN_FLAT", "BIN_IVF_FLAT"], help="Milvus index type")
+    g.add_argument("--nprobe", type=int, default=16, help="BIN_IVF_FLAT lists searched per query (default: 16)")
 
 
 def _add_input_args(p: argparse.ArgumentParser) -> None:
@@ -381,11 +470,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--plan", default="hybrid", help="plan of the codes (default: hybrid)")
     p.add_argument("--keep-vectors", action="store_true", help="also store float32 vectors for exact rescoring")
     p.add_argument("--overwrite", action="store_true", help="replace an existing index at --out")
-    p.add_argument("--out", type=Path, required=True, help="index folder to write")
+    p.add_argument("--out", type=Path, help="index folder to write (faiss backend)")
+    _add_backend_args(p)
+    p.add_argument("--shard", help="I/N: encode and load only part I of N of the corpus (N workers, one store)")
     p.set_defaults(func=cmd_index)
 
     p = sub.add_parser("search", help="top-k documents of a qama index for query texts or embeddings")
-    p.add_argument("--index", type=Path, required=True, help="index folder written by 'qama index'")
+    p.add_argument("--index", type=Path, help="index folder written by 'qama index' (faiss backend)")
+    _add_backend_args(p)
     p.add_argument("text", nargs="*", help="query texts (embedded with the index's model)")
     p.add_argument("--queries", type=Path, help=".npy of query embeddings (nq, d) instead of texts")
     p.add_argument("--model", help="sentence-transformers model for query texts (default: the index's)")

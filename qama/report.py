@@ -1,0 +1,466 @@
+"""``qama report``: the full study for one model and several datasets, as tables and pictures.
+
+For each dataset: embed (cached), evaluate the baselines, fit an adapter (saved; an interrupted fit
+resumes from its checkpoint), evaluate every nested size × plan with and without rescoring. Then
+the ablations (on the first dataset), a speed table, the plots, ``report.md`` and ``results.json``.
+Every finished stage is saved in the report folder, so a re-run resumes where the last one stopped;
+a stage whose settings changed is computed anew.
+
+    report = run_report(config, "report/")
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+import platform
+import time
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from qama._io import atomic_open, write_json
+from qama.config import ExperimentConfig
+from qama.table import Row, baseline_rows, set_retention
+
+__all__ = ["run_report", "speed_table", "plot_all", "main_table"]
+
+logger = logging.getLogger(__name__)
+
+
+def _key(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _cached(path: Path, key: str) -> Any | None:
+    """The saved result of a stage, if it was made with the same settings."""
+    if not path.is_file():
+        return None
+    try:
+        saved = json.loads(path.read_text())
+    except (OSError, ValueError):
+        logger.warning("discarding unreadable %s", path)
+        return None
+    return saved["result"] if saved.get("key") == key else None
+
+
+def _save(path: Path, key: str, result: Any) -> Any:
+    write_json(path, {"key": key, "result": result})
+    return result
+
+
+def _rows_from_dicts(dicts: list[dict]) -> list[Row]:
+    names = {f.name for f in dataclasses.fields(Row)}
+    rows = []
+    for d in dicts:
+        metrics = {m: d[m] for m in ("ndcg@10", "recall@100", "mrr@10")}
+        rows.append(Row(**{k: v for k, v in d.items() if k in names and k != "metrics"}, metrics=metrics))
+    return rows
+
+
+# ---------------------------------------------------------------------------- stages
+def _dataset_stage(config: ExperimentConfig, spec, out: Path, bar: tqdm) -> tuple[str, list[Row]]:
+    from qama.adapter import QamaAdapter
+    from qama.data import load_dataset
+    from qama.embeddings import embed_dataset, load_embeddings
+    from qama.evaluate import Evaluator
+    from qama.rescore import adapter_rows
+    from qama.train import fit
+
+    dataset = load_dataset(spec.path, split=spec.split)
+    name = dataset.name
+    bar.set_description(f"{name}: embeddings")
+    if spec.embeddings:
+        corpus, queries = load_embeddings(spec.embeddings, dataset)
+    else:
+        corpus, queries = embed_dataset(dataset, config.model)
+    evaluator = Evaluator(dataset)
+    judged = queries[evaluator.rows]
+    dims = config.nested_dims or None
+
+    key = _key([spec, dims, "baselines", corpus.shape])
+    path = out / "stages" / f"{name}-baselines.json"
+    bar.set_description(f"{name}: baselines")
+    rows = _cached(path, key) or _save(path, key, [r.to_dict() for r in baseline_rows(corpus, judged, evaluator, dims)])
+    bar.update(1)
+
+    train_cfg = config.train_config(data_description=f"{name} corpus embeddings (no labels)", progress=False)
+    adapter_dir = out / "adapters" / name
+    fit_key = _key([train_cfg.to_dict(), corpus.shape, float(corpus[:64].sum())])
+    bar.set_description(f"{name}: fitting the adapter")
+    if _cached(adapter_dir / "fit-key.json", fit_key) is None:
+        fit(corpus, train_cfg, out_dir=adapter_dir)
+        _save(adapter_dir / "fit-key.json", fit_key, True)
+    adapter = QamaAdapter.load(adapter_dir)
+    bar.update(1)
+
+    key = _key([fit_key, config.plans, config.rescore, "qama"])
+    path = out / "stages" / f"{name}-qama.json"
+    bar.set_description(f"{name}: evaluating the adapter")
+    qama = _cached(path, key)
+    if qama is None:
+        qama = _save(
+            path,
+            key,
+            [r.to_dict() for r in adapter_rows(adapter, corpus, judged, evaluator, config.plans, config.rescore)],
+        )
+    bar.update(1)
+    out_rows = _rows_from_dicts(rows + qama)
+    for r in out_rows:
+        r.dataset = name
+    set_retention(out_rows)
+    return name, out_rows
+
+
+def _ablation_stage(config: ExperimentConfig, spec, out: Path, bar: tqdm) -> dict[str, dict[str, float]]:
+    from qama.data import load_dataset
+    from qama.embeddings import embed_dataset, load_embeddings
+    from qama.evaluate import Evaluator
+    from qama.rescore import adapter_rows
+    from qama.train import ABLATIONS, ablate
+
+    dataset = load_dataset(spec.path, split=spec.split)
+    corpus, queries = (
+        load_embeddings(spec.embeddings, dataset) if spec.embeddings else embed_dataset(dataset, config.model)
+    )
+    evaluator = Evaluator(dataset)
+    judged = queries[evaluator.rows]
+    cfg = config.train_config(progress=False)
+
+    def score(adapter) -> dict[str, float]:
+        rows = adapter_rows(adapter, corpus, judged, evaluator, ("2bit", "hybrid"), oversamples=())
+        return {f"{r.plan}@{r.dims}": r.metrics["ndcg@10"] for r in rows if r.plan is not None}
+
+    results = {}
+    for name in ABLATIONS:
+        bar.set_description(f"{dataset.name}: ablation {name}")
+        key = _key([cfg.to_dict(), name, corpus.shape])
+        path = out / "stages" / f"ablation-{dataset.name}-{name}.json"
+        results[name] = _cached(path, key) or _save(path, key, ablate(corpus, score, cfg, names=[name])[name])
+        bar.update(1)
+    return results
+
+
+def speed_table(n: int, d: int, n_queries: int, plan_name: str = "hybrid", singles: int = 50) -> list[dict]:
+    """Queries per second on ``n`` synthetic unit vectors: FP32 flat inner product (faiss) against
+    Hamming search on the plan's codes, with and without asymmetric rescoring of 100 candidates.
+
+    Synthetic data: the figures are speed only, as ratios of one run on one machine.
+    """
+    import faiss
+
+    from qama.codes import make_plan
+    from qama.search import ThresholdEncoder, hamming_search, search_rescored
+
+    rng = np.random.default_rng(0)
+    corpus = rng.standard_normal((n, d), dtype=np.float32)
+    corpus /= np.linalg.norm(corpus, axis=1, keepdims=True)
+    queries = corpus[rng.choice(n, n_queries)] + 0.1 * rng.standard_normal((n_queries, d), dtype=np.float32)
+    encoder = ThresholdEncoder.fit(corpus[:100_000], make_plan(plan_name, d))
+    codes, qcodes = encoder.encode(corpus), encoder.encode(queries)
+    flat = faiss.IndexFlatIP(d)
+    flat.add(corpus)
+    k = 10
+
+    def per_query(fn) -> float:
+        t = time.perf_counter()
+        for i in range(singles):
+            fn(i)
+        return (time.perf_counter() - t) / singles
+
+    def batch(fn) -> float:
+        t = time.perf_counter()
+        fn()
+        return n_queries / (time.perf_counter() - t)
+
+    methods = {
+        "fp32 (faiss IndexFlatIP)": (
+            4 * d,
+            lambda: flat.search(queries, k),
+            lambda i: flat.search(queries[i : i + 1], k),
+        ),
+        f"{plan_name} Hamming": (
+            encoder.plan.code_size,
+            lambda: hamming_search(codes, qcodes, k),
+            lambda i: hamming_search(codes, qcodes[i : i + 1], k),
+        ),
+        f"{plan_name} Hamming + rescore 100": (
+            encoder.plan.code_size,
+            lambda: search_rescored(codes, encoder, queries, k, oversample=10, query_codes=qcodes),
+            lambda i: search_rescored(
+                codes, encoder, queries[i : i + 1], k, oversample=10, query_codes=qcodes[i : i + 1]
+            ),
+        ),
+    }
+    rows = []
+    for name, (nbytes, run_batch, run_single) in methods.items():
+        rows.append(
+            {
+                "method": name,
+                "bytes_per_vector": nbytes,
+                "batch_qps": batch(run_batch),
+                "single_ms": 1000 * per_query(run_single),
+            }
+        )
+    base = rows[0]
+    for r in rows:
+        r["batch_speedup"] = r["batch_qps"] / base["batch_qps"]
+        r["single_speedup"] = base["single_ms"] / r["single_ms"]
+    return rows
+
+
+def main_table(rows_by_dataset: dict[str, list[Row]]) -> list[dict]:
+    """One row per storage format: nDCG@10 per dataset, their mean and the mean retention."""
+    table: dict[tuple, dict] = {}
+    for name, rows in rows_by_dataset.items():
+        for r in rows:
+            key = (r.format, r.plan, r.dims, r.rescore)
+            entry = table.setdefault(
+                key,
+                {
+                    "format": r.format,
+                    "plan": r.plan,
+                    "dims": r.dims,
+                    "rescore": r.rescore,
+                    "bits_per_dim": r.bits_per_dim,
+                    "bytes_per_vector": r.bytes_per_vector,
+                    "mb_per_million": r.mb_per_million,
+                    "ndcg@10": {},
+                    "retention": {},
+                },
+            )
+            entry["ndcg@10"][name] = r.metrics["ndcg@10"]
+            entry["retention"][name] = r.retention
+    out = []
+    for entry in table.values():
+        entry["mean_ndcg@10"] = float(np.mean(list(entry["ndcg@10"].values())))
+        entry["mean_retention"] = float(np.mean([v for v in entry["retention"].values() if v is not None]))
+        out.append(entry)
+    return out
+
+
+# ---------------------------------------------------------------------------- plots
+def plot_all(main: list[dict], out: Path) -> list[Path]:
+    """Retention vs bits/dim, retention vs dims, and the storage–quality frontier, as PNG files."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError as e:
+        raise ImportError("plots need matplotlib: pip install 'qama[report]'") from e
+
+    out.mkdir(parents=True, exist_ok=True)
+    sym = [e for e in main if e["rescore"] is None]
+    qama = [e for e in sym if e["format"] == "qama" and e["plan"] is not None]
+    thr = [e for e in sym if e["format"] == "threshold"]
+    floats = [e for e in sym if e["plan"] is None and e["format"] in ("fp32", "fp16", "int8")]
+    paths = []
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for dims in sorted({e["dims"] for e in qama}, reverse=True):
+        pts = sorted((e["bits_per_dim"], 100 * e["mean_retention"]) for e in qama if e["dims"] == dims)
+        ax.plot(*zip(*pts, strict=True), marker="o", label=f"QAMA {dims} dims")
+    for dims in sorted({e["dims"] for e in thr}, reverse=True):
+        pts = sorted((e["bits_per_dim"], 100 * e["mean_retention"]) for e in thr if e["dims"] == dims)
+        ax.scatter(*zip(*pts, strict=True), marker="x", label=f"threshold (untrained) {dims} dims")
+    ax.set(
+        xlabel="stored bits per dimension",
+        ylabel="nDCG@10 retention vs FP32 (%)",
+        title="Retention vs bits per dimension (symmetric Hamming)",
+    )
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    paths.append(out / "retention_vs_bits.png")
+    fig.tight_layout()
+    fig.savefig(paths[-1], dpi=120)
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for fmt, plan, label in [("fp32", None, "FP32 truncated"), ("qama", None, "QAMA adapter FP32")] + [
+        ("qama", p, f"QAMA {p}") for p in sorted({e["plan"] for e in qama})
+    ]:
+        pts = sorted((e["dims"], 100 * e["mean_retention"]) for e in sym if e["format"] == fmt and e["plan"] == plan)
+        if pts:
+            ax.plot(*zip(*pts, strict=True), marker="o", label=label, linestyle="--" if fmt == "fp32" else "-")
+    ax.set(xlabel="dimensions (nested prefix)", ylabel="nDCG@10 retention vs FP32 (%)", title="Retention vs dimensions")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    paths.append(out / "retention_vs_dims.png")
+    fig.tight_layout()
+    fig.savefig(paths[-1], dpi=120)
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    groups = {
+        "float (fp32/fp16/int8)": floats,
+        "threshold (untrained)": thr,
+        "QAMA": qama,
+        "QAMA + rescoring": [e for e in main if e["format"] == "qama" and e["rescore"] and e["plan"]],
+    }
+    for (label, entries), marker in zip(groups.items(), "s^ox", strict=True):
+        if entries:
+            ax.scatter(
+                [e["bytes_per_vector"] for e in entries],
+                [100 * e["mean_retention"] for e in entries],
+                marker=marker,
+                label=label,
+                alpha=0.8,
+            )
+    ax.set_xscale("log")
+    ax.set(
+        xlabel="bytes per vector (log scale)", ylabel="nDCG@10 retention vs FP32 (%)", title="Storage–quality frontier"
+    )
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=8)
+    paths.append(out / "storage_quality.png")
+    fig.tight_layout()
+    fig.savefig(paths[-1], dpi=120)
+    plt.close(fig)
+    return paths
+
+
+# ---------------------------------------------------------------------------- report.md
+def _fmt(v: Any, pct: bool = False) -> str:
+    if v is None:
+        return "—"
+    if pct:
+        return f"{100 * v:.1f}%"
+    return f"{v:.4f}" if isinstance(v, float) else str(v)
+
+
+def _markdown(results: dict[str, Any]) -> str:
+    names = results["datasets"]
+    lines = [
+        f"# qama report: {results['config']['model']}",
+        "",
+        f"- command: `{results['command']}`",
+        f"- date: {results['date']}",
+        f"- machine: {results['machine']}",
+        "- versions: " + ", ".join(f"{k} {v}" for k, v in results["versions"].items()),
+        f"- time: {results['seconds']:.0f} s",
+        "",
+        "## Main table (nDCG@10; retention = share of FP32 at full size, mean over datasets)",
+        "",
+        "| format | plan | dims | rescore | bits/dim | bytes/vec | MB/1M | "
+        + " | ".join(names)
+        + " | mean | retention |",
+        "|" + "---|" * (9 + len(names)),
+    ]
+    for e in results["main"]:
+        cells = [
+            e["format"],
+            _fmt(e["plan"]),
+            e["dims"],
+            _fmt(e["rescore"]),
+            f"{e['bits_per_dim']:g}",
+            e["bytes_per_vector"],
+            f"{e['mb_per_million']:g}",
+        ]
+        cells += [_fmt(e["ndcg@10"].get(n)) for n in names]
+        cells += [_fmt(e["mean_ndcg@10"]), _fmt(e["mean_retention"], pct=True)]
+        lines.append("| " + " | ".join(str(c) for c in cells) + " |")
+    if results.get("ablations"):
+        abl = results["ablations"]
+        cols = sorted({c for f in abl.values() for c in f}, key=lambda c: (c.split("@")[0], -int(c.split("@")[1])))
+        lines += [
+            "",
+            f"## Ablations ({results['ablation_dataset']}, nDCG@10, symmetric Hamming)",
+            "",
+            "| ablation | " + " | ".join(cols) + " |",
+            "|" + "---|" * (len(cols) + 1),
+        ]
+        for name, figures in abl.items():
+            lines.append(f"| {name} | " + " | ".join(_fmt(figures.get(c)) for c in cols) + " |")
+    if results.get("speed"):
+        lines += [
+            "",
+            f"## Storage and speed ({results['speed_setting']})",
+            "",
+            "| method | bytes/vec | batch q/s | × FP32 | single ms/query | × FP32 |",
+            "|---|---|---|---|---|---|",
+        ]
+        for r in results["speed"]:
+            lines.append(
+                f"| {r['method']} | {r['bytes_per_vector']} | {r['batch_qps']:.0f} | {r['batch_speedup']:.2f} |"
+                f" {r['single_ms']:.2f} | {r['single_speedup']:.2f} |"
+            )
+    lines += ["", "## Plots", ""] + [f"![{p}]({p})" for p in results["plots"]]
+    return "\n".join(lines) + "\n"
+
+
+def _versions() -> dict[str, str]:
+    out = {}
+    for pkg in ("qama", "torch", "numpy", "faiss-cpu", "sentence-transformers", "pytrec-eval-terrier"):
+        try:
+            out[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            pass
+    return out
+
+
+def run_report(config: ExperimentConfig, out: str | os.PathLike, command: str = "") -> dict[str, Any]:
+    """Run (or resume) the study of ``config`` into the folder ``out``; returns ``results.json``'s content."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / "config.json", config.to_dict())
+    start = time.perf_counter()
+    from qama.train import ABLATIONS
+
+    total = 3 * len(config.datasets) + (len(ABLATIONS) if config.ablation else 0) + bool(config.speed_vectors) + 1
+    bar = tqdm(total=total, desc="qama report", unit="stage")
+    rows_by_dataset: dict[str, list[Row]] = {}
+    for spec in config.datasets:
+        name, rows = _dataset_stage(config, spec, out, bar)
+        rows_by_dataset[name] = rows
+    ablations = _ablation_stage(config, config.datasets[0], out, bar) if config.ablation else {}
+    speed, speed_setting = [], ""
+    if config.speed_vectors:
+        d = next(iter(rows_by_dataset.values()))[0].dims
+        speed_setting = (
+            f"{config.speed_vectors:,} synthetic vectors of {d} dims, {config.speed_queries} queries, "
+            f"top-10, faiss threads {_faiss_threads()}"
+        )
+        bar.set_description("speed table")
+        key = _key([config.speed_vectors, config.speed_queries, d, platform.node()])
+        speed = _cached(out / "stages" / "speed.json", key) or _save(
+            out / "stages" / "speed.json", key, speed_table(config.speed_vectors, d, config.speed_queries)
+        )
+        bar.update(1)
+    main = main_table(rows_by_dataset)
+    bar.set_description("plots")
+    plots = [p.name for p in plot_all(main, out)]
+    bar.update(1)
+    bar.close()
+    results = {
+        "command": command,
+        "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.platform()}",
+        "versions": _versions(),
+        "seconds": time.perf_counter() - start,
+        "config": config.to_dict(),
+        "datasets": list(rows_by_dataset),
+        "rows": {name: [r.to_dict() for r in rows] for name, rows in rows_by_dataset.items()},
+        "main": main,
+        "ablation_dataset": next(iter(rows_by_dataset)) if ablations else None,
+        "ablations": ablations,
+        "speed_setting": speed_setting,
+        "speed": speed,
+        "plots": plots,
+    }
+    write_json(out / "results.json", results)
+    with atomic_open(out / "report.md", "w") as f:
+        f.write(_markdown(results))
+    return results
+
+
+def _faiss_threads() -> int:
+    import faiss
+
+    return faiss.omp_get_max_threads()
