@@ -1,0 +1,297 @@
+"""Where qama codes are stored and searched: one interface, two backends.
+
+* ``faiss`` (default): :class:`FaissBackend`, a persistent :class:`~qama.index.QamaIndex` folder on
+  this machine (memory-mapped codes, exact XOR + popcount scan).
+* ``milvus``: :class:`~qama.backends.milvus.MilvusBackend`, a collection on a Milvus server
+  (standalone, distributed, or milvus-lite), for corpora larger than one machine's index
+  (``pip install 'qama[milvus]'``).
+
+Both implement :class:`Backend`: add documents by id (with optional titles), delete by id, exact
+Hamming top-``k`` (:meth:`Backend.search_codes`), two-stage search with rescoring
+(:meth:`Backend.search`: Hamming candidates, then qama's asymmetric or FP32 rescoring), count,
+close. Results are ``D, I`` as in faiss, with document ids instead of row numbers: ``I`` is an
+``(nq, k)`` object array of ``str`` ids, ``None`` where fewer than ``k`` documents exist (their
+distance is :data:`qama.search.MISSING_DISTANCE`). Equal distances may come back in a different
+order from different backends.
+
+:func:`open_backend` picks the backend from ``--backend`` or from the URI: ``http://``,
+``https://``, ``tcp://`` and ``*.db`` (a milvus-lite file) mean Milvus, anything else is an index
+folder. :func:`parse_shard` and :func:`shard_range` split one corpus into the disjoint parts that
+``qama index --shard I/N`` workers load into one collection.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+
+from qama.codes import Plan
+from qama.search import MISSING_DISTANCE, Encoder
+
+__all__ = [
+    "BACKENDS",
+    "Backend",
+    "FaissBackend",
+    "open_backend",
+    "backend_kind",
+    "parse_shard",
+    "shard_range",
+]
+
+logger = logging.getLogger(__name__)
+
+#: Names accepted by ``--backend``.
+BACKENDS = ("faiss", "milvus")
+
+_MILVUS_URI = re.compile(r"^(https?|tcp|grpc)://", re.IGNORECASE)
+
+
+@runtime_checkable
+class Backend(Protocol):
+    """What ``qama index`` / ``qama search`` need from a store of codes."""
+
+    @property
+    def encoder(self) -> Encoder:
+        """The encoder of the stored codes (queries are encoded with it)."""
+        ...
+
+    @property
+    def plan(self) -> Plan:
+        """The plan of the stored codes."""
+        ...
+
+    def add(
+        self,
+        embeddings: np.ndarray,
+        ids: Sequence[str],
+        titles: Sequence[str] | None = None,
+        progress: Callable[[int], None] | None = None,
+    ) -> None:
+        """Encode ``(n, d)`` float embeddings and store them under the document ``ids``."""
+        ...
+
+    def delete(self, ids: Iterable[str]) -> int:
+        """Remove documents by id; returns how many were removed (unknown ids raise ``KeyError``)."""
+        ...
+
+    def search_codes(self, query_codes: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Exact Hamming top-``k`` of ``(nq, code_size)`` uint8 query codes: int32 distances, object ids."""
+        ...
+
+    def search(
+        self, queries: np.ndarray, k: int = 10, oversample: int = 0, rescore: str = "auto"
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Top-``k`` for ``(nq, d)`` float queries: float32 scores (descending) and object ids.
+
+        ``oversample=0``: Hamming only (scores are negated distances); ``oversample=f``: ``f × k``
+        Hamming candidates rescored (``"asymmetric"``, ``"vectors"`` or ``"auto"``).
+        """
+        ...
+
+    def title(self, doc_id: str) -> str | None:
+        """The title stored with ``doc_id`` (``None`` when there is none)."""
+        ...
+
+    def count(self) -> int:
+        """Number of stored documents."""
+        ...
+
+    def close(self) -> None:
+        """Release connections and files; the backend is unusable afterwards."""
+        ...
+
+
+def backend_kind(uri: str | os.PathLike, backend: str | None = None) -> str:
+    """``"faiss"`` or ``"milvus"``: ``backend`` when given, else read from the URI."""
+    if backend is not None:
+        if backend not in BACKENDS:
+            raise ValueError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+        return backend
+    text = str(uri)
+    if _MILVUS_URI.match(text) or text.endswith(".db"):
+        return "milvus"
+    return "faiss"
+
+
+def open_backend(
+    uri: str | os.PathLike,
+    backend: str | None = None,
+    encoder: Encoder | None = None,
+    create: bool = False,
+    **options: Any,
+) -> Backend:
+    """Open (or, with ``create=True``, create when missing) the store at ``uri``.
+
+    ``encoder`` is required to create a store, and to open one built with a trained adapter.
+    ``options`` go to the backend: :class:`FaissBackend` takes ``keep_vectors``,
+    ``adapter_path``, ``meta``, ``overwrite``; :class:`~qama.backends.milvus.MilvusBackend`
+    takes ``collection``, ``index_type``, ``nlist``, ``nprobe``, ``token``, ``keep_vectors``,
+    ``meta``, ``batch_size``, ``timeout``, ``retries``.
+    """
+    kind = backend_kind(uri, backend)
+    if kind == "milvus":
+        from qama.backends.milvus import MilvusBackend
+
+        return MilvusBackend.connect(str(uri), encoder=encoder, create=create, **options)
+    return FaissBackend(Path(uri), encoder=encoder, create=create, **options)
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """``"I/N"`` -> ``(I, N)`` with ``0 <= I < N``: worker ``I`` of ``N``."""
+    m = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", text)
+    if not m:
+        raise ValueError(f"shard must be I/N (worker I of N, counting from 0), got {text!r}")
+    i, n = int(m.group(1)), int(m.group(2))
+    if n < 1 or i >= n:
+        raise ValueError(f"shard {text!r}: need 0 <= I < N")
+    return i, n
+
+
+def shard_range(n_docs: int, shard: int, n_shards: int) -> range:
+    """Rows of worker ``shard`` of ``n_shards``: contiguous, disjoint, together all ``n_docs`` rows.
+
+    >>> [list(shard_range(5, i, 2)) for i in range(2)]
+    [[0, 1], [2, 3, 4]]
+    """
+    if n_shards < 1 or not 0 <= shard < n_shards:
+        raise ValueError(f"shard {shard} of {n_shards}: need 0 <= shard < n_shards")
+    return range(n_docs * shard // n_shards, n_docs * (shard + 1) // n_shards)
+
+
+def missing_results(nq: int, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(nq, k)`` distances :data:`MISSING_DISTANCE` and ids ``None``: the empty result."""
+    return np.full((nq, k), MISSING_DISTANCE, dtype=np.int32), np.full((nq, k), None, dtype=object)
+
+
+class FaissBackend:
+    """:class:`Backend` over a persistent :class:`~qama.index.QamaIndex` folder (the default).
+
+    The folder is written by the first :meth:`add` when it does not exist yet; later adds append
+    (ids must be new: unlike Milvus, this backend does not upsert).
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        encoder: Encoder | None = None,
+        create: bool = False,
+        keep_vectors: bool = False,
+        adapter_path: str | os.PathLike | None = None,
+        meta: dict[str, Any] | None = None,
+        overwrite: bool = False,
+    ) -> None:
+        from qama.index import MANIFEST, QamaIndex
+
+        self.path = Path(path)
+        self.keep_vectors = keep_vectors
+        self.adapter_path = adapter_path
+        self.meta = meta
+        self._overwrite = overwrite
+        self.index: Any = None
+        if (self.path / MANIFEST).exists() and not overwrite:
+            self.index = QamaIndex.open(self.path, encoder=encoder, verify=False)
+            self._encoder: Encoder | None = self.index.encoder
+        elif not create:
+            raise FileNotFoundError(f"{self.path}: no qama index here (create it with create=True / 'qama index')")
+        elif encoder is None:
+            raise ValueError("creating an index needs an encoder")
+        else:
+            self._encoder = encoder
+
+    @property
+    def encoder(self) -> Encoder:
+        assert self._encoder is not None
+        return self._encoder
+
+    @property
+    def plan(self) -> Plan:
+        return self.encoder.plan
+
+    def add(
+        self,
+        embeddings: np.ndarray,
+        ids: Sequence[str],
+        titles: Sequence[str] | None = None,
+        progress: Callable[[int], None] | None = None,
+    ) -> None:
+        from qama.index import QamaIndex
+
+        if self.index is None:
+            kwargs: dict[str, Any] = {"meta": self.meta} if self.meta is not None else {}
+            self.index = QamaIndex.create(
+                self.path,
+                self.encoder,
+                np.asarray(embeddings, dtype=np.float32),
+                list(ids),
+                titles=titles,
+                keep_vectors=self.keep_vectors,
+                adapter_path=self.adapter_path,
+                overwrite=self._overwrite,
+                progress=progress,
+                **kwargs,
+            )
+        else:
+            self.index.add(np.asarray(embeddings, dtype=np.float32), list(ids), titles=titles, progress=progress)
+
+    def delete(self, ids: Iterable[str]) -> int:
+        if self.index is None:
+            wanted = list(ids)
+            if wanted:
+                raise KeyError(f"{len(wanted)} document id(s) not in the index, e.g. {wanted[:3]}")
+            return 0
+        return int(self.index.delete(ids))
+
+    def _doc_ids(self, rows: np.ndarray) -> np.ndarray:
+        out = np.full(rows.shape, None, dtype=object)
+        for pos in zip(*np.nonzero(rows >= 0), strict=True):
+            out[pos] = self.index.doc_id(int(rows[pos]))
+        return out
+
+    def search_codes(self, query_codes: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        if k <= 0:
+            raise ValueError(f"k must be positive, got {k}")
+        if self.index is None:
+            return missing_results(len(query_codes), k)
+        dist, rows = self.index.search_codes(query_codes, k)
+        return dist, self._doc_ids(rows)
+
+    def search(
+        self, queries: np.ndarray, k: int = 10, oversample: int = 0, rescore: str = "auto"
+    ) -> tuple[np.ndarray, np.ndarray]:
+        if k <= 0:
+            raise ValueError(f"k must be positive, got {k}")
+        if self.index is None:
+            dist, ids = missing_results(len(queries), k)
+            return np.full(dist.shape, -np.inf, dtype=np.float32), ids
+        scores, rows = self.index.search(queries, k, oversample=oversample, rescore=rescore)
+        return scores, self._doc_ids(rows)
+
+    def title(self, doc_id: str) -> str | None:
+        if self.index is None or self.index.titles is None:
+            return None
+        try:
+            row = self.index.ids.to_list().index(doc_id)
+        except ValueError:
+            return None
+        return self.index.title(row)
+
+    def count(self) -> int:
+        return 0 if self.index is None else len(self.index)
+
+    def close(self) -> None:
+        self.index = None
+
+    def __enter__(self) -> FaissBackend:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"FaissBackend({str(self.path)!r}, n={self.count()})"

@@ -1,0 +1,224 @@
+"""One suite, both backends (faiss index folder, Milvus collection on a local milvus-lite server).
+
+Every result is compared with the numpy reference :func:`qama.codes.hamming_distances`:
+distances exactly, ids as sets within groups of equal distance (backends order ties differently).
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from qama.backends import Backend, backend_kind, open_backend, parse_shard, shard_range
+from qama.codes import hamming_distances, make_plan
+from qama.index import IndexMismatchError
+from qama.search import MISSING_DISTANCE, ThresholdEncoder, asymmetric_scores
+from tests.milvus_fixtures import milvus_uri, require_milvus  # noqa: F401  (fixture)
+
+N, D = 300, 64  # hybrid at 64 dimensions: 104 bits, 13-byte codes (not a multiple of 8 bytes)
+
+
+@pytest.fixture(scope="module")
+def data() -> dict:
+    rng = np.random.default_rng(5)
+    emb = rng.normal(size=(N, D)).astype(np.float32)
+    emb[N // 2 :: 7] = emb[N // 2]  # duplicates: many exactly equal distances
+    queries = np.concatenate([rng.normal(size=(6, D)), emb[[3, N // 2]]]).astype(np.float32)
+    encoder = ThresholdEncoder.fit(emb, make_plan("hybrid", D))
+    ids = [f"doc-{i}" for i in range(N)]
+    return {"emb": emb, "queries": queries, "encoder": encoder, "ids": ids, "codes": encoder.encode(emb)}
+
+
+def _open(kind: str, request: pytest.FixtureRequest, tmp_path: Path, encoder, **options) -> Backend:
+    if kind == "faiss":
+        return open_backend(tmp_path / "index", "faiss", encoder, create=True, **options)
+    require_milvus()
+    uri = request.getfixturevalue("milvus_uri")
+    name = "t_" + uuid.uuid4().hex[:12]
+    return open_backend(uri, "milvus", encoder, create=True, collection=name, dim=D, **options)
+
+
+@pytest.fixture(params=["faiss", "milvus"])
+def make(request: pytest.FixtureRequest, tmp_path: Path):
+    """A factory of empty stores of the parametrized kind; all are closed after the test."""
+    opened: list[Backend] = []
+
+    def factory(encoder, **options) -> Backend:
+        b = _open(request.param, request, tmp_path / str(len(opened)), encoder, **options)
+        opened.append(b)
+        return b
+
+    factory.kind = request.param  # type: ignore[attr-defined]
+    yield factory
+    for b in opened:
+        b.close()
+
+
+def check_knn(dist: np.ndarray, ids: np.ndarray, ref: np.ndarray, id_to_row: dict[str, int]) -> None:
+    """``dist``/``ids`` (nq, k) equal the exact top-k of the reference distance matrix ``ref`` (nq, n)."""
+    k = dist.shape[1]
+    for q in range(len(ref)):
+        expected = np.sort(ref[q])[:k]
+        n_real = len(expected)
+        np.testing.assert_array_equal(dist[q, :n_real], expected, err_msg=f"query {q}: distances")
+        assert np.all(dist[q, n_real:] == MISSING_DISTANCE) and all(i is None for i in ids[q, n_real:])
+        rows = np.array([id_to_row[i] for i in ids[q, :n_real]])
+        assert len(set(rows.tolist())) == n_real, f"query {q}: duplicate ids"
+        np.testing.assert_array_equal(ref[q, rows], dist[q, :n_real], err_msg=f"query {q}: ids at wrong distance")
+        for value in np.unique(expected):
+            group, got = set(np.flatnonzero(ref[q] == value)), set(rows[dist[q, :n_real] == value])
+            if value < expected[-1]:  # a tie group inside the top k: the same rows as the reference
+                assert got == group, f"query {q}: rows at distance {value}"
+            else:  # the last group may be cut by k: any of its rows
+                assert got <= group, f"query {q}: rows at distance {value}"
+
+
+def test_search_codes_equals_reference(make, data) -> None:
+    b = make(data["encoder"])
+    b.add(data["emb"], data["ids"], titles=[f"title {i}" for i in range(N)])
+    assert b.count() == N
+    qc = data["encoder"].encode(data["queries"])
+    ref = hamming_distances(qc, data["codes"])
+    id_to_row = {d: i for i, d in enumerate(data["ids"])}
+    for k in (1, 10, 37):
+        dist, ids = b.search_codes(qc, k)
+        assert dist.shape == ids.shape == (len(qc), k) and dist.dtype == np.int32
+        check_knn(dist, ids, ref, id_to_row)
+    assert b.title("doc-7") == "title 7"
+
+
+def test_more_k_than_documents_and_empty(make, data) -> None:
+    b = make(data["encoder"])
+    qc = data["encoder"].encode(data["queries"][:2])
+    dist, ids = b.search_codes(qc, 5)  # empty store
+    assert np.all(dist == MISSING_DISTANCE) and all(i is None for i in ids.reshape(-1))
+    b.add(data["emb"][:4], data["ids"][:4])
+    dist, ids = b.search_codes(qc, 6)
+    check_knn(dist, ids, hamming_distances(qc, data["codes"][:4]), {d: i for i, d in enumerate(data["ids"][:4])})
+    with pytest.raises(ValueError, match="k must be positive"):
+        b.search_codes(qc, 0)
+
+
+def test_delete_then_search(make, data) -> None:
+    b = make(data["encoder"])
+    b.add(data["emb"][:100], data["ids"][:100])
+    b.add(data["emb"][100:], data["ids"][100:])  # a second add appends
+    gone = data["ids"][:50:3]
+    assert b.delete(gone) == len(gone)
+    assert b.count() == N - len(gone)
+    with pytest.raises(KeyError, match="not in the"):
+        b.delete(["doc-0"])
+    keep = np.array([i not in set(gone) for i in data["ids"]])
+    kept_ids = [d for d, m in zip(data["ids"], keep, strict=True) if m]
+    qc = data["encoder"].encode(data["queries"])
+    dist, ids = b.search_codes(qc, 15)
+    check_knn(dist, ids, hamming_distances(qc, data["codes"][keep]), {d: i for i, d in enumerate(kept_ids)})
+
+
+@pytest.mark.parametrize("keep_vectors", [False, True])
+def test_rescored_search_equals_reference(make, data, keep_vectors: bool) -> None:
+    """With every document a candidate, rescoring must give the exact top-k by score."""
+    enc = data["encoder"]
+    b = make(enc, keep_vectors=keep_vectors)
+    b.add(data["emb"], data["ids"])
+    q, k = data["queries"], 5
+    rows = np.tile(np.arange(N), (len(q), 1))
+    if keep_vectors:
+        ref = q @ data["emb"].T
+    else:
+        ref = asymmetric_scores(enc.query_weights(q), data["codes"], rows, enc)
+    scores, ids = b.search(q, k, oversample=N // k, rescore="vectors" if keep_vectors else "asymmetric")
+    id_to_row = {d: i for i, d in enumerate(data["ids"])}
+    for qi in range(len(q)):
+        expected = np.sort(ref[qi])[::-1][:k]
+        np.testing.assert_allclose(scores[qi], expected, rtol=1e-5, atol=1e-5)
+        got = [id_to_row[i] for i in ids[qi]]
+        np.testing.assert_allclose(ref[qi, got], scores[qi], rtol=1e-5, atol=1e-5)
+    hamming_scores, _ = b.search(q, k, oversample=0)
+    np.testing.assert_array_equal(-hamming_scores, np.sort(hamming_distances(enc.encode(q), data["codes"]))[:, :k])
+
+
+def test_reopen_uses_the_stored_encoder(make, data, tmp_path: Path, request: pytest.FixtureRequest) -> None:
+    b = make(data["encoder"])
+    b.add(data["emb"][:20], data["ids"][:20])
+    if make.kind == "faiss":
+        again = open_backend(b.path, "faiss")  # type: ignore[attr-defined]
+    else:
+        again = open_backend(b.uri, "milvus", collection=b.collection)  # type: ignore[attr-defined]
+    try:
+        assert again.encoder.checksum == data["encoder"].checksum and again.count() == 20
+        other = ThresholdEncoder.fit(data["emb"][::2], make_plan("hybrid", D))
+        with pytest.raises(IndexMismatchError, match="encoder"):
+            uri = b.path if make.kind == "faiss" else b.uri  # type: ignore[attr-defined]
+            open_backend(uri, make.kind, other, **({} if make.kind == "faiss" else {"collection": b.collection}))
+    finally:
+        again.close()
+
+
+# ---------------------------------------------------------------------- Milvus only
+def test_milvus_upsert_is_idempotent_and_code_size_is_checked(milvus_uri: str, data) -> None:  # noqa: F811
+    enc = data["encoder"]
+    with open_backend(milvus_uri, "milvus", enc, create=True, collection="idem") as b:
+        b.add(data["emb"][:50], data["ids"][:50])
+        b.add(data["emb"][:80], data["ids"][:80])  # a re-run of an interrupted load
+        assert b.count() == 80
+    small = ThresholdEncoder.fit(data["emb"], make_plan("1bit", D))
+    with pytest.raises(IndexMismatchError, match="13-byte codes"):
+        open_backend(milvus_uri, "milvus", small, collection="idem")
+    with pytest.raises(FileNotFoundError, match="no qama collection"):
+        open_backend(milvus_uri, "milvus", enc, collection="absent")
+
+
+def test_milvus_unreachable_is_a_clear_error() -> None:
+    require_milvus()
+    from qama.backends.milvus import MilvusUnavailableError, free_port
+
+    start = time.monotonic()
+    with pytest.raises(MilvusUnavailableError, match="cannot reach Milvus at http://127.0.0.1"):
+        open_backend(f"http://127.0.0.1:{free_port()}", "milvus", timeout=2)
+    assert time.monotonic() - start < 30
+
+
+def test_retry_backs_off_on_transient_errors_only() -> None:
+    require_milvus()
+    from pymilvus.exceptions import MilvusException
+
+    from qama.backends.milvus import _retry
+
+    calls = []
+
+    def flaky() -> str:
+        calls.append(1)
+        if len(calls) < 3:
+            raise MilvusException(message="server unavailable")
+        return "ok"
+
+    assert _retry(flaky, "test", retries=3, backoff=0.01) == "ok" and len(calls) == 3
+    calls.clear()
+
+    def broken() -> str:
+        calls.append(1)
+        raise MilvusException(message="collection not found")
+
+    with pytest.raises(MilvusException):
+        _retry(broken, "test", retries=3, backoff=0.01)
+    assert len(calls) == 1
+
+
+# ---------------------------------------------------------------------- choosing and sharding
+def test_backend_kind_and_shards() -> None:
+    assert backend_kind("http://milvus:19530") == backend_kind("codes.db") == "milvus"
+    assert backend_kind("./my-index") == "faiss" and backend_kind("x.db", "faiss") == "faiss"
+    with pytest.raises(ValueError, match="unknown backend"):
+        backend_kind("x", "qdrant")
+    assert parse_shard("1/4") == (1, 4)
+    for bad in ("4/4", "1", "-1/2", "a/b"):
+        with pytest.raises(ValueError, match="shard"):
+            parse_shard(bad)
+    for n_docs in (0, 1, 7, 100):
+        parts = [shard_range(n_docs, i, 3) for i in range(3)]
+        assert [r for p in parts for r in p] == list(range(n_docs))
