@@ -1,0 +1,81 @@
+"""qama report on tiny data: every file written, plots rendered, a re-run resumes; configs validated."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+
+from qama.config import ExperimentConfig, load_config, preset_path
+from qama.report import run_report
+from tests.test_cli import small  # noqa: F401  (fixture)
+
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def _config(root, emb, root2) -> ExperimentConfig:
+    return ExperimentConfig(
+        datasets=[{"path": str(root), "embeddings": str(emb)}, {"path": str(root2), "embeddings": str(emb)}],
+        nested_dims=[32, 16, 8],
+        plans=["2bit", "hybrid"],
+        train={"steps": 3, "batch_size": 64},
+        speed_vectors=3000,
+        speed_queries=20,
+    )
+
+
+def test_report_writes_everything_and_resumes(small, tmp_path):  # noqa: F811
+    root, emb = small
+    root2 = shutil.copytree(root, tmp_path / "ds2")
+    out = tmp_path / "report"
+    results = run_report(_config(root, emb, root2), out, command="test")
+    for name in (
+        "report.md",
+        "results.json",
+        "config.json",
+        "retention_vs_bits.png",
+        "retention_vs_dims.png",
+        "storage_quality.png",
+    ):
+        assert (out / name).is_file(), name
+    for png in out.glob("*.png"):
+        assert png.read_bytes()[:8] == PNG and png.stat().st_size > 10_000
+    saved = json.loads((out / "results.json").read_text())
+    assert saved["datasets"] == ["ds", "ds2"] and set(saved["ablations"]) >= {"full", "no_matryoshka"}
+    keys = {(e["format"], e["plan"], e["dims"], e["rescore"]) for e in saved["main"]}
+    assert {("fp32", None, 32, None), ("qama", None, 16, None), ("qama", "hybrid", 32, 4)} <= keys
+    entry = next(e for e in saved["main"] if (e["format"], e["plan"], e["dims"]) == ("fp32", None, 32))
+    assert entry["mean_retention"] == 1.0 and set(entry["ndcg@10"]) == {"ds", "ds2"}
+    assert [r["method"] for r in saved["speed"]][0].startswith("fp32")
+    md = (out / "report.md").read_text()
+    assert "## Ablations" in md and "## Storage and speed" in md and "![retention_vs_bits.png]" in md
+
+    stages = {p: p.stat().st_mtime_ns for p in (out / "stages").glob("*.json")}
+    adapter = (out / "adapters" / "ds" / "model.safetensors").stat().st_mtime_ns
+    again = run_report(_config(root, emb, root2), out, command="test")
+    assert {p: p.stat().st_mtime_ns for p in (out / "stages").glob("*.json")} == stages  # nothing recomputed
+    assert (out / "adapters" / "ds" / "model.safetensors").stat().st_mtime_ns == adapter
+    assert again["main"] == results["main"]
+
+
+def test_config_validation(tmp_path):
+    with pytest.raises(ValueError, match="a config needs at least one dataset"):
+        ExperimentConfig(datasets=[])
+    with pytest.raises(ValueError, match=r"unknown training settings in \[train\]: stepz"):
+        ExperimentConfig(datasets=[{"path": "x"}], train={"stepz": 3})
+    bad = tmp_path / "bad.toml"
+    bad.write_text('model = "m"\ncolour = 1\n[[datasets]]\npath = "x"\n')
+    with pytest.raises(ValueError, match=r"bad.toml: unknown config keys: colour"):
+        load_config(bad)
+    bad.write_text("model = \n")
+    with pytest.raises(ValueError, match=r"bad.toml: invalid TOML"):
+        load_config(bad)
+
+
+def test_presets_load():
+    cfg = load_config(preset_path("minilm"))
+    assert cfg.train_config().nested_dims == (96, 192, 384) and len(cfg.datasets) == 5
+    assert load_config(preset_path("bert768")).nested_dims == [768, 384, 192, 96]
+    with pytest.raises(ValueError, match="unknown preset 'nope'"):
+        preset_path("nope")
