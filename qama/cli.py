@@ -187,16 +187,13 @@ def _read_jsonl_corpus(path: Path) -> tuple[list[str], list[str], list[str]]:
     return ids, titles, texts
 
 
-def _load_encoder_adapter(path: Path, plan, fit_emb=None, centroids=None):
-    """The trained adapter at ``path`` at ``plan`` as a :class:`qama.search.Encoder`; centroids fitted
-    on ``fit_emb`` (building an index) or taken as stored in the index (searching it)."""
+def _load_encoder_adapter(path: Path, plan, fit_emb=None):
+    """The trained adapter at ``path`` at ``plan`` as a :class:`qama.search.Encoder`, its centroids
+    fitted on ``fit_emb`` (the corpus being indexed)."""
     from qama.adapter import QamaAdapter
     from qama.search import AdapterEncoder
 
-    encoder = AdapterEncoder(QamaAdapter.load(path), plan, fit_emb=fit_emb)
-    if centroids is not None:
-        encoder.quantizer.centroids = centroids
-    return encoder
+    return AdapterEncoder(QamaAdapter.load(path), plan, fit_emb=fit_emb)
 
 
 def cmd_index(args: argparse.Namespace) -> int:
@@ -233,7 +230,11 @@ def cmd_index(args: argparse.Namespace) -> int:
         from qama.backends import parse_shard, shard_range
 
         part = shard_range(len(ids), *parse_shard(args.shard))
-        corpus, ids, titles = corpus[part.start : part.stop], ids[part.start : part.stop], titles[part.start : part.stop]
+        corpus, ids, titles = (
+            corpus[part.start : part.stop],
+            ids[part.start : part.stop],
+            titles[part.start : part.stop],
+        )
         logger.info("shard %s: documents %d-%d of %d", args.shard, part.start, part.stop - 1, part.stop - part.start)
     if _use_milvus(args):
         return _index_milvus(args, encoder, corpus, ids, titles)
@@ -267,14 +268,7 @@ def cmd_search(args: argparse.Namespace) -> int:
         return _search_milvus(args)
     if args.index is None:
         raise ValueError("give --index (an index folder), or --backend milvus --uri URI")
-    encoder = None
-    if args.adapter:
-        from qama.codes import Plan
-        from qama.index import _read_manifest
-
-        plan = Plan.from_dict(_read_manifest(args.index)["plan"])
-        encoder = _load_encoder_adapter(args.adapter, plan, centroids=QamaIndex.stored_centroids(args.index))
-    index = QamaIndex.open(args.index, encoder=encoder)
+    index = QamaIndex.open_with_adapter(args.index, args.adapter)
     if args.queries is not None:
         from qama._io import load_npy
 
@@ -283,6 +277,8 @@ def cmd_search(args: argparse.Namespace) -> int:
     else:
         if not args.text:
             raise ValueError("give query text or --queries FILE.npy")
+        if not all(t.strip() for t in args.text):
+            raise ValueError("a query is empty")
         from qama.embeddings import encode, load_model
 
         model = args.model or index.manifest.get("meta", {}).get("model")
@@ -333,7 +329,9 @@ def _index_milvus(args: argparse.Namespace, encoder, corpus, ids: list[str], tit
 
     meta = {"model": None if args.embeddings else args.model}
     opts = _milvus_options(args)
-    backend = open_backend(args.uri, "milvus", encoder, True, keep_vectors=args.keep_vectors, dim=corpus.shape[1], meta=meta, **opts)
+    backend = open_backend(
+        args.uri, "milvus", encoder, True, keep_vectors=args.keep_vectors, dim=corpus.shape[1], meta=meta, **opts
+    )
     with backend, tqdm(total=len(corpus), desc="loading", unit="doc", disable=args.quiet) as bar:
         backend.add(corpus, ids, titles=titles if any(titles) else None, progress=bar.update)
         logger.info("%r: %d documents after this load", backend, backend.count())
@@ -367,7 +365,10 @@ def _search_milvus(args: argparse.Namespace) -> int:
             raise ValueError("give query text or --queries FILE.npy")
         scores, ids = backend.search(queries, args.k, oversample=args.oversample, rescore=args.rescore)
         results = [
-            {"query": label, "hits": [{"id": d, "title": backend.title(d), "score": float(s)} for s, d in zip(sr, ir) if d]}
+            {
+                "query": label,
+                "hits": [{"id": d, "title": backend.title(d), "score": float(s)} for s, d in zip(sr, ir) if d],
+            }
             for label, sr, ir in zip(labels, scores, ids, strict=True)
         ]
     if args.json:
@@ -381,7 +382,9 @@ def _search_milvus(args: argparse.Namespace) -> int:
 
 def _add_backend_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("backend (default: a faiss index folder on this machine)")
-    g.add_argument("--backend", choices=["faiss", "milvus"], help="where the codes live (default: from --uri, else faiss)")
+    g.add_argument(
+        "--backend", choices=["faiss", "milvus"], help="where the codes live (default: from --uri, else faiss)"
+    )
     g.add_argument("--uri", help="Milvus server (http://host:19530) or milvus-lite file (codes.db)")
     g.add_argument("--collection", default="qama", help="Milvus collection (default: qama)")
     g.add_argument("--index-type", default="BIN_FLAT", choices=["BIN_FLAT", "BIN_IVF_FLAT"], help="Milvus index type")

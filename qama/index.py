@@ -299,6 +299,26 @@ class QamaIndex:
         )
         return cls(path, manifest, encoder, codes, ids, titles, vectors)
 
+    @classmethod
+    def open_with_adapter(cls, path: str | os.PathLike, adapter: Any = None, verify: bool = True) -> QamaIndex:
+        """Open an index built with a trained adapter: ``adapter`` is a :class:`~qama.adapter.QamaAdapter`,
+        its folder, or ``None`` for the folder the index names. Its plan and centroids come from the index."""
+        from qama.adapter import QamaAdapter
+        from qama.search import AdapterEncoder
+
+        manifest = _read_manifest(Path(path))
+        if manifest["encoder"]["kind"] != "adapter":
+            return cls.open(path, verify=verify)
+        if adapter is None:
+            adapter = manifest["encoder"].get("path")
+            if not adapter:
+                raise IndexMismatchError(f"{path}: the index names no adapter folder; pass the adapter")
+        if not isinstance(adapter, QamaAdapter):
+            adapter = QamaAdapter.load(adapter)
+        plan = Plan.from_dict(manifest["plan"])
+        encoder = AdapterEncoder(adapter, plan, centroids=cls.stored_centroids(path))
+        return cls.open(path, encoder=encoder, verify=verify)
+
     @staticmethod
     def stored_centroids(path: str | os.PathLike) -> np.ndarray | None:
         """The centroids an adapter-built index stored (to rebuild its encoder), or ``None``."""

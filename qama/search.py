@@ -334,11 +334,24 @@ class AdapterEncoder:
     dot product, in the adapter's value space, of the query's values and the code's centroids.
     """
 
-    def __init__(self, adapter: Any, plan: str | Plan, dim: int | None = None, fit_emb: np.ndarray | None = None):
+    def __init__(
+        self,
+        adapter: Any,
+        plan: str | Plan,
+        dim: int | None = None,
+        fit_emb: np.ndarray | None = None,
+        centroids: np.ndarray | None = None,
+    ):
+        """``fit_emb``: corpus embeddings to fit the centroids on (building an index); ``centroids``:
+        centroids fitted before (an index stores them), taken as they are."""
         self.adapter = adapter
         self._plan = adapter.plan(plan, dim)
         fit_values = None if fit_emb is None else adapter.values(fit_emb, self._plan)
         self.quantizer = adapter.quantizer(self._plan, fit_values=fit_values)
+        if centroids is not None:
+            if centroids.shape != self.quantizer.centroids.shape:
+                raise ValueError(f"centroids of shape {centroids.shape} do not fit plan {self._plan.name!r}")
+            self.quantizer.centroids = np.asarray(centroids, dtype=np.float32)
 
     @property
     def plan(self) -> Plan:
