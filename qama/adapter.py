@@ -90,7 +90,9 @@ class AdapterConfig:
             raise ValueError(f"init must be 'identity' or 'pca', got {self.init!r}")
         nested = tuple(int(m) for m in self.nested_dims) or default_nested_dims(self.dim)
         if list(nested) != sorted(set(nested)) or nested[-1] != self.dim or nested[0] <= 0:
-            raise ValueError(f"nested_dims must be ascending, distinct, positive and end at dim={self.dim}, got {nested}")
+            raise ValueError(
+                f"nested_dims must be ascending, distinct, positive and end at dim={self.dim}, got {nested}"
+            )
         if any(m % 2 for m in nested):
             raise ValueError(f"nested_dims must be even (0.5-bit merges pairs), got {nested}")
         self.nested_dims = nested
@@ -290,8 +292,10 @@ class QamaAdapter(nn.Module):
         was_training = self.training
         self.eval()
         xt = torch.from_numpy(np.ascontiguousarray(x))
-        z = torch.cat([self(xt[i : i + batch_size]) for i in range(0, len(xt), batch_size)]) if len(xt) else (
-            torch.zeros(0, self.dim)
+        z = (
+            torch.cat([self(xt[i : i + batch_size]) for i in range(0, len(xt), batch_size)])
+            if len(xt)
+            else (torch.zeros(0, self.dim))
         )
         self.train(was_training)
         return z

@@ -104,7 +104,9 @@ def _masked_log_softmax(logits: torch.Tensor, mask: torch.Tensor) -> torch.Tenso
     return torch.log_softmax(logits.masked_fill(~mask, float("-inf")), dim=1).masked_fill(~mask, 0.0)
 
 
-def symmetric_kl(s_x: torch.Tensor, s_y: torch.Tensor, temperature: float = 0.5, standardize: bool = True) -> torch.Tensor:
+def symmetric_kl(
+    s_x: torch.Tensor, s_y: torch.Tensor, temperature: float = 0.5, standardize: bool = True
+) -> torch.Tensor:
     """½[KL(P_x‖P_y) + KL(P_y‖P_x)] of the row distributions ``P = softmax(S/τ)``, mean over rows.
 
     The diagonal of a square matrix is left out of the distributions.

@@ -95,7 +95,8 @@ class TrainConfig:
     variance_floor: float = 0.5  # floor on each dimension's std, relative to the starting typical std
     w_quant: float = 0.01  # quantisation regulariser (× linear ramp 0.2 -> 1.0)
     quant_margin: float = 0.1  # boundary width of the regulariser, in units of each value's std
-    # data augmentation
+    # batches and data augmentation
+    neighbour_group: int = 8  # batch = B/g random seeds + each seed's g−1 nearest teacher neighbours (1: random)
     noise: float = 0.0  # std of Gaussian noise added to inputs (relative to a coordinate's typical size)
     # housekeeping
     checkpoint_every: int = 200  # steps between checkpoints (0: none); needs out_dir
@@ -111,6 +112,8 @@ class TrainConfig:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.batch_size < 4:
             raise ValueError(f"batch_size must be at least 4, got {self.batch_size}")
+        if not 1 <= self.neighbour_group <= self.batch_size:
+            raise ValueError(f"neighbour_group must be in 1..batch_size, got {self.neighbour_group}")
         self.nested_dims = tuple(self.nested_dims)
         self.train_plans = tuple(self.train_plans)
 
@@ -146,7 +149,9 @@ def temperature_at(step: int, cfg: TrainConfig) -> float:
 
 
 # ---------------------------------------------------------------------------- input checks
-def check_training_input(x: np.ndarray, batch_size: int, dim: int | None = None, what: str = "embeddings") -> np.ndarray:
+def check_training_input(
+    x: np.ndarray, batch_size: int, dim: int | None = None, what: str = "embeddings"
+) -> np.ndarray:
     """Validate training embeddings; returns float32. Raises ``ValueError`` / :class:`DimensionError`."""
     x = np.asarray(x)
     if x.ndim != 2:
@@ -163,6 +168,47 @@ def check_training_input(x: np.ndarray, batch_size: int, dim: int | None = None,
     if not finite.all():
         raise ValueError(f"{what} contain NaN or inf values (first at row {int(np.flatnonzero(~finite)[0])})")
     return x
+
+
+def teacher_neighbours(x: torch.Tensor, k: int, max_candidates: int = 50_000, chunk: int = 2048) -> torch.Tensor:
+    """``(n, k)`` rows of each vector's ``k`` nearest neighbours by cosine (itself left out).
+
+    Beyond ``max_candidates`` vectors, neighbours are searched among the first ``max_candidates``
+    rows of a fixed permutation only (enough to put near neighbours into the same batch).
+    """
+    n = len(x)
+    cand = (
+        torch.randperm(n, generator=torch.Generator().manual_seed(0))[:max_candidates] if n > max_candidates else None
+    )
+    pool = x if cand is None else x[cand]
+    out = torch.empty(n, k, dtype=torch.long)
+    for i in range(0, n, chunk):
+        s = x[i : i + chunk] @ pool.T  # (c, n_pool)
+        if cand is None:
+            s[torch.arange(len(s)), torch.arange(i, i + len(s))] = float("-inf")
+        top = s.topk(k + (0 if cand is None else 1), dim=1).indices
+        top = top if cand is None else cand[top]
+        out[i : i + chunk] = top[:, :k] if cand is None else _drop_self(top, torch.arange(i, i + len(s)), k)
+    return out
+
+
+def _drop_self(top: torch.Tensor, rows: torch.Tensor, k: int) -> torch.Tensor:
+    """First ``k`` entries of each row of ``top`` that are not the row's own index."""
+    keep = top != rows[:, None]
+    return torch.stack([t[m][:k] for t, m in zip(top, keep, strict=True)])
+
+
+def sample_batch(n: int, cfg: TrainConfig, gen: torch.Generator, neighbours: torch.Tensor | None) -> torch.Tensor:
+    """Row indices of one batch: random seeds, each with its ``neighbour_group − 1`` nearest neighbours."""
+    if neighbours is None:
+        return torch.randperm(n, generator=gen)[: cfg.batch_size]
+    g = neighbours.shape[1] + 1
+    seeds = torch.randperm(n, generator=gen)[: cfg.batch_size // g]
+    idx = torch.cat([seeds[:, None], neighbours[seeds]], dim=1).reshape(-1)  # (B,)
+    fill = cfg.batch_size - len(idx)
+    if fill > 0:
+        idx = torch.cat([idx, torch.randint(0, n, (fill,), generator=gen)])
+    return idx
 
 
 # ---------------------------------------------------------------------------- one step's losses
@@ -209,7 +255,9 @@ def compute_losses(
     for m in nested:
         similarity_terms(L.cosine_matrix(z[:, :m]), f"{m}/fp")
         if pairs is not None and cfg.w_nce > 0:
-            parts[f"nce@{m}/fp"] = L.info_nce(L.cosine_matrix(zq[:, :m], zd[:, :m]), targets, cfg.nce_temperature, False)
+            parts[f"nce@{m}/fp"] = L.info_nce(
+                L.cosine_matrix(zq[:, :m], zd[:, :m]), targets, cfg.nce_temperature, False
+            )
         if cfg.quantized_weight > 0:
             for spec in cfg.train_plans:
                 plan = make_plan(spec, m)
@@ -223,11 +271,23 @@ def compute_losses(
     if cfg.w_variance > 0:
         parts["variance"] = L.variance_control(zu, cfg.variance_floor)
     if cfg.w_quant > 0:
-        q = [L.quantization_regularizer(z, adapter.thresholds(bits), adapter.range_lo, adapter.range_hi,
-                                        adapter.z_std, cfg.quant_margin) for bits in (2.0, 1.5, 1.0)]
+        q = [
+            L.quantization_regularizer(
+                z, adapter.thresholds(bits), adapter.range_lo, adapter.range_hi, adapter.z_std, cfg.quant_margin
+            )
+            for bits in (2.0, 1.5, 1.0)
+        ]
         m = adapter.merged(z)
-        q.append(L.quantization_regularizer(m, adapter.thr_0_5bit, adapter.m_mean - 3 * adapter.m_std,
-                                            adapter.m_mean + 3 * adapter.m_std, adapter.m_std, cfg.quant_margin))
+        q.append(
+            L.quantization_regularizer(
+                m,
+                adapter.thr_0_5bit,
+                adapter.m_mean - 3 * adapter.m_std,
+                adapter.m_mean + 3 * adapter.m_std,
+                adapter.m_std,
+                cfg.quant_margin,
+            )
+        )
         parts["quant"] = torch.stack(q).mean()
     return parts
 
@@ -235,9 +295,16 @@ def compute_losses(
 def weight_of(name: str, cfg: TrainConfig, sched: dict[str, float]) -> float:
     """Weight of the loss part ``name`` (e.g. ``kl@96/2bit``) at the current schedule."""
     term, _, tag = name.partition("@")
-    w = {"mse": cfg.w_mse, "kl": cfg.w_kl, "rank": cfg.w_rank, "nce": cfg.w_nce, "ortho": cfg.w_ortho,
-         "bottleneck": cfg.w_bottleneck, "variance": cfg.w_variance * sched["variance"],
-         "quant": cfg.w_quant * sched["quant"]}[term]
+    w = {
+        "mse": cfg.w_mse,
+        "kl": cfg.w_kl,
+        "rank": cfg.w_rank,
+        "nce": cfg.w_nce,
+        "ortho": cfg.w_ortho,
+        "bottleneck": cfg.w_bottleneck,
+        "variance": cfg.w_variance * sched["variance"],
+        "quant": cfg.w_quant * sched["quant"],
+    }[term]
     if tag and not tag.endswith("/fp"):
         w *= cfg.quantized_weight
     return w
@@ -250,8 +317,9 @@ def _save_checkpoint(path: Path, adapter: QamaAdapter, opt: torch.optim.Optimize
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     tensors = {f"model.{k}": v.detach().clone().contiguous() for k, v in adapter.state_dict().items()}
-    for i, (p, state) in enumerate(opt.state.items()):
-        for k, v in state.items():
+    params = [p for group in opt.param_groups for p in group["params"]]
+    for i, p in enumerate(params):  # by parameter position, the order _load_checkpoint reads back
+        for k, v in opt.state.get(p, {}).items():
             tensors[f"opt.{i}.{k}"] = torch.as_tensor(v).detach().clone().contiguous()
     save_file(tensors, str(tmp / "state.safetensors"))
     (tmp / "meta.json").write_text(json.dumps({"step": step, "config": cfg.to_dict()}, indent=2))
@@ -304,10 +372,22 @@ def fit(
         pair_t = (torch.from_numpy(q_np), torch.from_numpy(p_np))
     torch.set_num_threads(max(1, cfg.threads))
     torch.manual_seed(cfg.seed)
-    acfg = AdapterConfig(dim=d, expansion=cfg.expansion, nested_dims=cfg.nested_dims, init=cfg.init,
-                         merge_hidden=cfg.merge_hidden, model_name=cfg.model_name)
-    metadata = {"training": cfg.to_dict(), "data": {"description": cfg.data_description, "n_vectors": len(x_np),
-                                                   "n_pairs": 0 if pairs is None else len(pairs[0])}}
+    acfg = AdapterConfig(
+        dim=d,
+        expansion=cfg.expansion,
+        nested_dims=cfg.nested_dims,
+        init=cfg.init,
+        merge_hidden=cfg.merge_hidden,
+        model_name=cfg.model_name,
+    )
+    metadata = {
+        "training": cfg.to_dict(),
+        "data": {
+            "description": cfg.data_description,
+            "n_vectors": len(x_np),
+            "n_pairs": 0 if pairs is None else len(pairs[0]),
+        },
+    }
     adapter = QamaAdapter(acfg, metadata)
     adapter.init_linear(x_np)
     adapter.calibrate(x_np)  # thresholds start at quantiles of the corpus
@@ -321,13 +401,13 @@ def fit(
     if ckpt is not None and (ckpt / "meta.json").is_file():
         start = _load_checkpoint(ckpt, adapter, opt, cfg)
         logger.info("resuming from %s at step %d", ckpt, start)
-    adapter.train()
     t0 = time.perf_counter()
+    neighbours = teacher_neighbours(x, cfg.neighbour_group - 1) if cfg.neighbour_group > 1 else None
+    adapter.train()
     bar = tqdm(range(start, cfg.steps), desc="qama fit", disable=not cfg.progress, initial=start, total=cfg.steps)
     for step in bar:
         gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
-        idx = torch.randperm(len(x), generator=gen)[: cfg.batch_size]
-        xb = x[idx]  # (B, d)
+        xb = x[sample_batch(len(x), cfg, gen, neighbours)]  # (B, d)
         if cfg.noise > 0:
             xb = torch.nn.functional.normalize(xb + cfg.noise / d**0.5 * torch.randn(xb.shape, generator=gen), dim=1)
         pb = None
@@ -350,7 +430,8 @@ def fit(
             adapter.update_statistics(adapter(xb), cfg.ema_momentum)
         if cfg.progress and (step % 10 == 0 or step == cfg.steps - 1):
             bar.set_postfix(_summary(parts, total))
-        if ckpt is not None and cfg.checkpoint_every > 0 and (step + 1) % cfg.checkpoint_every == 0 and step + 1 < cfg.steps:
+        due = cfg.checkpoint_every > 0 and (step + 1) % cfg.checkpoint_every == 0 and step + 1 < cfg.steps
+        if ckpt is not None and due:
             _save_checkpoint(ckpt, adapter, opt, step + 1, cfg)
     bar.close()
     adapter.calibrate(x_np)  # final thresholds: exact quantiles over the whole corpus
@@ -405,4 +486,3 @@ def ablate(
         logger.info("ablation %s", name)
         results[name] = evaluate(fit(corpus_emb, cfg, pairs=pairs))
     return results
-

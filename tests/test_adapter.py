@@ -131,7 +131,9 @@ def test_save_load_round_trip(tmp_path) -> None:
 
 
 def test_load_missing_folder_says_what_is_missing(tmp_path) -> None:
-    with pytest.raises(FileNotFoundError, match=r"config.json not found: an adapter folder holds config.json and model"):
+    with pytest.raises(
+        FileNotFoundError, match=r"config.json not found: an adapter folder holds config.json and model"
+    ):
         QamaAdapter.load(tmp_path)
 
 

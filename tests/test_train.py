@@ -11,7 +11,7 @@ import torch
 
 import qama.train as T
 from qama.adapter import DimensionError, QamaAdapter
-from qama.train import TrainConfig, ablate, fit, lr_factor, loss_schedules
+from qama.train import TrainConfig, ablate, fit, loss_schedules, lr_factor
 
 
 def _embeddings(n: int = 96, d: int = 32, seed: int = 0) -> np.ndarray:
@@ -101,8 +101,16 @@ def test_switched_off_terms_are_not_computed() -> None:
     adapter = QamaAdapter(T.AdapterConfig(dim=32))
     adapter.calibrate(x.numpy())
     gen = torch.Generator().manual_seed(0)
-    cfg = TrainConfig(w_ortho=0.0, w_bottleneck=0.0, w_variance=0.0, w_quant=0.0, w_kl=0.0, matryoshka=False,
-                      train_plans=("2bit",), batch_size=32)
+    cfg = TrainConfig(
+        w_ortho=0.0,
+        w_bottleneck=0.0,
+        w_variance=0.0,
+        w_quant=0.0,
+        w_kl=0.0,
+        matryoshka=False,
+        train_plans=("2bit",),
+        batch_size=32,
+    )
     parts = T.compute_losses(adapter, x, cfg, 0, gen, 1.0)
     assert sorted(parts) == ["mse@32/2bit", "mse@32/fp"]
     full = T.compute_losses(adapter, x, TrainConfig(batch_size=32), 0, gen, 1.0)
@@ -124,7 +132,8 @@ def test_bad_inputs_raise_clear_errors() -> None:
     with pytest.raises(ValueError, match=r"^embeddings contain NaN or inf values \(first at row 3\)$"):
         fit(bad, TINY)
     with pytest.raises(
-        ValueError, match=r"^embeddings: 10 vectors are fewer than one batch \(32\); lower batch_size or give more vectors$"
+        ValueError,
+        match=r"^embeddings: 10 vectors are fewer than one batch \(32\); lower batch_size or give more vectors$",
     ):
         fit(x[:10], TINY)
     with pytest.raises(DimensionError, match=r"^pair queries have dimension 8, but the adapter expects 32$"):
@@ -150,3 +159,21 @@ def test_ablate_runs_each_switch(monkeypatch) -> None:
     assert [s["w_quant"] for s in seen] == [cfg.w_quant, cfg.w_quant, 0.0]
     with pytest.raises(ValueError, match="unknown ablation 'nope'"):
         ablate(x, evaluate, cfg, names=["nope"])
+
+
+def test_teacher_neighbours_and_neighbour_batches() -> None:
+    x = torch.nn.functional.normalize(
+        torch.tensor([[1.0, 0.0], [0.9, 0.1], [0.0, 1.0], [0.1, 0.9], [-1.0, 0.05]]), dim=1
+    )
+    nb = T.teacher_neighbours(x, 1)
+    assert nb[:, 0].tolist() == [1, 0, 3, 2, 2]
+    # a capped candidate pool still never returns a row as its own neighbour
+    capped = T.teacher_neighbours(x, 1, max_candidates=4)
+    assert all(capped[i, 0] != i for i in range(5))
+    cfg = TrainConfig(batch_size=5, neighbour_group=2)
+    idx = T.sample_batch(5, cfg, torch.Generator().manual_seed(0), nb)
+    assert len(idx) == 5
+    pairs = idx[:4].reshape(2, 2)
+    assert all(nb[s, 0] == n for s, n in pairs.tolist())  # each seed followed by its neighbour
+    with pytest.raises(ValueError, match=r"^neighbour_group must be in 1..batch_size, got 0$"):
+        TrainConfig(neighbour_group=0)
