@@ -77,8 +77,14 @@ def main() -> None:
     t = time.perf_counter()
     encoder.encode(emb)  # the encoding share of a load, the same for both backends
     encode_per_s = args.n / (time.perf_counter() - t)
-    results: dict = {"n": args.n, "code_bytes": encoder.plan.code_size, "threads": faiss.omp_get_max_threads(),
-                     "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"), "date": time.strftime("%Y-%m-%d %H:%M"), "encode_per_s": encode_per_s}
+    results: dict = {
+        "n": args.n,
+        "code_bytes": encoder.plan.code_size,
+        "threads": faiss.omp_get_max_threads(),
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
+        "date": time.strftime("%Y-%m-%d %H:%M"),
+        "encode_per_s": encode_per_s,
+    }
     with tempfile.TemporaryDirectory(dir=os.environ.get("TMPDIR")) as tmp:
         rss0 = rss_mib(os.getpid())
         with open_backend(Path(tmp) / "faiss-index", "faiss", encoder, create=True) as fb:
@@ -86,7 +92,9 @@ def main() -> None:
             results["faiss"]["rss_delta_mib"] = rss_mib(os.getpid()) - rss0
         with LocalMilvusServer(Path(tmp) / "bench.db", lifetime=1800) as uri:
             assert uri.startswith("http://127.0.0.1:")
-            with open_backend(uri, "milvus", encoder, create=True, collection="bench", batch_size=args.batch_size) as mb:
+            with open_backend(
+                uri, "milvus", encoder, create=True, collection="bench", batch_size=args.batch_size
+            ) as mb:
                 results["milvus"] = run(mb, emb, ids, queries, args.k, args.singles)
             for proc in Path("/proc").iterdir():  # the milvus binary (child of `timeout`)
                 if proc.name.isdigit():

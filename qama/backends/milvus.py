@@ -362,7 +362,9 @@ class MilvusBackend:
         if embeddings.ndim != 2 or embeddings.shape[1] < self.plan.dim:
             raise ValueError(f"embeddings must be (n, d) with d >= {self.plan.dim}, got {embeddings.shape}")
         if self.keep_vectors and embeddings.shape[1] != int(self.manifest["dim"]):
-            raise IndexMismatchError(f"embeddings have {embeddings.shape[1]} dimensions, the collection {self.manifest['dim']}")
+            raise IndexMismatchError(
+                f"embeddings have {embeddings.shape[1]} dimensions, the collection {self.manifest['dim']}"
+            )
         for start in range(0, len(embeddings), self.batch_size):
             block = np.asarray(embeddings[start : start + self.batch_size], dtype=np.float32)
             codes = self.encoder.encode(block)
@@ -592,7 +594,16 @@ class LocalMilvusServer:
         self.db_file.parent.mkdir(parents=True, exist_ok=True)
         env = dict(os.environ, LD_LIBRARY_PATH=f"{BIN_PATH}:{os.environ.get('LD_LIBRARY_PATH', '')}")
         level = os.environ.get("LOG_LEVEL", "ERROR")
-        args = ["timeout", "-s", "TERM", str(int(self.lifetime)), str(binary), str(self.db_file), f"127.0.0.1:{self.port}", level]
+        args = [
+            "timeout",
+            "-s",
+            "TERM",
+            str(int(self.lifetime)),
+            str(binary),
+            str(self.db_file),
+            f"127.0.0.1:{self.port}",
+            level,
+        ]
         self.process = subprocess.Popen(args, env=env, cwd=self.db_file.parent, preexec_fn=_die_with_parent)
         deadline = time.monotonic() + wait
         while time.monotonic() < deadline:
