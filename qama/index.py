@@ -25,13 +25,15 @@ loaded (a Hamming scan reads every code once; rescoring reads candidate rows onl
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import logging
 import os
 import re
 import shutil
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -52,7 +54,7 @@ from qama.search import (
     top_by_score,
 )
 
-__all__ = ["IndexCorruptError", "IndexMismatchError", "QamaIndex", "StringColumn"]
+__all__ = ["IndexCorruptError", "IndexLockedError", "IndexMismatchError", "QamaIndex", "StringColumn", "writer_lock"]
 
 logger = logging.getLogger(__name__)
 
@@ -60,11 +62,17 @@ FORMAT = "qama-index"
 VERSION = 1
 MANIFEST = "manifest.json"
 ALIGN = 8  # bytes: rows padded to whole 64-bit words
+LOCK = "writer.lock"
+OPEN_ATTEMPTS = 20  # re-reads of a manifest that writers keep replacing while it is being opened
 _GENERATED = re.compile(r"^(codes|ids|titles|vectors|encoder)-\d{6}\.")
 
 
 class IndexCorruptError(ValueError):
     """A file of the index is missing, truncated, modified or malformed."""
+
+
+class IndexLockedError(RuntimeError):
+    """Another process holds the index's writer lock."""
 
 
 class IndexMismatchError(ValueError):
@@ -233,6 +241,22 @@ class QamaIndex:
                 manifest["generation"] = int(json.loads((path / MANIFEST).read_text())["generation"])
             except (ValueError, KeyError, TypeError, OSError):
                 pass
+        with writer_lock(path):
+            cls._write_new(path, manifest, encoder, codes, ids, titles, embeddings if keep_vectors else None)
+        logger.info("wrote index %s: %d documents, %d bytes per code", path, len(codes), row_size)
+        return cls.open(path, encoder=encoder, verify=False)
+
+    @staticmethod
+    def _write_new(
+        path: Path,
+        manifest: dict[str, Any],
+        encoder: Encoder,
+        codes: np.ndarray,
+        ids: Sequence[str],
+        titles: Sequence[str] | None,
+        vectors: np.ndarray | None,
+    ) -> None:
+        enc_meta = manifest["encoder"]
         writer = _Commit(path, manifest)
         if enc_meta["kind"] == "thresholds":
             writer.write_bytes("encoder", ".safetensors", _encoder_bytes(encoder))  # type: ignore[arg-type]
@@ -243,12 +267,10 @@ class QamaIndex:
         writer.write_strings("ids", StringColumn.from_strings(list(ids)))
         if titles is not None:
             writer.write_strings("titles", StringColumn.from_strings(list(titles)))
-        if keep_vectors:
-            writer.write_array("vectors", np.ascontiguousarray(embeddings, dtype=np.float32))
+        if vectors is not None:
+            writer.write_array("vectors", np.ascontiguousarray(vectors, dtype=np.float32))
         manifest["count"] = len(codes)
         writer.commit()
-        logger.info("wrote index %s: %d documents, %d bytes per code", path, len(codes), row_size)
-        return cls.open(path, encoder=encoder, verify=False)
 
     @classmethod
     def open(cls, path: str | os.PathLike, encoder: Encoder | None = None, verify: bool = True) -> QamaIndex:
@@ -259,7 +281,20 @@ class QamaIndex:
         every file (sizes, shapes and dtypes are always checked).
         """
         path = Path(path)
-        manifest = _read_manifest(path)
+        for _ in range(OPEN_ATTEMPTS):
+            manifest = _read_manifest(path)
+            try:
+                return cls._open_version(path, manifest, encoder, verify)
+            except (IndexCorruptError, FileNotFoundError):
+                # A writer may have committed a new generation and removed this one's files while we
+                # read them: then read the new version; if the manifest did not change, the error stands.
+                if _read_manifest(path)["generation"] == manifest["generation"]:
+                    raise
+                logger.debug("%s: generation changed while opening, reading it again", path)
+        raise IndexCorruptError(f"{path}: the index changed {OPEN_ATTEMPTS} times while being opened")
+
+    @classmethod
+    def _open_version(cls, path: Path, manifest: dict[str, Any], encoder: Encoder | None, verify: bool) -> QamaIndex:
         files = manifest["files"]
         for key, f in files.items():
             _check_file(path, key, f, verify)
@@ -398,13 +433,20 @@ class QamaIndex:
             raise IndexMismatchError(
                 f"embeddings have {embeddings.shape[1]} dimensions, the index {self.manifest['dim']}"
             )
+        if (titles is None) != (self.titles is None) and len(self):
+            raise ValueError("titles must be given for every document or for none")
+        new_codes = _encode_rows(self.encoder, embeddings, self.row_size, progress, 65536)
+        with writer_lock(self.path):
+            self._catch_up()
+            self._add_codes(new_codes, embeddings, ids, titles)
+
+    def _add_codes(
+        self, new_codes: np.ndarray, embeddings: np.ndarray, ids: Sequence[str], titles: Sequence[str] | None
+    ) -> None:
         existing = set(self.ids.to_list())
         dup = [i for i in ids if i in existing]
         if dup:
             raise ValueError(f"{len(dup)} document id(s) already in the index, e.g. {dup[:3]}")
-        if (titles is None) != (self.titles is None) and len(self):
-            raise ValueError("titles must be given for every document or for none")
-        new_codes = _encode_rows(self.encoder, embeddings, self.row_size, progress, 65536)
         manifest = json.loads(json.dumps(self.manifest))
         writer = _Commit(self.path, manifest)
         writer.write_array("codes", np.concatenate([self.codes, new_codes]))
@@ -420,7 +462,11 @@ class QamaIndex:
 
     def delete(self, ids: Iterable[str]) -> int:
         """Remove documents by id and commit; returns how many were removed. Unknown ids raise KeyError."""
-        wanted = set(ids)
+        with writer_lock(self.path):
+            self._catch_up()
+            return self._delete(set(ids))
+
+    def _delete(self, wanted: set[str]) -> int:
         all_ids = self.ids.to_list()
         missing = wanted.difference(all_ids)
         if missing:
@@ -440,12 +486,36 @@ class QamaIndex:
         self._reload()
         return len(all_ids) - len(rows)
 
+    def _catch_up(self) -> None:
+        """Under the writer lock: build on the newest committed version, not the one opened earlier."""
+        if _read_manifest(self.path)["generation"] != self.manifest["generation"]:
+            self._reload()
+
     def _reload(self) -> None:
         fresh = QamaIndex.open(self.path, encoder=self.encoder, verify=False)
         self.__dict__.update(fresh.__dict__)
 
 
 # ---------------------------------------------------------------------- helpers
+@contextmanager
+def writer_lock(path: Path) -> Iterator[None]:
+    """Hold the index's writer lock (``writer.lock``, an advisory ``flock``): one writer at a time.
+
+    A second writer is refused at once with :class:`IndexLockedError`, never merged silently.
+    Readers take no lock: a commit is the atomic rename of the manifest.
+    """
+    path.mkdir(parents=True, exist_ok=True)
+    with open(path / LOCK, "a+b") as f:
+        try:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise IndexLockedError(f"{path}: another process is writing this index (lock {path / LOCK})") from None
+        try:
+            yield
+        finally:
+            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+
+
 def _check_new_docs(embeddings: np.ndarray, ids: Sequence[str], titles: Sequence[str] | None, plan_dim: int) -> None:
     if embeddings.ndim != 2 or embeddings.shape[1] < plan_dim:
         raise ValueError(f"embeddings must be (n, d) with d >= {plan_dim}, got {embeddings.shape}")

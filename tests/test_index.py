@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from qama.codes import make_plan
-from qama.index import MANIFEST, IndexCorruptError, IndexMismatchError, QamaIndex
+from qama.index import LOCK, MANIFEST, IndexCorruptError, IndexMismatchError, QamaIndex
 from qama.search import ThresholdEncoder, hamming_search_reference
 
 
@@ -109,7 +109,7 @@ def test_add_and_delete(index: QamaIndex, emb: np.ndarray, encoder: ThresholdEnc
     with pytest.raises(KeyError, match="not in the index"):
         again.delete(["nope"])
     # only the live generation's files remain
-    live = {f["name"] for f in again.manifest["files"].values()} | {MANIFEST}
+    live = {f["name"] for f in again.manifest["files"].values()} | {MANIFEST, LOCK}
     assert {p.name for p in again.path.iterdir()} == live
 
 

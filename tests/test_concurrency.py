@@ -1,0 +1,75 @@
+"""Index folders under concurrent use and under SIGKILL (small versions of the benchmark scripts)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from qama.codes import make_plan
+from qama.index import IndexLockedError, QamaIndex, writer_lock
+from qama.search import ThresholdEncoder
+
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def _index(tmp_path: Path) -> tuple[QamaIndex, np.ndarray]:
+    rng = np.random.default_rng(0)
+    emb = rng.standard_normal((300, 16)).astype(np.float32)
+    enc = ThresholdEncoder.fit(emb, make_plan("2bit", 16))
+    return QamaIndex.create(tmp_path / "idx", enc, emb[:200], [f"d{i}" for i in range(200)]), emb
+
+
+def test_a_second_writer_is_refused(tmp_path):
+    index, emb = _index(tmp_path)
+    with writer_lock(index.path):
+        other = QamaIndex.open(index.path)
+        with pytest.raises(IndexLockedError, match="another process is writing this index"):
+            other.add(emb[200:210], [f"d{i}" for i in range(200, 210)])
+        with pytest.raises(IndexLockedError):
+            other.delete(["d0"])
+    assert len(QamaIndex.open(index.path)) == 200  # nothing was merged
+
+
+def test_a_stale_writer_builds_on_the_newest_version(tmp_path):
+    index, emb = _index(tmp_path)
+    stale = QamaIndex.open(index.path)
+    index.add(emb[200:250], [f"d{i}" for i in range(200, 250)])
+    stale.add(emb[250:300], [f"d{i}" for i in range(250, 300)])  # opened before the first add
+    fresh = QamaIndex.open(index.path)
+    assert len(fresh) == 300 and [fresh.doc_id(i) for i in (199, 200, 299)] == ["d199", "d200", "d299"]
+
+
+def test_readers_never_see_a_torn_version():
+    out = subprocess.run(
+        [
+            sys.executable,
+            str(BENCH / "concurrency_test.py"),
+            "--readers",
+            "2",
+            "--queries",
+            "40",
+            "--commits",
+            "3",
+            "--base",
+            "3000",
+            "--step",
+            "300",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "0 inconsistent answers" in out.stdout and "refused 3/3 times" in out.stdout
+
+
+def test_sigkill_leaves_a_complete_version():
+    out = subprocess.run(
+        [sys.executable, str(BENCH / "kill_test.py"), "--runs", "4"], capture_output=True, text=True, timeout=300
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "4 kills" in out.stdout and " 0 torn states" in out.stdout
