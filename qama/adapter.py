@@ -31,19 +31,21 @@ description) and ``model.safetensors`` (weights and thresholds); nothing is pick
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import logging
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load as st_load
+from safetensors.torch import save as st_save
 from torch import nn
 
+from qama._io import atomic_open, write_json
 from qama.codes import Plan, make_plan
 from qama.quantize import MAX_THRESHOLDS, Quantizer
 
@@ -54,6 +56,8 @@ logger = logging.getLogger(__name__)
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 FORMAT_VERSION = 1
+#: Fields of ``config.json``'s "adapter" that a saved adapter must state (no silent defaults).
+REQUIRED_FIELDS = ("dim", "expansion", "nested_dims", "init", "merge_hidden")
 
 #: Precisions with per-dimension thresholds: bits -> (buffer name, quantiles of the thresholds).
 PRECISIONS: dict[float, tuple[str, tuple[float, ...]]] = {
@@ -366,40 +370,90 @@ class QamaAdapter(nn.Module):
 
     # ------------------------------------------------------------------ persistence
     def save(self, path: str | os.PathLike) -> Path:
-        """Write ``config.json`` and ``model.safetensors`` into the folder ``path`` (atomically per file)."""
+        """Write ``config.json`` and ``model.safetensors`` into the folder ``path``.
+
+        ``config.json`` records the SHA-256 of the weights and is renamed into place last, so it is
+        the commit: a save interrupted at any point leaves the previous adapter loadable (its weights
+        are kept as ``model.safetensors.prev`` until the new config is in place) or the new one.
+        """
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
-        config = {"format_version": FORMAT_VERSION, "adapter": self.config.to_dict(), **self.metadata}
         tensors = {k: v.detach().contiguous().clone() for k, v in self.state_dict().items()}
-        _atomic_write(path / WEIGHTS_NAME, lambda p: save_file(tensors, str(p)))
-        _atomic_write(path / CONFIG_NAME, lambda p: p.write_text(json.dumps(config, indent=2, default=str) + "\n"))
+        blob = st_save(tensors)
+        config = {
+            "format_version": FORMAT_VERSION,
+            "adapter": self.config.to_dict(),
+            **self.metadata,
+            "weights_sha256": hashlib.sha256(blob).hexdigest(),
+        }
+        weights, prev = path / WEIGHTS_NAME, path / (WEIGHTS_NAME + ".prev")
+        if weights.is_file() and (path / CONFIG_NAME).is_file():
+            os.replace(weights, prev)  # the previous version stays complete: its config still names it
+        with atomic_open(weights, "wb") as f:
+            f.write(blob)
+        write_json(path / CONFIG_NAME, config)
+        prev.unlink(missing_ok=True)
         return path
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> QamaAdapter:
-        """Read an adapter folder written by :meth:`save`."""
+        """Read an adapter folder written by :meth:`save`; never unpickles anything.
+
+        A missing or malformed file, a config without a required field, tensors of the wrong names
+        or shapes, and weights that are not the ones the config records all raise ``ValueError``
+        (``FileNotFoundError`` for a missing file) naming the file.
+        """
         path = Path(path)
         cfg_path, w_path = path / CONFIG_NAME, path / WEIGHTS_NAME
-        for p in (cfg_path, w_path):
-            if not p.is_file():
-                raise FileNotFoundError(f"{p} not found: an adapter folder holds {CONFIG_NAME} and {WEIGHTS_NAME}")
-        data = json.loads(cfg_path.read_text())
-        if data.get("format_version") != FORMAT_VERSION:
-            raise ValueError(f"{cfg_path}: unsupported adapter format {data.get('format_version')!r}")
-        metadata = {k: v for k, v in data.items() if k not in ("format_version", "adapter")}
-        adapter = cls(AdapterConfig.from_dict(data["adapter"]), metadata)
-        adapter.load_state_dict(load_file(str(w_path)))
+        if not cfg_path.is_file():
+            raise FileNotFoundError(f"{cfg_path} not found: an adapter folder holds {CONFIG_NAME} and {WEIGHTS_NAME}")
+        try:
+            data = json.loads(cfg_path.read_text(encoding="utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise ValueError(f"{cfg_path}: not valid JSON ({e})") from None
+        if not isinstance(data, dict) or data.get("format_version") != FORMAT_VERSION:
+            version = data.get("format_version") if isinstance(data, dict) else None
+            raise ValueError(f"{cfg_path}: unsupported adapter format {version!r}")
+        if not isinstance(data.get("adapter"), dict):
+            raise ValueError(f"{cfg_path}: missing field 'adapter'")
+        missing = [k for k in REQUIRED_FIELDS if k not in data["adapter"]]
+        if missing:
+            raise ValueError(f"{cfg_path}: missing field 'adapter.{missing[0]}'")
+        try:
+            config = AdapterConfig.from_dict(data["adapter"])
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"{cfg_path}: bad 'adapter' fields ({e})") from None
+        blob = _read_weights(path, data.get("weights_sha256"))
+        try:
+            tensors = st_load(blob)
+        except Exception as e:  # safetensors raises its own error type for a malformed header
+            raise ValueError(f"{w_path}: not a safetensors file ({e})") from None
+        metadata = {k: v for k, v in data.items() if k not in ("format_version", "adapter", "weights_sha256")}
+        adapter = cls(config, metadata)
+        expected = {k: tuple(v.shape) for k, v in adapter.state_dict().items()}
+        got = {k: tuple(v.shape) for k, v in tensors.items()}
+        if got != expected:
+            wrong = sorted(k for k in expected.keys() | got.keys() if expected.get(k) != got.get(k))
+            raise ValueError(
+                f"{w_path}: tensors do not fit the adapter of {cfg_path.name}: "
+                + ", ".join(f"{k} {got.get(k, 'missing')} (expected {expected.get(k, 'none')})" for k in wrong[:5])
+            )
+        adapter.load_state_dict(tensors)
         adapter.eval()
         return adapter
 
 
-def _atomic_write(target: Path, write: Any) -> None:
-    """Write ``target`` through a temporary file in the same folder and an atomic rename."""
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        os.replace(tmp, target)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+def _read_weights(path: Path, sha256: str | None) -> bytes:
+    """The weights the config names: ``model.safetensors``, or the previous version's weights when a
+    save was interrupted before its config was in place."""
+    w_path = path / WEIGHTS_NAME
+    candidates = [p for p in (w_path, path / (WEIGHTS_NAME + ".prev")) if p.is_file()]
+    if not candidates:
+        raise FileNotFoundError(f"{w_path} not found: an adapter folder holds {CONFIG_NAME} and {WEIGHTS_NAME}")
+    for p in candidates:
+        blob = p.read_bytes()
+        if sha256 is None or hashlib.sha256(blob).hexdigest() == sha256:
+            if p != w_path:
+                logger.warning("%s: an interrupted save left new weights; using the previous version", path)
+            return blob
+    raise ValueError(f"{w_path}: the weights are not the ones {CONFIG_NAME} records (modified or corrupted)")

@@ -1,0 +1,102 @@
+"""Untrusted adapter files: every malformed folder is refused with a clear error, nothing unpickled;
+an interrupted save leaves a loadable adapter."""
+
+from __future__ import annotations
+
+import json
+import pickle
+
+import numpy as np
+import pytest
+import torch
+
+from qama.adapter import AdapterConfig, QamaAdapter
+
+
+@pytest.fixture
+def saved(tmp_path):
+    adapter = QamaAdapter(AdapterConfig(dim=16))
+    adapter.init_linear(np.random.default_rng(0).standard_normal((64, 16)).astype(np.float32))
+    adapter.save(tmp_path / "ad")
+    return tmp_path / "ad", adapter
+
+
+def _edit_config(path, fn):
+    cfg = json.loads((path / "config.json").read_text())
+    fn(cfg)
+    (path / "config.json").write_text(json.dumps(cfg))
+
+
+def test_round_trip_keeps_the_weights(saved):
+    path, adapter = saved
+    again = QamaAdapter.load(path)
+    for k, v in adapter.state_dict().items():
+        torch.testing.assert_close(again.state_dict()[k], v)
+
+
+def test_config_missing_a_field(saved):
+    path, _ = saved
+    _edit_config(path, lambda c: c["adapter"].pop("dim"))
+    with pytest.raises(ValueError, match=r"config.json: missing field 'adapter.dim'"):
+        QamaAdapter.load(path)
+    _edit_config(path, lambda c: c.pop("adapter"))
+    with pytest.raises(ValueError, match=r"config.json: missing field 'adapter'"):
+        QamaAdapter.load(path)
+
+
+def test_config_not_json(saved):
+    path, _ = saved
+    (path / "config.json").write_bytes(b"\x80not json")
+    with pytest.raises(ValueError, match=r"config.json: not valid JSON"):
+        QamaAdapter.load(path)
+
+
+def test_tensors_of_the_wrong_shape(saved):
+    path, _ = saved
+    _edit_config(path, lambda c: c["adapter"].update(dim=32, nested_dims=[8, 16, 32]))
+    _edit_config(path, lambda c: c.pop("weights_sha256"))
+    with pytest.raises(
+        ValueError, match=r"model.safetensors: tensors do not fit the adapter of config.json: .*expected"
+    ):
+        QamaAdapter.load(path)
+
+
+def test_a_pickle_in_place_of_the_weights_is_refused(saved, tmp_path):
+    path, _ = saved
+    marker = tmp_path / "pwned"
+
+    class Evil:
+        def __reduce__(self):
+            return (open, (str(marker), "w"))
+
+    (path / "model.safetensors").write_bytes(pickle.dumps(Evil()))
+    with pytest.raises(ValueError, match="weights are not the ones config.json records"):
+        QamaAdapter.load(path)
+    _edit_config(path, lambda c: c.pop("weights_sha256"))
+    with pytest.raises(ValueError, match="model.safetensors: not a safetensors file"):
+        QamaAdapter.load(path)
+    assert not marker.exists()  # nothing was executed
+
+
+def test_interrupted_save_leaves_the_previous_version(saved, monkeypatch):
+    path, adapter = saved
+    before = {k: v.clone() for k, v in adapter.state_dict().items()}
+    with torch.no_grad():
+        for p in adapter.parameters():
+            p.add_(1.0)
+
+    def crash(*args, **kwargs):
+        raise KeyboardInterrupt  # killed after the new weights, before the new config
+
+    monkeypatch.setattr("qama.adapter.write_json", crash)
+    with pytest.raises(KeyboardInterrupt):
+        adapter.save(path)
+    monkeypatch.undo()
+    loaded = QamaAdapter.load(path)  # the previous complete version
+    for k, v in before.items():
+        torch.testing.assert_close(loaded.state_dict()[k], v)
+    adapter.save(path)  # a later save completes and removes the kept weights
+    assert not (path / "model.safetensors.prev").exists()
+    loaded = QamaAdapter.load(path)
+    for k, v in adapter.state_dict().items():
+        torch.testing.assert_close(loaded.state_dict()[k], v)
