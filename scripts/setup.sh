@@ -8,5 +8,6 @@ PY=${PYTHON:-python3}
 # torch first, pinned: a bare `torch` requirement could pull a multi-GB CUDA build. On Linux
 # without a GPU, TORCH_INDEX=https://download.pytorch.org/whl/cpu picks the small CPU build.
 .venv/bin/python -m pip install -q "torch==${TORCH_VERSION:-2.13.0}" ${TORCH_INDEX:+--index-url "$TORCH_INDEX"}
-.venv/bin/python -m pip install -q -e ".[offline,test,report,milvus]"
+# mteb: for the tests of qama.integrations.mteb (about 10 s and 450 MB more to install).
+.venv/bin/python -m pip install -q -e ".[offline,test,report,milvus,mteb]"
 echo "qama installed in .venv: run .venv/bin/qama --help"
