@@ -269,6 +269,12 @@ def cmd_search(args: argparse.Namespace) -> int:
     if args.index is None:
         raise ValueError("give --index (an index folder), or --backend milvus --uri URI")
     index = QamaIndex.open_with_adapter(args.index, args.adapter)
+    if len(index) == 0:
+        raise ValueError(f"{args.index}: the index is empty")
+    if args.k <= 0:
+        raise ValueError(f"k must be positive, got {args.k}")
+    if args.k > len(index):
+        logger.warning("k=%d is larger than the index (%d documents): returning all of them", args.k, len(index))
     if args.queries is not None:
         from qama._io import load_npy
 
@@ -502,7 +508,7 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args)
     try:
         return args.func(args)
-    except (ValueError, OSError) as e:  # DataError, EmbeddingError, plan errors, unreadable files
+    except (ValueError, OSError, KeyError, RuntimeError) as e:  # bad input, unreadable files, locks, divergence
         print(f"qama: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

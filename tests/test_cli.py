@@ -94,3 +94,81 @@ def test_train_too_few_vectors_for_a_batch(small, tmp_path, capsys):
         ]
     )
     assert rc == 2 and "batch" in capsys.readouterr().err
+
+
+def test_index_then_search(small, tmp_path, capsys):
+    root, emb = small
+    common = ["--dataset", str(root), "--embeddings", str(emb)]
+    assert (
+        main(["-q", "train", *common, "--out", str(tmp_path / "ad"), "--steps", "2", "--train-batch-size", "64"]) == 0
+    )
+    assert main(["-q", "index", *common, "--adapter", str(tmp_path / "ad"), "--out", str(tmp_path / "idx")]) == 0
+    q = np.load(emb / "corpus.npy")[:3]
+    np.save(tmp_path / "q.npy", q)
+    capsys.readouterr()
+    assert (
+        main(
+            [
+                "-q",
+                "search",
+                "--index",
+                str(tmp_path / "idx"),
+                "--queries",
+                str(tmp_path / "q.npy"),
+                "-k",
+                "2",
+                "--oversample",
+                "4",
+                "--json",
+            ]
+        )
+        == 0
+    )
+    hits = json.loads(capsys.readouterr().out)
+    assert [h["hits"][0]["id"] for h in hits] == ["d0", "d1", "d2"]  # each document finds itself
+    assert all(len(h["hits"]) == 2 for h in hits)
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["-k", "0"], "qama: error: k must be positive, got 0"),
+        (["  "], "qama: error: a query is empty"),
+    ],
+)
+def test_search_bad_requests(small, tmp_path, capsys, extra, message):
+    root, emb = small
+    main(["-q", "index", "--dataset", str(root), "--embeddings", str(emb), "--out", str(tmp_path / "idx")])
+    args = ["-q", "search", "--index", str(tmp_path / "idx")]
+    if extra != ["  "]:
+        np.save(tmp_path / "q.npy", np.load(emb / "corpus.npy")[:1])
+        args += ["--queries", str(tmp_path / "q.npy")]
+    capsys.readouterr()
+    assert main(args + extra) == 2
+    assert capsys.readouterr().err.strip() == message
+
+
+def test_search_k_beyond_the_index_returns_everything(small, tmp_path, capsys, caplog):
+    root, emb = small
+    main(["-q", "index", "--dataset", str(root), "--embeddings", str(emb), "--out", str(tmp_path / "idx")])
+    np.save(tmp_path / "q.npy", np.load(emb / "corpus.npy")[:1])
+    capsys.readouterr()
+    assert (
+        main(["search", "--index", str(tmp_path / "idx"), "--queries", str(tmp_path / "q.npy"), "-k", "500", "--json"])
+        == 0
+    )
+    assert len(json.loads(capsys.readouterr().out)[0]["hits"]) == 300
+    assert "k=500 is larger than the index (300 documents)" in caplog.text
+
+
+def test_search_an_empty_index(small, tmp_path, capsys):
+    from qama.codes import make_plan
+    from qama.index import QamaIndex
+    from qama.search import ThresholdEncoder
+
+    root, emb = small
+    corpus = np.load(emb / "corpus.npy")
+    QamaIndex.create(tmp_path / "idx", ThresholdEncoder.fit(corpus, make_plan("2bit", 32)), corpus[:0], [])
+    np.save(tmp_path / "q.npy", corpus[:1])
+    rc = main(["-q", "search", "--index", str(tmp_path / "idx"), "--queries", str(tmp_path / "q.npy")])
+    assert rc == 2 and "the index is empty" in capsys.readouterr().err
