@@ -373,7 +373,9 @@ def _search_milvus(args: argparse.Namespace) -> int:
         results = [
             {
                 "query": label,
-                "hits": [{"id": d, "title": backend.title(d), "score": float(s)} for s, d in zip(sr, ir) if d],
+                "hits": [
+                    {"id": d, "title": backend.title(d), "score": float(s)} for s, d in zip(sr, ir, strict=True) if d
+                ],
             }
             for label, sr, ir in zip(labels, scores, ids, strict=True)
         ]
