@@ -59,7 +59,7 @@ class TrainConfig:
     # adapter shape
     expansion: int = 2  # FFN hidden width = expansion·d (paper: 32; 2 trains fast on 2 CPU cores)
     nested_dims: tuple[int, ...] = ()  # Matryoshka sizes; () = (d/4, d/2, d)
-    init: str = "identity"  # linear start: "identity" or "pca"
+    init: str = "pca_blocks"  # linear start: "identity", "pca" or "pca_blocks" (QamaAdapter.init_linear)
     merge_hidden: int = 16  # hidden width of the 0.5-bit pair-merge FFN
     # optimisation
     steps: int = 600  # optimiser steps
@@ -389,7 +389,7 @@ def fit(
         },
     }
     adapter = QamaAdapter(acfg, metadata)
-    adapter.init_linear(x_np)
+    adapter.init_linear(x_np, cfg.seed)
     adapter.calibrate(x_np)  # thresholds start at quantiles of the corpus
     unit = float(adapter.z_std.mean())
     x = torch.from_numpy(x_np)

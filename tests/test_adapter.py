@@ -25,13 +25,14 @@ def test_config_defaults_and_validation() -> None:
         AdapterConfig(dim=16, nested_dims=(8, 4, 16))
     with pytest.raises(ValueError, match=r"nested_dims must be even \(0.5-bit merges pairs\), got \(5, 16\)"):
         AdapterConfig(dim=16, nested_dims=(5, 16))
-    with pytest.raises(ValueError, match=r"init must be 'identity' or 'pca', got 'random'"):
+    with pytest.raises(ValueError, match=r"init must be one of identity, pca, pca_blocks, got 'random'"):
         AdapterConfig(dim=16, init="random")
 
 
 def test_untrained_adapter_is_identity_and_prefixes_nest() -> None:
     x = _embeddings()
-    adapter = QamaAdapter(AdapterConfig(dim=16, expansion=2))
+    adapter = QamaAdapter(AdapterConfig(dim=16, expansion=2, init="identity"))
+    adapter.init_linear(x)  # no-op for the identity start
     z = adapter.transform(x)
     assert z.dtype == np.float32 and np.allclose(z, x, atol=1e-6)
     assert np.array_equal(adapter.transform(x, 8), z[:, :8])
@@ -43,6 +44,21 @@ def test_pca_start_orders_variance() -> None:
     adapter.init_linear(x)
     var = adapter.transform(x).var(axis=0)
     assert np.all(np.diff(var) <= 1e-6)  # principal axes: variance falls with the index
+
+
+def test_pca_blocks_start_nests_principal_subspaces() -> None:
+    x = _embeddings(n=300) * np.linspace(2.0, 0.1, 16, dtype=np.float32)
+    adapter = QamaAdapter(AdapterConfig(dim=16, nested_dims=(4, 8, 16), init="pca_blocks"))
+    adapter.init_linear(x)
+    w = adapter.skip.weight.detach().numpy().astype(np.float64)
+    _, _, vt = np.linalg.svd(x - x.mean(0), full_matrices=False)
+
+    def in_span(rows: np.ndarray, k: int) -> bool:  # rows lie in the span of the top-k principal axes
+        return np.allclose(rows @ vt[:k].T @ vt[:k], rows, atol=1e-5)
+
+    assert in_span(w[:4], 4) and in_span(w[4:8], 8) and not in_span(w[4:8], 4)
+    assert in_span(w[8:], 8)  # the last level re-projects the top 8 axes
+    assert np.allclose(w @ w.T, np.block([[np.eye(8), w[:8] @ w[8:].T], [w[8:] @ w[:8].T, np.eye(8)]]), atol=1e-5)
 
 
 def test_thresholds_start_at_corpus_quantiles() -> None:
