@@ -16,9 +16,10 @@ Levels are expanded with a thermometer code (bit ``i`` of a value is set iff its
 greater than ``i``; the table writes bit 0 rightmost, the packed stream puts it first), so the
 Hamming distance between two codes is exactly the L1 distance between their levels. The bits
 of all values are concatenated in plan order, most significant bit first within each byte
-(``np.packbits`` order), and each row is padded with zero bits to a whole number of bytes: ``code_size = ceil(n_bits / 8)``. Rows are packed independently; codes are
-``uint8`` arrays of shape ``(n, code_size)``, the layout faiss binary indexes use (``d = 8 *
-code_size``). Zero padding is the same in every code, so it never changes a Hamming distance.
+(``np.packbits`` order), and each row is padded with zero bits to a whole number of bytes:
+``code_size = ceil(n_bits / 8)``. Rows are packed independently; codes are ``uint8`` arrays of
+shape ``(n, code_size)``, the layout faiss binary indexes use (``d = 8 * code_size``). Zero
+padding is the same in every code, so it never changes a Hamming distance.
 
 Alignment: the canonical code is byte-aligned (hybrid at 384 dimensions: 78 bytes). Stored and
 searched rows may be padded further with zero bytes to a multiple of 8 bytes (``Plan.row_size()``,
