@@ -1,0 +1,204 @@
+"""Fit QAMA adapters on corpus embeddings (no labels) and print nDCG@10 retention against the targets.
+
+Usage (from the repo root; the shared benchmark data lies beside the repo)::
+
+    python benchmarks/train_targets.py                     # SciFact + Cranfield, default TrainConfig
+    python benchmarks/train_targets.py --ablate            # ... and the ablation table (SciFact)
+    python benchmarks/train_targets.py --steps 300 --out benchmarks/RESULTS_training.md
+
+Retention is nDCG@10 of symmetric Hamming search (queries quantised too) over nDCG@10 of the frozen
+model's FP32 cosine at full size. Each dataset gets its own adapter, fitted on its corpus only;
+"transfer" applies the SciFact adapter to Cranfield (thresholds recalibrated on Cranfield's corpus,
+which needs no labels).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime
+import logging
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from qama.adapter import AdapterConfig, QamaAdapter  # noqa: E402
+from qama.codes import hamming_distances  # noqa: E402
+from qama.data import load_dataset  # noqa: E402
+from qama.embeddings import load_embeddings  # noqa: E402
+from qama.evaluate import Evaluator  # noqa: E402
+from qama.train import ABLATIONS, TrainConfig, ablate, fit  # noqa: E402
+
+SHARED = ROOT.parent / "shared"
+EMB = SHARED / "embeddings" / "all-MiniLM-L6-v2"
+
+#: (row label, plan or "fp", nested size, target retention or None)
+TARGETS: list[tuple[str, str, int, float | None]] = [
+    ("384 2-bit", "2bit", 384, 0.99),
+    ("384 hybrid", "hybrid", 384, 0.98),
+    ("384 1.5-bit", "1.5bit", 384, 0.98),
+    ("384 1-bit", "1bit", 384, 0.95),
+    ("192 2-bit", "2bit", 192, 0.97),
+    ("96 2-bit", "2bit", 96, 0.92),
+    ("192 FP32 (adapter)", "fp", 192, 0.99),
+    ("384 FP32 (adapter)", "fp", 384, None),
+    ("96 FP32 (adapter)", "fp", 96, None),
+    ("192 hybrid", "hybrid", 192, None),
+    ("96 hybrid", "hybrid", 96, None),
+]
+
+
+def load(name: str) -> tuple[Evaluator, np.ndarray, np.ndarray]:
+    """Evaluator, corpus and judged-query embeddings of a shared dataset."""
+    ds = load_dataset(SHARED / "datasets" / name, "test")
+    corpus, queries = load_embeddings(EMB / name, ds)
+    return Evaluator(ds), corpus, queries[ds.eval_query_rows]
+
+
+def ndcg(ev: Evaluator, scores: np.ndarray) -> float:
+    return ev.from_scores(scores)["ndcg@10"]
+
+
+def score(adapter: QamaAdapter, plan: str, dim: int, corpus: np.ndarray, queries: np.ndarray) -> np.ndarray:
+    """``(n_queries, n_docs)`` scores: cosine of the prefixes ("fp") or minus the Hamming distance."""
+    if plan == "fp":
+        zc, zq = adapter.transform(corpus, dim), adapter.transform(queries, dim)
+        zc /= np.linalg.norm(zc, axis=1, keepdims=True)
+        zq /= np.linalg.norm(zq, axis=1, keepdims=True)
+        return zq @ zc.T
+    return -hamming_distances(adapter.encode(queries, plan, dim), adapter.encode(corpus, plan, dim)).astype(np.float32)
+
+
+def table(
+    adapter: QamaAdapter, ev: Evaluator, corpus: np.ndarray, queries: np.ndarray, base: float
+) -> dict[str, float]:
+    return {label: ndcg(ev, score(adapter, plan, dim, corpus, queries)) / base for label, plan, dim, _ in TARGETS}
+
+
+def untrained(corpus: np.ndarray) -> QamaAdapter:
+    """Identity adapter with quantile thresholds: the untrained baseline in the model's coordinates."""
+    adapter = QamaAdapter(AdapterConfig(dim=corpus.shape[1]))
+    adapter.calibrate(corpus)
+    return adapter
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--steps", type=int, default=None, help="override TrainConfig.steps")
+    parser.add_argument("--ablate", action="store_true", help="also run the ablations on SciFact")
+    parser.add_argument(
+        "--ablate-steps", type=int, default=None, help="steps of each ablation run (default: as --steps)"
+    )
+    parser.add_argument("--skip-targets", action="store_true", help="only the ablations (with --ablate)")
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "RESULTS_training.md")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    torch.set_num_threads(2)
+    cfg = TrainConfig(progress=False)
+    if args.steps:
+        cfg = dataclasses.replace(cfg, steps=args.steps)
+    data = {name: load(name) for name in ("scifact", "cranfield")}
+    bases = {name: ndcg(ev, q @ c.T) for name, (ev, c, q) in data.items()}
+    command = "python benchmarks/train_targets.py " + " ".join(sys.argv[1:])
+    header = [
+        f"Command: `{command.strip()}`  ",
+        f"Date: {datetime.datetime.now():%Y-%m-%d %H:%M}; torch {torch.__version__}, {torch.get_num_threads()} "
+        f"threads, {platform.machine()}, load average at start {os.getloadavg()[0]:.1f} (shared machine)  ",
+        f"FP32 nDCG@10 (frozen all-MiniLM-L6-v2, full size): SciFact {bases['scifact']:.4f}, "
+        f"Cranfield {bases['cranfield']:.4f}",
+        "",
+    ]
+    sections = []
+    if not args.skip_targets:
+        sections.append(targets_section(cfg, data, bases, header))
+    if args.ablate:
+        acfg = dataclasses.replace(cfg, steps=args.ablate_steps) if args.ablate_steps else cfg
+        sections.append(ablation_section(acfg, data["scifact"], bases["scifact"], header))
+    old = args.out.read_text() if args.out.exists() else "# QAMA training: targets and ablations\n"
+    keep = [part for part in old.split("\n## ") if not any(part.startswith(s.split("\n")[0][3:]) for s in sections)]
+    text = "\n## ".join(keep).rstrip("\n") + "\n\n" + "\n\n".join(sections) + "\n"
+    print("\n\n".join(sections))
+    args.out.write_text(text)
+
+
+def initial(corpus: np.ndarray) -> QamaAdapter:
+    """The default start (pca_blocks) with quantile thresholds, before any training step."""
+    adapter = QamaAdapter(AdapterConfig(dim=corpus.shape[1], init="pca_blocks"))
+    adapter.init_linear(corpus)
+    adapter.calibrate(corpus)
+    return adapter
+
+
+def targets_section(cfg: TrainConfig, data: dict, bases: dict[str, float], header: list[str]) -> str:
+    cols: dict[str, dict[str, float]] = {}
+    times: dict[str, float] = {}
+    adapters: dict[str, QamaAdapter] = {}
+    for name, (ev, c, q) in data.items():
+        cols[f"{name} untrained"] = table(untrained(c), ev, c, q, bases[name])
+        cols[f"{name} start"] = table(initial(c), ev, c, q, bases[name])
+        t0 = time.perf_counter()
+        adapters[name] = fit(c, dataclasses.replace(cfg, data_description=f"{name} corpus (no labels)"))
+        times[name] = time.perf_counter() - t0
+        cols[f"{name} QAMA"] = table(adapters[name], ev, c, q, bases[name])
+        logging.info("%s fitted in %.0f s", name, times[name])
+    ev, c, q = data["cranfield"]
+    with tempfile.TemporaryDirectory() as tmp:
+        transfer = QamaAdapter.load(adapters["scifact"].save(Path(tmp) / "scifact_adapter"))
+    transfer.calibrate(c)
+    cols["SciFact→Cranfield"] = table(transfer, ev, c, q, bases["cranfield"])
+    lines = [
+        "## Targets",
+        "",
+        *header,
+        f"Fit time (default TrainConfig: {cfg.steps} steps, batch {cfg.batch_size}, expansion {cfg.expansion}): "
+        + ", ".join(f"{k} {v:.0f} s" for k, v in times.items()),
+        "",
+        "Retention = nDCG@10 / FP32 nDCG@10 at full size; codes are symmetric (queries quantised too), searched by "
+        "Hamming distance. *untrained*: the model's own coordinates, quantile thresholds. *start*: the adapter's "
+        "pca_blocks start before training. *QAMA*: fitted on the dataset's own corpus (no labels). "
+        "*SciFact→Cranfield*: the SciFact adapter, thresholds recalibrated on Cranfield's corpus.",
+        "",
+        "| row | target | " + " | ".join(cols) + " |",
+        "|---|---|" + "---|" * len(cols),
+    ]
+    for label, _, _, target in TARGETS:
+        cells = " | ".join(f"{cols[k][label] * 100:.1f}%" for k in cols)
+        lines.append(f"| {label} | {'≥' + format(target * 100, '.0f') + '%' if target else '—'} | {cells} |")
+    return "\n".join(lines)
+
+
+def ablation_section(cfg: TrainConfig, scifact: tuple, base: float, header: list[str]) -> str:
+    ev, c, q = scifact
+    rows = [r for r in TARGETS if r[1] in ("2bit", "hybrid")]
+
+    def evaluate(adapter: QamaAdapter) -> dict[str, float]:
+        return {label: ndcg(ev, score(adapter, plan, dim, c, q)) / base for label, plan, dim, _ in rows}
+
+    t0 = time.perf_counter()
+    res = ablate(c, evaluate, cfg)
+    lines = [
+        "## Ablations",
+        "",
+        *header,
+        f"SciFact, retrained with one component switched off at a time, {cfg.steps} steps each "
+        f"({time.perf_counter() - t0:.0f} s for all runs). Retention of nDCG@10, symmetric Hamming codes.",
+        "",
+        "| ablation | " + " | ".join(r[0] for r in rows) + " |",
+        "|---|" + "---|" * len(rows),
+    ]
+    for name in ABLATIONS:
+        lines.append(f"| {name} | " + " | ".join(f"{res[name][r[0]] * 100:.1f}%" for r in rows) + " |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()
