@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Create .venv and install qama with its test and offline extras. Idempotent; needs Python >= 3.10.
+# Create .venv and install qama with every extra the tests use. Idempotent; needs Python >= 3.10.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
