@@ -107,6 +107,7 @@ def test_switched_off_terms_are_not_computed() -> None:
         w_variance=0.0,
         w_quant=0.0,
         w_kl=0.0,
+        w_mse=1.0,
         matryoshka=False,
         train_plans=("2bit",),
         batch_size=32,
@@ -114,7 +115,7 @@ def test_switched_off_terms_are_not_computed() -> None:
     parts = T.compute_losses(adapter, x, cfg, 0, gen, 1.0)
     assert sorted(parts) == ["mse@32/2bit", "mse@32/fp"]
     full = T.compute_losses(adapter, x, TrainConfig(batch_size=32), 0, gen, 1.0)
-    assert {"ortho", "bottleneck", "variance", "quant", "kl@8/hybrid", "mse@8/fp"} <= set(full)
+    assert {"ortho", "bottleneck", "variance", "quant", "kl@8/hybrid", "kl@8/fp"} <= set(full)
     assert all(torch.isfinite(v) for v in full.values())
 
 
