@@ -108,7 +108,10 @@ class Quantizer:
         """``(n, n_values)`` values -> int64 levels."""
         if values.ndim != 2 or values.shape[1] != self.plan.n_values:
             raise ValueError(f"expected values of shape (n, {self.plan.n_values}), got {values.shape}")
-        return (values[:, :, None] > self.thresholds[None]).sum(axis=-1, dtype=np.int64)
+        levels = np.zeros(values.shape, dtype=np.int64)
+        for i in range(MAX_THRESHOLDS):  # +inf padding never counts
+            levels += values > self.thresholds[:, i]
+        return levels
 
     def encode(self, values: np.ndarray) -> np.ndarray:
         """``(n, n_values)`` values -> ``(n, code_size)`` packed uint8 codes."""

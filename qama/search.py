@@ -369,8 +369,11 @@ class AdapterEncoder:
         h.update(np.ascontiguousarray(self.quantizer.centroids, dtype=np.float32).tobytes())
         return h.hexdigest()
 
-    def encode(self, emb: np.ndarray) -> np.ndarray:
-        return self.adapter.encode(emb, self._plan)
+    def encode(self, emb: np.ndarray, chunk: int = 65536) -> np.ndarray:
+        out = np.empty((len(emb), self._plan.code_size), dtype=np.uint8)
+        for i in range(0, len(emb), chunk):  # bounded memory: values and levels of one chunk at a time
+            out[i : i + chunk] = self.quantizer.encode(self.adapter.values(emb[i : i + chunk], self._plan))
+        return out
 
     def query_weights(self, emb: np.ndarray) -> np.ndarray:
         return self.adapter.values(emb, self._plan).astype(np.float32)
