@@ -34,8 +34,10 @@ first bytes of every code are the code of the first ``m`` dimensions under that 
 
 from __future__ import annotations
 
+import logging
 import math
 import re
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from functools import cached_property
 
@@ -51,7 +53,10 @@ __all__ = [
     "unpack",
     "hamming_distances",
     "prefix_plan",
+    "plans_fitting",
 ]
+
+logger = logging.getLogger(__name__)
 
 #: Supported precisions: bits per dimension -> number of levels of one quantised value.
 BITS: dict[float, int] = {2.0: 4, 1.5: 3, 1.0: 2, 0.5: 2}
@@ -223,6 +228,16 @@ def make_plan(spec: str | Plan, dim: int) -> Plan:
     if total != dim:
         raise ValueError(f"plan {spec!r} covers {total} dimensions, but the embedding has {dim}")
     return Plan(name, tuple(segments))
+
+
+def plans_fitting(specs: Iterable[str], dim: int) -> Iterator[Plan]:
+    """The plans of ``specs`` at ``dim`` dimensions, leaving out (and logging) those that do not fit,
+    e.g. hybrid at 100 dimensions (a 0.5-bit segment of 25). For tables over many sizes."""
+    for spec in specs:
+        try:
+            yield make_plan(spec, dim)
+        except ValueError as e:
+            logger.info("skipping plan %s at %d dimensions: %s", spec, dim, e)
 
 
 def pack(levels: np.ndarray, plan: Plan, chunk: int = 65536, align: int = 1) -> np.ndarray:

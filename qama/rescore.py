@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from qama import baselines
-from qama.codes import make_plan, prefix_plan
+from qama.codes import plans_fitting, prefix_plan
 from qama.evaluate import Evaluator
 from qama.search import AdapterEncoder, Encoder, ThresholdEncoder, funnel_search, hamming_search, search_rescored
 from qama.table import BASELINE_PLANS, TOP_K, Row, float_row
@@ -112,14 +112,9 @@ def threshold_rescore_rows(
     rows = []
     for dims in dims_list or [corpus.shape[1]]:
         c, q = baselines.truncate(corpus, dims), baselines.truncate(queries, dims)
-        for name in plans:
-            try:
-                plan = make_plan(name, dims)
-            except ValueError as e:
-                logger.info("skipping %s at %d dims: %s", name, dims, e)
-                continue
+        for plan in plans_fitting(plans, dims):
             encoder = ThresholdEncoder.fit(c, plan, sign_1bit=True)
-            funnel = [dims // 4] if name == "hybrid" else []
+            funnel = [dims // 4] if plan.name == "hybrid" else []
             rows += rescore_rows(encoder, c, q, evaluator, "threshold", oversamples, funnel, False, vectors)
     return rows
 
@@ -142,11 +137,7 @@ def adapter_rows(
         z_c = baselines.truncate(adapter.transform(corpus, dims), dims)
         z_q = baselines.truncate(adapter.transform(queries, dims), dims)
         rows.append(float_row("qama", z_c, z_q, dims, evaluator, bytes_per_dim=4))
-        for name in plans:
-            try:
-                encoder = AdapterEncoder(adapter, name, dims, fit_emb=corpus)
-            except ValueError as e:
-                logger.info("skipping %s at %d dims: %s", name, dims, e)
-                continue
+        for plan in plans_fitting(plans, dims):
+            encoder = AdapterEncoder(adapter, plan, fit_emb=corpus)
             rows += rescore_rows(encoder, corpus, queries, evaluator, "qama", oversamples)
     return rows

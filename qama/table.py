@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from qama import baselines
-from qama.codes import make_plan
+from qama.codes import make_plan, plans_fitting
 from qama.evaluate import Evaluator
 from qama.search import float_search, hamming_search
 
@@ -97,13 +97,8 @@ def baseline_rows(
         rows.append(float_row("fp32", c, q, dims, evaluator))
         rows.append(float_row("fp16", *baselines.fp16(c, q), dims, evaluator))
         rows.append(float_row("int8", *baselines.int8(c, q), dims, evaluator))
-        for name in plans:
-            try:
-                plan = make_plan(name, dims)
-            except ValueError as e:
-                logger.info("skipping threshold %s at %d dims: %s", name, dims, e)
-                continue
-            rows.append(code_row("threshold", name, dims, *baselines.threshold_codes(c, q, plan), evaluator))
+        for plan in plans_fitting(plans, dims):
+            rows.append(code_row("threshold", plan.name, dims, *baselines.threshold_codes(c, q, plan), evaluator))
     return rows
 
 
