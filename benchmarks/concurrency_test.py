@@ -37,6 +37,7 @@ def reader(path: str, n_total: int, n_queries: int, seed: int, out: mp.Queue) ->
     emb = data(n_total)
     rng = np.random.default_rng(seed)
     bad, versions = 0, set()
+    all_codes = QamaIndex.open(path, verify=False).encoder.encode(emb)  # the encoder is the same in every version
     for _ in range(n_queries):
         index = QamaIndex.open(path, verify=False)
         q = emb[rng.integers(n_total)][None] + 0.05 * rng.standard_normal((1, DIM)).astype(np.float32)
@@ -44,7 +45,7 @@ def reader(path: str, n_total: int, n_queries: int, seed: int, out: mp.Queue) ->
         dist, rows = index.search_codes(qc, K)
         n = len(index)
         versions.add(n)
-        ref_d, ref_rows = hamming_search_reference(index.encoder.encode(emb[:n]), qc, K)
+        ref_d, ref_rows = hamming_search_reference(all_codes[:n], qc, K)
         ids_ok = [index.doc_id(int(r)) for r in rows[0]] == [f"d{int(r)}" for r in ref_rows[0]]
         if not (np.array_equal(dist, ref_d) and ids_ok):
             bad += 1
@@ -58,6 +59,7 @@ def main() -> int:
     parser.add_argument("--commits", type=int, default=10)
     parser.add_argument("--base", type=int, default=20_000)
     parser.add_argument("--step", type=int, default=2_000)
+    parser.add_argument("--interval", type=float, default=0.5, help="seconds between commits")
     args = parser.parse_args()
     n_total = args.base + args.commits * args.step
     emb = data(n_total)
@@ -82,7 +84,7 @@ def main() -> int:
                 except IndexLockedError:
                     refused += 1
             index.add(emb[lo : lo + args.step], ids[lo : lo + args.step])
-            time.sleep(0.2)
+            time.sleep(args.interval)
         results = [out.get() for _ in procs]
         for p in procs:
             p.join()
