@@ -9,6 +9,8 @@ import pickle
 import numpy as np
 import pytest
 import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from qama.adapter import AdapterConfig, QamaAdapter
 
@@ -100,3 +102,54 @@ def test_interrupted_save_leaves_the_previous_version(saved, monkeypatch):
     loaded = QamaAdapter.load(path)
     for k, v in adapter.state_dict().items():
         torch.testing.assert_close(loaded.state_dict()[k], v)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(blob=st.binary(max_size=400))
+def test_random_bytes_as_npy_give_an_embedding_error(tiny, blob):
+    from qama.data import load_dataset
+    from qama.embeddings import EmbeddingError, load_embeddings
+
+    (tiny.parent / "tiny-emb" / "corpus.npy").write_bytes(blob)
+    with pytest.raises(EmbeddingError, match="corpus.npy"):
+        load_embeddings(tiny.parent / "tiny-emb", load_dataset(tiny))
+
+
+@pytest.fixture(scope="module")
+def index_dir(tmp_path_factory):
+    from qama.codes import make_plan
+    from qama.index import QamaIndex
+    from qama.search import ThresholdEncoder
+
+    rng = np.random.default_rng(0)
+    emb = rng.standard_normal((200, 16)).astype(np.float32)
+    path = tmp_path_factory.mktemp("idx") / "index"
+    enc = ThresholdEncoder.fit(emb, make_plan("hybrid", 16))
+    QamaIndex.create(path, enc, emb, [f"d{i}" for i in range(200)], [f"t{i}" for i in range(200)], keep_vectors=True)
+    return path
+
+
+@settings(max_examples=60, deadline=None)
+@given(data=st.data())
+def test_random_corruption_of_an_index_file_is_an_error(index_dir, tmp_path_factory, data):
+    """Flip, cut or extend any file of an index: opening it raises, it never answers wrongly."""
+    import shutil
+
+    from qama.index import IndexCorruptError, QamaIndex
+
+    path = tmp_path_factory.mktemp("c") / "index"
+    shutil.copytree(index_dir, path)
+    files = sorted(p for p in path.iterdir() if p.name not in ("manifest.json", "writer.lock"))
+    victim = data.draw(st.sampled_from(files))
+    raw = bytearray(victim.read_bytes())
+    how = data.draw(st.sampled_from(["flip", "truncate", "append"]))
+    if how == "flip":
+        i = data.draw(st.integers(0, len(raw) - 1))
+        raw[i] ^= 1 << data.draw(st.integers(0, 7))
+    elif how == "truncate":
+        raw = raw[: data.draw(st.integers(0, len(raw) - 1))]
+    else:
+        raw += data.draw(st.binary(min_size=1, max_size=16))
+    victim.write_bytes(bytes(raw))
+    with pytest.raises(IndexCorruptError):
+        QamaIndex.open(path)
