@@ -39,7 +39,9 @@ import signal
 import socket
 import subprocess
 import time
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -76,6 +78,7 @@ FORMAT = "qama-milvus"
 VERSION = 1
 #: Index types of the code field: exact scan, or inverted lists (approximate; nlist / nprobe).
 INDEX_TYPES = ("BIN_FLAT", "BIN_IVF_FLAT")
+UPSERT_THREADS = 2  # upserts in flight while the next batch is encoded
 MAX_ID_BYTES = 1024
 MAX_TITLE_BYTES = 65535
 MAX_TOPK = 16384  # Milvus's limit on k
@@ -365,20 +368,24 @@ class MilvusBackend:
             raise IndexMismatchError(
                 f"embeddings have {embeddings.shape[1]} dimensions, the collection {self.manifest['dim']}"
             )
-        for start in range(0, len(embeddings), self.batch_size):
-            block = np.asarray(embeddings[start : start + self.batch_size], dtype=np.float32)
-            codes = self.encoder.encode(block)
-            if codes.shape != (len(block), self.plan.code_size) or codes.dtype != np.uint8:
-                raise IndexMismatchError(f"the encoder returned codes {codes.dtype} {codes.shape}")
-            stop = start + len(block)
-            self.add_codes(
-                codes,
-                ids[start:stop],
-                None if titles is None else titles[start:stop],
-                block if self.keep_vectors else None,
-            )
-            if progress is not None:
-                progress(len(block))
+        # Encoding the next batch overlaps the upserts in flight (gRPC calls release the GIL).
+        in_flight: deque[Future[None]] = deque()
+        with ThreadPoolExecutor(max_workers=UPSERT_THREADS, thread_name_prefix="qama-upsert") as pool:
+            for start in range(0, len(embeddings), self.batch_size):
+                block = np.asarray(embeddings[start : start + self.batch_size], dtype=np.float32)
+                codes = self.encoder.encode(block)
+                if codes.shape != (len(block), self.plan.code_size) or codes.dtype != np.uint8:
+                    raise IndexMismatchError(f"the encoder returned codes {codes.dtype} {codes.shape}")
+                stop = start + len(block)
+                titles_part = None if titles is None else titles[start:stop]
+                vectors_part = block if self.keep_vectors else None
+                in_flight.append(pool.submit(self.add_codes, codes, ids[start:stop], titles_part, vectors_part))
+                while len(in_flight) > UPSERT_THREADS:
+                    in_flight.popleft().result()  # re-raises an upsert's error here
+                if progress is not None:
+                    progress(len(block))
+            while in_flight:
+                in_flight.popleft().result()
         self.flush()
 
     def add_codes(
