@@ -352,9 +352,12 @@ def _search_milvus(args: argparse.Namespace) -> int:
 
     from qama.backends import open_backend
 
+    adapter = None
     if args.adapter:
-        raise ValueError("--backend milvus with --adapter: use qama.backends.open_backend(uri, encoder=...) for now")
-    with open_backend(args.uri, "milvus", **_milvus_options(args)) as backend:
+        from qama.adapter import QamaAdapter
+
+        adapter = QamaAdapter.load(args.adapter)
+    with open_backend(args.uri, "milvus", adapter=adapter, **_milvus_options(args)) as backend:
         if args.queries is not None:
             from qama._io import load_npy
 

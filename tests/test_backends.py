@@ -222,3 +222,21 @@ def test_backend_kind_and_shards() -> None:
     for n_docs in (0, 1, 7, 100):
         parts = [shard_range(n_docs, i, 3) for i in range(3)]
         assert [r for p in parts for r in p] == list(range(n_docs))
+
+
+def test_milvus_collection_of_an_adapter_reopens_with_the_adapter(milvus_uri: str, data) -> None:  # noqa: F811
+    from qama.adapter import AdapterConfig, QamaAdapter
+    from qama.search import AdapterEncoder
+
+    adapter = QamaAdapter(AdapterConfig(dim=D))
+    adapter.init_linear(data["emb"])
+    adapter.calibrate(data["emb"])
+    enc = AdapterEncoder(adapter, "hybrid", fit_emb=data["emb"])
+    with open_backend(milvus_uri, "milvus", enc, create=True, collection="adapted") as b:
+        b.add(data["emb"][:30], data["ids"][:30])
+    with pytest.raises(IndexMismatchError, match="built with a trained adapter .*pass the adapter"):
+        open_backend(milvus_uri, "milvus", collection="adapted")
+    with open_backend(milvus_uri, "milvus", collection="adapted", adapter=adapter) as again:
+        assert again.encoder.checksum == enc.checksum and again.count() == 30
+        dist, ids = again.search_codes(enc.encode(data["emb"][:3]), 1)
+        assert list(dist[:, 0]) == [0, 0, 0] and list(ids[:, 0]) == data["ids"][:3]

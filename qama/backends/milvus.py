@@ -116,12 +116,25 @@ def _retry(fn: Callable[[], T], what: str, retries: int, backoff: float = 0.5) -
 
 
 def _encoder_record(encoder: Encoder) -> dict[str, Any]:
-    """The encoder as manifest data: kind, checksum and, for thresholds, the tensors (base64)."""
+    """The encoder as manifest data: kind, checksum and tensors (base64): the thresholds and centroids
+    of untrained thresholds; the centroids of a trained adapter (fitted on the corpus, so an adapter
+    alone cannot rebuild them)."""
     if isinstance(encoder, ThresholdEncoder):
         q = encoder.quantizer
         blob = st_save({"thresholds": q.thresholds.astype(np.float32), "centroids": q.centroids.astype(np.float32)})
         return {"kind": "thresholds", "checksum": encoder.checksum, "tensors": base64.b64encode(blob).decode()}
-    return {"kind": "adapter", "checksum": encoder.checksum}
+    blob = st_save({"centroids": np.ascontiguousarray(encoder.centroids, dtype=np.float32)})
+    return {"kind": "adapter", "checksum": encoder.checksum, "tensors": base64.b64encode(blob).decode()}
+
+
+def _adapter_encoder_from_record(record: dict[str, Any], adapter: Any, plan: Plan, where: str) -> Encoder:
+    from qama.search import AdapterEncoder
+
+    try:
+        centroids = st_load(base64.b64decode(record["tensors"]))["centroids"]
+    except Exception as e:  # a collection written before centroids were stored, or damaged
+        raise IndexMismatchError(f"{where}: no readable centroids for the adapter ({e})") from None
+    return AdapterEncoder(adapter, plan, centroids=centroids)
 
 
 def _encoder_from_record(record: dict[str, Any], plan: Plan, where: str) -> ThresholdEncoder:
@@ -178,12 +191,15 @@ class MilvusBackend:
         batch_size: int = 5000,
         timeout: float = 30.0,
         retries: int = 4,
+        adapter: Any = None,
     ) -> MilvusBackend:
         """Connect to ``uri`` and open ``collection`` (creating it when ``create`` and missing).
 
-        ``encoder`` is needed to create, and to open a collection built with a trained adapter
-        (a collection of untrained thresholds stores them). ``keep_vectors`` and ``dim`` (the
-        embedding size, default ``plan.dim``) add the float32 vector field at creation.
+        ``encoder`` is needed to create; a collection of untrained thresholds stores them, and one
+        built with a trained adapter opens with the encoder or with ``adapter`` (a
+        :class:`~qama.adapter.QamaAdapter`: the plan and centroids are read from the collection).
+        ``keep_vectors`` and ``dim`` (the embedding size, default ``plan.dim``) add the float32
+        vector field at creation.
         Creating is safe to race: several shard workers may call it for one collection.
         """
         if index_type not in INDEX_TYPES:
@@ -220,6 +236,10 @@ class MilvusBackend:
                 }
                 cls._create(client, collection, manifest, timeout)
             manifest = cls._read_manifest(client, uri, collection, timeout)
+            if encoder is None and adapter is not None and manifest["encoder"]["kind"] == "adapter":
+                where = f"{uri} collection {collection!r}"
+                plan = Plan.from_dict(manifest["plan"])
+                encoder = _adapter_encoder_from_record(manifest["encoder"], adapter, plan, where)
             encoder = cls._check(client, uri, collection, manifest, encoder, timeout)
             client.load_collection(collection, timeout=timeout)
         except BaseException:
@@ -309,7 +329,7 @@ class MilvusBackend:
         if encoder is None:
             if record["kind"] != "thresholds":
                 raise IndexMismatchError(
-                    f"{where}: built with a trained adapter (checksum {record['checksum'][:12]}…); pass it as encoder"
+                    f"{where}: built with a trained adapter (checksum {record['checksum'][:12]}…); pass the adapter"
                 )
             return _encoder_from_record(record, plan, where)
         if encoder.plan.code_size != plan.code_size or encoder.plan.spec() != plan.spec():
