@@ -178,3 +178,31 @@ def test_teacher_neighbours_and_neighbour_batches() -> None:
     assert all(nb[s, 0] == n for s, n in pairs.tolist())  # each seed followed by its neighbour
     with pytest.raises(ValueError, match=r"^neighbour_group must be in 1..batch_size, got 0$"):
         TrainConfig(neighbour_group=0)
+
+
+@pytest.mark.slow
+def test_scifact_start_and_short_fit_improve_nested_codes() -> None:
+    """On SciFact: the adapter's start and a short fit beat the model's own coordinates at 96 dims."""
+    from pathlib import Path
+
+    from qama.codes import hamming_distances
+    from qama.data import load_dataset
+    from qama.embeddings import load_embeddings
+    from qama.evaluate import Evaluator
+
+    shared = Path(__file__).resolve().parents[2] / "shared"
+    if not (shared / "embeddings" / "all-MiniLM-L6-v2" / "scifact" / "corpus.npy").is_file():
+        pytest.skip(f"shared benchmark data not found at {shared}")
+    ds = load_dataset(shared / "datasets" / "scifact", "test")
+    corpus, queries = load_embeddings(shared / "embeddings" / "all-MiniLM-L6-v2" / "scifact", ds)
+    queries = queries[ds.eval_query_rows]
+    ev = Evaluator(ds)
+
+    def ndcg_2bit_96(adapter: QamaAdapter) -> float:
+        dist = hamming_distances(adapter.encode(queries, "2bit", 96), adapter.encode(corpus, "2bit", 96))
+        return ev.from_scores(-dist.astype(np.float32))["ndcg@10"]
+
+    own = QamaAdapter(T.AdapterConfig(dim=384, init="identity"))
+    own.calibrate(corpus)
+    fitted = fit(corpus, TrainConfig(steps=60, progress=False))
+    assert ndcg_2bit_96(fitted) > ndcg_2bit_96(own) + 0.03
