@@ -53,7 +53,7 @@ from qama import losses as L
 from qama.adapter import AdapterConfig, DimensionError, QamaAdapter
 from qama.codes import make_plan
 
-__all__ = ["TrainConfig", "fit", "ablate", "ABLATIONS", "check_training_input", "TrainingError"]
+__all__ = ["TrainConfig", "fit", "ablate", "ABLATIONS", "ALL_TERMS", "check_training_input", "TrainingError"]
 
 logger = logging.getLogger(__name__)
 
@@ -101,11 +101,11 @@ class TrainConfig:
     rank_triplets: int = 32  # sampled (j, k) pairs per anchor for the rank term
     rank_sharpness: float = 5.0  # t in σ((y_ij − y_ik)·t)
     # regularisers
-    w_ortho: float = 0.05  # inter-level orthogonality
-    w_bottleneck: float = 0.01  # progressive information bottleneck
+    w_ortho: float = 0.0  # inter-level orthogonality (0.05 in the ablations; on, it cost 2-bit@384 ~1 point)
+    w_bottleneck: float = 0.0  # progressive information bottleneck (0.01 in the ablations; no gain measured)
     w_variance: float = 0.1  # adaptive variance control (× max(0.2, (e^{t/T}−1)/(e−1)))
     variance_floor: float = 0.5  # floor on each dimension's std, relative to the starting typical std
-    w_quant: float = 0.01  # quantisation regulariser (× linear ramp 0.2 -> 1.0)
+    w_quant: float = 0.0  # quantisation regulariser (× ramp 0.2 -> 1.0; 0.01 in the ablations; no gain measured)
     quant_margin: float = 0.1  # boundary width of the regulariser, in units of each value's std
     # batches and data augmentation
     neighbour_group: int = 8  # batch = B/g random seeds + each seed's g−1 nearest teacher neighbours (1: random)
@@ -466,6 +466,11 @@ def _summary(parts: dict[str, torch.Tensor], total: torch.Tensor) -> dict[str, s
 
 
 # ---------------------------------------------------------------------------- ablations
+#: Weights of the regularisers in the reference ("full") configuration of the ablations. The
+#: defaults leave them at 0: switched on at these weights they measured no better (see
+#: benchmarks/RESULTS_training.md), so the ablations start from every term on and switch one off.
+ALL_TERMS: dict[str, float] = {"w_ortho": 0.05, "w_bottleneck": 0.01, "w_variance": 0.1, "w_quant": 0.01}
+
 #: Ablation name -> config changes that switch one component off.
 ABLATIONS: dict[str, dict[str, Any]] = {
     "full": {},

@@ -11,7 +11,7 @@ import torch
 
 import qama.train as T
 from qama.adapter import DimensionError, QamaAdapter
-from qama.train import TrainConfig, ablate, fit, loss_schedules, lr_factor
+from qama.train import ALL_TERMS, TrainConfig, ablate, fit, loss_schedules, lr_factor
 
 
 def _embeddings(n: int = 96, d: int = 32, seed: int = 0) -> np.ndarray:
@@ -19,7 +19,18 @@ def _embeddings(n: int = 96, d: int = 32, seed: int = 0) -> np.ndarray:
     return x / np.linalg.norm(x, axis=1, keepdims=True)
 
 
-TINY = TrainConfig(steps=6, batch_size=32, warmup_steps=2, progress=False, checkpoint_every=2, w_rank=0.5, w_nce=0.5)
+# Every loss term on, so determinism and resume cover all of them.
+TINY = TrainConfig(
+    steps=6,
+    batch_size=32,
+    warmup_steps=2,
+    progress=False,
+    checkpoint_every=2,
+    w_rank=0.5,
+    w_nce=0.5,
+    w_mse=1.0,
+    **ALL_TERMS,
+)
 
 
 def _state(adapter: QamaAdapter) -> dict[str, np.ndarray]:
@@ -114,7 +125,7 @@ def test_switched_off_terms_are_not_computed() -> None:
     )
     parts = T.compute_losses(adapter, x, cfg, 0, gen, 1.0)
     assert sorted(parts) == ["mse@32/2bit", "mse@32/fp"]
-    full = T.compute_losses(adapter, x, TrainConfig(batch_size=32), 0, gen, 1.0)
+    full = T.compute_losses(adapter, x, TrainConfig(batch_size=32, **ALL_TERMS), 0, gen, 1.0)
     assert {"ortho", "bottleneck", "variance", "quant", "kl@8/hybrid", "kl@8/fp"} <= set(full)
     assert all(torch.isfinite(v) for v in full.values())
 
