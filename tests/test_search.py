@@ -188,3 +188,21 @@ def test_rescoring_on_scifact_recovers_quality() -> None:
     assert ndcg[("qama", None)] < ndcg[("qama", 4)]  # asymmetric rescoring beats symmetric Hamming
     assert ndcg[("qama", 4)] >= 0.995 * 0.6492
     assert ndcg[("qama+fp32", 4)] >= 0.995 * 0.6492
+
+
+@pytest.mark.parametrize(("n", "k", "block"), [(1000, 10, 256), (300, 7, 64), (5, 10, 4), (777, 50, 1000)])
+def test_batch_kernel_matches_reference_exactly_with_ties(n: int, k: int, block: int) -> None:
+    """The blocked numba kernel (batches of aligned codes): distances and ids equal to the reference,
+    ties by ascending id, missing slots -1, across block boundaries."""
+    from qama._kernels import knn_hamming_words
+
+    rng = np.random.default_rng(n)
+    codes = rng.integers(0, 4, (n, 16), dtype=np.uint8)  # few distinct values: many ties
+    queries = rng.integers(0, 4, (40, 16), dtype=np.uint8)
+    d, i = knn_hamming_words(queries, codes, min(k, n), block=block)
+    ref_d, ref_i = hamming_search_reference(codes, queries, min(k, n))
+    np.testing.assert_array_equal(d, ref_d)
+    np.testing.assert_array_equal(i, ref_i)
+    full_d, full_i = hamming_search(codes, queries, k)  # 40 queries: the kernel path
+    np.testing.assert_array_equal(full_d[:, : min(k, n)], ref_d)
+    assert (full_i[:, n:] == -1).all() and (full_d[:, n:] == MISSING_DISTANCE).all()
