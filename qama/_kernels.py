@@ -16,6 +16,7 @@ import numpy as np
 __all__ = ["knn_hamming_words"]
 
 _NONE = np.int32(1 << 30)  # distance of an empty slot
+CANDIDATE_BYTES = 64 * 2**20  # memory for the blocks' candidate lists of one query chunk
 
 
 @nb.njit(inline="always")
@@ -81,9 +82,16 @@ def knn_hamming_words(query_codes: np.ndarray, codes: np.ndarray, k: int, block:
     ``w`` a multiple of 8, ordered by (distance, id); slots beyond ``n`` hold id -1."""
     q64 = np.ascontiguousarray(query_codes).view(np.uint64)
     db64 = np.ascontiguousarray(codes).view(np.uint64)
-    best_d, best_i = _knn_blocks(q64, db64, k, block)
-    nq = len(query_codes)
-    d = best_d.transpose(1, 0, 2).reshape(nq, -1)
-    i = best_i.transpose(1, 0, 2).reshape(nq, -1)
-    order = np.lexsort((np.where(i < 0, np.iinfo(np.int64).max, i), d), axis=-1)[:, :k]
-    return np.take_along_axis(d, order, axis=1), np.take_along_axis(i, order, axis=1)
+    nblocks = -(-len(codes) // block)
+    # Per-block candidate lists take nblocks * queries * k * 12 bytes: bound them by query chunks.
+    chunk = max(1, CANDIDATE_BYTES // (nblocks * k * 12))
+    out_d = np.empty((len(q64), k), np.int32)
+    out_i = np.empty((len(q64), k), np.int64)
+    for s in range(0, len(q64), chunk):
+        best_d, best_i = _knn_blocks(q64[s : s + chunk], db64, k, block)
+        nq = best_d.shape[1]
+        d = best_d.transpose(1, 0, 2).reshape(nq, -1)
+        i = best_i.transpose(1, 0, 2).reshape(nq, -1)
+        order = np.lexsort((np.where(i < 0, np.iinfo(np.int64).max, i), d), axis=-1)[:, :k]
+        out_d[s : s + nq], out_i[s : s + nq] = np.take_along_axis(d, order, 1), np.take_along_axis(i, order, 1)
+    return out_d, out_i

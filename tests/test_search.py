@@ -206,3 +206,17 @@ def test_batch_kernel_matches_reference_exactly_with_ties(n: int, k: int, block:
     full_d, full_i = hamming_search(codes, queries, k)  # 40 queries: the kernel path
     np.testing.assert_array_equal(full_d[:, : min(k, n)], ref_d)
     assert (full_i[:, n:] == -1).all() and (full_d[:, n:] == MISSING_DISTANCE).all()
+
+
+def test_batch_kernel_in_query_chunks(monkeypatch) -> None:
+    """A tight memory bound splits the queries into chunks: same exact answer."""
+    import qama._kernels as kernels
+
+    monkeypatch.setattr(kernels, "CANDIDATE_BYTES", 2000)
+    rng = np.random.default_rng(3)
+    codes = rng.integers(0, 4, (700, 16), dtype=np.uint8)
+    queries = rng.integers(0, 4, (37, 16), dtype=np.uint8)
+    d, i = kernels.knn_hamming_words(queries, codes, 9, block=64)
+    ref_d, ref_i = hamming_search_reference(codes, queries, 9)
+    np.testing.assert_array_equal(d, ref_d)
+    np.testing.assert_array_equal(i, ref_i)
