@@ -38,6 +38,11 @@ def _key(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+def _settings(cfg: Any) -> dict[str, Any]:
+    """Training settings that change the adapter (not whether a progress bar is shown)."""
+    return {k: v for k, v in cfg.to_dict().items() if k != "progress"}
+
+
 def _cached(path: Path, key: str) -> Any | None:
     """The saved result of a stage, if it was made with the same settings."""
     if not path.is_file():
@@ -90,9 +95,9 @@ def _dataset_stage(config: ExperimentConfig, spec, out: Path, bar: tqdm) -> tupl
     rows = _cached(path, key) or _save(path, key, [r.to_dict() for r in baseline_rows(corpus, judged, evaluator, dims)])
     bar.update(1)
 
-    train_cfg = config.train_config(data_description=f"{name} corpus embeddings (no labels)", progress=False)
+    train_cfg = config.train_config(data_description=f"{name} corpus embeddings (no labels)")
     adapter_dir = out / "adapters" / name
-    fit_key = _key([train_cfg.to_dict(), corpus.shape, float(corpus[:64].sum())])
+    fit_key = _key([_settings(train_cfg), corpus.shape, float(corpus[:64].sum())])
     bar.set_description(f"{name}: fitting the adapter")
     if _cached(adapter_dir / "fit-key.json", fit_key) is None:
         fit(corpus, train_cfg, out_dir=adapter_dir)
@@ -131,7 +136,7 @@ def _ablation_stage(config: ExperimentConfig, spec, out: Path, bar: tqdm) -> dic
     )
     evaluator = Evaluator(dataset)
     judged = queries[evaluator.rows]
-    cfg = config.train_config(progress=False)
+    cfg = config.train_config()
 
     def score(adapter) -> dict[str, float]:
         rows = adapter_rows(adapter, corpus, judged, evaluator, ("2bit", "hybrid"), oversamples=())
@@ -140,7 +145,7 @@ def _ablation_stage(config: ExperimentConfig, spec, out: Path, bar: tqdm) -> dic
     results = {}
     for name in ABLATIONS:
         bar.set_description(f"{dataset.name}: ablation {name}")
-        key = _key([cfg.to_dict(), name, corpus.shape])
+        key = _key([_settings(cfg), name, corpus.shape])
         path = out / "stages" / f"ablation-{dataset.name}-{name}.json"
         results[name] = _cached(path, key) or _save(path, key, ablate(corpus, score, cfg, names=[name])[name])
         bar.update(1)
