@@ -61,6 +61,7 @@ class ExperimentConfig:
     rescore: list[int] = field(default_factory=lambda: [4])  # oversampling factors of the rescoring rows
     train: dict[str, Any] = field(default_factory=dict)  # TrainConfig fields that differ from the defaults
     ablation: bool = True  # retrain with each component off (on the first dataset)
+    ablation_steps: int | None = 150  # training steps of each ablation run (None: those of [train])
     speed_vectors: int = 200_000  # synthetic corpus size of the speed table (0: skip it)
     speed_queries: int = 1000  # batch of queries of the speed table
 

@@ -136,7 +136,7 @@ def _ablation_stage(config: ExperimentConfig, spec, out: Path, bar: tqdm) -> dic
     )
     evaluator = Evaluator(dataset)
     judged = queries[evaluator.rows]
-    cfg = config.train_config()
+    cfg = config.train_config(**({"steps": config.ablation_steps} if config.ablation_steps else {}))
 
     def score(adapter) -> dict[str, float]:
         rows = adapter_rows(adapter, corpus, judged, evaluator, ("2bit", "hybrid"), oversamples=())
@@ -374,9 +374,10 @@ def _markdown(results: dict[str, Any]) -> str:
     if results.get("ablations"):
         abl = results["ablations"]
         cols = sorted({c for f in abl.values() for c in f}, key=lambda c: (c.split("@")[0], -int(c.split("@")[1])))
+        steps = results["config"]["ablation_steps"] or results["config"]["train"].get("steps", "default")
         lines += [
             "",
-            f"## Ablations ({results['ablation_dataset']}, nDCG@10, symmetric Hamming)",
+            f"## Ablations ({results['ablation_dataset']}, nDCG@10, symmetric Hamming, {steps} training steps each)",
             "",
             "| ablation | " + " | ".join(cols) + " |",
             "|" + "---|" * (len(cols) + 1),

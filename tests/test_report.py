@@ -20,6 +20,7 @@ def _config(root, emb, root2) -> ExperimentConfig:
         nested_dims=[32, 16, 8],
         plans=["2bit", "hybrid"],
         train={"steps": 3, "batch_size": 64},
+        ablation_steps=2,
         speed_vectors=3000,
         speed_queries=20,
     )
