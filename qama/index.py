@@ -261,8 +261,9 @@ class QamaIndex:
         if enc_meta["kind"] == "thresholds":
             writer.write_bytes("encoder", ".safetensors", _encoder_bytes(encoder))  # type: ignore[arg-type]
         else:  # an adapter's centroids depend on the corpus they were fitted on: keep them with the codes
-            cent = np.ascontiguousarray(encoder.centroids, dtype=np.float32)
-            writer.write_bytes("encoder", ".safetensors", st_save({"centroids": cent}))
+            state = getattr(encoder, "state", None) or {"centroids": encoder.centroids}
+            state = {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in state.items()}
+            writer.write_bytes("encoder", ".safetensors", st_save(state))
         writer.write_array("codes", codes)
         writer.write_strings("ids", StringColumn.from_strings(list(ids)))
         if titles is not None:
@@ -351,18 +352,18 @@ class QamaIndex:
         if not isinstance(adapter, QamaAdapter):
             adapter = QamaAdapter.load(adapter)
         plan = Plan.from_dict(manifest["plan"])
-        encoder = AdapterEncoder(adapter, plan, centroids=cls.stored_centroids(path))
+        encoder = AdapterEncoder(adapter, plan, state=cls.stored_state(path))
         return cls.open(path, encoder=encoder, verify=verify)
 
     @staticmethod
-    def stored_centroids(path: str | os.PathLike) -> np.ndarray | None:
-        """The centroids an adapter-built index stored (to rebuild its encoder), or ``None``."""
+    def stored_state(path: str | os.PathLike) -> dict[str, np.ndarray] | None:
+        """The encoder state (centroids, pair axes) an adapter-built index stored, or ``None``."""
         manifest = _read_manifest(Path(path))
         f = manifest["files"].get("encoder")
         if manifest["encoder"]["kind"] != "adapter" or f is None:
             return None
         _check_file(Path(path), "encoder", f, verify=True)
-        return st_load((Path(path) / f["name"]).read_bytes())["centroids"]
+        return st_load((Path(path) / f["name"]).read_bytes())
 
     # ------------------------------------------------------------------ search
     def search_codes(self, query_codes: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:

@@ -61,8 +61,10 @@ class Encoder(Protocol):
     """What an index needs from the thing that turns float embeddings into codes.
 
     :class:`ThresholdEncoder` (untrained quantile thresholds) implements it; so does the trained
-    adapter. ``checksum`` identifies the encoder's parameters: an index built with one encoder
-    refuses to be searched with another.
+    adapter (:class:`AdapterEncoder`). Two optional attributes: ``level_norms2`` ``(n_values, 4)``
+    makes the asymmetric score a cosine (divided by the reconstruction's length), and ``state``
+    (a dict of arrays) is what an index stores to rebuild the encoder. ``checksum`` identifies the
+    encoder's parameters: an index built with one encoder refuses to be searched with another.
     """
 
     @property
@@ -235,6 +237,10 @@ def asymmetric_scores(weights: np.ndarray, codes: np.ndarray, candidates: np.nda
     cent = np.asarray(encoder.centroids, dtype=np.float32)
     values = cent[np.arange(plan.n_values), levels]  # (nq, m, n_values) dequantised values
     scores = np.einsum("qmv,qv->qm", values, np.asarray(weights, dtype=np.float32))
+    norms2 = getattr(encoder, "level_norms2", None)
+    if norms2 is not None:  # a cosine: divide by the length of each reconstructed document
+        lengths = np.sqrt(np.asarray(norms2, dtype=np.float32)[np.arange(plan.n_values), levels].sum(axis=-1))
+        scores = scores / np.maximum(lengths, 1e-12)
     return np.where(valid, scores, -np.inf).astype(np.float32)
 
 
@@ -340,9 +346,18 @@ def funnel_search(
 class AdapterEncoder:
     """:class:`Encoder` over a trained :class:`~qama.adapter.QamaAdapter` at one plan and nested size.
 
-    The codes are the adapter's (its thresholds, its 0.5-bit pair merge); the centroids are the mean
-    adapter value per level over ``fit_emb`` (the corpus), so the asymmetric score of a code is the
-    dot product, in the adapter's value space, of the query's values and the code's centroids.
+    The codes are the adapter's (its thresholds, its 0.5-bit pair merge). The asymmetric score of a
+    code approximates the cosine, in the adapter's space (its ``plan.dim``-dimensional prefix),
+    between the query and the document the code stands for: each level of a value is reconstructed
+    by the mean of the L2-normalised prefix over the fitting corpus (``fit_emb``) in that level. A
+    value of a 1-, 1.5- or 2-bit segment stands for one dimension. A 0.5-bit value stands for a pair
+    of dimensions; its two level means ``μ_0, μ_1`` differ only along ``u = (μ_1 - μ_0) / |μ_1 - μ_0|``,
+    and a pair is reconstructed by its projection ``(u · μ_l) u``: the query weight is ``q · u`` and
+    the centroid ``u · μ_l`` (what is dropped is the same for every document). The score is divided
+    by the length of the reconstruction (:attr:`level_norms2`).
+
+    ``state`` (``centroids`` ``(n_values, 4)``, ``pair_axes`` ``(n_values, 2)``) is what an index
+    stores to rebuild the encoder without the corpus.
     """
 
     def __init__(
@@ -351,18 +366,54 @@ class AdapterEncoder:
         plan: str | Plan,
         dim: int | None = None,
         fit_emb: np.ndarray | None = None,
-        centroids: np.ndarray | None = None,
+        state: dict[str, np.ndarray] | None = None,
     ):
-        """``fit_emb``: corpus embeddings to fit the centroids on (building an index); ``centroids``:
-        centroids fitted before (an index stores them), taken as they are."""
         self.adapter = adapter
         self._plan = adapter.plan(plan, dim)
-        fit_values = None if fit_emb is None else adapter.values(fit_emb, self._plan)
-        self.quantizer = adapter.quantizer(self._plan, fit_values=fit_values)
-        if centroids is not None:
-            if centroids.shape != self.quantizer.centroids.shape:
-                raise ValueError(f"centroids of shape {centroids.shape} do not fit plan {self._plan.name!r}")
-            self.quantizer.centroids = np.asarray(centroids, dtype=np.float32)
+        self.quantizer = adapter.quantizer(self._plan)
+        self._dims = _value_dims(self._plan)  # (n_values, 2): dimensions of each value, -1 for none
+        nv = self._plan.n_values
+        if state is not None:
+            cent, axes = state.get("centroids"), state.get("pair_axes")
+            if cent is None or axes is None or cent.shape != (nv, 4) or axes.shape != (nv, 2):
+                raise ValueError(f"encoder state does not fit plan {self._plan.name!r} ({nv} values)")
+            self.quantizer.centroids, self.pair_axes = np.asarray(cent, np.float32), np.asarray(axes, np.float32)
+        elif fit_emb is not None:
+            self.quantizer.centroids, self.pair_axes = self._fit(fit_emb)
+        else:  # no corpus: the quantizer's own level midpoints, pairs along the diagonal
+            self.pair_axes = np.tile(np.float32([1.0, 0.0]), (nv, 1))
+            self.pair_axes[self._dims[:, 1] >= 0] = np.float32([0.5**0.5, 0.5**0.5])
+
+    def _unit_prefix(self, emb: np.ndarray) -> np.ndarray:
+        z = self.adapter.transform(emb, self._plan.dim)
+        return z / np.maximum(np.linalg.norm(z, axis=1, keepdims=True), 1e-12)
+
+    def _fit(self, emb: np.ndarray, chunk: int = 65536) -> tuple[np.ndarray, np.ndarray]:
+        """Mean normalised prefix (a pair for 0.5-bit values) per value and level over ``emb``."""
+        nv = self._plan.n_values
+        first, second = self._dims[:, 0], self._dims[:, 1]
+        sums = np.zeros((nv, 4, 2))
+        counts = np.zeros((nv, 4))
+        for i in range(0, len(emb), chunk):
+            block = emb[i : i + chunk]
+            z = self._unit_prefix(block)
+            a = z[:, first]  # (c, nv)
+            b = np.where(second >= 0, z[:, np.maximum(second, 0)], 0.0)
+            levels = self.quantizer.levels(self.adapter.values(block, self._plan))
+            for lv in range(4):
+                mask = levels == lv
+                counts[:, lv] += mask.sum(axis=0)
+                sums[:, lv, 0] += np.where(mask, a, 0.0).sum(axis=0)
+                sums[:, lv, 1] += np.where(mask, b, 0.0).sum(axis=0)
+        overall = sums.sum(axis=1) / np.maximum(counts.sum(axis=1), 1)[:, None]  # (nv, 2)
+        means = np.where(counts[..., None] > 0, sums / np.maximum(counts, 1)[..., None], overall[:, None, :])
+        axes = np.tile(np.array([1.0, 0.0]), (nv, 1))
+        pairs = second >= 0
+        step = means[pairs, 1] - means[pairs, 0]
+        axes[pairs] = step / np.maximum(np.linalg.norm(step, axis=1, keepdims=True), 1e-12)
+        cent = np.einsum("vlc,vc->vl", means, axes)
+        cent[np.arange(4)[None, :] >= self._plan.value_levels[:, None]] = 0.0
+        return cent.astype(np.float32), axes.astype(np.float32)
 
     @property
     def plan(self) -> Plan:
@@ -373,11 +424,24 @@ class AdapterEncoder:
         return self.quantizer.centroids
 
     @property
+    def level_norms2(self) -> np.ndarray:
+        """``(n_values, 4)`` squared length each level adds to a reconstructed document: the score
+        is divided by the reconstruction's length (a cosine). Without it, documents whose levels
+        lie far from the origin win whatever the query (measured on Cranfield, 2-bit at 384:
+        77% of FP32 nDCG@10 unnormalised, 99% normalised)."""
+        return self.quantizer.centroids**2
+
+    @property
+    def state(self) -> dict[str, np.ndarray]:
+        return {"centroids": self.quantizer.centroids, "pair_axes": self.pair_axes}
+
+    @property
     def checksum(self) -> str:
         h = hashlib.sha256(self._plan.spec().encode())
         for t in self.adapter.state_dict().values():
             h.update(t.detach().cpu().numpy().tobytes())
-        h.update(np.ascontiguousarray(self.quantizer.centroids, dtype=np.float32).tobytes())
+        for t in self.state.values():
+            h.update(np.ascontiguousarray(t, dtype=np.float32).tobytes())
         return h.hexdigest()
 
     def encode(self, emb: np.ndarray, chunk: int = 65536) -> np.ndarray:
@@ -387,4 +451,21 @@ class AdapterEncoder:
         return out
 
     def query_weights(self, emb: np.ndarray) -> np.ndarray:
-        return self.adapter.values(emb, self._plan).astype(np.float32)
+        z = self._unit_prefix(emb)
+        first, second = self._dims[:, 0], self._dims[:, 1]
+        b = np.where(second >= 0, z[:, np.maximum(second, 0)], 0.0)
+        return (z[:, first] * self.pair_axes[:, 0] + b * self.pair_axes[:, 1]).astype(np.float32)
+
+
+def _value_dims(plan: Plan) -> np.ndarray:
+    """``(n_values, 2)``: the embedding dimension of each quantised value, and the second dimension of
+    a 0.5-bit pair (``-1`` for the others)."""
+    out, start = [], 0
+    for seg in plan.segments:
+        if seg.bits == 0.5:
+            first = start + 2 * np.arange(seg.n_values)
+            out.append(np.stack([first, first + 1], axis=1))
+        else:
+            out.append(np.stack([start + np.arange(seg.dims), np.full(seg.dims, -1)], axis=1))
+        start += seg.dims
+    return np.concatenate(out)

@@ -123,7 +123,8 @@ def _encoder_record(encoder: Encoder) -> dict[str, Any]:
         q = encoder.quantizer
         blob = st_save({"thresholds": q.thresholds.astype(np.float32), "centroids": q.centroids.astype(np.float32)})
         return {"kind": "thresholds", "checksum": encoder.checksum, "tensors": base64.b64encode(blob).decode()}
-    blob = st_save({"centroids": np.ascontiguousarray(encoder.centroids, dtype=np.float32)})
+    state = getattr(encoder, "state", None) or {"centroids": encoder.centroids}
+    blob = st_save({k: np.ascontiguousarray(v, dtype=np.float32) for k, v in state.items()})
     return {"kind": "adapter", "checksum": encoder.checksum, "tensors": base64.b64encode(blob).decode()}
 
 
@@ -131,10 +132,9 @@ def _adapter_encoder_from_record(record: dict[str, Any], adapter: Any, plan: Pla
     from qama.search import AdapterEncoder
 
     try:
-        centroids = st_load(base64.b64decode(record["tensors"]))["centroids"]
-    except Exception as e:  # a collection written before centroids were stored, or damaged
-        raise IndexMismatchError(f"{where}: no readable centroids for the adapter ({e})") from None
-    return AdapterEncoder(adapter, plan, centroids=centroids)
+        return AdapterEncoder(adapter, plan, state=st_load(base64.b64decode(record["tensors"])))
+    except Exception as e:  # a collection written before the state was stored, or damaged
+        raise IndexMismatchError(f"{where}: no readable encoder state for the adapter ({e})") from None
 
 
 def _encoder_from_record(record: dict[str, Any], plan: Plan, where: str) -> ThresholdEncoder:
