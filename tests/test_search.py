@@ -220,3 +220,37 @@ def test_batch_kernel_in_query_chunks(monkeypatch) -> None:
     ref_d, ref_i = hamming_search_reference(codes, queries, 9)
     np.testing.assert_array_equal(d, ref_d)
     np.testing.assert_array_equal(i, ref_i)
+
+
+def test_adapter_asymmetric_score_is_the_cosine_of_the_reconstruction() -> None:
+    """Query · reconstructed document / its length, the reconstruction built by hand from the
+    level means (pairs of a 0.5-bit segment along their level axis)."""
+    from qama.adapter import AdapterConfig, QamaAdapter
+    from qama.codes import unpack
+    from qama.search import AdapterEncoder, asymmetric_scores
+
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((400, 16)).astype(np.float32) + 0.3  # off-centre, as real embeddings are
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    adapter = QamaAdapter(AdapterConfig(dim=16))
+    adapter.init_linear(x)
+    adapter.calibrate(x)
+    enc = AdapterEncoder(adapter, "hybrid", fit_emb=x)
+    codes, q = enc.encode(x), x[:3]
+    levels = unpack(codes, enc.plan)
+    rec = np.zeros((len(x), 16))
+    for j, (a, b) in enumerate(enc._dims):
+        c = enc.centroids[j, levels[:, j]]
+        if b < 0:
+            rec[:, a] = c
+        else:  # a merged pair: c along the pair's axis
+            rec[:, a], rec[:, b] = c * enc.pair_axes[j, 0], c * enc.pair_axes[j, 1]
+    zq = adapter.transform(q, 16)
+    expected = (zq / np.linalg.norm(zq, axis=1, keepdims=True)) @ (rec / np.linalg.norm(rec, axis=1, keepdims=True)).T
+    cand = np.tile(np.arange(len(x)), (3, 1))
+    got = asymmetric_scores(enc.query_weights(q), codes, cand, enc)
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5)
+    # the state rebuilds the same encoder without the corpus
+    again = AdapterEncoder(adapter, "hybrid", state=enc.state)
+    assert again.checksum == enc.checksum
+    np.testing.assert_allclose(asymmetric_scores(again.query_weights(q), codes, cand, again), got, rtol=1e-6)
