@@ -128,7 +128,7 @@ def _ablation_stage(config: ExperimentConfig, spec, out: Path, bar: tqdm) -> dic
     from qama.embeddings import embed_dataset, load_embeddings
     from qama.evaluate import Evaluator
     from qama.rescore import adapter_rows
-    from qama.train import ABLATIONS, ablate
+    from qama.train import ABLATIONS, ALL_TERMS, ablate
 
     dataset = load_dataset(spec.path, split=spec.split)
     corpus, queries = (
@@ -145,7 +145,7 @@ def _ablation_stage(config: ExperimentConfig, spec, out: Path, bar: tqdm) -> dic
     results = {}
     for name in ABLATIONS:
         bar.set_description(f"{dataset.name}: ablation {name}")
-        key = _key([_settings(cfg), name, corpus.shape])
+        key = _key([_settings(cfg), ALL_TERMS, name, corpus.shape])
         path = out / "stages" / f"ablation-{dataset.name}-{name}.json"
         results[name] = _cached(path, key) or _save(path, key, ablate(corpus, score, cfg, names=[name])[name])
         bar.update(1)
@@ -168,7 +168,12 @@ def speed_table(n: int, d: int, n_queries: int, plan_name: str = "hybrid", singl
     corpus /= np.linalg.norm(corpus, axis=1, keepdims=True)
     queries = corpus[rng.choice(n, n_queries)] + 0.1 * rng.standard_normal((n_queries, d), dtype=np.float32)
     encoder = ThresholdEncoder.fit(corpus[:100_000], make_plan(plan_name, d))
-    codes, qcodes = encoder.encode(corpus), encoder.encode(queries)
+    plan = encoder.plan
+    width = plan.row_size(8)  # rows padded to 64-bit words, as an index stores them
+    codes = np.zeros((n, width), np.uint8)
+    codes[:, : plan.code_size] = encoder.encode(corpus)
+    qcodes = np.zeros((n_queries, width), np.uint8)
+    qcodes[:, : plan.code_size] = encoder.encode(queries)
     flat = faiss.IndexFlatIP(d)
     flat.add(corpus)
     k = 10
@@ -191,12 +196,12 @@ def speed_table(n: int, d: int, n_queries: int, plan_name: str = "hybrid", singl
             lambda i: flat.search(queries[i : i + 1], k),
         ),
         f"{plan_name} Hamming": (
-            encoder.plan.code_size,
+            width,
             lambda: hamming_search(codes, qcodes, k),
             lambda i: hamming_search(codes, qcodes[i : i + 1], k),
         ),
         f"{plan_name} Hamming + rescore 100": (
-            encoder.plan.code_size,
+            width,
             lambda: search_rescored(codes, encoder, queries, k, oversample=10, query_codes=qcodes),
             lambda i: search_rescored(
                 codes, encoder, queries[i : i + 1], k, oversample=10, query_codes=qcodes[i : i + 1]
@@ -377,7 +382,8 @@ def _markdown(results: dict[str, Any]) -> str:
         steps = results["config"]["ablation_steps"] or results["config"]["train"].get("steps", "default")
         lines += [
             "",
-            f"## Ablations ({results['ablation_dataset']}, nDCG@10, symmetric Hamming, {steps} training steps each)",
+            f"## Ablations ({results['ablation_dataset']}, nDCG@10, symmetric Hamming, {steps} training steps each;"
+            " 'full' has every regulariser on, each row switches one off)",
             "",
             "| ablation | " + " | ".join(cols) + " |",
             "|" + "---|" * (len(cols) + 1),
@@ -434,7 +440,7 @@ def run_report(config: ExperimentConfig, out: str | os.PathLike, command: str = 
             f"top-10, faiss threads {_faiss_threads()}"
         )
         bar.set_description("speed table")
-        key = _key([config.speed_vectors, config.speed_queries, d, platform.node()])
+        key = _key([config.speed_vectors, config.speed_queries, d, platform.node(), "aligned rows"])
         speed = _cached(out / "stages" / "speed.json", key) or _save(
             out / "stages" / "speed.json", key, speed_table(config.speed_vectors, d, config.speed_queries)
         )

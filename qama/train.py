@@ -494,9 +494,12 @@ def ablate(
     """Retrain with each component of :data:`ABLATIONS` switched off in turn; ``evaluate`` scores each.
 
     ``evaluate(adapter)`` returns figures by name (e.g. ``{"2bit@384": 0.64, ...}``); the result maps
-    ablation name -> those figures. ``"full"`` is the unablated reference.
+    ablation name -> those figures. ``"full"`` is the unablated reference: ``config`` with every
+    regulariser on (a weight of 0 in ``config`` takes its weight in :data:`ALL_TERMS`), so that
+    switching one off measures it.
     """
     base = config or TrainConfig()
+    base = dataclasses.replace(base, **{k: w for k, w in ALL_TERMS.items() if getattr(base, k) == 0})
     results: dict[str, dict[str, float]] = {}
     for name in names or list(ABLATIONS):
         if name not in ABLATIONS:
