@@ -256,6 +256,11 @@ def main_table(rows_by_dataset: dict[str, list[Row]]) -> list[dict]:
 
 
 # ---------------------------------------------------------------------------- plots
+def config_rescore(main: list[dict]) -> list[int]:
+    """The rescoring factors present in the main table (1 when there are none)."""
+    return sorted({e["rescore"] for e in main if e["rescore"]}) or [1]
+
+
 def plot_all(main: list[dict], out: Path) -> list[Path]:
     """Retention vs bits/dim, retention vs dims, and the storage–quality frontier, as PNG files."""
     try:
@@ -298,10 +303,27 @@ def plot_all(main: list[dict], out: Path) -> list[Path]:
     ]:
         pts = sorted((e["dims"], 100 * e["mean_retention"]) for e in sym if e["format"] == fmt and e["plan"] == plan)
         if pts:
-            ax.plot(*zip(*pts, strict=True), marker="o", label=label, linestyle="--" if fmt == "fp32" else "-")
+            line = ax.plot(*zip(*pts, strict=True), marker="o", label=label, linestyle="--" if fmt == "fp32" else "-")
+            rescored = sorted(
+                (e["dims"], 100 * e["mean_retention"])
+                for e in main
+                if e["format"] == fmt
+                and e["plan"] == plan
+                and plan is not None
+                and e["rescore"]
+                and e["rescore"] == max(config_rescore(main))
+            )
+            if rescored:  # the same plan rescored: same colour, dotted
+                ax.plot(
+                    *zip(*rescored, strict=True),
+                    marker="x",
+                    linestyle=":",
+                    color=line[0].get_color(),
+                    label=f"{label} + rescore {max(config_rescore(main))}x",
+                )
     ax.set(xlabel="dimensions (nested prefix)", ylabel="nDCG@10 retention vs FP32 (%)", title="Retention vs dimensions")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=7, ncol=2)
     paths.append(out / "retention_vs_dims.png")
     fig.tight_layout()
     fig.savefig(paths[-1], dpi=120)
