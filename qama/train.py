@@ -460,10 +460,10 @@ def fit(
 
 def _summary(parts: dict[str, torch.Tensor], total: torch.Tensor) -> dict[str, str]:
     """Loss parts grouped by term (summed over sizes and plans) for the progress bar."""
-    grouped: dict[str, float] = {"loss": float(total)}
+    grouped: dict[str, float] = {"loss": float(total.detach())}
     for name, v in parts.items():
         key = name.split("@")[0]
-        grouped[key] = grouped.get(key, 0.0) + float(v)
+        grouped[key] = grouped.get(key, 0.0) + float(v.detach())
     return {k: f"{v:.3g}" for k, v in grouped.items()}
 
 
