@@ -172,3 +172,29 @@ def test_search_an_empty_index(small, tmp_path, capsys):
     np.save(tmp_path / "q.npy", corpus[:1])
     rc = main(["-q", "search", "--index", str(tmp_path / "idx"), "--queries", str(tmp_path / "q.npy")])
     assert rc == 2 and "the index is empty" in capsys.readouterr().err
+
+
+def test_ablate_prints_every_ablation(small, tmp_path, capsys):
+    root, emb = small
+    args = [
+        "-q",
+        "ablate",
+        "--dataset",
+        str(root),
+        "--embeddings",
+        str(emb),
+        "--steps",
+        "2",
+        "--train-batch-size",
+        "64",
+        "--only",
+        "full",
+        "no_orthogonality",
+        "--json",
+        str(tmp_path / "a.json"),
+    ]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "| full |" in out and "| no_orthogonality |" in out and "2bit@32" in out
+    saved = json.loads((tmp_path / "a.json").read_text())["ablations"]
+    assert set(saved) == {"full", "no_orthogonality"} and set(saved["full"]) >= {"2bit@32", "hybrid@16"}
