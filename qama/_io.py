@@ -5,6 +5,7 @@ An interrupted process leaves either the previous complete file or the new compl
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import tempfile
@@ -15,7 +16,7 @@ from typing import IO, Any
 
 import numpy as np
 
-__all__ = ["atomic_open", "write_json", "save_npy", "load_npy"]
+__all__ = ["atomic_open", "write_json", "save_npy", "load_npy", "JsonFields"]
 
 
 @contextmanager
@@ -56,3 +57,16 @@ def load_npy(path: str | os.PathLike, mmap: bool = False, error: Callable[[str],
         raise error(f"{path}: not a plain numeric .npy file ({e})") from None
     except (OSError, EOFError) as e:
         raise error(f"{path}: unreadable or truncated .npy file ({e})") from None
+
+
+class JsonFields:
+    """Mixin for config dataclasses stored in JSON: tuples become lists and back; keys that are not
+    fields (from a newer or older version) are ignored on reading."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Any:
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items() if k in names})

@@ -31,7 +31,6 @@ description) and ``model.safetensors`` (weights and thresholds); nothing is pick
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import logging
@@ -46,7 +45,7 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 from torch import nn
 
-from qama._io import atomic_open, write_json
+from qama._io import JsonFields, atomic_open, write_json
 from qama.codes import Plan, make_plan
 from qama.quantize import MAX_THRESHOLDS, Quantizer
 
@@ -76,7 +75,7 @@ class DimensionError(ValueError):
 
 
 @dataclass
-class AdapterConfig:
+class AdapterConfig(JsonFields):
     """Shape and start of an adapter; stored in ``config.json``."""
 
     dim: int = 384  # dimension of the frozen model's embeddings (and of the adapter's output)
@@ -103,14 +102,6 @@ class AdapterConfig:
             raise ValueError(f"nested_dims must be even (0.5-bit merges pairs), got {nested}")
         self.nested_dims = nested
         self.plans = tuple(self.plans)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> AdapterConfig:
-        names = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items() if k in names})
 
 
 def default_nested_dims(dim: int) -> tuple[int, ...]:

@@ -27,14 +27,11 @@ logger = logging.getLogger("qama")
 def _load_inputs(args: argparse.Namespace):
     """The dataset and its ``(corpus, queries)`` embeddings, from ``--embeddings`` or ``--model``."""
     from qama.data import load_dataset
-    from qama.embeddings import embed_dataset, load_embeddings
+    from qama.embeddings import dataset_embeddings
 
     dataset = load_dataset(args.dataset, split=args.split, cache_dir=args.cache_dir)
     logger.info("%r", dataset)
-    if args.embeddings:
-        corpus, queries = load_embeddings(args.embeddings, dataset)
-    else:
-        corpus, queries = embed_dataset(dataset, args.model, cache_dir=args.cache_dir, batch_size=args.batch_size)
+    corpus, queries = dataset_embeddings(dataset, args.model, args.embeddings, args.cache_dir, args.batch_size)
     return dataset, corpus, queries
 
 

@@ -136,6 +136,20 @@ def embed_dataset(
     return out[0], out[1]
 
 
+def dataset_embeddings(
+    dataset: Dataset,
+    model_name: str = DEFAULT_MODEL,
+    embeddings_dir: str | os.PathLike | None = None,
+    cache_dir: Path | None = None,
+    batch_size: int = 64,
+) -> tuple[np.ndarray, np.ndarray]:
+    """``(corpus, queries)`` of a dataset: precomputed in ``embeddings_dir`` when given, else embedded
+    with ``model_name`` (cached)."""
+    if embeddings_dir is not None:
+        return load_embeddings(embeddings_dir, dataset)
+    return embed_dataset(dataset, model_name, cache_dir=cache_dir, batch_size=batch_size)
+
+
 def check_embeddings(emb: np.ndarray, rows: int | None, what: str, dim: int | None = None) -> np.ndarray:
     """Validate a ``(rows, d)`` floating-point matrix and return it as L2-normalised float32."""
     if not isinstance(emb, np.ndarray) or emb.ndim != 2:

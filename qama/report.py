@@ -70,23 +70,33 @@ def _rows_from_dicts(dicts: list[dict]) -> list[Row]:
 
 
 # ---------------------------------------------------------------------------- stages
-def _dataset_stage(config: ExperimentConfig, spec, out: Path, bar: tqdm) -> tuple[str, list[Row]]:
-    from qama.adapter import QamaAdapter
+@dataclasses.dataclass
+class _Inputs:
+    """One dataset of the study, loaded once: its judged queries and their evaluator."""
+
+    name: str
+    corpus: np.ndarray
+    judged: np.ndarray
+    evaluator: Any
+
+
+def _load(config: ExperimentConfig, spec) -> _Inputs:
     from qama.data import load_dataset
-    from qama.embeddings import embed_dataset, load_embeddings
+    from qama.embeddings import dataset_embeddings
     from qama.evaluate import Evaluator
+
+    dataset = load_dataset(spec.path, split=spec.split)
+    corpus, queries = dataset_embeddings(dataset, config.model, spec.embeddings)
+    evaluator = Evaluator(dataset)
+    return _Inputs(dataset.name, corpus, queries[evaluator.rows], evaluator)
+
+
+def _dataset_stage(config: ExperimentConfig, spec, data: _Inputs, out: Path, bar: tqdm) -> list[Row]:
+    from qama.adapter import QamaAdapter
     from qama.rescore import adapter_rows
     from qama.train import fit
 
-    dataset = load_dataset(spec.path, split=spec.split)
-    name = dataset.name
-    bar.set_description(f"{name}: embeddings")
-    if spec.embeddings:
-        corpus, queries = load_embeddings(spec.embeddings, dataset)
-    else:
-        corpus, queries = embed_dataset(dataset, config.model)
-    evaluator = Evaluator(dataset)
-    judged = queries[evaluator.rows]
+    name, corpus, judged, evaluator = data.name, data.corpus, data.judged, data.evaluator
     dims = config.nested_dims or None
 
     key = _key([spec, dims, "baselines", corpus.shape])
@@ -120,22 +130,14 @@ def _dataset_stage(config: ExperimentConfig, spec, out: Path, bar: tqdm) -> tupl
     for r in out_rows:
         r.dataset = name
     set_retention(out_rows)
-    return name, out_rows
+    return out_rows
 
 
-def _ablation_stage(config: ExperimentConfig, spec, out: Path, bar: tqdm) -> dict[str, dict[str, float]]:
-    from qama.data import load_dataset
-    from qama.embeddings import embed_dataset, load_embeddings
-    from qama.evaluate import Evaluator
+def _ablation_stage(config: ExperimentConfig, data: _Inputs, out: Path, bar: tqdm) -> dict[str, dict[str, float]]:
     from qama.rescore import adapter_rows
     from qama.train import ABLATIONS, ALL_TERMS, ablate
 
-    dataset = load_dataset(spec.path, split=spec.split)
-    corpus, queries = (
-        load_embeddings(spec.embeddings, dataset) if spec.embeddings else embed_dataset(dataset, config.model)
-    )
-    evaluator = Evaluator(dataset)
-    judged = queries[evaluator.rows]
+    corpus, judged, evaluator = data.corpus, data.judged, data.evaluator
     cfg = config.train_config(**({"steps": config.ablation_steps} if config.ablation_steps else {}))
 
     def score(adapter) -> dict[str, float]:
@@ -144,9 +146,9 @@ def _ablation_stage(config: ExperimentConfig, spec, out: Path, bar: tqdm) -> dic
 
     results = {}
     for name in ABLATIONS:
-        bar.set_description(f"{dataset.name}: ablation {name}")
+        bar.set_description(f"{data.name}: ablation {name}")
         key = _key([_settings(cfg), ALL_TERMS, name, corpus.shape])
-        path = out / "stages" / f"ablation-{dataset.name}-{name}.json"
+        path = out / "stages" / f"ablation-{data.name}-{name}.json"
         results[name] = _cached(path, key) or _save(path, key, ablate(corpus, score, cfg, names=[name])[name])
         bar.update(1)
     return results
@@ -450,10 +452,13 @@ def run_report(config: ExperimentConfig, out: str | os.PathLike, command: str = 
     total = 3 * len(config.datasets) + (len(ABLATIONS) if config.ablation else 0) + bool(config.speed_vectors) + 1
     bar = tqdm(total=total, desc="qama report", unit="stage")
     rows_by_dataset: dict[str, list[Row]] = {}
+    first = None
     for spec in config.datasets:
-        name, rows = _dataset_stage(config, spec, out, bar)
-        rows_by_dataset[name] = rows
-    ablations = _ablation_stage(config, config.datasets[0], out, bar) if config.ablation else {}
+        bar.set_description(f"{spec.path}: embeddings")
+        data = _load(config, spec)
+        first = first or data  # the ablations run on the first dataset
+        rows_by_dataset[data.name] = _dataset_stage(config, spec, data, out, bar)
+    ablations = _ablation_stage(config, first, out, bar) if config.ablation else {}
     speed, speed_setting = [], ""
     if config.speed_vectors:
         d = next(iter(rows_by_dataset.values()))[0].dims

@@ -52,6 +52,7 @@ from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from qama import losses as L
+from qama._io import JsonFields
 from qama.adapter import AdapterConfig, DimensionError, QamaAdapter
 from qama.codes import make_plan
 
@@ -67,7 +68,7 @@ class TrainingError(RuntimeError):
 
 
 @dataclass
-class TrainConfig:
+class TrainConfig(JsonFields):
     """Training settings; the defaults are the settings measured in benchmarks/RESULTS_training.md."""
 
     # adapter shape
@@ -130,14 +131,6 @@ class TrainConfig:
             raise ValueError(f"neighbour_group must be in 1..batch_size, got {self.neighbour_group}")
         self.nested_dims = tuple(self.nested_dims)
         self.train_plans = tuple(self.train_plans)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
-        names = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items() if k in names})
 
 
 # ---------------------------------------------------------------------------- schedules

@@ -30,11 +30,16 @@ def small(tmp_path: Path) -> tuple[Path, Path]:
     return root, emb
 
 
+def _train(root: Path, emb: Path, out: Path, *extra: str) -> int:
+    """``qama train`` on the small dataset (2 steps, batches of 64 unless ``extra`` says otherwise)."""
+    args = ["-q", "train", "--dataset", str(root), "--embeddings", str(emb), "--out", str(out)]
+    return main([*args, *(extra or ("--steps", "2", "--train-batch-size", "64"))])
+
+
 def test_train_then_eval_with_the_adapter(small, tmp_path):
     root, emb = small
     common = ["--dataset", str(root), "--embeddings", str(emb)]
-    args = ["-q", "train", *common, "--out", str(tmp_path / "ad"), "--steps", "5", "--train-batch-size", "64"]
-    assert main(args) == 0
+    assert _train(root, emb, tmp_path / "ad", "--steps", "5", "--train-batch-size", "64") == 0
     config = json.loads((tmp_path / "ad" / "config.json").read_text())
     assert config["adapter"]["dim"] == 32 and config["adapter"]["nested_dims"] == [8, 16, 32]
     out = tmp_path / "t.json"
@@ -54,22 +59,7 @@ def test_train_then_eval_with_the_adapter(small, tmp_path):
 
 def test_eval_refuses_an_adapter_of_another_dimension(small, tmp_path, capsys):
     root, emb = small
-    main(
-        [
-            "-q",
-            "train",
-            "--dataset",
-            str(root),
-            "--embeddings",
-            str(emb),
-            "--out",
-            str(tmp_path / "ad"),
-            "--steps",
-            "2",
-            "--train-batch-size",
-            "64",
-        ]
-    )
+    _train(root, emb, tmp_path / "ad")
     np.save(emb / "corpus.npy", np.eye(300, 16, dtype=np.float32) + 0.01)
     np.save(emb / "queries.npy", np.ones((30, 16), np.float32))
     rc = main(["-q", "eval", "--dataset", str(root), "--embeddings", str(emb), "--adapter", str(tmp_path / "ad")])
@@ -79,29 +69,14 @@ def test_eval_refuses_an_adapter_of_another_dimension(small, tmp_path, capsys):
 
 def test_train_too_few_vectors_for_a_batch(small, tmp_path, capsys):
     root, emb = small
-    rc = main(
-        [
-            "-q",
-            "train",
-            "--dataset",
-            str(root),
-            "--embeddings",
-            str(emb),
-            "--out",
-            str(tmp_path / "ad"),
-            "--train-batch-size",
-            "1000",
-        ]
-    )
+    rc = _train(root, emb, tmp_path / "ad", "--train-batch-size", "1000")
     assert rc == 2 and "batch" in capsys.readouterr().err
 
 
 def test_index_then_search(small, tmp_path, capsys):
     root, emb = small
     common = ["--dataset", str(root), "--embeddings", str(emb)]
-    assert (
-        main(["-q", "train", *common, "--out", str(tmp_path / "ad"), "--steps", "2", "--train-batch-size", "64"]) == 0
-    )
+    assert _train(root, emb, tmp_path / "ad") == 0
     assert main(["-q", "index", *common, "--adapter", str(tmp_path / "ad"), "--out", str(tmp_path / "idx")]) == 0
     q = np.load(emb / "corpus.npy")[:3]
     np.save(tmp_path / "q.npy", q)
