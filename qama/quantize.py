@@ -116,7 +116,3 @@ class Quantizer:
     def encode(self, values: np.ndarray) -> np.ndarray:
         """``(n, n_values)`` values -> ``(n, code_size)`` packed uint8 codes."""
         return pack(self.levels(values), self.plan)
-
-    def dequantize(self, levels: np.ndarray) -> np.ndarray:
-        """``(n, n_values)`` levels -> float32 representative values."""
-        return self.centroids[np.arange(self.plan.n_values), levels]
