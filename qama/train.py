@@ -53,7 +53,7 @@ from tqdm.auto import tqdm
 
 from qama import losses as L
 from qama._io import JsonFields
-from qama.adapter import AdapterConfig, DimensionError, QamaAdapter
+from qama.adapter import AdapterConfig, DimensionError, QamaAdapter, mean_direction
 from qama.codes import make_plan
 
 __all__ = ["TrainConfig", "fit", "ablate", "ABLATIONS", "ALL_TERMS", "check_training_input", "TrainingError"]
@@ -76,6 +76,7 @@ class TrainConfig(JsonFields):
     nested_dims: tuple[int, ...] = ()  # Matryoshka sizes; () = (d/4, d/2, d)
     init: str = "pca_blocks"  # linear start: "identity", "pca" or "pca_blocks" (QamaAdapter.init_linear)
     merge_hidden: int = 16  # hidden width of the 0.5-bit pair-merge FFN
+    drop_mean_direction: bool = True  # start without the corpus mean direction (QamaAdapter.init_linear)
     # optimisation
     steps: int = 300  # optimiser steps (about 1-2 min for 5k vectors on 2 idle cores)
     batch_size: int = 512  # corpus vectors per step
@@ -227,16 +228,19 @@ def compute_losses(
     gen: torch.Generator,
     unit: float,
     pairs: tuple[torch.Tensor, torch.Tensor] | None = None,
+    teacher: torch.Tensor | None = None,
 ) -> dict[str, torch.Tensor]:
     """Unweighted loss parts of one batch, by name (e.g. ``kl@192/2bit``, ``ortho``).
 
     ``unit`` is the typical standard deviation of the starting adapter's output, the scale of the
-    regularisers. Terms whose weight is 0 are not computed.
+    regularisers. ``teacher`` ``(B, d)``: the embeddings whose cosines the student should keep
+    (default ``x``; :func:`fit` passes ``x`` without the corpus mean direction when the start drops it).
+    Terms whose weight is 0 are not computed.
     """
     parts: dict[str, torch.Tensor] = {}
     nested = adapter.config.nested_dims if cfg.matryoshka else (adapter.dim,)
     z = adapter(x)  # (B, d)
-    s_x = L.cosine_matrix(x)  # (B, B) teacher
+    s_x = L.cosine_matrix(x if teacher is None else teacher)  # (B, B) teacher
     temp = temperature_at(step, cfg)
     need_rank = cfg.w_rank > 0
     if need_rank:
@@ -385,6 +389,7 @@ def fit(
         nested_dims=cfg.nested_dims,
         init=cfg.init,
         merge_hidden=cfg.merge_hidden,
+        drop_mean_direction=cfg.drop_mean_direction,
         model_name=cfg.model_name,
     )
     metadata = {
@@ -400,6 +405,14 @@ def fit(
     adapter.calibrate(x_np)  # thresholds start at quantiles of the corpus
     unit = float(adapter.z_std.mean())
     x = torch.from_numpy(x_np)
+    # The teacher's similarities are taken without the corpus mean direction when the start drops it:
+    # a teacher that kept it would pull the adapter into putting it back (measured: worse codes).
+    u = mean_direction(x_np) if cfg.drop_mean_direction else None
+    u_t = None if u is None else torch.from_numpy(u.astype(np.float32))
+
+    def teacher_of(v: torch.Tensor) -> torch.Tensor:
+        return v if u_t is None else v - (v @ u_t)[:, None] * u_t[None]
+
     params = [p for p in adapter.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     out = Path(out_dir) if out_dir is not None else None
@@ -409,7 +422,7 @@ def fit(
         start = _load_checkpoint(ckpt, adapter, opt, cfg)
         logger.info("resuming from %s at step %d", ckpt, start)
     t0 = time.perf_counter()
-    neighbours = teacher_neighbours(x, cfg.neighbour_group - 1) if cfg.neighbour_group > 1 else None
+    neighbours = teacher_neighbours(teacher_of(x), cfg.neighbour_group - 1) if cfg.neighbour_group > 1 else None
     adapter.train()
     bar = tqdm(range(start, cfg.steps), desc="qama fit", disable=not cfg.progress, initial=start, total=cfg.steps)
     for step in bar:
@@ -424,7 +437,7 @@ def fit(
         for group in opt.param_groups:
             group["lr"] = cfg.lr * lr_factor(step, cfg)
         sched = loss_schedules(step, cfg.steps)
-        parts = compute_losses(adapter, xb, cfg, step, gen, unit, pb)
+        parts = compute_losses(adapter, xb, cfg, step, gen, unit, pb, teacher_of(xb))
         total = sum(weight_of(name, cfg, sched) * v for name, v in parts.items())
         if not torch.isfinite(total):
             bad = [n for n, v in parts.items() if not torch.isfinite(v)]

@@ -31,7 +31,7 @@ def test_config_defaults_and_validation() -> None:
 
 def test_untrained_adapter_is_identity_and_prefixes_nest() -> None:
     x = _embeddings()
-    adapter = QamaAdapter(AdapterConfig(dim=16, expansion=2, init="identity"))
+    adapter = QamaAdapter(AdapterConfig(dim=16, expansion=2, init="identity", drop_mean_direction=False))
     adapter.init_linear(x)  # no-op for the identity start
     z = adapter.transform(x)
     assert z.dtype == np.float32 and np.allclose(z, x, atol=1e-6)
@@ -48,7 +48,7 @@ def test_pca_start_orders_variance() -> None:
 
 def test_pca_blocks_start_nests_principal_subspaces() -> None:
     x = _embeddings(n=300) * np.linspace(2.0, 0.1, 16, dtype=np.float32)
-    adapter = QamaAdapter(AdapterConfig(dim=16, nested_dims=(4, 8, 16), init="pca_blocks"))
+    adapter = QamaAdapter(AdapterConfig(dim=16, nested_dims=(4, 8, 16), init="pca_blocks", drop_mean_direction=False))
     adapter.init_linear(x)
     w = adapter.skip.weight.detach().numpy().astype(np.float64)
     _, _, vt = np.linalg.svd(x - x.mean(0), full_matrices=False)
@@ -59,6 +59,24 @@ def test_pca_blocks_start_nests_principal_subspaces() -> None:
     assert in_span(w[:4], 4) and in_span(w[4:8], 8) and not in_span(w[4:8], 4)
     assert in_span(w[8:], 8)  # the last level re-projects the top 8 axes
     assert np.allclose(w @ w.T, np.block([[np.eye(8), w[:8] @ w[8:].T], [w[8:] @ w[:8].T, np.eye(8)]]), atol=1e-5)
+
+
+@pytest.mark.parametrize("init", ["identity", "pca", "pca_blocks"])
+def test_start_drops_the_corpus_mean_direction(init: str) -> None:
+    x = _embeddings(n=300) + 0.5  # a common offset: every vector leans toward (1, ..., 1)
+    u = x.mean(0) / np.linalg.norm(x.mean(0))
+    adapter = QamaAdapter(AdapterConfig(dim=16, nested_dims=(4, 8, 16), init=init))
+    adapter.init_linear(x)
+    w = adapter.skip.weight.detach().numpy()
+    assert np.abs(w @ u).max() < 1e-5  # the mean direction maps to 0 ...
+    shifted = x + np.float32(3.0) * u.astype(np.float32)
+    # ... so moving along it changes nothing
+    assert np.allclose(adapter.transform(shifted), adapter.transform(x), atol=1e-5)
+    if init == "identity":  # and everything orthogonal to it passes unchanged
+        assert np.allclose(w, np.eye(16) - np.outer(u, u), atol=1e-6)
+    centred = QamaAdapter(AdapterConfig(dim=16, init="identity"))
+    centred.init_linear(x - x.mean(0))  # no mean direction to drop: the identity start stays whole
+    assert np.allclose(centred.skip.weight.detach().numpy(), np.eye(16), atol=1e-6)
 
 
 def test_thresholds_start_at_corpus_quantiles() -> None:
