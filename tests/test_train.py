@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import qama.train as T
-from qama.adapter import DimensionError, QamaAdapter
+from qama.adapter import DimensionError, QamaAdapter, mean_direction
 from qama.train import ALL_TERMS, TrainConfig, ablate, fit, loss_schedules, lr_factor
 
 
@@ -128,6 +128,24 @@ def test_switched_off_terms_are_not_computed() -> None:
     full = T.compute_losses(adapter, x, TrainConfig(batch_size=32, **ALL_TERMS), 0, gen, 1.0)
     assert {"ortho", "bottleneck", "variance", "quant", "kl@8/hybrid", "kl@8/fp"} <= set(full)
     assert all(torch.isfinite(v) for v in full.values())
+
+
+def test_teacher_cosines_come_from_the_teacher_argument() -> None:
+    """A student equal to its teacher has zero similarity loss: the start without the mean direction
+    matches a teacher without it (what fit passes), not the raw embeddings."""
+    x_np = _embeddings(n=32) + np.float32(0.3)
+    x_np /= np.linalg.norm(x_np, axis=1, keepdims=True)
+    x = torch.from_numpy(x_np)
+    u = torch.from_numpy(mean_direction(x_np).astype(np.float32))
+    projected = x - (x @ u)[:, None] * u[None]
+    adapter = QamaAdapter(T.AdapterConfig(dim=32, init="identity"))  # drops the mean direction
+    adapter.init_linear(x_np)
+    assert torch.allclose(adapter(x), projected, atol=1e-5)
+    cfg = TrainConfig(batch_size=32, quantized_weight=0.0, matryoshka=False, w_variance=0.0)
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        assert float(T.compute_losses(adapter, x, cfg, 0, gen, 1.0, teacher=projected)["kl@32/fp"]) < 1e-6
+        assert float(T.compute_losses(adapter, x, cfg, 0, gen, 1.0)["kl@32/fp"]) > 1e-3
 
 
 def test_pairs_feed_info_nce() -> None:
