@@ -212,6 +212,7 @@ def speed_table(n: int, d: int, n_queries: int, plan_name: str = "hybrid", singl
     }
     rows = []
     for name, (nbytes, run_batch, run_single) in methods.items():
+        run_batch(), run_single(0)  # warm-up: the first call compiles the Hamming kernel (numba)
         rows.append(
             {
                 "method": name,
