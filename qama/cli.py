@@ -78,6 +78,7 @@ def _train_config(args: argparse.Namespace, dataset_name: str):
             "seed": args.seed,
             "nested_dims": args.nested_dims,
             "batch_size": args.train_batch_size,
+            "drop_mean_direction": False if args.keep_mean_direction else None,
         }.items()
         if v is not None
     }
@@ -463,6 +464,11 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--nested-dims", type=int, nargs="+", help="Matryoshka sizes (default: d, d/2, d/4)")
         p.add_argument("--seed", type=int, help="random seed")
         p.add_argument("--train-batch-size", type=int, help="corpus vectors per training step")
+        p.add_argument(
+            "--keep-mean-direction",
+            action="store_true",
+            help="keep the corpus mean direction (dropped by default: queries and documents differ along it)",
+        )
         if name == "train":
             p.add_argument("--out", type=Path, required=True, help="adapter folder to write")
         else:

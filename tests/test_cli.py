@@ -42,6 +42,11 @@ def test_train_then_eval_with_the_adapter(small, tmp_path):
     assert _train(root, emb, tmp_path / "ad", "--steps", "5", "--train-batch-size", "64") == 0
     config = json.loads((tmp_path / "ad" / "config.json").read_text())
     assert config["adapter"]["dim"] == 32 and config["adapter"]["nested_dims"] == [8, 16, 32]
+    assert config["adapter"]["drop_mean_direction"] is True
+    kept_args = ("--steps", "2", "--train-batch-size", "64", "--keep-mean-direction")
+    assert _train(root, emb, tmp_path / "kept", *kept_args) == 0
+    kept = json.loads((tmp_path / "kept" / "config.json").read_text())
+    assert kept["adapter"]["drop_mean_direction"] is False and kept["training"]["drop_mean_direction"] is False
     out = tmp_path / "t.json"
     args = ["-q", "eval", *common, "--adapter", str(tmp_path / "ad"), "--dims", "32", "--plans", "2bit", "hybrid"]
     assert main([*args, "--json", str(out)]) == 0
