@@ -35,9 +35,17 @@ sys.path.insert(0, str(ROOT))
 from qama.adapter import AdapterConfig, QamaAdapter  # noqa: E402
 from qama.codes import hamming_distances  # noqa: E402
 from qama.data import load_dataset  # noqa: E402
-from qama.embeddings import load_embeddings  # noqa: E402
+from qama.embeddings import DEFAULT_MODEL, embed_titles, load_embeddings  # noqa: E402
 from qama.evaluate import Evaluator  # noqa: E402
-from qama.train import ABLATIONS, ALL_TERMS, TrainConfig, ablate, fit  # noqa: E402
+from qama.train import (  # noqa: E402
+    ABLATIONS,
+    ALL_TERMS,
+    NCE_WEIGHT_LABELLED,
+    NCE_WEIGHT_TITLES,
+    TrainConfig,
+    ablate,
+    fit,
+)
 
 SHARED = ROOT.parent / "shared"
 EMB = SHARED / "embeddings" / "all-MiniLM-L6-v2"
@@ -63,6 +71,22 @@ def load(name: str) -> tuple[Evaluator, np.ndarray, np.ndarray]:
     ds = load_dataset(SHARED / "datasets" / name, "test")
     corpus, queries = load_embeddings(EMB / name, ds)
     return Evaluator(ds), corpus, queries[ds.eval_query_rows]
+
+
+def title_pairs(name: str, corpus: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(title embeddings, their documents' embeddings)``: the pseudo-queries of ``--pseudo-queries titles``."""
+    rows, titles = embed_titles(load_dataset(SHARED / "datasets" / name, "test"), DEFAULT_MODEL, progress=False)
+    return titles, corpus[rows]
+
+
+def train_qrels_pairs(name: str, corpus: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+    """``(query, relevant document)`` embeddings of the dataset's train qrels (labels), or None without them."""
+    if not (SHARED / "datasets" / name / "qrels" / "train.tsv").is_file():
+        return None
+    ds = load_dataset(SHARED / "datasets" / name, "train")
+    _, queries = load_embeddings(EMB / name, ds)
+    q_rows, d_rows = ds.relevant_pairs()
+    return queries[q_rows], corpus[d_rows]
 
 
 def ndcg(ev: Evaluator, scores: np.ndarray) -> float:
@@ -149,39 +173,53 @@ def cell(values: list[float]) -> str:
 
 
 def targets_section(cfg: TrainConfig, data: dict, bases: dict[str, float], header: list[str], seeds: list[int]) -> str:
+    # (column suffix, InfoNCE weight, pairs of a dataset or None): corpus only, + title pseudo-queries, + train qrels
+    variants = [
+        ("QAMA", 0.0, lambda name, c: None),
+        ("QAMA + titles", NCE_WEIGHT_TITLES, title_pairs),
+        ("QAMA + train qrels", NCE_WEIGHT_LABELLED, train_qrels_pairs),
+    ]
+    pairs = {(name, v): get(name, c) for name, (_, c, _) in data.items() for v, _, get in variants}
     cols: dict[str, list[dict[str, float]]] = {}
     times: dict[str, list[float]] = {}
     for seed in seeds:
-        adapters: dict[str, QamaAdapter] = {}
+        adapters: dict[tuple[str, str], QamaAdapter] = {}
         for name, (ev, c, q) in data.items():
             if seed == seeds[0]:
                 cols[f"{name} untrained"] = [table(untrained(c), ev, c, q, bases[name])]
-            start_kept = table(initial(c, False, seed), ev, c, q, bases[name])
-            cols.setdefault(f"{name} start, mean kept", []).append(start_kept)
             cols.setdefault(f"{name} start", []).append(table(initial(c, True, seed), ev, c, q, bases[name]))
-            t0 = time.perf_counter()
-            run = dataclasses.replace(cfg, seed=seed, data_description=f"{name} corpus (no labels)")
-            adapters[name] = fit(c, run)
-            times.setdefault(name, []).append(time.perf_counter() - t0)
-            cols.setdefault(f"{name} QAMA", []).append(table(adapters[name], ev, c, q, bases[name]))
-            logging.info("%s seed %d fitted in %.0f s", name, seed, times[name][-1])
+            for variant, w_nce, _ in variants:
+                p = pairs[(name, variant)]
+                if variant != "QAMA" and p is None:
+                    continue
+                t0 = time.perf_counter()
+                adapters[(name, variant)] = fit(c, dataclasses.replace(cfg, seed=seed, w_nce=w_nce), pairs=p)
+                times.setdefault(f"{name} {variant}", []).append(time.perf_counter() - t0)
+                cols.setdefault(f"{name} {variant}", []).append(table(adapters[(name, variant)], ev, c, q, bases[name]))
+                logging.info("%s %s seed %d fitted in %.0f s", name, variant, seed, times[f"{name} {variant}"][-1])
         ev, c, q = data["cranfield"]
-        with tempfile.TemporaryDirectory() as tmp:
-            transfer = QamaAdapter.load(adapters["scifact"].save(Path(tmp) / "scifact_adapter"))
-        transfer.calibrate(c)
-        cols.setdefault("SciFact→Cranfield", []).append(table(transfer, ev, c, q, bases["cranfield"]))
+        for variant in ("QAMA", "QAMA + titles"):
+            with tempfile.TemporaryDirectory() as tmp:
+                transfer = QamaAdapter.load(adapters[("scifact", variant)].save(Path(tmp) / "adapter"))
+            transfer.calibrate(c)
+            cols.setdefault(f"SciFact {variant} → Cranfield", []).append(table(transfer, ev, c, q, bases["cranfield"]))
+    n_pairs = {f"{n} {v}": len(p[0]) for (n, v), p in pairs.items() if p is not None}
     lines = [
         "## Targets",
         "",
         *header,
-        f"Fit time (default TrainConfig: {cfg.steps} steps, batch {cfg.batch_size}, expansion {cfg.expansion}): "
+        f"Fit time ({cfg.steps} steps, batch {cfg.batch_size}, expansion {cfg.expansion}): "
         + ", ".join(f"{k} {min(v):.0f}–{max(v):.0f} s" for k, v in times.items()),
         "",
         "Retention = nDCG@10 / FP32 nDCG@10 at full size; codes are symmetric (queries quantised too), searched by "
         "Hamming distance. *untrained*: the model's own coordinates, quantile thresholds. *start*: the adapter's "
-        "pca_blocks start before training, without the corpus mean direction (the default); *start, mean kept*: "
-        "the same start with the mean direction left in. *QAMA*: fitted on the dataset's own corpus (no labels). "
-        "*SciFact→Cranfield*: the SciFact adapter, thresholds recalibrated on Cranfield's corpus. "
+        "pca_blocks start (without the corpus mean direction) before training. *QAMA*: fitted on the dataset's own "
+        "corpus embeddings only. *QAMA + titles*: the same, plus InfoNCE (weight "
+        f"{NCE_WEIGHT_TITLES}) between each document and its title's embedding as a pseudo-query: no labels, "
+        "the corpus's own texts (`qama train --pseudo-queries titles`). *QAMA + train qrels*: InfoNCE (weight "
+        f"{NCE_WEIGHT_LABELLED}) on SciFact's labelled train pairs (`--pairs train`; supervised, not the "
+        "targets' setting). *SciFact … → Cranfield*: the SciFact adapter, thresholds recalibrated on Cranfield's "
+        "corpus. Pairs: " + ", ".join(f"{k} {v}" for k, v in n_pairs.items()) + ". "
         f"Seeds {', '.join(map(str, seeds))} (the start's random rotations and the training batches): "
         "mean, and (min–max) over the seeds.",
         "",

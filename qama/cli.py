@@ -67,8 +67,13 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
-def _train_config(args: argparse.Namespace, dataset_name: str):
-    from qama.train import TrainConfig
+def _training_setup(args: argparse.Namespace, dataset, corpus, queries):
+    """The :class:`~qama.train.TrainConfig` and the InfoNCE ``pairs`` of ``qama train`` / ``qama ablate``:
+    title pseudo-queries (``--pseudo-queries titles``) and qrels pairs (``--pairs SPLIT``), together."""
+    import numpy as np
+
+    from qama.data import load_dataset
+    from qama.train import NCE_WEIGHT_LABELLED, NCE_WEIGHT_TITLES, TrainConfig
 
     overrides = {
         k: v
@@ -82,20 +87,64 @@ def _train_config(args: argparse.Namespace, dataset_name: str):
         }.items()
         if v is not None
     }
-    return TrainConfig(
+    q_parts, d_parts, sources = [], [], []
+    if args.pseudo_queries == "titles":
+        from qama.embeddings import embed_titles
+
+        if args.embeddings:
+            _check_same_model(args.embeddings, args.model)
+        rows, titles = embed_titles(dataset, args.model, args.cache_dir, args.batch_size, progress=not args.quiet)
+        if len(rows):
+            q_parts.append(titles)
+            d_parts.append(corpus[rows])
+            sources.append(f"{len(rows)} title pseudo-queries")
+        else:
+            logger.info("no document of %s has a title: training without pseudo-queries", dataset.name)
+    if args.pairs:
+        q_rows, d_rows = load_dataset(dataset.path, split=args.pairs).relevant_pairs()
+        q_parts.append(queries[q_rows])
+        d_parts.append(corpus[d_rows])
+        sources.append(f"{len(q_rows)} {args.pairs!r} qrels pairs")
+    pairs = (np.concatenate(q_parts), np.concatenate(d_parts)) if q_parts else None
+    if pairs is not None:
+        default = NCE_WEIGHT_LABELLED if args.pairs else NCE_WEIGHT_TITLES
+        overrides["w_nce"] = default if args.nce_weight is None else args.nce_weight
+        logger.info("InfoNCE (weight %g) on %s", overrides["w_nce"], ", ".join(sources))
+    labels = "labels" if args.pairs else "no labels"
+    cfg = TrainConfig(
         model_name=args.model if not args.embeddings else str(args.embeddings),
-        data_description=f"{dataset_name} corpus embeddings (no labels)",
+        data_description=", ".join([f"{dataset.name} corpus embeddings", *sources]) + f" ({labels})",
         progress=not args.quiet,
         **overrides,
     )
+    return cfg, pairs
+
+
+def _check_same_model(embeddings_dir: Path, model: str) -> None:
+    """Title pseudo-queries are embedded with ``--model``: refuse precomputed embeddings whose
+    ``meta.json`` names another model (the two would not share a space)."""
+    import json
+
+    meta = embeddings_dir / "meta.json"
+    if not meta.is_file():
+        logger.warning(
+            "%s has no meta.json: assuming its embeddings come from %s, like the titles", embeddings_dir, model
+        )
+        return
+    made_by = str(json.loads(meta.read_text(encoding="utf-8")).get("model", ""))
+    if made_by and made_by.rstrip("/").split("/")[-1].lower() != model.rstrip("/").split("/")[-1].lower():
+        raise ValueError(
+            f"{meta}: embeddings of {made_by}, but the title pseudo-queries would be embedded with {model}; "
+            "pass --model " + made_by + " or --pseudo-queries none"
+        )
 
 
 def cmd_train(args: argparse.Namespace) -> int:
     from qama.train import fit
 
-    dataset, corpus, _ = _load_inputs(args)
-    cfg = _train_config(args, dataset.name)
-    fit(corpus, cfg, out_dir=args.out)
+    dataset, corpus, queries = _load_inputs(args)
+    cfg, pairs = _training_setup(args, dataset, corpus, queries)
+    fit(corpus, cfg, pairs=pairs, out_dir=args.out)
     logger.info("adapter saved to %s", args.out)
     return 0
 
@@ -114,7 +163,8 @@ def cmd_ablate(args: argparse.Namespace) -> int:
         rows = adapter_rows(adapter, corpus, judged, evaluator, ("2bit", "hybrid"), oversamples=())
         return {f"{r.plan}@{r.dims}": r.metrics["ndcg@10"] for r in rows if r.plan is not None}
 
-    results = ablate(corpus, score, _train_config(args, dataset.name), names=args.only)
+    cfg, pairs = _training_setup(args, dataset, corpus, queries)
+    results = ablate(corpus, score, cfg, pairs=pairs, names=args.only)
     columns = sorted(
         {c for figures in results.values() for c in figures}, key=lambda c: (c.split("@")[0], -int(c.split("@")[1]))
     )
@@ -405,11 +455,43 @@ def _add_input_args(p: argparse.ArgumentParser) -> None:
 
     p.add_argument("--dataset", required=True, help="BEIR-layout folder, or a BEIR dataset name to download")
     p.add_argument("--split", default="test", help="qrels split to evaluate (default: test)")
-    src = p.add_mutually_exclusive_group()
-    src.add_argument("--model", default=DEFAULT_MODEL, help=f"sentence-transformers model (default: {DEFAULT_MODEL})")
-    src.add_argument("--embeddings", type=Path, help="folder with precomputed corpus.npy and queries.npy")
+    p.add_argument(
+        "--model",
+        default=DEFAULT_MODEL,
+        help=f"sentence-transformers model that embeds the dataset (unless --embeddings) and title pseudo-queries "
+        f"(default: {DEFAULT_MODEL})",
+    )
+    p.add_argument(
+        "--embeddings", type=Path, help="folder with precomputed corpus.npy and queries.npy (of the same --model)"
+    )
     p.add_argument("--batch-size", type=int, default=64, help="embedding batch size")
     p.add_argument("--cache-dir", type=Path, default=None, help="cache folder (default: $QAMA_CACHE or ~/.cache/qama)")
+
+
+def _add_train_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--steps", type=int, help="optimiser steps (default: the training default)")
+    p.add_argument("--expansion", type=int, help="FFN expansion factor k (hidden width k·d)")
+    p.add_argument("--nested-dims", type=int, nargs="+", help="Matryoshka sizes (default: d, d/2, d/4)")
+    p.add_argument("--seed", type=int, help="random seed")
+    p.add_argument("--train-batch-size", type=int, help="corpus vectors per training step")
+    p.add_argument(
+        "--keep-mean-direction",
+        action="store_true",
+        help="keep the corpus mean direction (dropped by default: queries and documents differ along it)",
+    )
+    p.add_argument(
+        "--pseudo-queries",
+        choices=["titles", "none"],
+        default="none",
+        help="titles: the documents' titles, embedded with --model, as InfoNCE queries of their documents "
+        "(no labels needed; default: none)",
+    )
+    p.add_argument(
+        "--pairs",
+        metavar="SPLIT",
+        help="also train InfoNCE on this qrels split's query-document pairs (labels, e.g. train; default: none)",
+    )
+    p.add_argument("--nce-weight", type=float, help="InfoNCE weight with pseudo-queries or pairs (default: measured)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -453,28 +535,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True, help="report folder (re-running resumes)")
     p.set_defaults(func=cmd_report, datasets=None)
 
-    for name, func, text in (
-        ("train", cmd_train, "fit a QAMA adapter on a dataset's corpus embeddings"),
-        ("ablate", cmd_ablate, "retrain with each loss component off; nDCG@10 table"),
-    ):
-        p = sub.add_parser(name, help=text)
-        _add_input_args(p)
-        p.add_argument("--steps", type=int, help="optimiser steps (default: the training default)")
-        p.add_argument("--expansion", type=int, help="FFN expansion factor k (hidden width k·d)")
-        p.add_argument("--nested-dims", type=int, nargs="+", help="Matryoshka sizes (default: d, d/2, d/4)")
-        p.add_argument("--seed", type=int, help="random seed")
-        p.add_argument("--train-batch-size", type=int, help="corpus vectors per training step")
-        p.add_argument(
-            "--keep-mean-direction",
-            action="store_true",
-            help="keep the corpus mean direction (dropped by default: queries and documents differ along it)",
-        )
-        if name == "train":
-            p.add_argument("--out", type=Path, required=True, help="adapter folder to write")
-        else:
-            p.add_argument("--only", nargs="+", help="ablations to run (default: all)")
-            p.add_argument("--json", type=Path, help="write the results as JSON")
-        p.set_defaults(func=func)
+    p = sub.add_parser("train", help="fit a QAMA adapter on a dataset's corpus embeddings")
+    _add_input_args(p)
+    _add_train_args(p)
+    p.add_argument("--out", type=Path, required=True, help="adapter folder (config.json + model.safetensors)")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("ablate", help="retrain with each loss component off; nDCG@10 table")
+    _add_input_args(p)
+    _add_train_args(p)
+    p.add_argument("--only", nargs="+", help="ablations to run (default: all)")
+    p.add_argument("--json", type=Path, help="write the results as JSON")
+    p.set_defaults(func=cmd_ablate)
 
     p = sub.add_parser("index", help="encode a corpus into a persistent qama index folder")
     _add_input_args(p)

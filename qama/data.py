@@ -58,6 +58,14 @@ class Dataset:
         """Rows of the queries judged in this split (the only ones that are evaluated)."""
         return [i for i, q in enumerate(self.query_ids) if q in self.qrels]
 
+    def relevant_pairs(self) -> tuple[list[int], list[int]]:
+        """``(query_rows, doc_rows)``: one entry per judged pair with relevance > 0 in this split,
+        in qrels order (training pairs for the InfoNCE term, e.g. from the ``train`` split)."""
+        query_row = {q: i for i, q in enumerate(self.query_ids)}
+        doc_row = self._doc_index or {d: i for i, d in enumerate(self.doc_ids)}
+        pairs = [(query_row[q], doc_row[d]) for q, docs in self.qrels.items() for d, rel in docs.items() if rel > 0]
+        return [q for q, _ in pairs], [d for _, d in pairs]
+
     def __repr__(self) -> str:
         return (
             f"Dataset({self.name!r}, docs={len(self.doc_ids)}, queries={len(self.query_ids)}, "

@@ -30,6 +30,7 @@ __all__ = [
     "load_model",
     "encode",
     "embed_dataset",
+    "embed_titles",
     "load_embeddings",
     "check_embeddings",
 ]
@@ -115,25 +116,62 @@ def embed_dataset(
     Returns ``(corpus, queries)`` in file order.
     """
     model = model or load_model(model_name)
-    root = Path(cache_dir or default_cache_dir()) / "embeddings" / model_name.strip("/").replace("/", "__")
-    out = []
-    for part, texts in (("corpus", dataset.doc_texts), ("queries", dataset.query_texts)):
-        path = root / f"{dataset.name}-{part}-{_cache_key(model, model_name, texts)}.npy"
-        if path.is_file():
-            try:
-                cached = load_npy(path, error=EmbeddingError)
-                out.append(check_embeddings(cached, len(texts), str(path)))
-                logger.info("embeddings of %s %s from cache %s", dataset.name, part, path)
-                continue
-            except EmbeddingError as e:
-                logger.warning("discarding a bad cache file: %s", e)
-                path.unlink()
-        logger.info("embedding %d %s of %s with %s", len(texts), part, dataset.name, model_name)
-        emb = encode(model, texts, batch_size=batch_size, progress=progress)
-        save_npy(path, emb)
-        out.append(emb)
+    root = _cache_root(model_name, cache_dir)
+    corpus = _embed_cached(model, model_name, root, f"{dataset.name}-corpus", dataset.doc_texts, batch_size, progress)
+    queries = _embed_cached(
+        model, model_name, root, f"{dataset.name}-queries", dataset.query_texts, batch_size, progress
+    )
     write_json(root / f"{dataset.name}-meta.json", {"model": model_name, "dataset": str(dataset.path)})
-    return out[0], out[1]
+    return corpus, queries
+
+
+def embed_titles(
+    dataset: Dataset,
+    model_name: str = DEFAULT_MODEL,
+    cache_dir: Path | None = None,
+    batch_size: int = 64,
+    progress: bool = True,
+    model: SentenceTransformer | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """``(doc_rows, title_emb)``: the rows of the documents that have a title, and their titles'
+    embeddings (cached). Titles are short texts of the corpus itself: pseudo-queries that need no
+    labels (:func:`qama.train.fit`'s ``pairs``: ``(title_emb, corpus[doc_rows])``)."""
+    rows = np.array([i for i, t in enumerate(dataset.titles) if t.strip()], dtype=np.int64)
+    if len(rows) == 0:
+        return rows, np.zeros((0, 0), np.float32)
+    model = model or load_model(model_name)
+    texts = [dataset.titles[i].strip() for i in rows]
+    root = _cache_root(model_name, cache_dir)
+    return rows, _embed_cached(model, model_name, root, f"{dataset.name}-titles", texts, batch_size, progress)
+
+
+def _cache_root(model_name: str, cache_dir: Path | None) -> Path:
+    return Path(cache_dir or default_cache_dir()) / "embeddings" / model_name.strip("/").replace("/", "__")
+
+
+def _embed_cached(
+    model: SentenceTransformer,
+    model_name: str,
+    root: Path,
+    stem: str,
+    texts: list[str],
+    batch_size: int,
+    progress: bool,
+) -> np.ndarray:
+    """Embeddings of ``texts`` from ``root/STEM-KEY.npy`` (KEY: model and texts), computed and saved if absent."""
+    path = root / f"{stem}-{_cache_key(model, model_name, texts)}.npy"
+    if path.is_file():
+        try:
+            cached = check_embeddings(load_npy(path, error=EmbeddingError), len(texts), str(path))
+            logger.info("embeddings of %s from cache %s", stem, path)
+            return cached
+        except EmbeddingError as e:
+            logger.warning("discarding a bad cache file: %s", e)
+            path.unlink()
+    logger.info("embedding %d texts (%s) with %s", len(texts), stem, model_name)
+    emb = encode(model, texts, batch_size=batch_size, progress=progress)
+    save_npy(path, emb)
+    return emb
 
 
 def dataset_embeddings(

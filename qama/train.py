@@ -58,11 +58,26 @@ from qama._io import JsonFields
 from qama.adapter import AdapterConfig, DimensionError, QamaAdapter, mean_direction
 from qama.codes import make_plan
 
-__all__ = ["TrainConfig", "fit", "ablate", "ABLATIONS", "ALL_TERMS", "check_training_input", "TrainingError"]
+__all__ = [
+    "TrainConfig",
+    "fit",
+    "ablate",
+    "ABLATIONS",
+    "ALL_TERMS",
+    "NCE_WEIGHT_TITLES",
+    "NCE_WEIGHT_LABELLED",
+    "check_training_input",
+    "TrainingError",
+]
 
 logger = logging.getLogger(__name__)
 
 CHECKPOINT_DIR = "checkpoint"
+
+#: InfoNCE weight with title pseudo-queries as ``pairs`` (benchmarks/RESULTS_training.md)
+NCE_WEIGHT_TITLES = 1.0
+#: InfoNCE weight with labelled query-document pairs, e.g. SciFact's train qrels (same file)
+NCE_WEIGHT_LABELLED = 2.0
 
 
 class TrainingError(RuntimeError):
@@ -265,6 +280,10 @@ def compute_losses(
             scale = 1.0 if tag.endswith("fp") else 0.5  # Hamming similarities are compressed: sharper τ
             parts[f"nce@{tag}"] = L.info_nce(s_y, nn_idx, cfg.nce_temperature * scale)
 
+    def code_bits(v: torch.Tensor, plan) -> torch.Tensor:
+        """``(B, n_bits)`` straight-through (or soft) bits of ``v`` under ``plan``."""
+        return torch.cat([b for b, _ in adapter.plan_levels(v, plan, temp, hard=cfg.relax == "ste")], 1)
+
     for m in nested:
         similarity_terms(L.cosine_matrix(z[:, :m]), f"{m}/fp")
         if pairs is not None and cfg.w_nce > 0:
@@ -274,8 +293,10 @@ def compute_losses(
         if cfg.quantized_weight > 0:
             for spec in cfg.train_plans:
                 plan = make_plan(spec, m)
-                bits = torch.cat([b for b, _ in adapter.plan_levels(z, plan, temp, hard=cfg.relax == "ste")], 1)
-                similarity_terms(L.hamming_similarity(bits), f"{m}/{spec}")
+                similarity_terms(L.hamming_similarity(code_bits(z, plan)), f"{m}/{spec}")
+                if pairs is not None and cfg.w_nce > 0:  # queries' codes against their documents' codes
+                    s_qd = L.hamming_similarity(code_bits(zq, plan), code_bits(zd, plan))
+                    parts[f"nce@{m}/{spec}"] = L.info_nce(s_qd, targets, cfg.nce_temperature * 0.5, False)
     zu = (z - adapter.z_mean) / unit  # (B, d) on a unit scale
     if cfg.w_ortho > 0 and len(adapter.config.nested_dims) > 1:
         parts["ortho"] = L.orthogonality(z, adapter.config.nested_dims)
@@ -377,6 +398,8 @@ def fit(
     x_np = check_training_input(corpus_emb, cfg.batch_size)
     d = x_np.shape[1]
     pair_t: tuple[torch.Tensor, torch.Tensor] | None = None
+    if pairs is not None and cfg.w_nce <= 0:
+        raise ValueError("pairs are used only by the InfoNCE term, which is off: set w_nce > 0")
     if pairs is not None:
         q_np = check_training_input(pairs[0], 2, d, "pair queries")
         p_np = check_training_input(pairs[1], 2, d, "pair documents")

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from qama.cli import main
+from qama.train import NCE_WEIGHT_LABELLED, NCE_WEIGHT_TITLES
 from tests.conftest import write_beir
 
 
@@ -70,6 +71,63 @@ def test_eval_refuses_an_adapter_of_another_dimension(small, tmp_path, capsys):
     rc = main(["-q", "eval", "--dataset", str(root), "--embeddings", str(emb), "--adapter", str(tmp_path / "ad")])
     err = capsys.readouterr().err
     assert rc == 2 and "corpus embeddings have dimension 16, but the adapter was trained for 32" in err
+
+
+def test_train_with_pairs_feeds_the_qrels_to_info_nce(small, tmp_path):
+    root, emb = small
+    assert _train(root, emb, tmp_path / "ad", "--steps", "2", "--train-batch-size", "64", "--pairs", "test") == 0
+    config = json.loads((tmp_path / "ad" / "config.json").read_text())
+    assert config["data"]["n_pairs"] == 30 and config["training"]["w_nce"] == NCE_WEIGHT_LABELLED
+    assert config["training"]["data_description"] == "ds corpus embeddings, 30 'test' qrels pairs (labels)"
+    assert (
+        _train(
+            root,
+            emb,
+            tmp_path / "w",
+            "--steps",
+            "2",
+            "--train-batch-size",
+            "64",
+            "--pairs",
+            "test",
+            "--nce-weight",
+            "0.3",
+        )
+        == 0
+    )
+    assert json.loads((tmp_path / "w" / "config.json").read_text())["training"]["w_nce"] == 0.3
+
+
+def test_train_with_title_pseudo_queries(small, tmp_path, monkeypatch):
+    """--pseudo-queries titles pairs each titled document with its title's embedding (embedded with
+    --model); precomputed embeddings whose meta.json names another model are refused."""
+    import qama.embeddings
+
+    root, emb = small
+    seen = {}
+
+    def fake_embed_titles(dataset, model_name, cache_dir, batch_size, progress):
+        seen["model"] = model_name
+        rows = np.arange(0, 300, 2)  # every other document has a title
+        return rows, np.load(emb / "corpus.npy")[rows]
+
+    monkeypatch.setattr(qama.embeddings, "embed_titles", fake_embed_titles)
+    extra = ("--steps", "2", "--train-batch-size", "64", "--pseudo-queries", "titles", "--model", "my/model")
+    assert _train(root, emb, tmp_path / "ad", *extra) == 0
+    config = json.loads((tmp_path / "ad" / "config.json").read_text())
+    assert seen["model"] == "my/model"
+    assert config["data"]["n_pairs"] == 150 and config["training"]["w_nce"] == NCE_WEIGHT_TITLES
+    assert config["training"]["data_description"] == "ds corpus embeddings, 150 title pseudo-queries (no labels)"
+    (emb / "meta.json").write_text(json.dumps({"model": "sentence-transformers/other-model"}))
+    assert _train(root, emb, tmp_path / "other", *extra) == 2
+    assert not (tmp_path / "other").exists()
+
+
+def test_train_with_pairs_of_a_missing_split(small, tmp_path, capsys):
+    root, emb = small
+    rc = _train(root, emb, tmp_path / "ad", "--steps", "2", "--train-batch-size", "64", "--pairs", "train")
+    assert rc == 2 and "split 'train' does not exist (found: test)" in capsys.readouterr().err
+    assert not (tmp_path / "ad").exists()
 
 
 def test_train_too_few_vectors_for_a_batch(small, tmp_path, capsys):

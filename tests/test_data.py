@@ -38,6 +38,12 @@ def test_loads_in_file_order(tmp_path):
     assert ds.eval_query_rows == [0, 1]
 
 
+def test_relevant_pairs_are_rows_of_judged_relevant_documents(tmp_path):
+    qrels = (("q1", "d1", 1), ("q1", "3", 0), ("q3", "3", 2), ("q3", "d2", 1), ("q2", "d2", 0))
+    # q1-3 has relevance 0 and q2 only a 0: neither is a training pair
+    assert load_dataset(make(tmp_path, qrels)).relevant_pairs() == ([0, 2, 2], [0, 2, 1])
+
+
 def test_bom_is_accepted(tmp_path):
     root = make(tmp_path)
     p = root / "queries.jsonl"

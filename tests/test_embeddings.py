@@ -6,7 +6,14 @@ import numpy as np
 import pytest
 
 from qama.data import load_dataset
-from qama.embeddings import EmbeddingError, check_embeddings, embed_dataset, load_embeddings, load_model
+from qama.embeddings import (
+    EmbeddingError,
+    check_embeddings,
+    embed_dataset,
+    embed_titles,
+    load_embeddings,
+    load_model,
+)
 from tests.conftest import shared_dataset
 
 
@@ -91,6 +98,20 @@ def test_embed_dataset_is_cached(tiny, tmp_path):
     ds.doc_texts[0] = "changed"
     embed_dataset(ds, "fake/model", cache_dir=tmp_path / "c", model=model, progress=False)
     assert model.calls == 3  # only the corpus: the queries did not change
+
+
+def test_embed_titles_skips_untitled_documents_and_is_cached(tiny, tmp_path):
+    ds = load_dataset(tiny)
+    ds.titles[3] = "  "
+    model = CountingModel()
+    rows, emb = embed_titles(ds, "fake/model", cache_dir=tmp_path, model=model, progress=False)
+    assert rows.tolist() == [i for i in range(40) if i != 3]
+    texts = [ds.titles[i] for i in rows]
+    np.testing.assert_array_equal(emb, model.encode(texts, 64, False, True, True))
+    calls = model.calls
+    rows2, emb2 = embed_titles(ds, "fake/model", cache_dir=tmp_path, model=model, progress=False)
+    assert model.calls == calls and rows2.tolist() == rows.tolist()
+    np.testing.assert_array_equal(emb, emb2)
 
 
 def test_corrupt_cache_file_is_discarded(tiny, tmp_path):

@@ -153,6 +153,27 @@ def test_pairs_feed_info_nce() -> None:
     q = _embeddings(n=20, seed=1)
     adapter = fit(x, dataclasses.replace(TINY, checkpoint_every=0), pairs=(q, x[:20]))
     assert adapter.metadata["data"]["n_pairs"] == 20
+    with pytest.raises(ValueError, match=r"^pairs are used only by the InfoNCE term, which is off: set w_nce > 0$"):
+        fit(x, dataclasses.replace(TINY, w_nce=0.0), pairs=(q, x[:20]))
+
+
+def test_pair_info_nce_scores_prefixes_and_codes_against_the_paired_document() -> None:
+    """With pairs, InfoNCE is computed on the continuous prefix and on every training plan's codes,
+    with the i-th document as the i-th query's positive: pairs that match (query = its document)
+    score lower than the same vectors mismatched, and gradients reach the adapter through the codes."""
+    x = torch.from_numpy(_embeddings(n=32))
+    adapter = QamaAdapter(T.AdapterConfig(dim=32, nested_dims=(16, 32)))
+    adapter.init_linear(x.numpy())
+    adapter.calibrate(x.numpy())
+    cfg = TrainConfig(batch_size=32, w_kl=0.0, w_nce=1.0, w_variance=0.0, train_plans=("2bit",))
+    gen = torch.Generator().manual_seed(0)
+    matched = T.compute_losses(adapter, x, cfg, 0, gen, 1.0, pairs=(x[:16], x[:16]))
+    assert sorted(matched) == ["nce@16/2bit", "nce@16/fp", "nce@32/2bit", "nce@32/fp"]
+    shuffled = T.compute_losses(adapter, x, cfg, 0, gen, 1.0, pairs=(x[:16], x[:16].roll(1, 0)))
+    for name in matched:
+        assert matched[name].item() < shuffled[name].item(), name
+    matched["nce@32/2bit"].backward()
+    assert adapter.fc2.weight.grad is not None and adapter.fc2.weight.grad.abs().sum() > 0
 
 
 def test_bad_inputs_raise_clear_errors() -> None:
