@@ -1,4 +1,5 @@
-"""Fit QAMA adapters on corpus embeddings (no labels) and print nDCG@10 retention against the targets.
+"""Fit QAMA adapters (corpus embeddings only; + title pseudo-queries; + SciFact's train qrels) and
+print nDCG@10 retention against the targets.
 
 Usage (from the repo root; the shared benchmark data lies beside the repo)::
 
@@ -7,8 +8,9 @@ Usage (from the repo root; the shared benchmark data lies beside the repo)::
     python benchmarks/train_targets.py --steps 300 --out benchmarks/RESULTS_training.md
 
 Retention is nDCG@10 of symmetric Hamming search (queries quantised too) over nDCG@10 of the frozen
-model's FP32 cosine at full size. Each dataset gets its own adapter, fitted on its corpus only;
-"transfer" applies the SciFact adapter to Cranfield (thresholds recalibrated on Cranfield's corpus,
+model's FP32 cosine at full size. Each dataset gets its own adapters, fitted on its corpus (the
+titles are embedded with the default model, offline copy when the hub is unreachable, cached);
+"transfer" applies the SciFact adapters to Cranfield (thresholds recalibrated on Cranfield's corpus,
 which needs no labels). Each figure is the mean over the seeds (``--seeds``): one run's retention
 moves by ±2 points from seed to seed on 300 (SciFact) or 225 (Cranfield) judged queries.
 """
@@ -151,8 +153,15 @@ def main() -> None:
         acfg = dataclasses.replace(acfg, steps=args.ablate_steps) if args.ablate_steps else acfg
         sections.append(ablation_section(acfg, data["scifact"], bases["scifact"], header))
     old = args.out.read_text() if args.out.exists() else "# QAMA training: targets and ablations\n"
-    keep = [part for part in old.split("\n## ") if not any(part.startswith(s.split("\n")[0][3:]) for s in sections)]
-    text = "\n## ".join(keep).rstrip("\n") + "\n\n" + "\n\n".join(sections) + "\n"
+    parts = old.rstrip("\n").split("\n## ")  # each section replaced where it stands, new ones appended
+    for section in sections:
+        title = section.split("\n")[0][3:]
+        at = [i for i, part in enumerate(parts) if part.split("\n")[0] == title]
+        if at:
+            parts[at[0]] = section[3:] + "\n"
+        else:
+            parts.append(section[3:] + "\n")
+    text = "\n## ".join(p.rstrip("\n") + "\n" for p in parts)
     print("\n\n".join(sections))
     args.out.write_text(text)
 

@@ -45,14 +45,27 @@ def embed(texts: Sequence[str], model: str = DEFAULT_MODEL, batch_size: int = 64
     return st_encode(load_model(model), list(texts), batch_size=batch_size, progress=progress)
 
 
-def fit(corpus_emb: np.ndarray, out: str | os.PathLike | None = None, **settings: Any) -> QamaAdapter:
+def fit(
+    corpus_emb: np.ndarray,
+    out: str | os.PathLike | None = None,
+    pairs: tuple[np.ndarray, np.ndarray] | None = None,
+    **settings: Any,
+) -> QamaAdapter:
     """Fit a QAMA adapter on ``(n, d)`` corpus embeddings (no labels). ``settings`` are fields of
     :class:`qama.train.TrainConfig` (``steps``, ``nested_dims``, loss weights, ...); with ``out`` the
-    adapter is saved there (and an interrupted fit resumes from its checkpoint)."""
-    from qama.train import TrainConfig
+    adapter is saved there (and an interrupted fit resumes from its checkpoint).
+
+    ``pairs``: ``(queries, documents)`` embeddings whose rows belong together, for the InfoNCE term:
+    the corpus's titles and their documents (``(qama.embed(titles), docs)``: pseudo-queries, no
+    labels) or labelled query-document pairs. With pairs, ``w_nce`` defaults to
+    :data:`qama.train.NCE_WEIGHT_TITLES`.
+    """
+    from qama.train import NCE_WEIGHT_TITLES, TrainConfig
     from qama.train import fit as train_fit
 
-    return train_fit(corpus_emb, TrainConfig(**settings), out_dir=out)
+    if pairs is not None:
+        settings.setdefault("w_nce", NCE_WEIGHT_TITLES)
+    return train_fit(corpus_emb, TrainConfig(**settings), pairs=pairs, out_dir=out)
 
 
 def encode(adapter: QamaAdapter | str | os.PathLike, emb: np.ndarray, plan: str = "hybrid", dim: int | None = None):

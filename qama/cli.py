@@ -73,6 +73,7 @@ def _training_setup(args: argparse.Namespace, dataset, corpus, queries):
     import numpy as np
 
     from qama.data import load_dataset
+    from qama.embeddings import title_pairs
     from qama.train import NCE_WEIGHT_LABELLED, NCE_WEIGHT_TITLES, TrainConfig
 
     overrides = {
@@ -88,18 +89,20 @@ def _training_setup(args: argparse.Namespace, dataset, corpus, queries):
         if v is not None
     }
     q_parts, d_parts, sources = [], [], []
-    if args.pseudo_queries == "titles":
-        from qama.embeddings import embed_titles
-
-        if args.embeddings:
-            _check_same_model(args.embeddings, args.model)
-        rows, titles = embed_titles(dataset, args.model, args.cache_dir, args.batch_size, progress=not args.quiet)
-        if len(rows):
-            q_parts.append(titles)
-            d_parts.append(corpus[rows])
-            sources.append(f"{len(rows)} title pseudo-queries")
-        else:
-            logger.info("no document of %s has a title: training without pseudo-queries", dataset.name)
+    titles = title_pairs(
+        dataset,
+        corpus,
+        args.pseudo_queries,
+        args.model,
+        args.embeddings,
+        args.cache_dir,
+        args.batch_size,
+        not args.quiet,
+    )
+    if titles is not None:
+        q_parts.append(titles[0])
+        d_parts.append(titles[1])
+        sources.append(f"{len(titles[0])} title pseudo-queries")
     if args.pairs:
         q_rows, d_rows = load_dataset(dataset.path, split=args.pairs).relevant_pairs()
         q_parts.append(queries[q_rows])
@@ -118,25 +121,6 @@ def _training_setup(args: argparse.Namespace, dataset, corpus, queries):
         **overrides,
     )
     return cfg, pairs
-
-
-def _check_same_model(embeddings_dir: Path, model: str) -> None:
-    """Title pseudo-queries are embedded with ``--model``: refuse precomputed embeddings whose
-    ``meta.json`` names another model (the two would not share a space)."""
-    import json
-
-    meta = embeddings_dir / "meta.json"
-    if not meta.is_file():
-        logger.warning(
-            "%s has no meta.json: assuming its embeddings come from %s, like the titles", embeddings_dir, model
-        )
-        return
-    made_by = str(json.loads(meta.read_text(encoding="utf-8")).get("model", ""))
-    if made_by and made_by.rstrip("/").split("/")[-1].lower() != model.rstrip("/").split("/")[-1].lower():
-        raise ValueError(
-            f"{meta}: embeddings of {made_by}, but the title pseudo-queries would be embedded with {model}; "
-            "pass --model " + made_by + " or --pseudo-queries none"
-        )
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -481,10 +465,10 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--pseudo-queries",
-        choices=["titles", "none"],
-        default="none",
-        help="titles: the documents' titles, embedded with --model, as InfoNCE queries of their documents "
-        "(no labels needed; default: none)",
+        choices=["auto", "titles", "none"],
+        default="auto",
+        help="the documents' titles, embedded with --model, as InfoNCE queries of their documents (no labels); "
+        "auto (default): when the corpus has titles and the embeddings' model is known to be --model",
     )
     p.add_argument(
         "--pairs",

@@ -7,6 +7,7 @@ field of :class:`qama.train.TrainConfig`, loss weights included) and what else t
     nested_dims = [384, 192, 96]
     plans = ["2bit", "1.5bit", "1bit", "hybrid"]
     rescore = [4]
+    pseudo_queries = "auto"                # documents' titles as InfoNCE queries: auto, titles or none
 
     [[datasets]]
     path = "scifact"                       # a BEIR name or folder
@@ -34,7 +35,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-from qama.embeddings import DEFAULT_MODEL
+from qama.embeddings import DEFAULT_MODEL, PSEUDO_QUERY_MODES
 from qama.train import TrainConfig
 
 __all__ = ["DatasetSpec", "ExperimentConfig", "load_config", "preset_path", "PRESETS"]
@@ -60,6 +61,7 @@ class ExperimentConfig:
     plans: list[str] = field(default_factory=lambda: ["2bit", "1.5bit", "1bit", "hybrid"])
     rescore: list[int] = field(default_factory=lambda: [4])  # oversampling factors of the rescoring rows
     train: dict[str, Any] = field(default_factory=dict)  # TrainConfig fields that differ from the defaults
+    pseudo_queries: str = "auto"  # titles as InfoNCE queries of their documents: auto, titles or none
     ablation: bool = True  # retrain with each component off (on the first dataset)
     ablation_steps: int | None = 150  # training steps of each ablation run (None: those of [train])
     speed_vectors: int = 200_000  # synthetic corpus size of the speed table (0: skip it)
@@ -74,6 +76,10 @@ class ExperimentConfig:
         if unknown:
             raise ValueError(f"unknown training settings in [train]: {', '.join(unknown)}")
         self.train_config()  # validates the values
+        if self.pseudo_queries not in PSEUDO_QUERY_MODES:
+            raise ValueError(
+                f"pseudo_queries must be one of {', '.join(PSEUDO_QUERY_MODES)}, got {self.pseudo_queries!r}"
+            )
 
     def train_config(self, **extra: Any) -> TrainConfig:
         settings = {"nested_dims": tuple(sorted(self.nested_dims)), "model_name": self.model, **self.train, **extra}

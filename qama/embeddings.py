@@ -31,6 +31,8 @@ __all__ = [
     "encode",
     "embed_dataset",
     "embed_titles",
+    "title_pairs",
+    "PSEUDO_QUERY_MODES",
     "load_embeddings",
     "check_embeddings",
 ]
@@ -143,6 +145,60 @@ def embed_titles(
     texts = [dataset.titles[i].strip() for i in rows]
     root = _cache_root(model_name, cache_dir)
     return rows, _embed_cached(model, model_name, root, f"{dataset.name}-titles", texts, batch_size, progress)
+
+
+PSEUDO_QUERY_MODES = ("auto", "titles", "none")
+
+
+def title_pairs(
+    dataset: Dataset,
+    corpus: np.ndarray,
+    mode: str = "auto",
+    model_name: str = DEFAULT_MODEL,
+    embeddings_dir: str | os.PathLike | None = None,
+    cache_dir: Path | None = None,
+    batch_size: int = 64,
+    progress: bool = True,
+) -> tuple[np.ndarray, np.ndarray] | None:
+    """Title pseudo-queries for training: ``(title_emb, corpus[rows])`` over the documents that have
+    a title (:func:`embed_titles`), or None.
+
+    ``mode``: ``"titles"`` requires them (an error when no document has a title, or when the
+    ``meta.json`` of ``embeddings_dir`` names a model other than ``model_name``); ``"auto"`` uses
+    them when it can and otherwise logs why not and returns None (also when ``embeddings_dir`` has
+    no ``meta.json``: the titles must come from the model of the corpus embeddings); ``"none"``: None.
+    """
+    if mode not in PSEUDO_QUERY_MODES:
+        raise ValueError(f"pseudo-queries must be one of {', '.join(PSEUDO_QUERY_MODES)}, got {mode!r}")
+    if mode == "none":
+        return None
+    problem = None if any(t.strip() for t in dataset.titles) else f"no document of {dataset.name} has a title"
+    meta = Path(embeddings_dir) / "meta.json" if embeddings_dir is not None else None
+    if problem is None and meta is not None:
+        if not meta.is_file():
+            if mode == "auto":
+                problem = f"{meta} is missing, so the model of the embeddings is unknown"
+            else:
+                logger.warning("%s is missing: assuming the embeddings come from %s, like the titles", meta, model_name)
+        else:
+            try:
+                made_by = str(json.loads(meta.read_text(encoding="utf-8")).get("model", ""))
+            except (ValueError, AttributeError) as e:  # not JSON, not UTF-8, not an object
+                raise EmbeddingError(f"{meta}: not a JSON object ({e})") from None
+            if made_by and _short_name(made_by) != _short_name(model_name):
+                problem = f"{meta}: embeddings of {made_by}, but the titles would be embedded with {model_name}"
+    if problem is not None:
+        if mode == "titles":
+            raise EmbeddingError(f"title pseudo-queries: {problem}")
+        logger.info("training without title pseudo-queries: %s", problem)
+        return None
+    rows, titles = embed_titles(dataset, model_name, cache_dir, batch_size, progress)
+    return titles, corpus[rows]
+
+
+def _short_name(model_name: str) -> str:
+    """``sentence-transformers/all-MiniLM-L6-v2`` and ``all-minilm-l6-v2`` name the same model."""
+    return model_name.rstrip("/").split("/")[-1].lower()
 
 
 def _cache_root(model_name: str, cache_dir: Path | None) -> Path:

@@ -78,17 +78,35 @@ class _Inputs:
     corpus: np.ndarray
     judged: np.ndarray
     evaluator: Any
+    pairs: tuple[np.ndarray, np.ndarray] | None = None  # title pseudo-queries and their documents
 
 
 def _load(config: ExperimentConfig, spec) -> _Inputs:
     from qama.data import load_dataset
-    from qama.embeddings import dataset_embeddings
+    from qama.embeddings import dataset_embeddings, title_pairs
     from qama.evaluate import Evaluator
 
     dataset = load_dataset(spec.path, split=spec.split)
     corpus, queries = dataset_embeddings(dataset, config.model, spec.embeddings)
     evaluator = Evaluator(dataset)
-    return _Inputs(dataset.name, corpus, queries[evaluator.rows], evaluator)
+    pairs = title_pairs(dataset, corpus, config.pseudo_queries, config.model, spec.embeddings, progress=False)
+    return _Inputs(dataset.name, corpus, queries[evaluator.rows], evaluator, pairs)
+
+
+def _train_config(config: ExperimentConfig, data: _Inputs, **extra: Any):
+    """The config's training settings; with title pseudo-queries, InfoNCE on (unless [train] sets it)."""
+    from qama.train import NCE_WEIGHT_TITLES
+
+    if data.pairs is not None:
+        extra = {"w_nce": config.train.get("w_nce", NCE_WEIGHT_TITLES), **extra}
+        source = f"{data.name} corpus embeddings, {len(data.pairs[0])} title pseudo-queries (no labels)"
+    else:
+        source = f"{data.name} corpus embeddings (no labels)"
+    return config.train_config(data_description=source, **extra)
+
+
+def _pairs_key(data: _Inputs) -> list:
+    return [] if data.pairs is None else [data.pairs[0].shape, float(data.pairs[0][:64].sum())]
 
 
 def _dataset_stage(config: ExperimentConfig, spec, data: _Inputs, out: Path, bar: tqdm) -> list[Row]:
@@ -105,12 +123,12 @@ def _dataset_stage(config: ExperimentConfig, spec, data: _Inputs, out: Path, bar
     rows = _cached(path, key) or _save(path, key, [r.to_dict() for r in baseline_rows(corpus, judged, evaluator, dims)])
     bar.update(1)
 
-    train_cfg = config.train_config(data_description=f"{name} corpus embeddings (no labels)")
+    train_cfg = _train_config(config, data)
     adapter_dir = out / "adapters" / name
-    fit_key = _key([_settings(train_cfg), corpus.shape, float(corpus[:64].sum())])
+    fit_key = _key([_settings(train_cfg), corpus.shape, float(corpus[:64].sum()), *_pairs_key(data)])
     bar.set_description(f"{name}: fitting the adapter")
     if _cached(adapter_dir / "fit-key.json", fit_key) is None:
-        fit(corpus, train_cfg, out_dir=adapter_dir)
+        fit(corpus, train_cfg, pairs=data.pairs, out_dir=adapter_dir)
         _save(adapter_dir / "fit-key.json", fit_key, True)
     adapter = QamaAdapter.load(adapter_dir)
     bar.update(1)
@@ -138,7 +156,7 @@ def _ablation_stage(config: ExperimentConfig, data: _Inputs, out: Path, bar: tqd
     from qama.train import ABLATIONS, ALL_TERMS, ablate
 
     corpus, judged, evaluator = data.corpus, data.judged, data.evaluator
-    cfg = config.train_config(**({"steps": config.ablation_steps} if config.ablation_steps else {}))
+    cfg = _train_config(config, data, **({"steps": config.ablation_steps} if config.ablation_steps else {}))
 
     def score(adapter) -> dict[str, float]:
         rows = adapter_rows(adapter, corpus, judged, evaluator, ("2bit", "hybrid"), oversamples=())
@@ -147,9 +165,11 @@ def _ablation_stage(config: ExperimentConfig, data: _Inputs, out: Path, bar: tqd
     results = {}
     for name in ABLATIONS:
         bar.set_description(f"{data.name}: ablation {name}")
-        key = _key([_settings(cfg), ALL_TERMS, name, corpus.shape])
+        key = _key([_settings(cfg), ALL_TERMS, name, corpus.shape, *_pairs_key(data)])
         path = out / "stages" / f"ablation-{data.name}-{name}.json"
-        results[name] = _cached(path, key) or _save(path, key, ablate(corpus, score, cfg, names=[name])[name])
+        results[name] = _cached(path, key) or _save(
+            path, key, ablate(corpus, score, cfg, names=[name], pairs=data.pairs)[name]
+        )
         bar.update(1)
     return results
 

@@ -32,6 +32,13 @@ of random seeds plus their nearest neighbours; the regularisers (orthogonality, 
 quantisation) off: switched on they measured no better, and are kept for the ablations
 (:data:`ALL_TERMS`). A larger learning rate, the all-pairs MSE, soft sigmoid bits, full-weight
 quantised terms, 600 steps or input noise each measured no better.
+
+``pairs`` turn InfoNCE on where it counts most: each query (or pseudo-query) against its document,
+on the continuous prefixes and on every training plan's codes, the other documents of the pair
+batch as negatives. Titles as pseudo-queries of their documents (no labels;
+:func:`qama.embeddings.title_pairs`, the default of ``qama train`` where the corpus has titles) at
+weight :data:`NCE_WEIGHT_TITLES`; labelled pairs (e.g. SciFact's train qrels) at
+:data:`NCE_WEIGHT_LABELLED`. Both measured in benchmarks/RESULTS_training.md.
 """
 
 from __future__ import annotations
@@ -77,7 +84,7 @@ CHECKPOINT_DIR = "checkpoint"
 #: InfoNCE weight with title pseudo-queries as ``pairs`` (benchmarks/RESULTS_training.md)
 NCE_WEIGHT_TITLES = 1.0
 #: InfoNCE weight with labelled query-document pairs, e.g. SciFact's train qrels (same file)
-NCE_WEIGHT_LABELLED = 2.0
+NCE_WEIGHT_LABELLED = 4.0
 
 
 class TrainingError(RuntimeError):
@@ -114,7 +121,7 @@ class TrainConfig(JsonFields):
     w_mse: float = 0.0  # similarity-matrix MSE (row-standardised; weighs all pairs alike, off by default)
     w_kl: float = 1.0  # symmetric KL of softmax(S/τ)
     w_rank: float = 0.0  # triplet rank preservation
-    w_nce: float = 0.0  # InfoNCE (pairs when given, else the teacher's in-batch nearest neighbour)
+    w_nce: float = 0.0  # InfoNCE: pairs when given (see NCE_WEIGHT_*), else the teacher's in-batch nearest neighbour
     quantized_weight: float = 0.5  # weight of the quantised-code terms next to the continuous ones (1.0: FP32 worse)
     matryoshka: bool = True  # apply the similarity losses at every nested size (False: full size only)
     kl_temperature: float = 0.2  # τ of the KL term (on row-standardised similarities: focuses on top neighbours)

@@ -30,3 +30,13 @@ def test_fit_save_reopen_search(tmp_path):
     np.testing.assert_array_equal(qama.encode(tmp_path / "ad", docs[:4], "2bit"), adapter.encode(docs[:4], "2bit"))
     with pytest.raises(ValueError, match="k must be positive"):
         qama.search(index, docs[:1], k=0)
+
+
+def test_fit_with_pairs_turns_the_info_nce_term_on():
+    rng = np.random.default_rng(2)
+    docs = rng.standard_normal((300, 32)).astype(np.float32)
+    docs /= np.linalg.norm(docs, axis=1, keepdims=True)
+    titles = docs[:100] + 0.1 * rng.standard_normal((100, 32)).astype(np.float32)
+    adapter = qama.fit(docs, pairs=(titles, docs[:100]), steps=2, batch_size=64, progress=False)
+    assert adapter.metadata["training"]["w_nce"] == qama.train.NCE_WEIGHT_TITLES
+    assert adapter.metadata["data"]["n_pairs"] == 100

@@ -98,17 +98,21 @@ def test_train_with_pairs_feeds_the_qrels_to_info_nce(small, tmp_path):
     assert json.loads((tmp_path / "w" / "config.json").read_text())["training"]["w_nce"] == 0.3
 
 
-def test_train_with_title_pseudo_queries(small, tmp_path, monkeypatch):
+def test_train_with_title_pseudo_queries(small, tmp_path, monkeypatch, capsys):
     """--pseudo-queries titles pairs each titled document with its title's embedding (embedded with
-    --model); precomputed embeddings whose meta.json names another model are refused."""
+    --model); precomputed embeddings whose meta.json names another model are refused (skipped by auto)."""
     import qama.embeddings
 
     root, emb = small
+    docs = [json.loads(line) for line in (root / "corpus.jsonl").read_text().splitlines()]
+    for i, doc in enumerate(docs):
+        doc["title"] = f"title {i}" if i % 2 == 0 else ""
+    (root / "corpus.jsonl").write_text("".join(json.dumps(doc) + "\n" for doc in docs))
     seen = {}
 
     def fake_embed_titles(dataset, model_name, cache_dir, batch_size, progress):
         seen["model"] = model_name
-        rows = np.arange(0, 300, 2)  # every other document has a title
+        rows = np.array([i for i, t in enumerate(dataset.titles) if t])
         return rows, np.load(emb / "corpus.npy")[rows]
 
     monkeypatch.setattr(qama.embeddings, "embed_titles", fake_embed_titles)
@@ -118,9 +122,19 @@ def test_train_with_title_pseudo_queries(small, tmp_path, monkeypatch):
     assert seen["model"] == "my/model"
     assert config["data"]["n_pairs"] == 150 and config["training"]["w_nce"] == NCE_WEIGHT_TITLES
     assert config["training"]["data_description"] == "ds corpus embeddings, 150 title pseudo-queries (no labels)"
+    # auto (the default) uses titles only where the embeddings' model is known to be --model
+    assert _train(root, emb, tmp_path / "auto", *extra[:4]) == 0
+    assert json.loads((tmp_path / "auto" / "config.json").read_text())["data"]["n_pairs"] == 0  # no meta.json
+    (emb / "meta.json").write_text(json.dumps({"model": "hub-org/model"}))
+    assert _train(root, emb, tmp_path / "auto2", *extra[:4], "--model", "my/model") == 0
+    assert json.loads((tmp_path / "auto2" / "config.json").read_text())["data"]["n_pairs"] == 150
     (emb / "meta.json").write_text(json.dumps({"model": "sentence-transformers/other-model"}))
-    assert _train(root, emb, tmp_path / "other", *extra) == 2
-    assert not (tmp_path / "other").exists()
+    assert _train(root, emb, tmp_path / "other", *extra[:4], "--model", "my/model") == 0  # auto: without titles
+    assert json.loads((tmp_path / "other" / "config.json").read_text())["data"]["n_pairs"] == 0
+    assert _train(root, emb, tmp_path / "refused", *extra) == 2  # explicit titles: refused
+    err = capsys.readouterr().err
+    assert "embeddings of sentence-transformers/other-model, but the titles would be embedded with my/model" in err
+    assert not (tmp_path / "refused").exists()
 
 
 def test_train_with_pairs_of_a_missing_split(small, tmp_path, capsys):

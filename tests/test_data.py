@@ -187,8 +187,9 @@ def test_empty_document_is_kept_with_a_warning(tmp_path, caplog):
     root = make(tmp_path)
     ds = load_dataset(root)  # document "3" has a title: not empty
     assert not caplog.records
-    (root / "corpus.jsonl").write_text('{"_id": "d1", "text": "one"}\n{"_id": "d2", "title": "", "text": ""}\n'
-                                       '{"_id": "3", "text": "x"}\n')
+    (root / "corpus.jsonl").write_text(
+        '{"_id": "d1", "text": "one"}\n{"_id": "d2", "title": "", "text": ""}\n{"_id": "3", "text": "x"}\n'
+    )
     ds = load_dataset(root)
     assert ds.doc_ids == ["d1", "d2", "3"]
     assert "corpus.jsonl:2: empty title and text (1 such documents, kept)" in caplog.text

@@ -114,6 +114,36 @@ def test_embed_titles_skips_untitled_documents_and_is_cached(tiny, tmp_path):
     np.testing.assert_array_equal(emb, emb2)
 
 
+def test_title_pairs_modes(tiny, tmp_path, monkeypatch):
+    import qama.embeddings as E
+
+    ds = load_dataset(tiny)
+    corpus = np.eye(40, 3, dtype=np.float32) + 0.1
+    monkeypatch.setattr(E, "embed_titles", lambda d, m, c, b, p: (np.arange(0, 40, 4), corpus[:10] * 2))
+    titles, docs = E.title_pairs(ds, corpus, "auto")  # embedded with the model: no meta.json to check
+    np.testing.assert_array_equal(docs, corpus[::4])
+    assert E.title_pairs(ds, corpus, "none") is None
+    emb_dir = tmp_path / "emb"
+    emb_dir.mkdir()
+    assert E.title_pairs(ds, corpus, "auto", embeddings_dir=emb_dir) is None  # model of the embeddings unknown
+    assert E.title_pairs(ds, corpus, "titles", embeddings_dir=emb_dir) is not None  # the user vouches for it
+    (emb_dir / "meta.json").write_text('{"model": "x/other"}')
+    assert E.title_pairs(ds, corpus, "auto", embeddings_dir=emb_dir) is None
+    with pytest.raises(
+        EmbeddingError, match=r"title pseudo-queries: .*meta.json: embeddings of x/other, but the titles"
+    ):
+        E.title_pairs(ds, corpus, "titles", embeddings_dir=emb_dir)
+    (emb_dir / "meta.json").write_text("[1]")
+    with pytest.raises(EmbeddingError, match=r"meta.json: not a JSON object"):
+        E.title_pairs(ds, corpus, "auto", embeddings_dir=emb_dir)
+    ds.titles = [""] * 40
+    assert E.title_pairs(ds, corpus, "auto") is None
+    with pytest.raises(EmbeddingError, match=r"^title pseudo-queries: no document of tiny has a title$"):
+        E.title_pairs(ds, corpus, "titles")
+    with pytest.raises(ValueError, match=r"^pseudo-queries must be one of auto, titles, none, got 'all'$"):
+        E.title_pairs(ds, corpus, "all")
+
+
 def test_corrupt_cache_file_is_discarded(tiny, tmp_path):
     ds = load_dataset(tiny)
     model = CountingModel()

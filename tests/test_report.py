@@ -65,6 +65,8 @@ def test_config_validation(tmp_path):
         ExperimentConfig(datasets=[])
     with pytest.raises(ValueError, match=r"unknown training settings in \[train\]: stepz"):
         ExperimentConfig(datasets=[{"path": "x"}], train={"stepz": 3})
+    with pytest.raises(ValueError, match=r"^pseudo_queries must be one of auto, titles, none, got 'all'$"):
+        ExperimentConfig(datasets=[{"path": "x"}], pseudo_queries="all")
     bad = tmp_path / "bad.toml"
     bad.write_text('model = "m"\ncolour = 1\n[[datasets]]\npath = "x"\n')
     with pytest.raises(ValueError, match=r"bad.toml: unknown config keys: colour"):
@@ -80,3 +82,20 @@ def test_presets_load():
     assert load_config(preset_path("bert768")).nested_dims == [768, 384, 192, 96]
     with pytest.raises(ValueError, match="unknown preset 'nope'"):
         preset_path("nope")
+
+
+def test_report_trains_with_title_pseudo_queries_when_it_has_them():
+    import numpy as np
+
+    from qama.report import _Inputs, _train_config
+    from qama.train import NCE_WEIGHT_TITLES
+
+    config = ExperimentConfig(datasets=[{"path": "x"}], train={"steps": 3})
+    pairs = (np.ones((5, 4), np.float32), np.ones((5, 4), np.float32))
+    with_titles = _train_config(config, _Inputs("ds", None, None, None, pairs))
+    assert with_titles.w_nce == NCE_WEIGHT_TITLES and with_titles.steps == 3
+    assert with_titles.data_description == "ds corpus embeddings, 5 title pseudo-queries (no labels)"
+    without = _train_config(config, _Inputs("ds", None, None, None, None))
+    assert without.w_nce == 0.0 and without.data_description == "ds corpus embeddings (no labels)"
+    config.train["w_nce"] = 0.3
+    assert _train_config(config, _Inputs("ds", None, None, None, pairs), steps=2).w_nce == 0.3
