@@ -193,7 +193,7 @@ def cmd_report(args: argparse.Namespace) -> int:
         config.ablation = False
     if args.speed_vectors is not None:
         config.speed_vectors = args.speed_vectors
-    results = run_report(config, args.out, command="qama " + " ".join(sys.argv[1:]))
+    results = run_report(config, args.out, command="qama " + " ".join(sys.argv[1:]), progress=not args.quiet)
     print(f"report written to {args.out / 'report.md'} ({results['seconds']:.0f} s)")
     return 0
 

@@ -123,7 +123,7 @@ def _dataset_stage(config: ExperimentConfig, spec, data: _Inputs, out: Path, bar
     rows = _cached(path, key) or _save(path, key, [r.to_dict() for r in baseline_rows(corpus, judged, evaluator, dims)])
     bar.update(1)
 
-    train_cfg = _train_config(config, data)
+    train_cfg = _train_config(config, data, progress=not bar.disable)
     adapter_dir = out / "adapters" / name
     fit_key = _key([_settings(train_cfg), corpus.shape, float(corpus[:64].sum()), *_pairs_key(data)])
     bar.set_description(f"{name}: fitting the adapter")
@@ -156,7 +156,8 @@ def _ablation_stage(config: ExperimentConfig, data: _Inputs, out: Path, bar: tqd
     from qama.train import ABLATIONS, ALL_TERMS, ablate
 
     corpus, judged, evaluator = data.corpus, data.judged, data.evaluator
-    cfg = _train_config(config, data, **({"steps": config.ablation_steps} if config.ablation_steps else {}))
+    steps = {"steps": config.ablation_steps} if config.ablation_steps else {}
+    cfg = _train_config(config, data, progress=not bar.disable, **steps)
 
     def score(adapter) -> dict[str, float]:
         rows = adapter_rows(adapter, corpus, judged, evaluator, ("2bit", "hybrid"), oversamples=())
@@ -462,8 +463,12 @@ def _versions() -> dict[str, str]:
     return out
 
 
-def run_report(config: ExperimentConfig, out: str | os.PathLike, command: str = "") -> dict[str, Any]:
-    """Run (or resume) the study of ``config`` into the folder ``out``; returns ``results.json``'s content."""
+def run_report(
+    config: ExperimentConfig, out: str | os.PathLike, command: str = "", progress: bool = True
+) -> dict[str, Any]:
+    """Run (or resume) the study of ``config`` into the folder ``out``; returns ``results.json``'s content.
+
+    ``progress``: a bar over the stages, and one over each fit's steps."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "config.json", config.to_dict())
@@ -471,7 +476,7 @@ def run_report(config: ExperimentConfig, out: str | os.PathLike, command: str = 
     from qama.train import ABLATIONS
 
     total = 3 * len(config.datasets) + (len(ABLATIONS) if config.ablation else 0) + bool(config.speed_vectors) + 1
-    bar = tqdm(total=total, desc="qama report", unit="stage")
+    bar = tqdm(total=total, desc="qama report", unit="stage", disable=not progress)
     rows_by_dataset: dict[str, list[Row]] = {}
     first = None
     for spec in config.datasets:

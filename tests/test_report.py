@@ -54,7 +54,7 @@ def test_report_writes_everything_and_resumes(small, tmp_path):  # noqa: F811
 
     stages = {p: p.stat().st_mtime_ns for p in (out / "stages").glob("*.json")}
     adapter = (out / "adapters" / "ds" / "model.safetensors").stat().st_mtime_ns
-    again = run_report(_config(root, emb, root2), out, command="test")
+    again = run_report(_config(root, emb, root2), out, command="test", progress=False)  # bars off: same keys
     assert {p: p.stat().st_mtime_ns for p in (out / "stages").glob("*.json")} == stages  # nothing recomputed
     assert (out / "adapters" / "ds" / "model.safetensors").stat().st_mtime_ns == adapter
     assert again["main"] == results["main"]
