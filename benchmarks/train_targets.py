@@ -149,9 +149,10 @@ def main() -> None:
     if not args.skip_targets:
         sections.append(targets_section(cfg, data, bases, header, args.seeds))
     if args.ablate:
-        acfg = dataclasses.replace(cfg, **ALL_TERMS)
+        acfg = dataclasses.replace(cfg, **ALL_TERMS, w_nce=NCE_WEIGHT_TITLES)  # the defaults: titles on
         acfg = dataclasses.replace(acfg, steps=args.ablate_steps) if args.ablate_steps else acfg
-        sections.append(ablation_section(acfg, data["scifact"], bases["scifact"], header))
+        pairs = title_pairs("scifact", data["scifact"][1])
+        sections.append(ablation_section(acfg, data["scifact"], bases["scifact"], header, pairs))
     old = args.out.read_text() if args.out.exists() else "# QAMA training: targets and ablations\n"
     parts = old.rstrip("\n").split("\n## ")  # each section replaced where it stands, new ones appended
     for section in sections:
@@ -241,7 +242,7 @@ def targets_section(cfg: TrainConfig, data: dict, bases: dict[str, float], heade
     return "\n".join(lines)
 
 
-def ablation_section(cfg: TrainConfig, scifact: tuple, base: float, header: list[str]) -> str:
+def ablation_section(cfg: TrainConfig, scifact: tuple, base: float, header: list[str], pairs=None) -> str:
     ev, c, q = scifact
     rows = [r for r in TARGETS if r[1] in ("2bit", "hybrid")]
 
@@ -249,12 +250,13 @@ def ablation_section(cfg: TrainConfig, scifact: tuple, base: float, header: list
         return {label: ndcg(ev, score(adapter, plan, dim, c, q)) / base for label, plan, dim, _ in rows}
 
     t0 = time.perf_counter()
-    res = ablate(c, evaluate, cfg)
+    res = ablate(c, evaluate, cfg, pairs=pairs)
     lines = [
         "## Ablations",
         "",
         *header,
-        f"SciFact; reference 'full' = defaults with every regulariser on ({ALL_TERMS}); retrained with one "
+        f"SciFact; reference 'full' = defaults (title pseudo-queries, InfoNCE weight {cfg.w_nce}) with every "
+        f"regulariser on ({ALL_TERMS}); retrained with one "
         f"component switched off at a time, {cfg.steps} steps each "
         f"({time.perf_counter() - t0:.0f} s for all runs). Retention of nDCG@10, symmetric Hamming codes.",
         "",
