@@ -475,7 +475,11 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
         metavar="SPLIT",
         help="also train InfoNCE on this qrels split's query-document pairs (labels, e.g. train; default: none)",
     )
-    p.add_argument("--nce-weight", type=float, help="InfoNCE weight with pseudo-queries or pairs (default: measured)")
+    p.add_argument(
+        "--nce-weight",
+        type=float,
+        help="InfoNCE weight (default: qama.train.NCE_WEIGHT_TITLES, or NCE_WEIGHT_LABELLED with --pairs)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
