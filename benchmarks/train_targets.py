@@ -37,7 +37,7 @@ sys.path.insert(0, str(ROOT))
 from qama.adapter import AdapterConfig, QamaAdapter  # noqa: E402
 from qama.codes import hamming_distances  # noqa: E402
 from qama.data import load_dataset  # noqa: E402
-from qama.embeddings import DEFAULT_MODEL, embed_titles, load_embeddings  # noqa: E402
+from qama.embeddings import DEFAULT_MODEL, load_embeddings, title_pairs  # noqa: E402
 from qama.evaluate import Evaluator  # noqa: E402
 from qama.train import (  # noqa: E402
     ABLATIONS,
@@ -75,10 +75,10 @@ def load(name: str) -> tuple[Evaluator, np.ndarray, np.ndarray]:
     return Evaluator(ds), corpus, queries[ds.eval_query_rows]
 
 
-def title_pairs(name: str, corpus: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """``(title embeddings, their documents' embeddings)``: the pseudo-queries of ``--pseudo-queries titles``."""
-    rows, titles = embed_titles(load_dataset(SHARED / "datasets" / name, "test"), DEFAULT_MODEL, progress=False)
-    return titles, corpus[rows]
+def title_pseudo_queries(name: str, corpus: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(title embeddings, their documents' embeddings)``, as ``qama train --pseudo-queries titles`` makes them."""
+    ds = load_dataset(SHARED / "datasets" / name, "test")
+    return title_pairs(ds, corpus, "titles", DEFAULT_MODEL, EMB / name, progress=False)
 
 
 def train_qrels_pairs(name: str, corpus: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
@@ -151,7 +151,7 @@ def main() -> None:
     if args.ablate:
         acfg = dataclasses.replace(cfg, **ALL_TERMS, w_nce=NCE_WEIGHT_TITLES)  # the defaults: titles on
         acfg = dataclasses.replace(acfg, steps=args.ablate_steps) if args.ablate_steps else acfg
-        pairs = title_pairs("scifact", data["scifact"][1])
+        pairs = title_pseudo_queries("scifact", data["scifact"][1])
         sections.append(ablation_section(acfg, data["scifact"], bases["scifact"], header, pairs))
     old = args.out.read_text() if args.out.exists() else "# QAMA training: targets and ablations\n"
     parts = old.rstrip("\n").split("\n## ")  # each section replaced where it stands, new ones appended
@@ -186,7 +186,7 @@ def targets_section(cfg: TrainConfig, data: dict, bases: dict[str, float], heade
     # (column suffix, InfoNCE weight, pairs of a dataset or None): corpus only, + title pseudo-queries, + train qrels
     variants = [
         ("QAMA", 0.0, lambda name, c: None),
-        ("QAMA + titles", NCE_WEIGHT_TITLES, title_pairs),
+        ("QAMA + titles", NCE_WEIGHT_TITLES, title_pseudo_queries),
         ("QAMA + train qrels", NCE_WEIGHT_LABELLED, train_qrels_pairs),
     ]
     pairs = {(name, v): get(name, c) for name, (_, c, _) in data.items() for v, _, get in variants}

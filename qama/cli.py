@@ -453,6 +453,8 @@ def _add_input_args(p: argparse.ArgumentParser) -> None:
 
 
 def _add_train_args(p: argparse.ArgumentParser) -> None:
+    from qama.embeddings import PSEUDO_QUERY_MODES
+
     p.add_argument("--steps", type=int, help="optimiser steps (default: the training default)")
     p.add_argument("--expansion", type=int, help="FFN expansion factor k (hidden width k·d)")
     p.add_argument("--nested-dims", type=int, nargs="+", help="Matryoshka sizes (default: d, d/2, d/4)")
@@ -465,7 +467,7 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--pseudo-queries",
-        choices=["auto", "titles", "none"],
+        choices=PSEUDO_QUERY_MODES,
         default="auto",
         help="the documents' titles, embedded with --model, as InfoNCE queries of their documents (no labels); "
         "auto (default): when the corpus has titles and the embeddings' model is known to be --model",
