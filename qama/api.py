@@ -49,11 +49,13 @@ def fit(
     corpus_emb: np.ndarray,
     out: str | os.PathLike | None = None,
     pairs: tuple[np.ndarray, np.ndarray] | None = None,
+    overwrite: bool = False,
     **settings: Any,
 ) -> QamaAdapter:
     """Fit a QAMA adapter on ``(n, d)`` corpus embeddings (no labels). ``settings`` are fields of
     :class:`qama.train.TrainConfig` (``steps``, ``nested_dims``, loss weights, ...); with ``out`` the
-    adapter is saved there (and an interrupted fit resumes from its checkpoint).
+    adapter is saved there (and an interrupted fit resumes from its checkpoint); an adapter already
+    there is replaced only with ``overwrite=True``.
 
     ``pairs``: ``(queries, documents)`` embeddings whose rows belong together, for the InfoNCE term:
     the corpus's titles and their documents (``(qama.embed(titles), docs)``: pseudo-queries, no
@@ -65,7 +67,7 @@ def fit(
 
     if pairs is not None:
         settings.setdefault("w_nce", NCE_WEIGHT_TITLES)
-    return train_fit(corpus_emb, TrainConfig(**settings), pairs=pairs, out_dir=out)
+    return train_fit(corpus_emb, TrainConfig(**settings), pairs=pairs, out_dir=out, overwrite=overwrite)
 
 
 def encode(adapter: QamaAdapter | str | os.PathLike, emb: np.ndarray, plan: str = "hybrid", dim: int | None = None):

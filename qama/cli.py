@@ -124,11 +124,12 @@ def _training_setup(args: argparse.Namespace, dataset, corpus, queries):
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from qama.train import fit
+    from qama.train import check_out_dir, fit
 
+    check_out_dir(args.out, args.overwrite)  # before loading or training anything
     dataset, corpus, queries = _load_inputs(args)
     cfg, pairs = _training_setup(args, dataset, corpus, queries)
-    fit(corpus, cfg, pairs=pairs, out_dir=args.out)
+    fit(corpus, cfg, pairs=pairs, out_dir=args.out, overwrite=args.overwrite)
     logger.info("adapter saved to %s", args.out)
     return 0
 
@@ -177,7 +178,7 @@ class _DatasetAction(argparse.Action):
 
 def cmd_report(args: argparse.Namespace) -> int:
     from qama.config import ExperimentConfig, load_config, preset_path
-    from qama.report import run_report
+    from qama.report import check_report_folder, run_report
 
     if args.config or args.preset:
         config = load_config(args.config or preset_path(args.preset))
@@ -193,6 +194,7 @@ def cmd_report(args: argparse.Namespace) -> int:
         config.ablation = False
     if args.speed_vectors is not None:
         config.speed_vectors = args.speed_vectors
+    check_report_folder(args.out)
     results = run_report(config, args.out, command="qama " + " ".join(sys.argv[1:]), progress=not args.quiet)
     print(f"report written to {args.out / 'report.md'} ({results['seconds']:.0f} s)")
     return 0
@@ -239,6 +241,12 @@ def cmd_index(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     if (args.corpus is None) == (args.dataset is None):
         raise ValueError("give either --dataset or --corpus")
+    if not _use_milvus(args):  # before any work: the folder must be new, empty, or an index to --overwrite
+        from qama.index import check_new_index_folder
+
+        if args.out is None:
+            raise ValueError("give --out (an index folder), or --backend milvus --uri URI")
+        check_new_index_folder(args.out, args.overwrite)
     if args.corpus:
         ids, titles, texts = _read_jsonl_corpus(args.corpus)
         if args.embeddings:
@@ -270,8 +278,6 @@ def cmd_index(args: argparse.Namespace) -> int:
         logger.info("shard %s: documents %d-%d of %d", args.shard, part.start, part.stop - 1, part.stop - part.start)
     if _use_milvus(args):
         return _index_milvus(args, encoder, corpus, ids, titles)
-    if args.out is None:
-        raise ValueError("give --out (an index folder), or --backend milvus --uri URI")
     with tqdm(total=len(corpus), desc="encoding", unit="doc", disable=args.quiet) as bar:
         index = QamaIndex.create(
             args.out,
@@ -529,6 +535,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_input_args(p)
     _add_train_args(p)
     p.add_argument("--out", type=Path, required=True, help="adapter folder (config.json + model.safetensors)")
+    p.add_argument("--overwrite", action="store_true", help="replace an adapter already in --out")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("ablate", help="retrain with each loss component off; nDCG@10 table")

@@ -31,7 +31,6 @@ import json
 import logging
 import os
 import re
-import shutil
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -54,7 +53,15 @@ from qama.search import (
     top_by_score,
 )
 
-__all__ = ["IndexCorruptError", "IndexLockedError", "IndexMismatchError", "QamaIndex", "StringColumn", "writer_lock"]
+__all__ = [
+    "IndexCorruptError",
+    "IndexLockedError",
+    "IndexMismatchError",
+    "QamaIndex",
+    "StringColumn",
+    "check_new_index_folder",
+    "writer_lock",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -64,7 +71,7 @@ MANIFEST = "manifest.json"
 ALIGN = 8  # bytes: rows padded to whole 64-bit words
 LOCK = "writer.lock"
 OPEN_ATTEMPTS = 20  # re-reads of a manifest that writers keep replacing while it is being opened
-_GENERATED = re.compile(r"^(codes|ids|titles|vectors|encoder)-\d{6}\.")
+_GENERATED = re.compile(r"^(codes|ids|titles|vectors|encoder)-(\d{6})\.(npy|off\.npy|safetensors)$")
 
 
 class IndexCorruptError(ValueError):
@@ -206,11 +213,7 @@ class QamaIndex:
         is kept in the manifest, e.g. the name of the model that embedded the documents.
         """
         path = Path(path)
-        if (path / MANIFEST).exists() and not overwrite:
-            raise FileExistsError(f"{path}: an index already exists here (pass overwrite=True to replace it)")
-        if path.exists() and not path.is_dir():
-            raise FileExistsError(f"{path}: exists and is not a folder")
-        path.mkdir(parents=True, exist_ok=True)
+        check_new_index_folder(path, overwrite)  # before any work: never replace what is not ours
         embeddings = np.asarray(embeddings)
         _check_new_docs(embeddings, ids, titles, encoder.plan.dim)
         if isinstance(encoder, ThresholdEncoder):
@@ -235,14 +238,23 @@ class QamaIndex:
             "meta": dict(meta or {}),
             "files": {},
         }
-        codes = _encode_rows(encoder, embeddings, row_size, progress, chunk)
-        if (path / MANIFEST).exists():  # overwrite: continue the generations so no live file is reused
-            try:
-                manifest["generation"] = int(json.loads((path / MANIFEST).read_text())["generation"])
-            except (ValueError, KeyError, TypeError, OSError):
-                pass
+        path.mkdir(parents=True, exist_ok=True)
+        # Creating is exclusive: the lock is held from the check to the commit, so of two creators of
+        # one folder the second is refused (locked, or the index exists by the time it looks).
         with writer_lock(path):
-            cls._write_new(path, manifest, encoder, codes, ids, titles, embeddings if keep_vectors else None)
+            check_new_index_folder(path, overwrite)
+            previous: set[str] = set()
+            if (path / MANIFEST).exists():  # overwrite: continue the generations so no live file is reused
+                try:
+                    old = json.loads((path / MANIFEST).read_text())
+                    manifest["generation"] = int(old["generation"])
+                    previous = {str(f["name"]) for f in old["files"].values()}
+                except (ValueError, KeyError, TypeError, AttributeError, OSError):
+                    pass
+            codes = _encode_rows(encoder, embeddings, row_size, progress, chunk)
+            cls._write_new(
+                path, manifest, encoder, codes, ids, titles, embeddings if keep_vectors else None, previous
+            )
         logger.info("wrote index %s: %d documents, %d bytes per code", path, len(codes), row_size)
         return cls.open(path, encoder=encoder, verify=False)
 
@@ -255,9 +267,10 @@ class QamaIndex:
         ids: Sequence[str],
         titles: Sequence[str] | None,
         vectors: np.ndarray | None,
+        previous: set[str],
     ) -> None:
         enc_meta = manifest["encoder"]
-        writer = _Commit(path, manifest)
+        writer = _Commit(path, manifest, previous)
         if enc_meta["kind"] == "thresholds":
             writer.write_bytes("encoder", ".safetensors", _encoder_bytes(encoder))  # type: ignore[arg-type]
         else:  # an adapter's centroids depend on the corpus they were fitted on: keep them with the codes
@@ -498,6 +511,26 @@ class QamaIndex:
 
 
 # ---------------------------------------------------------------------- helpers
+def check_new_index_folder(path: Path, overwrite: bool) -> None:
+    """Refuse to create an index where it would replace anything but a qama index (with ``overwrite``)."""
+    if path.exists() and not path.is_dir():
+        raise FileExistsError(f"{path}: exists and is not a folder")
+    if not path.is_dir():
+        return
+    if (path / MANIFEST).exists():
+        if not overwrite:
+            raise FileExistsError(
+                f"{path}: an index already exists here (--overwrite, or overwrite=True in Python, replaces it)"
+            )
+        return
+    others = sorted(p.name for p in path.iterdir() if p.name != LOCK)
+    if others:
+        raise FileExistsError(
+            f"{path}: the folder is not empty and holds no qama index ({len(others)} entries, e.g. {others[0]!r}); "
+            "write the index to a new or empty folder"
+        )
+
+
 @contextmanager
 def writer_lock(path: Path) -> Iterator[None]:
     """Hold the index's writer lock (``writer.lock``, an advisory ``flock``): one writer at a time.
@@ -550,9 +583,11 @@ def _encode_rows(
 class _Commit:
     """Writes one generation's files, then swaps the manifest."""
 
-    def __init__(self, path: Path, manifest: dict[str, Any]) -> None:
+    def __init__(self, path: Path, manifest: dict[str, Any], previous: set[str] | None = None) -> None:
         self.path = path
         self.manifest = manifest
+        # The files the commit may remove: the previous generation's (named by its manifest).
+        self.previous = {str(f["name"]) for f in manifest["files"].values()} if previous is None else previous
         manifest["generation"] = int(manifest["generation"]) + 1
         self.tag = f"{manifest['generation']:06d}"
 
@@ -580,12 +615,15 @@ class _Commit:
     def commit(self) -> None:
         write_json(self.path / MANIFEST, self.manifest)  # the atomic switch to the new generation
         live = {f["name"] for f in self.manifest["files"].values()}
+        # Only files this index wrote are removed: the previous generation's, and strays of an earlier
+        # attempt at this same generation (a crash before its manifest was renamed into place). A file
+        # of any other name stays, whatever it looks like.
         for p in self.path.iterdir():
-            if _GENERATED.match(p.name) and p.name not in live:
-                if p.is_dir():
-                    shutil.rmtree(p, ignore_errors=True)
-                else:
-                    p.unlink(missing_ok=True)
+            if p.name in live or not p.is_file() or p.is_symlink():
+                continue
+            m = _GENERATED.match(p.name)
+            if p.name in self.previous or (m is not None and m.group(2) == self.tag):
+                p.unlink(missing_ok=True)
 
 
 def _read_manifest(path: Path) -> dict[str, Any]:

@@ -128,7 +128,7 @@ def _dataset_stage(config: ExperimentConfig, spec, data: _Inputs, out: Path, bar
     fit_key = _key([_settings(train_cfg), corpus.shape, float(corpus[:64].sum()), *_pairs_key(data)])
     bar.set_description(f"{name}: fitting the adapter")
     if _cached(adapter_dir / "fit-key.json", fit_key) is None:
-        fit(corpus, train_cfg, pairs=data.pairs, out_dir=adapter_dir)
+        fit(corpus, train_cfg, pairs=data.pairs, out_dir=adapter_dir, overwrite=True)  # the report's own folder
         _save(adapter_dir / "fit-key.json", fit_key, True)
     adapter = QamaAdapter.load(adapter_dir)
     bar.update(1)
@@ -463,6 +463,16 @@ def _versions() -> dict[str, str]:
     return out
 
 
+def check_report_folder(out: Path) -> None:
+    """Refuse a report folder that holds anything but an earlier report (which a re-run resumes)."""
+    if out.exists() and not out.is_dir():
+        raise FileExistsError(f"{out}: exists and is not a folder")
+    if out.is_dir() and not (out / "stages").is_dir() and any(out.iterdir()):
+        raise FileExistsError(
+            f"{out}: the folder is not empty and holds no qama report; write the report to a new or empty folder"
+        )
+
+
 def run_report(
     config: ExperimentConfig, out: str | os.PathLike, command: str = "", progress: bool = True
 ) -> dict[str, Any]:
@@ -470,7 +480,8 @@ def run_report(
 
     ``progress``: a bar over the stages, and one over each fit's steps."""
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    check_report_folder(out)
+    (out / "stages").mkdir(parents=True, exist_ok=True)  # marks the folder as a report's, for re-runs
     write_json(out / "config.json", config.to_dict())
     start = time.perf_counter()
     from qama.train import ABLATIONS

@@ -62,7 +62,7 @@ from tqdm.auto import tqdm
 
 from qama import losses as L
 from qama._io import JsonFields
-from qama.adapter import AdapterConfig, DimensionError, QamaAdapter, mean_direction
+from qama.adapter import CONFIG_NAME, WEIGHTS_NAME, AdapterConfig, DimensionError, QamaAdapter, mean_direction
 from qama.codes import make_plan
 
 __all__ = [
@@ -387,20 +387,41 @@ def _load_checkpoint(path: Path, adapter: QamaAdapter, opt: torch.optim.Optimize
     return int(meta["step"])
 
 
+def check_out_dir(out_dir: str | os.PathLike, overwrite: bool = False) -> None:
+    """Refuse an adapter folder that would replace something: a file, or an adapter (``config.json``
+    or ``model.safetensors``) without ``overwrite`` unless a checkpoint there will be resumed, or a
+    ``checkpoint`` entry that qama did not write. Other files in the folder are never touched."""
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise FileExistsError(f"{out}: exists and is not a folder (an adapter is a folder)")
+    ckpt = out / CHECKPOINT_DIR
+    if ckpt.exists() and not (ckpt / "meta.json").is_file():
+        raise FileExistsError(f"{ckpt}: exists but is not a qama checkpoint; move it or choose another --out")
+    existing = [name for name in (CONFIG_NAME, WEIGHTS_NAME) if (out / name).exists()]
+    if existing and not overwrite and not ckpt.exists():
+        raise FileExistsError(
+            f"{out}: already holds {' and '.join(existing)} (--overwrite, or overwrite=True in Python, replaces them)"
+        )
+
+
 # ---------------------------------------------------------------------------- the loop
 def fit(
     corpus_emb: np.ndarray,
     config: TrainConfig | None = None,
     pairs: tuple[np.ndarray, np.ndarray] | None = None,
     out_dir: str | os.PathLike | None = None,
+    overwrite: bool = False,
 ) -> QamaAdapter:
     """Fit an adapter on ``(n, d)`` L2-normalised corpus embeddings; returns it (saved to ``out_dir``).
 
     ``pairs``: optional ``(queries, positives)`` embeddings ``(P, d)`` each (e.g. training qrels),
     used by the InfoNCE term. With ``out_dir``, checkpoints go to ``out_dir/checkpoint`` every
     ``checkpoint_every`` steps and a run that finds one resumes from it; the finished adapter is saved
-    to ``out_dir`` and the checkpoint removed.
+    to ``out_dir`` and the checkpoint removed. An adapter already in ``out_dir`` is replaced only with
+    ``overwrite`` (checked before any work, see :func:`check_out_dir`).
     """
+    if out_dir is not None:
+        check_out_dir(out_dir, overwrite)
     cfg = config or TrainConfig()
     x_np = check_training_input(corpus_emb, cfg.batch_size)
     d = x_np.shape[1]

@@ -1,0 +1,116 @@
+"""Nothing of the user's is ever deleted or replaced: index, train and report output folders."""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from qama.cli import main
+from qama.codes import make_plan
+from qama.index import QamaIndex
+from qama.search import ThresholdEncoder
+
+EMB = np.random.default_rng(0).standard_normal((50, 16)).astype(np.float32)
+IDS = [f"d{i}" for i in range(50)]
+
+
+def _encoder() -> ThresholdEncoder:
+    return ThresholdEncoder.fit(EMB, make_plan("2bit", 16))
+
+
+def _user_files(folder: Path) -> dict[str, bytes]:
+    folder.mkdir(parents=True, exist_ok=True)
+    np.save(folder / "vectors-202401.npy", np.ones((3, 3)))
+    (folder / "ids-000123.csv").write_text("a\n")
+    (folder / "codes-000001.npy").write_bytes(b"mine")
+    return {p.name: p.read_bytes() for p in folder.iterdir()}
+
+
+def test_index_refuses_a_folder_of_user_files_and_leaves_them(tmp_path):
+    before = _user_files(tmp_path / "mydir")
+    for overwrite in (False, True):
+        with pytest.raises(FileExistsError, match=r"mydir: the folder is not empty and holds no qama index"):
+            QamaIndex.create(tmp_path / "mydir", _encoder(), EMB, IDS, overwrite=overwrite)
+    assert {p.name: p.read_bytes() for p in (tmp_path / "mydir").iterdir()} == before
+
+
+def test_commit_removes_only_the_files_the_index_wrote(tmp_path):
+    index = QamaIndex.create(tmp_path / "ix", _encoder(), EMB[:10], IDS[:10])
+    mine = tmp_path / "ix" / "vectors-202401.npy"
+    np.save(mine, np.ones(2))
+    lookalike = tmp_path / "ix" / "codes-000007.npy"  # a generation name the index never wrote
+    lookalike.write_bytes(b"user data")
+    old = {f["name"] for f in index.manifest["files"].values()}
+    index.add(EMB[10:20], IDS[10:20])
+    index.delete(["d3"])
+    assert mine.is_file() and lookalike.read_bytes() == b"user data"
+    live = {f["name"] for f in index.manifest["files"].values()}
+    assert old - live and not any((tmp_path / "ix" / name).exists() for name in old - live)  # superseded: gone
+    again = QamaIndex.create(tmp_path / "ix", _encoder(), EMB[:5], IDS[:5], overwrite=True)
+    assert len(again) == 5 and mine.is_file() and lookalike.is_file()
+
+
+def test_index_cli_refuses_before_any_work(tmp_path, tiny):
+    before = _user_files(tmp_path / "mydir")
+    emb = tiny.parent / "tiny-emb"
+    rc = main(["-q", "index", "--dataset", str(tiny), "--embeddings", str(emb), "--out", str(tmp_path / "mydir")])
+    assert rc == 2
+    assert {p.name: p.read_bytes() for p in (tmp_path / "mydir").iterdir()} == before
+
+
+def _create(args: tuple[str, int]) -> str:
+    path, seed = args
+    emb = np.random.default_rng(seed).standard_normal((20000, 16)).astype(np.float32)
+    try:
+        QamaIndex.create(path, ThresholdEncoder.fit(emb, make_plan("2bit", 16)), emb, [f"d{i}" for i in range(20000)])
+        return "created"
+    except (FileExistsError, RuntimeError) as e:
+        return type(e).__name__
+
+
+def test_two_concurrent_creators_one_wins(tmp_path):
+    ctx = mp.get_context("spawn")
+    for trial in range(3):
+        path = str(tmp_path / f"ix{trial}")
+        with ctx.Pool(2) as pool:
+            outcomes = pool.map(_create, [(path, 1), (path, 2)])
+        assert sorted(outcomes).count("created") == 1, outcomes
+        assert set(outcomes) - {"created"} <= {"FileExistsError", "IndexLockedError"}
+        assert len(QamaIndex.open(path)) == 20000
+
+
+def test_train_refuses_an_existing_adapter_folder(tmp_path, tiny):
+    emb = tiny.parent / "tiny-emb"
+    proj = tmp_path / "proj"
+    proj.mkdir()
+    (proj / "config.json").write_text('{"my": 1}')
+    (proj / "model.safetensors").write_text("x")
+    args = ["-q", "train", "--dataset", str(tiny), "--embeddings", str(emb), "--steps", "2"]
+    args += ["--train-batch-size", "16", "--nested-dims", "8", "16", "--pseudo-queries", "none", "--out", str(proj)]
+    assert main(args) == 2
+    assert (proj / "config.json").read_text() == '{"my": 1}' and (proj / "model.safetensors").read_text() == "x"
+    assert main([*args, "--overwrite"]) == 0
+    assert (proj / "config.json").read_text() != '{"my": 1}'
+
+
+def test_train_out_that_is_a_file_fails_before_training(tmp_path, tiny, capsys):
+    emb = tiny.parent / "tiny-emb"
+    target = tmp_path / "file"
+    target.write_text("keep")
+    args = ["-q", "train", "--dataset", str(tiny), "--embeddings", str(emb), "--out", str(target)]
+    assert main(args) == 2
+    assert "exists and is not a folder" in capsys.readouterr().err
+    assert target.read_text() == "keep"
+
+
+def test_report_refuses_a_folder_that_is_not_a_report(tmp_path, tiny):
+    emb = tiny.parent / "tiny-emb"
+    out = tmp_path / "proj"
+    out.mkdir()
+    (out / "config.json").write_text('{"mine": true}')
+    rc = main(["-q", "report", "--dataset", str(tiny), "--embeddings", str(emb), "--out", str(out)])
+    assert rc == 2
+    assert (out / "config.json").read_text() == '{"mine": true}'
