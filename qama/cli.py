@@ -35,31 +35,53 @@ def _load_inputs(args: argparse.Namespace):
     return dataset, corpus, queries
 
 
+def _query_sample(args: argparse.Namespace, dataset, corpus, queries):
+    """The query-like embeddings of ``--query-sample`` (see :func:`qama.embeddings.query_sample`), or None."""
+    from qama.embeddings import query_sample
+
+    sample, what = query_sample(
+        dataset, corpus, queries, args.query_sample, args.model, args.embeddings, args.cache_dir, args.batch_size,
+        not args.quiet,
+    )
+    logger.info("query thresholds: %s", what)
+    return sample
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
     from qama._io import atomic_open, write_json
     from qama.evaluate import Evaluator
-    from qama.table import baseline_rows, set_retention, to_markdown
+    from qama.rescore import calibrated_threshold_rows
+    from qama.table import baseline_rows, breakdown_markdown, default_dims, loss_breakdown, set_retention, to_markdown
 
     start = time.perf_counter()
     dataset, corpus, queries = _load_inputs(args)
     evaluator = Evaluator(dataset)
     judged = queries[evaluator.rows]
     dims = args.dims or None
+    sample = _query_sample(args, dataset, corpus, queries)
     rows = baseline_rows(corpus, judged, evaluator, dims)
+    if sample is not None:
+        rows += calibrated_threshold_rows(corpus, judged, evaluator, sample, dims or default_dims(corpus.shape[1]))
     if args.adapter:
         from qama.adapter import QamaAdapter
         from qama.rescore import adapter_rows
 
         adapter = QamaAdapter.load(args.adapter)
         adapter.check_input(corpus, "corpus embeddings")
-        rows += adapter_rows(adapter, corpus, judged, evaluator, args.plans, args.rescore)
+        explicit = sample if args.query_sample != "auto" else None  # auto: the adapter's own query thresholds
+        rows += adapter_rows(adapter, corpus, judged, evaluator, args.plans, args.rescore, query_sample=explicit)
     for r in rows:
         r.dataset = dataset.name
     set_retention(rows)
     table = to_markdown(rows)
+    breakdown = loss_breakdown(rows)
+    if breakdown:
+        table += "\nWhere the adapter's codes lose (ratios of nDCG@10; 100% = nothing lost):\n\n"
+        table += breakdown_markdown(breakdown)
     print(table, end="")
     if args.json:
-        write_json(args.json, {"dataset": dataset.name, "split": dataset.split, "rows": [r.to_dict() for r in rows]})
+        out = {"dataset": dataset.name, "split": dataset.split, "rows": [r.to_dict() for r in rows]}
+        write_json(args.json, {**out, "breakdown": breakdown})
     if args.markdown:
         with atomic_open(args.markdown, "w") as f:
             f.write(table)
@@ -129,7 +151,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     check_out_dir(args.out, args.overwrite)  # before loading or training anything
     dataset, corpus, queries = _load_inputs(args)
     cfg, pairs = _training_setup(args, dataset, corpus, queries)
-    fit(corpus, cfg, pairs=pairs, out_dir=args.out, overwrite=args.overwrite)
+    sample = _query_sample(args, dataset, corpus, queries)
+    fit(corpus, cfg, pairs=pairs, out_dir=args.out, overwrite=args.overwrite, query_sample=sample)
     logger.info("adapter saved to %s", args.out)
     return 0
 
@@ -259,13 +282,21 @@ def cmd_index(args: argparse.Namespace) -> int:
 
             corpus = encode(load_model(args.model), texts, batch_size=args.batch_size)
     else:
-        dataset, corpus, _ = _load_inputs(args)
+        dataset, corpus, queries = _load_inputs(args)
         ids, titles = dataset.doc_ids, dataset.titles
+    sample = None
+    if args.corpus is None:
+        sample = _query_sample(args, dataset, corpus, queries)
+    elif args.query_sample not in ("auto", "none"):
+        sample = _query_sample(args, None, corpus, None)
     if args.adapter:
         encoder = _load_encoder_adapter(args.adapter, args.plan, fit_emb=np.asarray(corpus, dtype=np.float32))
+        # auto keeps the query thresholds the adapter brought; an explicit sample replaces them
+        if sample is not None and (args.query_sample != "auto" or not bool(encoder.adapter.query_calibrated)):
+            encoder.calibrate_queries(sample)
     else:
         logger.info("no --adapter: fitting untrained quantile thresholds (%s) on the corpus", args.plan)
-        encoder = ThresholdEncoder.fit(corpus, make_plan(args.plan, corpus.shape[1]))
+        encoder = ThresholdEncoder.fit(corpus, make_plan(args.plan, corpus.shape[1]), query_sample=sample)
     if args.shard:  # this worker's part of the corpus (the encoder above is fitted on all of it)
         from qama.backends import parse_shard, shard_range
 
@@ -455,6 +486,14 @@ def _add_input_args(p: argparse.ArgumentParser) -> None:
         "--embeddings", type=Path, help="folder with precomputed corpus.npy and queries.npy (of the same --model)"
     )
     p.add_argument("--batch-size", type=int, default=64, help="embedding batch size")
+    p.add_argument(
+        "--query-sample",
+        default="auto",
+        metavar="SOURCE",
+        help="query-like texts whose quantiles code the queries: auto (default: the documents' titles, where the "
+        "corpus has titles and the embeddings' model is --model), titles, none, a qrels split of --dataset "
+        "(e.g. train: its query texts, no judgments), a .npy of query embeddings, or a text file (a query a line)",
+    )
     p.add_argument("--cache-dir", type=Path, default=None, help="cache folder (default: $QAMA_CACHE or ~/.cache/qama)")
 
 

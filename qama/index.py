@@ -43,7 +43,6 @@ from safetensors.numpy import save as st_save
 
 from qama._io import atomic_open, save_npy, write_json
 from qama.codes import Plan
-from qama.quantize import Quantizer
 from qama.search import (
     Encoder,
     ThresholdEncoder,
@@ -126,9 +125,8 @@ class StringColumn:
 
 
 def _encoder_bytes(encoder: ThresholdEncoder) -> bytes:
-    q = encoder.quantizer
-    meta = {"plan": json.dumps(q.plan.to_dict()), "checksum": encoder.checksum}
-    return st_save({"thresholds": q.thresholds.astype(np.float32), "centroids": q.centroids.astype(np.float32)}, meta)
+    meta = {"plan": json.dumps(encoder.plan.to_dict()), "checksum": encoder.checksum}
+    return st_save(encoder.state, meta)
 
 
 class QamaIndex:
@@ -419,7 +417,7 @@ class QamaIndex:
             raise ValueError(f"rescore must be 'auto', 'vectors' or 'asymmetric', got {rescore!r}")
         if rescore == "vectors" and self.vectors is None:
             raise ValueError(f"{self.path}: this index keeps no vectors; rebuild it with keep_vectors=True")
-        qcodes = self.encoder.encode(queries)
+        qcodes = self.encoder.encode_queries(queries)
         if oversample == 0:
             dist, rows = self.search_codes(qcodes, k)
             return np.where(rows >= 0, -dist.astype(np.float32), -np.inf).astype(np.float32), rows
@@ -693,6 +691,6 @@ def _load_threshold_encoder(p: Path, plan: Plan) -> ThresholdEncoder:
     except Exception as e:  # safetensors raises its own error types for malformed headers
         raise IndexCorruptError(f"{p}: unreadable thresholds file ({e})") from None
     try:
-        return ThresholdEncoder(Quantizer(plan, tensors["thresholds"], tensors["centroids"]))
+        return ThresholdEncoder.from_state(plan, tensors)
     except (KeyError, ValueError) as e:
         raise IndexCorruptError(f"{p}: malformed thresholds file ({e})") from None

@@ -83,7 +83,12 @@ class Encoder(Protocol):
         ...
 
     def encode(self, emb: np.ndarray) -> np.ndarray:
-        """``(n, d)`` float embeddings -> ``(n, plan.code_size)`` packed uint8 codes."""
+        """``(n, d)`` float document embeddings -> ``(n, plan.code_size)`` packed uint8 codes."""
+        ...
+
+    def encode_queries(self, emb: np.ndarray) -> np.ndarray:
+        """``(n, d)`` float query embeddings -> ``(n, plan.code_size)`` codes, by the query thresholds
+        where the encoder has them (see :meth:`qama.quantize.Quantizer.calibrate_queries`)."""
         ...
 
     def query_weights(self, emb: np.ndarray) -> np.ndarray:
@@ -103,9 +108,33 @@ class ThresholdEncoder:
         self.quantizer = quantizer
 
     @classmethod
-    def fit(cls, emb: np.ndarray, plan: Plan, sign_1bit: bool = False) -> ThresholdEncoder:
-        """Fit quantile thresholds and centroids on ``(n, d)`` corpus embeddings."""
-        return cls(Quantizer.fit(plan_values(np.asarray(emb, dtype=np.float32), plan), plan, sign_1bit=sign_1bit))
+    def fit(
+        cls, emb: np.ndarray, plan: Plan, sign_1bit: bool = False, query_sample: np.ndarray | None = None
+    ) -> ThresholdEncoder:
+        """Fit quantile thresholds and centroids on ``(n, d)`` corpus embeddings; with ``query_sample``
+        (``(m, d)`` query-like embeddings) also the query thresholds (:meth:`calibrate_queries`)."""
+        encoder = cls(Quantizer.fit(plan_values(np.asarray(emb, dtype=np.float32), plan), plan, sign_1bit=sign_1bit))
+        if query_sample is not None:
+            encoder.calibrate_queries(query_sample)
+        return encoder
+
+    def calibrate_queries(self, sample: np.ndarray) -> None:
+        """Code queries by quantiles of ``(m, d)`` query-like embeddings (queries, titles, ...)."""
+        self.quantizer.calibrate_queries(plan_values(np.asarray(sample, dtype=np.float32), self.plan))
+
+    @property
+    def state(self) -> dict[str, np.ndarray]:
+        """The arrays a store keeps to rebuild the encoder (:meth:`from_state`)."""
+        q = self.quantizer
+        state = {"thresholds": q.thresholds, "centroids": q.centroids}
+        if q.query_thresholds is not None:
+            state["query_thresholds"] = q.query_thresholds
+        return {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in state.items()}
+
+    @classmethod
+    def from_state(cls, plan: Plan, state: dict[str, np.ndarray]) -> ThresholdEncoder:
+        """The encoder :attr:`state` describes (``KeyError`` / ``ValueError`` when it does not fit ``plan``)."""
+        return cls(Quantizer(plan, state["thresholds"], state["centroids"], state.get("query_thresholds")))
 
     @property
     def plan(self) -> Plan:
@@ -120,15 +149,20 @@ class ThresholdEncoder:
         h = hashlib.sha256(self.plan.spec().encode())
         h.update(np.ascontiguousarray(self.quantizer.thresholds, dtype=np.float32).tobytes())
         h.update(np.ascontiguousarray(self.quantizer.centroids, dtype=np.float32).tobytes())
+        if self.quantizer.query_thresholds is not None:  # absent: the checksum of an index built before them
+            h.update(np.ascontiguousarray(self.quantizer.query_thresholds, dtype=np.float32).tobytes())
         return h.hexdigest()
 
-    def encode(self, emb: np.ndarray, chunk: int = 65536) -> np.ndarray:
+    def encode(self, emb: np.ndarray, chunk: int = 65536, queries: bool = False) -> np.ndarray:
         plan = self.plan
         out = np.empty((len(emb), plan.code_size), dtype=np.uint8)
         for i in range(0, len(emb), chunk):
             values = plan_values(np.asarray(emb[i : i + chunk], dtype=np.float32), plan)
-            out[i : i + chunk] = pack(self.quantizer.levels(values), plan)
+            out[i : i + chunk] = pack(self.quantizer.levels(values, queries), plan)
         return out
+
+    def encode_queries(self, emb: np.ndarray) -> np.ndarray:
+        return self.encode(emb, queries=True)
 
     def query_weights(self, emb: np.ndarray) -> np.ndarray:
         sum_pairs = lambda pairs: pairs.sum(axis=-1)  # noqa: E731  (q1 c + q2 c = (q1 + q2) c)
@@ -292,7 +326,7 @@ def search_rescored(
         raise ValueError(f"oversample must be at least 1, got {oversample}")
     queries = np.asarray(queries, dtype=np.float32)
     if query_codes is None:
-        query_codes = encoder.encode(queries)
+        query_codes = encoder.encode_queries(queries)
     width = codes.shape[1]
     if query_codes.shape[1] < width:  # aligned corpus rows: pad the queries with zero bytes
         query_codes = np.pad(query_codes, ((0, 0), (0, width - query_codes.shape[1])))
@@ -378,6 +412,10 @@ class AdapterEncoder:
             if cent is None or axes is None or cent.shape != (nv, 4) or axes.shape != (nv, 2):
                 raise ValueError(f"encoder state does not fit plan {self._plan.name!r} ({nv} values)")
             self.quantizer.centroids, self.pair_axes = np.asarray(cent, np.float32), np.asarray(axes, np.float32)
+            qthr = state.get("query_thresholds")  # absent in an index built before query calibration
+            if qthr is not None and qthr.shape != (nv, 3):
+                raise ValueError(f"encoder state's query thresholds do not fit plan {self._plan.name!r}")
+            self.quantizer.query_thresholds = None if qthr is None else np.asarray(qthr, np.float32)
         elif fit_emb is not None:
             self.quantizer.centroids, self.pair_axes = self._fit(fit_emb)
         else:  # no corpus: the quantizer's own level midpoints, pairs along the diagonal
@@ -433,7 +471,15 @@ class AdapterEncoder:
 
     @property
     def state(self) -> dict[str, np.ndarray]:
-        return {"centroids": self.quantizer.centroids, "pair_axes": self.pair_axes}
+        state = {"centroids": self.quantizer.centroids, "pair_axes": self.pair_axes}
+        if self.quantizer.query_thresholds is not None:
+            state["query_thresholds"] = self.quantizer.query_thresholds
+        return state
+
+    def calibrate_queries(self, sample: np.ndarray) -> None:
+        """Code queries by quantiles of the adapter's values of ``(m, d)`` query-like embeddings
+        (replaces the query thresholds the adapter brought, if any)."""
+        self.quantizer.calibrate_queries(self.adapter.values(np.asarray(sample, dtype=np.float32), self._plan))
 
     @property
     def checksum(self) -> str:
@@ -444,11 +490,14 @@ class AdapterEncoder:
             h.update(np.ascontiguousarray(t, dtype=np.float32).tobytes())
         return h.hexdigest()
 
-    def encode(self, emb: np.ndarray, chunk: int = 65536) -> np.ndarray:
+    def encode(self, emb: np.ndarray, chunk: int = 65536, queries: bool = False) -> np.ndarray:
         out = np.empty((len(emb), self._plan.code_size), dtype=np.uint8)
         for i in range(0, len(emb), chunk):  # bounded memory: values and levels of one chunk at a time
-            out[i : i + chunk] = self.quantizer.encode(self.adapter.values(emb[i : i + chunk], self._plan))
+            out[i : i + chunk] = self.quantizer.encode(self.adapter.values(emb[i : i + chunk], self._plan), queries)
         return out
+
+    def encode_queries(self, emb: np.ndarray) -> np.ndarray:
+        return self.encode(emb, queries=True)
 
     def query_weights(self, emb: np.ndarray) -> np.ndarray:
         z = self._unit_prefix(emb)

@@ -53,7 +53,6 @@ from tqdm.auto import tqdm
 from qama.backends import missing_results
 from qama.codes import Plan
 from qama.index import IndexMismatchError
-from qama.quantize import Quantizer
 from qama.search import (
     MISSING_DISTANCE,
     Encoder,
@@ -120,8 +119,7 @@ def _encoder_record(encoder: Encoder) -> dict[str, Any]:
     of untrained thresholds; the centroids of a trained adapter (fitted on the corpus, so an adapter
     alone cannot rebuild them)."""
     if isinstance(encoder, ThresholdEncoder):
-        q = encoder.quantizer
-        blob = st_save({"thresholds": q.thresholds.astype(np.float32), "centroids": q.centroids.astype(np.float32)})
+        blob = st_save(encoder.state)
         return {"kind": "thresholds", "checksum": encoder.checksum, "tensors": base64.b64encode(blob).decode()}
     state = getattr(encoder, "state", None) or {"centroids": encoder.centroids}
     blob = st_save({k: np.ascontiguousarray(v, dtype=np.float32) for k, v in state.items()})
@@ -140,7 +138,7 @@ def _adapter_encoder_from_record(record: dict[str, Any], adapter: Any, plan: Pla
 def _encoder_from_record(record: dict[str, Any], plan: Plan, where: str) -> ThresholdEncoder:
     try:
         tensors = st_load(base64.b64decode(record["tensors"]))
-        encoder = ThresholdEncoder(Quantizer(plan, tensors["thresholds"], tensors["centroids"]))
+        encoder = ThresholdEncoder.from_state(plan, tensors)
     except Exception as e:  # base64 / safetensors / shape errors all mean the same thing here
         raise IndexMismatchError(f"{where}: unreadable stored thresholds ({e})") from None
     if encoder.checksum != record["checksum"]:
@@ -529,7 +527,7 @@ class MilvusBackend:
             raise ValueError(f"rescore must be 'auto', 'asymmetric' or 'vectors', got {rescore!r}")
         if rescore == "vectors" and not self.keep_vectors:
             raise ValueError(f"collection {self.collection!r} keeps no float vectors; rescore='asymmetric'")
-        dist, cand = self.search_codes(self.encoder.encode(queries), k * max(1, oversample))
+        dist, cand = self.search_codes(self.encoder.encode_queries(queries), k * max(1, oversample))
         if oversample == 0:
             scores = np.where(dist == MISSING_DISTANCE, -np.inf, -dist.astype(np.float32)).astype(np.float32)
             return scores, cand
