@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import json
 import uuid
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -122,7 +121,8 @@ def test_adapter_saved_before_query_thresholds_still_loads(tmp_path):
     adapter = _adapter()
     adapter.save(tmp_path / "old")
     weights = tmp_path / "old" / "model.safetensors"
-    tensors = {k: v for k, v in load_file(str(weights)).items() if not k.startswith("qthr_") and k != "query_calibrated"}
+    new_keys = ("qthr_", "query_calibrated")
+    tensors = {k: v for k, v in load_file(str(weights)).items() if not k.startswith(new_keys)}
     save_file(tensors, str(weights))
     cfg = json.loads((tmp_path / "old" / "config.json").read_text())
     cfg["weights_sha256"] = hashlib.sha256(weights.read_bytes()).hexdigest()
