@@ -86,13 +86,17 @@ def build_index(
     dim: int | None = None,
     keep_vectors: bool = False,
     overwrite: bool = False,
+    query_sample: np.ndarray | None = None,
 ) -> QamaIndex:
-    """Encode a corpus with a trained adapter into a persistent index folder at ``path``."""
-    from qama.search import AdapterEncoder
+    """Encode a corpus with a trained adapter into a persistent index folder at ``path``.
+
+    ``query_sample``: query-like embeddings (a query log, titles) that calibrate how queries are
+    coded, where the adapter brought no query thresholds (see :func:`qama.search.encoder_for`)."""
+    from qama.search import encoder_for
 
     adapter_path = None if isinstance(adapter, QamaAdapter) else adapter
     adapter = adapter if isinstance(adapter, QamaAdapter) else QamaAdapter.load(adapter)
-    encoder = AdapterEncoder(adapter, plan, dim, fit_emb=corpus_emb)
+    encoder = encoder_for(adapter, plan, dim, fit_emb=corpus_emb, query_sample=query_sample)
     return QamaIndex.create(
         path,
         encoder,

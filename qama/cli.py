@@ -68,8 +68,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
         adapter = QamaAdapter.load(args.adapter)
         adapter.check_input(corpus, "corpus embeddings")
-        explicit = sample if args.query_sample != "auto" else None  # auto: the adapter's own query thresholds
-        rows += adapter_rows(adapter, corpus, judged, evaluator, args.plans, args.rescore, query_sample=explicit)
+        explicit = args.query_sample != "auto"  # auto: the adapter's own query thresholds, if it has them
+        rows += adapter_rows(adapter, corpus, judged, evaluator, args.plans, args.rescore, sample, explicit)
     for r in rows:
         r.dataset = dataset.name
     set_retention(rows)
@@ -244,13 +244,17 @@ def _read_jsonl_corpus(path: Path) -> tuple[list[str], list[str], list[str]]:
     return ids, titles, texts
 
 
-def _load_encoder_adapter(path: Path, plan, fit_emb=None):
-    """The trained adapter at ``path`` at ``plan`` as a :class:`qama.search.Encoder`, its centroids
-    fitted on ``fit_emb`` (the corpus being indexed)."""
+def _load_encoder_adapter(path: Path, plan, fit_emb, sample, explicit: bool):
+    """The trained adapter at ``path`` at ``plan`` as a :class:`qama.search.Encoder` (see
+    :func:`qama.search.encoder_for`): centroids fitted on ``fit_emb`` (the corpus being indexed),
+    queries calibrated on ``sample`` where the adapter brought no query thresholds or ``explicit``."""
     from qama.adapter import QamaAdapter
-    from qama.search import AdapterEncoder
+    from qama.search import AdapterEncoder, encoder_for
 
-    return AdapterEncoder(QamaAdapter.load(path), plan, fit_emb=fit_emb)
+    encoder = encoder_for(QamaAdapter.load(path), plan, fit_emb=fit_emb, query_sample=sample)
+    if explicit and sample is not None and isinstance(encoder, AdapterEncoder):
+        encoder.calibrate_queries(sample)
+    return encoder
 
 
 def cmd_index(args: argparse.Namespace) -> int:
@@ -290,10 +294,8 @@ def cmd_index(args: argparse.Namespace) -> int:
     elif args.query_sample not in ("auto", "none"):
         sample = _query_sample(args, None, corpus, None)
     if args.adapter:
-        encoder = _load_encoder_adapter(args.adapter, args.plan, fit_emb=np.asarray(corpus, dtype=np.float32))
-        # auto keeps the query thresholds the adapter brought; an explicit sample replaces them
-        if sample is not None and (args.query_sample != "auto" or not bool(encoder.adapter.query_calibrated)):
-            encoder.calibrate_queries(sample)
+        corpus = np.asarray(corpus, dtype=np.float32)
+        encoder = _load_encoder_adapter(args.adapter, args.plan, corpus, sample, args.query_sample != "auto")
     else:
         logger.info("no --adapter: fitting untrained quantile thresholds (%s) on the corpus", args.plan)
         encoder = ThresholdEncoder.fit(corpus, make_plan(args.plan, corpus.shape[1]), query_sample=sample)

@@ -45,6 +45,7 @@ __all__ = [
     "search_rescored",
     "funnel_search",
     "top_by_score",
+    "encoder_for",
 ]
 
 logger = logging.getLogger(__name__)
@@ -504,6 +505,30 @@ class AdapterEncoder:
         first, second = self._dims[:, 0], self._dims[:, 1]
         b = np.where(second >= 0, z[:, np.maximum(second, 0)], 0.0)
         return (z[:, first] * self.pair_axes[:, 0] + b * self.pair_axes[:, 1]).astype(np.float32)
+
+
+def encoder_for(
+    adapter: Any,
+    plan: str | Plan,
+    dim: int | None = None,
+    fit_emb: np.ndarray | None = None,
+    query_sample: np.ndarray | None = None,
+) -> Encoder:
+    """The encoder a trained adapter serves ``plan`` at ``dim`` with: an :class:`AdapterEncoder`, or
+    untrained quantile codes (:class:`ThresholdEncoder` fitted on ``fit_emb``, queries calibrated on
+    ``query_sample``) where the adapter's never-worse check found that training lost (:mod:`qama.check`).
+    """
+    p = adapter.plan(plan, dim)
+    lost = adapter.metadata.get("check", {}).get("lost", [])
+    if f"{p.name}@{p.dim}" in lost:
+        if fit_emb is None:
+            raise ValueError(f"plan {p.name} at {p.dim} dims is served by untrained codes: they need the corpus")
+        logger.warning("%s at %d dims: the adapter's check found untrained codes better; using them", p.name, p.dim)
+        return ThresholdEncoder.fit(fit_emb, p, query_sample=query_sample)
+    encoder = AdapterEncoder(adapter, p, fit_emb=fit_emb)
+    if query_sample is not None and not bool(adapter.query_calibrated):
+        encoder.calibrate_queries(query_sample)
+    return encoder
 
 
 def _value_dims(plan: Plan) -> np.ndarray:
