@@ -52,6 +52,7 @@ __all__ = [
     "pack",
     "unpack",
     "hamming_distances",
+    "value_dims",
     "prefix_plan",
     "plans_fitting",
 ]
@@ -291,6 +292,24 @@ def hamming_distances(a: np.ndarray, b: np.ndarray, chunk: int = 256) -> np.ndar
         x = a[i : i + chunk, None, :] ^ b[None, :, :]  # (c, nb, code_size)
         out[i : i + chunk] = np.bitwise_count(x).sum(axis=-1, dtype=np.int32)
     return out
+
+
+def value_dims(plan: Plan) -> np.ndarray:
+    """``(n_values, 2)`` int64: the embedding dimension each quantised value is read from, in code order,
+    and the second dimension of a 0.5-bit pair (``-1`` for the values of the other precisions).
+
+    >>> value_dims(make_plan("2:1,4:0.5", 6)).tolist()
+    [[0, -1], [1, -1], [2, 3], [4, 5]]
+    """
+    out, start = [], 0
+    for seg in plan.segments:
+        if seg.bits == 0.5:
+            first = start + 2 * np.arange(seg.n_values)
+            out.append(np.stack([first, first + 1], axis=1))
+        else:
+            out.append(np.stack([start + np.arange(seg.dims), np.full(seg.dims, -1)], axis=1))
+        start += seg.dims
+    return np.concatenate(out).astype(np.int64)
 
 
 def prefix_plan(plan: Plan, dims: int) -> tuple[Plan, int]:
