@@ -46,7 +46,7 @@ from safetensors.torch import save as st_save
 from torch import nn
 
 from qama._io import JsonFields, atomic_open, write_json
-from qama.codes import Plan, make_plan
+from qama.codes import DEFAULT_PLANS, Plan, make_plan
 from qama.quantize import MAX_THRESHOLDS, Quantizer
 
 __all__ = ["AdapterConfig", "PairMerge", "QamaAdapter", "DimensionError", "PRECISIONS", "mean_direction"]
@@ -85,7 +85,7 @@ class AdapterConfig(JsonFields):
     merge_hidden: int = 16  # hidden width of the 0.5-bit pair-merge FFN
     drop_mean_direction: bool = True  # the start projects out the corpus mean direction (see init_linear)
     model_name: str = ""  # frozen model the adapter belongs to (informative)
-    plans: tuple[str, ...] = ("2bit", "1.5bit", "1bit", "hybrid")  # plans the adapter is meant for
+    plans: tuple[str, ...] = DEFAULT_PLANS  # plans the adapter is meant for
 
     def __post_init__(self) -> None:
         if self.dim <= 0 or self.dim % 2:

@@ -49,8 +49,11 @@ __all__ = [
     "Plan",
     "make_plan",
     "BUILTIN_PLANS",
+    "ALL_PLANS",
+    "DEFAULT_PLANS",
     "pack",
     "unpack",
+    "hamming",
     "hamming_distances",
     "value_dims",
     "prefix_plan",
@@ -70,6 +73,12 @@ BUILTIN_PLANS: dict[str, list[tuple[float, float]]] = {
     "0.5bit": [(1.0, 0.5)],
     "hybrid": [(0.25, 2.0), (0.25, 1.5), (0.25, 1.0), (0.25, 0.5)],
 }
+
+#: Every built-in plan, in table order: the plans ``qama eval`` scores an adapter at.
+ALL_PLANS: tuple[str, ...] = tuple(BUILTIN_PLANS)
+
+#: The plans an adapter is meant for, the baselines and ``qama report`` use (uniform 0.5-bit left out).
+DEFAULT_PLANS: tuple[str, ...] = ("2bit", "1.5bit", "1bit", "hybrid")
 
 
 @dataclass(frozen=True)
@@ -281,6 +290,13 @@ def unpack(codes: np.ndarray, plan: Plan) -> np.ndarray:
     return np.concatenate(levels, axis=1)
 
 
+def hamming(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Hamming distances of packed codes along the last axis (XOR + popcount), broadcasting the others:
+    ``(n, w)`` and ``(n, w)`` give the ``(n,)`` distances of corresponding rows, ``(nq, m, w)`` and
+    ``(nq, 1, w)`` those of each query's ``m`` candidates. Returns int32."""
+    return np.bitwise_count(np.bitwise_xor(a, b)).sum(axis=-1, dtype=np.int32)
+
+
 def hamming_distances(a: np.ndarray, b: np.ndarray, chunk: int = 256) -> np.ndarray:
     """Reference ``(len(a), len(b))`` Hamming distances between two sets of packed codes (numpy popcount)."""
     a = np.ascontiguousarray(a, dtype=np.uint8)
@@ -289,8 +305,7 @@ def hamming_distances(a: np.ndarray, b: np.ndarray, chunk: int = 256) -> np.ndar
         raise ValueError(f"code shapes do not match: {a.shape} vs {b.shape}")
     out = np.empty((a.shape[0], b.shape[0]), dtype=np.int32)
     for i in range(0, a.shape[0], chunk):
-        x = a[i : i + chunk, None, :] ^ b[None, :, :]  # (c, nb, code_size)
-        out[i : i + chunk] = np.bitwise_count(x).sum(axis=-1, dtype=np.int32)
+        out[i : i + chunk] = hamming(a[i : i + chunk, None, :], b[None, :, :])  # (c, nb)
     return out
 
 

@@ -35,6 +35,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
+from qama.codes import DEFAULT_PLANS
 from qama.embeddings import DEFAULT_MODEL, PSEUDO_QUERY_MODES
 from qama.train import TrainConfig
 
@@ -58,7 +59,7 @@ class ExperimentConfig:
     datasets: list[DatasetSpec]
     model: str = DEFAULT_MODEL  # sentence-transformers model (embeddings are cached per model and content)
     nested_dims: list[int] = field(default_factory=list)  # Matryoshka sizes; [] = d, d/2, d/4
-    plans: list[str] = field(default_factory=lambda: ["2bit", "1.5bit", "1bit", "hybrid"])
+    plans: list[str] = field(default_factory=lambda: list(DEFAULT_PLANS))
     rescore: list[int] = field(default_factory=lambda: [4])  # oversampling factors of the rescoring rows
     train: dict[str, Any] = field(default_factory=dict)  # TrainConfig fields that differ from the defaults
     pseudo_queries: str = "auto"  # titles as InfoNCE queries of their documents: auto, titles or none

@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
+import os
 from collections.abc import Callable
 from typing import Any, Protocol, runtime_checkable
 
@@ -30,6 +32,8 @@ from qama.codes import Plan, pack, value_dims
 from qama.errors import IndexCorruptError, IndexMismatchError
 from qama.quantize import Quantizer, plan_values
 
+logger = logging.getLogger(__name__)
+
 __all__ = [
     "Encoder",
     "ThresholdEncoder",
@@ -38,6 +42,7 @@ __all__ = [
     "state_from_bytes",
     "check_encoder",
     "open_encoder",
+    "fit_encoder",
 ]
 
 
@@ -333,3 +338,19 @@ def open_encoder(
             raise IndexMismatchError(f"{where}: the stored encoder state does not fit the adapter ({e})") from None
     check_encoder(encoder, plan, checksum, where, what)
     return encoder
+
+
+def fit_encoder(corpus: np.ndarray, plan: str | Plan, adapter: Any = None) -> Encoder:
+    """The encoder of a corpus under ``plan``: a trained adapter's (a :class:`~qama.adapter.QamaAdapter`
+    or its folder; centroids fitted on ``corpus``) or, without one, untrained quantile thresholds."""
+    corpus = np.asarray(corpus, dtype=np.float32)
+    if adapter is None:
+        from qama.codes import make_plan
+
+        logger.info("no adapter: fitting untrained quantile thresholds (%s) on the corpus", plan)
+        return ThresholdEncoder.fit(corpus, make_plan(plan, corpus.shape[1]))
+    from qama.adapter import QamaAdapter
+
+    if isinstance(adapter, (str, os.PathLike)):
+        adapter = QamaAdapter.load(adapter)
+    return AdapterEncoder(adapter, plan, fit_emb=corpus)

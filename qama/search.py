@@ -30,7 +30,7 @@ from typing import Any
 import faiss
 import numpy as np
 
-from qama.codes import hamming_distances, unpack
+from qama.codes import hamming, hamming_distances, unpack
 from qama.encoders import AdapterEncoder, Encoder, ThresholdEncoder  # re-exported: their old home
 
 __all__ = [
@@ -288,8 +288,7 @@ def funnel_search(
             raise ValueError("rerank='hamming' needs query_codes")
         valid = cand >= 0
         rows = np.where(valid, cand, 0)
-        x = np.asarray(codes[rows.reshape(-1)]).reshape(*cand.shape, -1) ^ query_codes[:, None, :]
-        dist = np.bitwise_count(x).sum(axis=-1, dtype=np.int64)
+        dist = hamming(np.asarray(codes[rows.reshape(-1)]).reshape(*cand.shape, -1), query_codes[:, None, :])
         scores = np.where(valid, -dist, -np.inf).astype(np.float32)
     else:
         raise ValueError(f"rerank must be 'hamming' or 'asymmetric', got {rerank!r}")

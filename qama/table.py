@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from qama import baselines
-from qama.codes import make_plan, plans_fitting
+from qama.codes import DEFAULT_PLANS, make_plan, plans_fitting
 from qama.evaluate import Evaluator
 from qama.search import float_search, hamming_search
 
@@ -22,7 +22,7 @@ __all__ = ["Row", "float_row", "code_row", "baseline_rows", "set_retention", "to
 logger = logging.getLogger(__name__)
 
 TOP_K = 100  # documents retrieved per query: enough for nDCG@10, Recall@100, MRR@10
-BASELINE_PLANS = ("2bit", "1.5bit", "1bit", "hybrid")
+BASELINE_PLANS = DEFAULT_PLANS  # the plans of the threshold baselines
 
 
 @dataclass

@@ -66,6 +66,7 @@ from qama.adapter import CONFIG_NAME, WEIGHTS_NAME, AdapterConfig, DimensionErro
 from qama.codes import make_plan
 
 __all__ = [
+    "info_nce_setup",
     "TrainConfig",
     "fit",
     "ablate",
@@ -567,3 +568,34 @@ def ablate(
         logger.info("ablation %s", name)
         results[name] = evaluate(fit(corpus_emb, cfg, pairs=pairs))
     return results
+
+
+def info_nce_setup(
+    dataset: str,
+    titles: tuple[np.ndarray, np.ndarray] | None = None,
+    labelled: tuple[np.ndarray, np.ndarray] | None = None,
+    labelled_split: str = "",
+    weight: float | None = None,
+) -> tuple[tuple[np.ndarray, np.ndarray] | None, float | None, str]:
+    """The InfoNCE ``pairs`` of a training run, their weight and the ``data_description`` of its config.
+
+    ``titles``: title pseudo-queries and their documents (no labels); ``labelled``: query-document
+    pairs of the qrels split ``labelled_split``. Both are used together. The weight is ``weight``,
+    else :data:`NCE_WEIGHT_LABELLED` with labels and :data:`NCE_WEIGHT_TITLES` without; ``None``
+    (and ``pairs=None``) when there are no pairs.
+    """
+    parts = [p for p in (titles, labelled) if p is not None]
+    sources = []
+    if titles is not None:
+        sources.append(f"{len(titles[0])} title pseudo-queries")
+    if labelled is not None:
+        sources.append(f"{len(labelled[0])} {labelled_split!r} qrels pairs")
+    description = ", ".join([f"{dataset} corpus embeddings", *sources])
+    description += " (labels)" if labelled is not None else " (no labels)"
+    if not parts:
+        return None, None, description
+    pairs = (np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]))
+    default = NCE_WEIGHT_LABELLED if labelled is not None else NCE_WEIGHT_TITLES
+    w_nce = default if weight is None else weight
+    logger.info("InfoNCE (weight %g) on %s", w_nce, ", ".join(sources))
+    return pairs, w_nce, description
