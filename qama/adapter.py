@@ -14,7 +14,10 @@ and never trained by the optimiser): 2-bit (3 thresholds), 1.5-bit (2), 1-bit (1
 merges the pair of dimensions ``(2i, 2i+1)`` with a small shared FFN (:class:`PairMerge`) into
 one value, which has its own 1-bit threshold. Thresholds start at quantiles of the fitting
 embeddings, follow an exponential moving average of batch quantiles during training, and are set
-to exact quantiles of the whole fitting set when training ends.
+to exact quantiles of the whole fitting set when training ends. Query thresholds (``qthr_*``
+buffers, :meth:`QamaAdapter.calibrate_queries`) are the same quantiles of the adapter's output on
+query-like texts; queries are coded with them once set (``query_calibrated``), with the
+documents' thresholds before.
 
 Public API::
 
@@ -66,6 +69,8 @@ PRECISIONS: dict[float, tuple[str, tuple[float, ...]]] = {
     1.0: ("thr_1bit", (0.5,)),
     0.5: ("thr_0_5bit", (0.5,)),
 }
+#: Buffer of each precision's query thresholds (same shape as the documents' thresholds).
+QUERY_PRECISIONS: dict[float, str] = {bits: "q" + name for bits, (name, _) in PRECISIONS.items()}
 INITS = ("identity", "pca", "pca_blocks")
 RANGE_QUANTILES = (0.005, 0.995)  # the valid range [lo, hi] the quantisation regulariser keeps values in
 
@@ -155,6 +160,8 @@ class QamaAdapter(nn.Module):
         for bits, (name, qs) in PRECISIONS.items():
             n = d // 2 if bits == 0.5 else d
             self.register_buffer(name, torch.zeros(n, len(qs)))
+            self.register_buffer(QUERY_PRECISIONS[bits], torch.zeros(n, len(qs)))
+        self.register_buffer("query_calibrated", torch.zeros((), dtype=torch.bool))
         self.register_buffer("range_lo", torch.full((d,), -1.0))
         self.register_buffer("range_hi", torch.full((d,), 1.0))
         self.register_buffer("calibrated", torch.zeros((), dtype=torch.bool))
@@ -270,8 +277,29 @@ class QamaAdapter(nn.Module):
         self.calibrated.fill_(True)
         self.train(was_training)
 
-    def thresholds(self, bits: float) -> torch.Tensor:
-        """``(n, t)`` thresholds of one precision (``n = d`` or ``d/2`` for 0.5-bit)."""
+    @torch.no_grad()
+    def calibrate_queries(self, x: np.ndarray, batch_size: int = 8192) -> None:
+        """Set the query thresholds to quantiles of the adapter's output on ``(n, d)`` query-like
+        embeddings ``x`` (queries, or pseudo-queries such as titles); at least 2 rows. The 0.5-bit
+        merge standardises with the documents' statistics, as it does for documents."""
+        x = self.check_input(x, "query sample")
+        if len(x) < 2:
+            raise ValueError(f"a query sample needs at least 2 embeddings, got {len(x)}")
+        z = self._z(x, batch_size)
+        for bits, (_, qs) in PRECISIONS.items():
+            if bits == 0.5:
+                v = self._merged_with(z, self.z_mean, self.z_std)
+                qv = torch.quantile(v, torch.tensor(qs, dtype=v.dtype), dim=0).T
+            else:
+                qv = torch.quantile(z, torch.tensor(qs, dtype=z.dtype), dim=0).T
+            getattr(self, QUERY_PRECISIONS[bits]).copy_(qv)
+        self.query_calibrated.fill_(True)
+
+    def thresholds(self, bits: float, queries: bool = False) -> torch.Tensor:
+        """``(n, t)`` thresholds of one precision (``n = d`` or ``d/2`` for 0.5-bit); ``queries``: the
+        query thresholds (the documents' while :attr:`query_calibrated` is false)."""
+        if queries and bool(self.query_calibrated):
+            return getattr(self, QUERY_PRECISIONS[float(bits)])
         return getattr(self, PRECISIONS[float(bits)][0])
 
     # ------------------------------------------------------------------ soft / hard quantisation (torch)
@@ -379,31 +407,34 @@ class QamaAdapter(nn.Module):
         """
         p = self.plan(plan, dim)
         thr = np.full((p.n_values, MAX_THRESHOLDS), np.inf, dtype=np.float32)
+        qthr = np.full((p.n_values, MAX_THRESHOLDS), np.inf, dtype=np.float32)
         cent = np.zeros((p.n_values, MAX_THRESHOLDS + 1), dtype=np.float32)
         start, row = 0, 0
         for seg in p.segments:
             stop = start + seg.dims
+            rows = slice(start // 2, stop // 2) if seg.bits == 0.5 else slice(start, stop)
+            t = self.thresholds(seg.bits)[rows].numpy()
             if seg.bits == 0.5:
-                t = self.thr_0_5bit[start // 2 : stop // 2].numpy()
-                lo = (self.m_mean - 2 * self.m_std)[start // 2 : stop // 2].numpy()[:, None]
-                hi = (self.m_mean + 2 * self.m_std)[start // 2 : stop // 2].numpy()[:, None]
+                lo = (self.m_mean - 2 * self.m_std)[rows].numpy()[:, None]
+                hi = (self.m_mean + 2 * self.m_std)[rows].numpy()[:, None]
             else:
-                t = self.thresholds(seg.bits)[start:stop].numpy()
-                lo, hi = self.range_lo[start:stop].numpy()[:, None], self.range_hi[start:stop].numpy()[:, None]
+                lo, hi = self.range_lo[rows].numpy()[:, None], self.range_hi[rows].numpy()[:, None]
             n, nt = t.shape
             thr[row : row + n, :nt] = t
+            qthr[row : row + n, :nt] = self.thresholds(seg.bits, queries=True)[rows].numpy()
             edges = np.concatenate([lo, t, hi], axis=1)
             cent[row : row + n, : nt + 1] = (edges[:, 1:] + edges[:, :-1]) / 2
             start, row = stop, row + n
-        q = Quantizer(p, thr, cent)
+        q = Quantizer(p, thr, cent, qthr if bool(self.query_calibrated) else None)
         if fit_values is not None:
             q.centroids = q.fit_centroids(np.asarray(fit_values, dtype=np.float32))
         return q
 
-    def encode(self, x: np.ndarray, plan: str | Plan, dim: int | None = None) -> np.ndarray:
-        """``(n, d)`` frozen embeddings -> ``(n, code_size)`` packed uint8 codes (see :mod:`qama.codes`)."""
+    def encode(self, x: np.ndarray, plan: str | Plan, dim: int | None = None, queries: bool = False) -> np.ndarray:
+        """``(n, d)`` frozen embeddings -> ``(n, code_size)`` packed uint8 codes (see :mod:`qama.codes`);
+        ``queries``: coded with the query thresholds (see :meth:`calibrate_queries`)."""
         p = self.plan(plan, dim)
-        return self.quantizer(p).encode(self.values(x, p))
+        return self.quantizer(p).encode(self.values(x, p), queries)
 
     # ------------------------------------------------------------------ persistence
     def save(self, path: str | os.PathLike) -> Path:
@@ -467,6 +498,11 @@ class QamaAdapter(nn.Module):
             raise ValueError(f"{w_path}: not a safetensors file ({e})") from None
         metadata = {k: v for k, v in data.items() if k not in ("format_version", "adapter", "weights_sha256")}
         adapter = cls(config, metadata)
+        if "query_calibrated" not in tensors:  # written before query thresholds existed: none calibrated
+            tensors["query_calibrated"] = torch.zeros((), dtype=torch.bool)
+            for bits, (name, _) in PRECISIONS.items():
+                if name in tensors:
+                    tensors.setdefault(QUERY_PRECISIONS[bits], tensors[name].clone())
         expected = {k: tuple(v.shape) for k, v in adapter.state_dict().items()}
         got = {k: tuple(v.shape) for k, v in tensors.items()}
         if got != expected:

@@ -136,20 +136,24 @@ def evaluate_dataset(
     plans: Sequence[str] = ALL_PLANS,
     rescore: Sequence[int] = (4,),
     dims: Sequence[int] | None = None,
+    query_sample: np.ndarray | None = None,
+    recalibrate_adapter: bool = True,
 ) -> list[Row]:
     """The evaluation table of ``qama eval``: baselines, and the adapter's rows when one is given.
 
     ``query_emb`` holds every query of the dataset in file order (the judged ones are picked).
     ``rescore``: the oversampling factors of the adapter's rescoring rows; ``dims``: the embedding
-    sizes of the baselines (default: d, d/2, d/4).
+    sizes of the baselines (default: d, d/2, d/4). ``query_sample``: query-like embeddings whose
+    quantiles code the queries (:func:`qama.embeddings.query_sample`): adds ``threshold-qcal`` rows,
+    and replaces the adapter's own query thresholds unless ``recalibrate_adapter=False``.
 
     >>> rows = qama.evaluate_dataset("../shared/datasets/scifact", corpus, queries, "my_adapter")  # doctest: +SKIP
     >>> print(qama.table.to_markdown(rows))  # doctest: +SKIP
     """
     from qama.data import load_dataset
     from qama.evaluate import Evaluator
-    from qama.rescore import adapter_rows
-    from qama.table import baseline_rows, set_retention
+    from qama.rescore import adapter_rows, calibrated_threshold_rows
+    from qama.table import baseline_rows, default_dims, set_retention
 
     ds = dataset if isinstance(dataset, Dataset) else load_dataset(dataset)
     evaluator = Evaluator(ds)
@@ -158,8 +162,12 @@ def evaluate_dataset(
         adapter = adapter if isinstance(adapter, QamaAdapter) else QamaAdapter.load(adapter)
         adapter.check_input(corpus_emb, "corpus embeddings")
     rows = baseline_rows(corpus_emb, judged, evaluator, list(dims) if dims else None)
+    if query_sample is not None:
+        sizes = list(dims) if dims else default_dims(corpus_emb.shape[1])
+        rows += calibrated_threshold_rows(corpus_emb, judged, evaluator, query_sample, sizes)
     if adapter is not None:
-        rows += adapter_rows(adapter, corpus_emb, judged, evaluator, plans, rescore)
+        sample = query_sample if recalibrate_adapter else None
+        rows += adapter_rows(adapter, corpus_emb, judged, evaluator, plans, rescore, query_sample=sample)
     for r in rows:
         r.dataset = ds.name
     set_retention(rows)

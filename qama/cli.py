@@ -37,6 +37,18 @@ def _load_inputs(args: argparse.Namespace):
     return dataset, corpus, queries
 
 
+def _query_sample(args: argparse.Namespace, dataset, corpus, queries):
+    """The query-like embeddings of ``--query-sample`` (see :func:`qama.embeddings.query_sample`), or None."""
+    from qama.embeddings import query_sample
+
+    sample, what = query_sample(
+        dataset, corpus, queries, args.query_sample, args.model, args.embeddings, args.cache_dir, args.batch_size,
+        not args.quiet,
+    )  # fmt: skip
+    logger.info("query thresholds: %s", what)
+    return sample
+
+
 def _write_json(path: Path | None, data: Any) -> None:
     """``--json PATH``: write ``data`` there (``-``: print it)."""
     from qama._io import write_json
@@ -50,14 +62,23 @@ def _write_json(path: Path | None, data: Any) -> None:
 def cmd_eval(args: argparse.Namespace) -> int:
     from qama._io import atomic_open
     from qama.api import evaluate_dataset
-    from qama.table import to_markdown
+    from qama.table import breakdown_markdown, loss_breakdown, to_markdown
 
     start = time.perf_counter()
     dataset, corpus, queries = _load_inputs(args)
-    rows = evaluate_dataset(dataset, corpus, queries, args.adapter, args.plans, args.oversample, args.dims)
+    sample = _query_sample(args, dataset, corpus, queries)
+    explicit = args.query_sample != "auto"  # auto: the adapter keeps its own query thresholds
+    rows = evaluate_dataset(
+        dataset, corpus, queries, args.adapter, args.plans, args.oversample, args.dims, sample, explicit
+    )
     table = to_markdown(rows)
+    breakdown = loss_breakdown(rows)
+    if breakdown:
+        table += "\nWhere the adapter's codes lose (ratios of nDCG@10; 100% = nothing lost):\n\n"
+        table += breakdown_markdown(breakdown)
     print(table, end="")
-    _write_json(args.json, {"dataset": dataset.name, "split": dataset.split, "rows": [r.to_dict() for r in rows]})
+    rows_json = [r.to_dict() for r in rows]
+    _write_json(args.json, {"dataset": dataset.name, "split": dataset.split, "rows": rows_json, "breakdown": breakdown})
     if args.markdown:
         with atomic_open(args.markdown, "w") as f:
             f.write(table)
@@ -102,7 +123,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     check_out_dir(args.out, args.overwrite)  # before loading or training anything
     dataset, corpus, queries = _load_inputs(args)
     cfg, pairs = _training_setup(args, dataset, corpus, queries)
-    fit(corpus, cfg, pairs=pairs, out_dir=args.out, overwrite=args.overwrite)
+    sample = _query_sample(args, dataset, corpus, queries)
+    fit(corpus, cfg, pairs=pairs, out_dir=args.out, overwrite=args.overwrite, query_sample=sample)
     logger.info("adapter saved to %s", args.out)
     return 0
 
@@ -206,10 +228,16 @@ def cmd_index(args: argparse.Namespace) -> int:
 
             corpus = encode(load_model(args.model), texts, batch_size=args.batch_size)
     else:
-        dataset, corpus, _ = _load_inputs(args)
+        dataset, corpus, queries = _load_inputs(args)
         ids, titles = dataset.doc_ids, dataset.titles
     corpus = np.asarray(corpus, dtype=np.float32)
-    encoder = fit_encoder(corpus, args.plan, args.adapter)
+    sample = None
+    if args.corpus is None:
+        sample = _query_sample(args, dataset, corpus, queries)
+    elif args.query_sample not in ("auto", "none"):
+        sample = _query_sample(args, None, corpus, None)
+    # auto keeps the query thresholds the adapter brought; an explicit sample replaces them
+    encoder = fit_encoder(corpus, args.plan, args.adapter, sample, args.query_sample != "auto")
     if args.shard:  # this worker's part of the corpus (the encoder above is fitted on all of it)
         part = shard_range(len(ids), *parse_shard(args.shard))
         corpus, ids, titles = corpus[part.start : part.stop], ids[part.start : part.stop], titles[part.start : part.stop]
@@ -310,6 +338,14 @@ def _add_input_args(p: argparse.ArgumentParser, required: bool = True) -> None:
     )
     p.add_argument("--embeddings", type=Path, help="folder with precomputed corpus.npy and queries.npy of --model")
     p.add_argument("--batch-size", type=int, default=64, help="embedding batch size")
+    p.add_argument(
+        "--query-sample",
+        default="auto",
+        metavar="SOURCE",
+        help="query-like texts whose quantiles code the queries: auto (default: the documents' titles, where the "
+        "corpus has titles and the embeddings' model is --model), titles, none, a qrels split of --dataset "
+        "(e.g. train: its query texts, no judgments), a .npy of query embeddings, or a text file (a query a line)",
+    )
     p.add_argument("--cache-dir", type=Path, default=None, help="cache folder (default: $QAMA_CACHE or ~/.cache/qama)")
 
 

@@ -33,6 +33,7 @@ __all__ = [
     "embed_titles",
     "title_pairs",
     "PSEUDO_QUERY_MODES",
+    "query_sample",
     "load_embeddings",
     "check_embeddings",
 ]
@@ -194,6 +195,62 @@ def title_pairs(
         return None
     rows, titles = embed_titles(dataset, model_name, cache_dir, batch_size, progress)
     return titles, corpus[rows]
+
+
+def query_sample(
+    dataset: Dataset | None,
+    corpus: np.ndarray,
+    queries: np.ndarray | None,
+    source: str = "auto",
+    model_name: str = DEFAULT_MODEL,
+    embeddings_dir: str | os.PathLike | None = None,
+    cache_dir: Path | None = None,
+    batch_size: int = 64,
+    progress: bool = True,
+) -> tuple[np.ndarray | None, str]:
+    """Query-like embeddings whose quantiles code the queries, and a description of them.
+
+    ``source``, first match wins: ``"none"``; ``"auto"`` / ``"titles"``: the documents' titles
+    embedded with ``model_name`` (as :func:`title_pairs`: ``auto`` falls back to none);
+    a ``.npy`` file of ``(m, d)`` query embeddings; a text file of queries, one a line (embedded
+    with ``model_name``); else the name of a qrels split of ``dataset`` (its judged queries from
+    ``queries``, the rows of ``dataset.query_ids``), e.g. ``train``. Only query texts are used,
+    never their judgments. Calibrating on the evaluated split's own queries is allowed but logged:
+    it measures an upper bound.
+    """
+    if source == "none":
+        return None, "none (queries coded with the documents' thresholds)"
+    if source in ("auto", "titles") and dataset is not None:
+        pairs = title_pairs(dataset, corpus, source, model_name, embeddings_dir, cache_dir, batch_size, progress)
+        if pairs is None:
+            return None, "none (no titles to use)"
+        return pairs[0], f"{len(pairs[0])} document titles"
+    path = Path(source)
+    if path.suffix == ".npy":
+        emb = check_embeddings(load_npy(path, error=EmbeddingError), None, str(path), dim=corpus.shape[1])
+        return emb, f"{len(emb)} query embeddings from {path}"
+    if path.is_file():
+        try:
+            texts = [t.strip() for t in path.read_text(encoding="utf-8-sig").splitlines() if t.strip()]
+        except UnicodeDecodeError as e:
+            raise EmbeddingError(f"{path}: not a UTF-8 text file of queries ({e})") from None
+        if len(texts) < 2:
+            raise EmbeddingError(f"{path}: a query sample needs at least 2 non-empty lines, got {len(texts)}")
+        emb = check_embeddings(encode(load_model(model_name), texts, batch_size, progress), None, str(path))
+        return emb, f"{len(texts)} queries from {path}"
+    from qama.data import DataError, load_dataset
+
+    if dataset is None or dataset.path is None or queries is None:
+        if source in ("auto", "titles"):
+            return None, "none (no titles to use)"
+        raise EmbeddingError(f"query sample {source!r}: not a file, and no dataset split to take queries from")
+    try:
+        rows = load_dataset(dataset.path, split=source).eval_query_rows
+    except DataError as e:
+        raise EmbeddingError(f"query sample {source!r} is neither a file nor a split of {dataset.name} ({e})") from None
+    if source == dataset.split:
+        logger.warning("query sample: the %r queries are the evaluated ones (an upper bound, not a measure)", source)
+    return np.asarray(queries)[rows], f"{len(rows)} queries of the {source!r} split"
 
 
 def _short_name(model_name: str) -> str:

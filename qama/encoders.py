@@ -74,7 +74,12 @@ class Encoder(Protocol):
         ...
 
     def encode(self, emb: np.ndarray) -> np.ndarray:
-        """``(n, d)`` float embeddings -> ``(n, plan.code_size)`` packed uint8 codes."""
+        """``(n, d)`` float document embeddings -> ``(n, plan.code_size)`` packed uint8 codes."""
+        ...
+
+    def encode_queries(self, emb: np.ndarray) -> np.ndarray:
+        """``(n, d)`` float query embeddings -> ``(n, plan.code_size)`` codes, by the query thresholds
+        where the encoder has them (see :meth:`qama.quantize.Quantizer.calibrate_queries`)."""
         ...
 
     def query_weights(self, emb: np.ndarray) -> np.ndarray:
@@ -95,22 +100,34 @@ class ThresholdEncoder:
     def __init__(self, quantizer: Quantizer) -> None:
         self.quantizer = quantizer
 
+    @classmethod
+    def fit(
+        cls, emb: np.ndarray, plan: Plan, sign_1bit: bool = False, query_sample: np.ndarray | None = None
+    ) -> ThresholdEncoder:
+        """Fit quantile thresholds and centroids on ``(n, d)`` corpus embeddings; with ``query_sample``
+        (``(m, d)`` query-like embeddings) also the query thresholds (:meth:`calibrate_queries`)."""
+        encoder = cls(Quantizer.fit(plan_values(np.asarray(emb, dtype=np.float32), plan), plan, sign_1bit=sign_1bit))
+        if query_sample is not None:
+            encoder.calibrate_queries(query_sample)
+        return encoder
+
+    def calibrate_queries(self, sample: np.ndarray) -> None:
+        """Code queries by quantiles of ``(m, d)`` query-like embeddings (queries, titles, ...)."""
+        self.quantizer.calibrate_queries(plan_values(np.asarray(sample, dtype=np.float32), self.plan))
+
     @property
     def state(self) -> dict[str, np.ndarray]:
-        """The arrays a store keeps to rebuild the encoder (:meth:`from_state`): thresholds, centroids."""
+        """The arrays a store keeps to rebuild the encoder (:meth:`from_state`)."""
         q = self.quantizer
         state = {"thresholds": q.thresholds, "centroids": q.centroids}
+        if q.query_thresholds is not None:
+            state["query_thresholds"] = q.query_thresholds
         return {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in state.items()}
 
     @classmethod
     def from_state(cls, plan: Plan, state: dict[str, np.ndarray]) -> ThresholdEncoder:
         """The encoder :attr:`state` describes (``KeyError`` / ``ValueError`` when it does not fit ``plan``)."""
-        return cls(Quantizer(plan, state["thresholds"], state["centroids"]))
-
-    @classmethod
-    def fit(cls, emb: np.ndarray, plan: Plan, sign_1bit: bool = False) -> ThresholdEncoder:
-        """Fit quantile thresholds and centroids on ``(n, d)`` corpus embeddings."""
-        return cls(Quantizer.fit(plan_values(np.asarray(emb, dtype=np.float32), plan), plan, sign_1bit=sign_1bit))
+        return cls(Quantizer(plan, state["thresholds"], state["centroids"], state.get("query_thresholds")))
 
     @property
     def plan(self) -> Plan:
@@ -125,15 +142,20 @@ class ThresholdEncoder:
         h = hashlib.sha256(self.plan.spec().encode())
         h.update(np.ascontiguousarray(self.quantizer.thresholds, dtype=np.float32).tobytes())
         h.update(np.ascontiguousarray(self.quantizer.centroids, dtype=np.float32).tobytes())
+        if self.quantizer.query_thresholds is not None:  # absent: the checksum of an index built before them
+            h.update(np.ascontiguousarray(self.quantizer.query_thresholds, dtype=np.float32).tobytes())
         return h.hexdigest()
 
-    def encode(self, emb: np.ndarray, chunk: int = 65536) -> np.ndarray:
+    def encode(self, emb: np.ndarray, chunk: int = 65536, queries: bool = False) -> np.ndarray:
         plan = self.plan
         out = np.empty((len(emb), plan.code_size), dtype=np.uint8)
         for i in range(0, len(emb), chunk):
             values = plan_values(np.asarray(emb[i : i + chunk], dtype=np.float32), plan)
-            out[i : i + chunk] = pack(self.quantizer.levels(values), plan)
+            out[i : i + chunk] = pack(self.quantizer.levels(values, queries), plan)
         return out
+
+    def encode_queries(self, emb: np.ndarray) -> np.ndarray:
+        return self.encode(emb, queries=True)
 
     def query_weights(self, emb: np.ndarray) -> np.ndarray:
         sum_pairs = lambda pairs: pairs.sum(axis=-1)  # noqa: E731  (q1 c + q2 c = (q1 + q2) c)
@@ -177,6 +199,10 @@ class AdapterEncoder:
             if cent is None or axes is None or cent.shape != (nv, 4) or axes.shape != (nv, 2):
                 raise ValueError(f"encoder state does not fit plan {self._plan.name!r} ({nv} values)")
             self.quantizer.centroids, self.pair_axes = np.asarray(cent, np.float32), np.asarray(axes, np.float32)
+            qthr = state.get("query_thresholds")  # absent in an index built before query calibration
+            if qthr is not None and qthr.shape != (nv, 3):
+                raise ValueError(f"encoder state's query thresholds do not fit plan {self._plan.name!r}")
+            self.quantizer.query_thresholds = None if qthr is None else np.asarray(qthr, np.float32)
         elif fit_emb is not None:
             self.quantizer.centroids, self.pair_axes = self._fit(fit_emb)
         else:  # no corpus: the quantizer's own level midpoints, pairs along the diagonal
@@ -233,7 +259,15 @@ class AdapterEncoder:
     @property
     def state(self) -> dict[str, np.ndarray]:
         """What depends on the fitting corpus (``centroids``, ``pair_axes``): :meth:`from_state` reads it."""
-        return {"centroids": self.quantizer.centroids, "pair_axes": self.pair_axes}
+        state = {"centroids": self.quantizer.centroids, "pair_axes": self.pair_axes}
+        if self.quantizer.query_thresholds is not None:
+            state["query_thresholds"] = self.quantizer.query_thresholds
+        return state
+
+    def calibrate_queries(self, sample: np.ndarray) -> None:
+        """Code queries by quantiles of the adapter's values of ``(m, d)`` query-like embeddings
+        (replaces the query thresholds the adapter brought, if any)."""
+        self.quantizer.calibrate_queries(self.adapter.values(np.asarray(sample, dtype=np.float32), self._plan))
 
     @classmethod
     def from_state(cls, adapter: Any, plan: str | Plan, state: dict[str, np.ndarray]) -> AdapterEncoder:
@@ -249,11 +283,14 @@ class AdapterEncoder:
             h.update(np.ascontiguousarray(t, dtype=np.float32).tobytes())
         return h.hexdigest()
 
-    def encode(self, emb: np.ndarray, chunk: int = 65536) -> np.ndarray:
+    def encode(self, emb: np.ndarray, chunk: int = 65536, queries: bool = False) -> np.ndarray:
         out = np.empty((len(emb), self._plan.code_size), dtype=np.uint8)
         for i in range(0, len(emb), chunk):  # bounded memory: values and levels of one chunk at a time
-            out[i : i + chunk] = self.quantizer.encode(self.adapter.values(emb[i : i + chunk], self._plan))
+            out[i : i + chunk] = self.quantizer.encode(self.adapter.values(emb[i : i + chunk], self._plan), queries)
         return out
+
+    def encode_queries(self, emb: np.ndarray) -> np.ndarray:
+        return self.encode(emb, queries=True)
 
     def query_weights(self, emb: np.ndarray) -> np.ndarray:
         z = self._unit_prefix(emb)
@@ -340,17 +377,30 @@ def open_encoder(
     return encoder
 
 
-def fit_encoder(corpus: np.ndarray, plan: str | Plan, adapter: Any = None) -> Encoder:
+def fit_encoder(
+    corpus: np.ndarray,
+    plan: str | Plan,
+    adapter: Any = None,
+    query_sample: np.ndarray | None = None,
+    replace_query_thresholds: bool = True,
+) -> Encoder:
     """The encoder of a corpus under ``plan``: a trained adapter's (a :class:`~qama.adapter.QamaAdapter`
-    or its folder; centroids fitted on ``corpus``) or, without one, untrained quantile thresholds."""
+    or its folder; centroids fitted on ``corpus``) or, without one, untrained quantile thresholds.
+
+    ``query_sample``: query-like embeddings whose quantiles code the queries; an adapter that brought
+    its own query thresholds keeps them when ``replace_query_thresholds`` is false.
+    """
     corpus = np.asarray(corpus, dtype=np.float32)
     if adapter is None:
         from qama.codes import make_plan
 
         logger.info("no adapter: fitting untrained quantile thresholds (%s) on the corpus", plan)
-        return ThresholdEncoder.fit(corpus, make_plan(plan, corpus.shape[1]))
+        return ThresholdEncoder.fit(corpus, make_plan(plan, corpus.shape[1]), query_sample=query_sample)
     from qama.adapter import QamaAdapter
 
     if isinstance(adapter, (str, os.PathLike)):
         adapter = QamaAdapter.load(adapter)
-    return AdapterEncoder(adapter, plan, fit_emb=corpus)
+    encoder = AdapterEncoder(adapter, plan, fit_emb=corpus)
+    if query_sample is not None and (replace_query_thresholds or not bool(adapter.query_calibrated)):
+        encoder.calibrate_queries(query_sample)
+    return encoder

@@ -206,7 +206,7 @@ def speed_table(n: int, d: int, n_queries: int, plan_name: str = "hybrid", singl
     codes = np.zeros((n, width), np.uint8)
     codes[:, : plan.code_size] = encoder.encode(corpus)
     qcodes = np.zeros((n_queries, width), np.uint8)
-    qcodes[:, : plan.code_size] = encoder.encode(queries)
+    qcodes[:, : plan.code_size] = encoder.encode_queries(queries)
     flat = faiss.IndexFlatIP(d)
     flat.add(corpus)
     k = 10

@@ -27,6 +27,7 @@ from qama.table import TOP_K, Row, float_row
 __all__ = [
     "rescore_rows",
     "threshold_rescore_rows",
+    "calibrated_threshold_rows",
     "adapter_rows",
     "ABLATION_PLANS",
     "ablation_scorer",
@@ -62,7 +63,7 @@ def rescore_rows(
     full-precision corpus vectors instead, as an index keeping them on disk does.
     """
     plan = encoder.plan
-    codes, qcodes = encoder.encode(corpus), encoder.encode(queries)
+    codes, qcodes = encoder.encode(corpus), encoder.encode_queries(queries)
 
     def row(fmt_: str, plan_name: str, rescore: int | None, dist_or_scores: np.ndarray, ids: np.ndarray) -> Row:
         return Row(
@@ -127,6 +128,25 @@ def threshold_rescore_rows(
     return rows
 
 
+def calibrated_threshold_rows(
+    corpus: np.ndarray,
+    queries: np.ndarray,
+    evaluator: Evaluator,
+    query_sample: np.ndarray,
+    dims_list: Iterable[int] | None = None,
+    plans: Iterable[str] = DEFAULT_PLANS,
+) -> list[Row]:
+    """Symmetric rows (format ``threshold-qcal``) of untrained quantile codes whose queries are coded
+    by quantiles of ``query_sample`` (:meth:`ThresholdEncoder.calibrate_queries`), every plan and size."""
+    rows = []
+    for dims in dims_list or [corpus.shape[1]]:
+        c, q, s = (baselines.truncate(x, dims) for x in (corpus, queries, query_sample))
+        for plan in plans_fitting(plans, dims):
+            encoder = ThresholdEncoder.fit(c, plan, query_sample=s)
+            rows += rescore_rows(encoder, c, q, evaluator, "threshold-qcal", oversamples=())
+    return rows
+
+
 def adapter_rows(
     adapter: QamaAdapter,
     corpus: np.ndarray,
@@ -134,11 +154,14 @@ def adapter_rows(
     evaluator: Evaluator,
     plans: Iterable[str] = ALL_PLANS,
     oversamples: Iterable[int] = (4,),
+    query_sample: np.ndarray | None = None,
 ) -> list[Row]:
     """Rows of a trained adapter (format ``qama``): at every nested size, its FP32 output (plan
     ``None``), then every plan's symmetric Hamming search and its rescoring at each factor.
 
     ``corpus`` and ``queries`` are the frozen model's embeddings (queries: the judged ones).
+    Queries are coded with the adapter's query thresholds, or by quantiles of ``query_sample``
+    when given.
     """
     rows = []
     for dims in sorted(adapter.config.nested_dims, reverse=True):
@@ -147,6 +170,8 @@ def adapter_rows(
         rows.append(float_row("qama", z_c, z_q, dims, evaluator, bytes_per_dim=4))
         for plan in plans_fitting(plans, dims):
             encoder = AdapterEncoder(adapter, plan, fit_emb=corpus)
+            if query_sample is not None:
+                encoder.calibrate_queries(query_sample)
             rows += rescore_rows(encoder, corpus, queries, evaluator, "qama", oversamples)
     return rows
 

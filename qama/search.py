@@ -214,7 +214,7 @@ def search_rescored(
 ) -> tuple[np.ndarray, np.ndarray]:
     """The two-stage search every store runs: Hamming candidates, rescored, then the top ``k``.
 
-    ``queries`` are ``(nq, d)`` float embeddings (encoded here unless ``query_codes`` is given).
+    ``queries`` are ``(nq, d)`` float embeddings (coded by ``encoder.encode_queries`` unless ``query_codes`` is given).
     The one oversampling contract:
 
     * ``oversample=0``: Hamming search only; scores are negated distances (``-inf`` where missing);
@@ -238,7 +238,7 @@ def search_rescored(
         raise ValueError("rescore='vectors' needs the float vectors of the corpus (none are stored)")
     queries = np.asarray(queries, dtype=np.float32)
     if query_codes is None:
-        query_codes = encoder.encode(queries)
+        query_codes = encoder.encode_queries(queries)
     if candidates is None:
         width = codes.shape[1]
         if query_codes.shape[1] < width:  # aligned corpus rows: pad the queries with zero bytes

@@ -130,6 +130,55 @@ _COLUMNS = [
 ]
 
 
+def loss_breakdown(rows: list[Row]) -> list[dict]:
+    """Where an adapter's codes lose nDCG@10, per plan and size (rows of one dataset's ``qama eval``).
+
+    For each symmetric ``qama`` code row: ``transform`` = the adapter's FP32 output / the model's FP32
+    at the same size (what the transform loses or gains before quantisation); ``quantisation`` = the
+    symmetric codes / the adapter's FP32 at that size; ``query_side`` = the symmetric codes / the
+    same codes rescored asymmetrically (float query) at the smallest factor present (what coding
+    the query costs); ``untrained`` = the codes / untrained quantile codes of the same plan and size
+    (``threshold-qcal`` rows when present, else ``threshold``), ``None`` where there are none.
+    """
+    def ndcg(fmt: str, plan: str | None, dims: int, rescore: int | None = None) -> float | None:
+        found = [r for r in rows if (r.format, r.plan, r.dims, r.rescore) == (fmt, plan, dims, rescore)]
+        return found[0].metrics["ndcg@10"] if found else None
+
+    def ratio(a: float | None, b: float | None) -> float | None:
+        return None if a is None or not b else a / b
+
+    out = []
+    for r in rows:
+        if r.format != "qama" or r.plan is None or r.rescore is not None:
+            continue
+        codes = r.metrics["ndcg@10"]
+        rescored = sorted((x.rescore, x.metrics["ndcg@10"]) for x in rows if x.format == "qama"
+                          and (x.plan, x.dims) == (r.plan, r.dims) and x.rescore is not None)
+        untrained = ndcg("threshold-qcal", r.plan, r.dims)
+        if untrained is None:
+            untrained = ndcg("threshold", r.plan, r.dims)
+        out.append({
+            "dataset": r.dataset,
+            "plan": r.plan,
+            "dims": r.dims,
+            "transform": ratio(ndcg("qama", None, r.dims), ndcg("fp32", None, r.dims)),
+            "quantisation": ratio(codes, ndcg("qama", None, r.dims)),
+            "query_side": ratio(codes, rescored[0][1]) if rescored else None,
+            "untrained": ratio(codes, untrained),
+        })
+    return out
+
+
+def breakdown_markdown(breakdown: list[dict]) -> str:
+    """:func:`loss_breakdown` as a Markdown table of ratios (100% = nothing lost)."""
+    keys = ["transform", "quantisation", "query_side", "untrained"]
+    lines = ["| plan | dims | " + " | ".join(keys) + " |", "|---|---|" + "---|" * len(keys)]
+    for b in breakdown:
+        cells = ["—" if b[k] is None else f"{b[k]:.1%}" for k in keys]
+        lines.append(f"| {b['plan']} | {b['dims']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def to_markdown(rows: list[Row]) -> str:
     """A Markdown table (also readable as plain text in a terminal)."""
     dicts = [r.to_dict() for r in rows]

@@ -412,6 +412,7 @@ def fit(
     pairs: tuple[np.ndarray, np.ndarray] | None = None,
     out_dir: str | os.PathLike | None = None,
     overwrite: bool = False,
+    query_sample: np.ndarray | None = None,
 ) -> QamaAdapter:
     """Fit an adapter on ``(n, d)`` L2-normalised corpus embeddings; returns it (saved to ``out_dir``).
 
@@ -419,13 +420,17 @@ def fit(
     used by the InfoNCE term. With ``out_dir``, checkpoints go to ``out_dir/checkpoint`` every
     ``checkpoint_every`` steps and a run that finds one resumes from it; the finished adapter is saved
     to ``out_dir`` and the checkpoint removed. An adapter already in ``out_dir`` is replaced only with
-    ``overwrite`` (checked before any work, see :func:`check_out_dir`).
+    ``overwrite`` (checked before any work, see :func:`check_out_dir`). ``query_sample``: ``(m, d)``
+    query-like embeddings (queries, or pseudo-queries such as titles) whose quantiles become the
+    adapter's query thresholds (:meth:`~qama.adapter.QamaAdapter.calibrate_queries`).
     """
     if out_dir is not None:
         check_out_dir(out_dir, overwrite)
     cfg = config or TrainConfig()
     x_np = check_training_input(corpus_emb, cfg.batch_size)
     d = x_np.shape[1]
+    if query_sample is not None:
+        query_sample = check_training_input(query_sample, 2, d, "query sample")
     pair_t: tuple[torch.Tensor, torch.Tensor] | None = None
     if pairs is not None and cfg.w_nce <= 0:
         raise ValueError("pairs are used only by the InfoNCE term, which is off: set w_nce > 0")
@@ -509,6 +514,9 @@ def fit(
             _save_checkpoint(ckpt, adapter, opt, step + 1, cfg)
     bar.close()
     adapter.calibrate(x_np)  # final thresholds: exact quantiles over the whole corpus
+    if query_sample is not None:
+        adapter.calibrate_queries(query_sample)
+        adapter.metadata["data"]["n_query_sample"] = len(query_sample)
     adapter.eval()
     adapter.metadata["training"]["seconds"] = round(time.perf_counter() - t0, 1)
     logger.info("fitted adapter in %.1f s", time.perf_counter() - t0)
