@@ -37,6 +37,10 @@ def atomic_open(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO[Any]]:
 
 
 def write_json(path: str | os.PathLike, obj: Any) -> None:
+    """Write ``obj`` as indented JSON to ``path`` atomically; the path ``-`` prints it instead."""
+    if str(path) == "-":
+        print(json.dumps(obj, ensure_ascii=False, indent=2))
+        return
     with atomic_open(path, "w") as f:
         json.dump(obj, f, indent=2, sort_keys=False)
         f.write("\n")

@@ -14,7 +14,6 @@ problem; ``--debug`` shows the traceback.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 import time
@@ -38,8 +37,12 @@ def _load_inputs(args: argparse.Namespace):
 
 
 def _query_sample(args: argparse.Namespace, dataset, corpus, queries):
-    """The query-like embeddings of ``--query-sample`` (see :func:`qama.embeddings.query_sample`), or None."""
+    """The query-like embeddings of ``--query-sample`` (see :func:`qama.embeddings.query_sample`), or None;
+    without a dataset (``qama index --corpus``) only an explicit source."""
     from qama.embeddings import query_sample
+
+    if dataset is None and args.query_sample in ("auto", "none"):
+        return None
 
     sample, what = query_sample(
         dataset, corpus, queries, args.query_sample, args.model, args.embeddings, args.cache_dir, args.batch_size,
@@ -49,20 +52,10 @@ def _query_sample(args: argparse.Namespace, dataset, corpus, queries):
     return sample
 
 
-def _write_json(path: Path | None, data: Any) -> None:
-    """``--json PATH``: write ``data`` there (``-``: print it)."""
-    from qama._io import write_json
-
-    if str(path) == "-":
-        print(json.dumps(data, ensure_ascii=False, indent=2))
-    elif path is not None:
-        write_json(path, data)
-
-
 def cmd_eval(args: argparse.Namespace) -> int:
-    from qama._io import atomic_open
+    from qama._io import atomic_open, write_json
     from qama.api import evaluate_dataset
-    from qama.table import breakdown_markdown, loss_breakdown, to_markdown
+    from qama.table import eval_markdown
 
     start = time.perf_counter()
     dataset, corpus, queries = _load_inputs(args)
@@ -71,14 +64,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
     rows = evaluate_dataset(
         dataset, corpus, queries, args.adapter, args.plans, args.oversample, args.dims, sample, explicit
     )
-    table = to_markdown(rows)
-    breakdown = loss_breakdown(rows)
-    if breakdown:
-        table += "\nWhere the adapter's codes lose (ratios of nDCG@10; 100% = nothing lost):\n\n"
-        table += breakdown_markdown(breakdown)
+    table, breakdown = eval_markdown(rows)
     print(table, end="")
-    rows_json = [r.to_dict() for r in rows]
-    _write_json(args.json, {"dataset": dataset.name, "split": dataset.split, "rows": rows_json, "breakdown": breakdown})
+    if args.json:
+        rows_json = [r.to_dict() for r in rows]
+        write_json(args.json, {"dataset": dataset.name, "split": dataset.split, "rows": rows_json, "breakdown": breakdown})
     if args.markdown:
         with atomic_open(args.markdown, "w") as f:
             f.write(table)
@@ -88,33 +78,14 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 def _training_setup(args: argparse.Namespace, dataset, corpus, queries):
     """The :class:`~qama.train.TrainConfig` and InfoNCE ``pairs`` of ``qama train`` / ``qama ablate``."""
-    from qama.data import load_dataset
-    from qama.embeddings import title_pairs
-    from qama.train import TrainConfig, info_nce_setup
+    from qama.train import training_setup
 
-    settings = {
-        "steps": args.steps,
-        "expansion": args.expansion,
-        "seed": args.seed,
-        "nested_dims": args.nested_dims,
-        "batch_size": args.train_batch_size,
-        "drop_mean_direction": False if args.keep_mean_direction else None,
-    }
-    titles = title_pairs(
-        dataset, corpus, args.pseudo_queries, args.model, args.embeddings, args.cache_dir, args.batch_size, not args.quiet
-    )
-    labelled = None
-    if args.pairs:
-        q_rows, d_rows = load_dataset(dataset.path, split=args.pairs).relevant_pairs()
-        labelled = (queries[q_rows], corpus[d_rows])
-    pairs, settings["w_nce"], description = info_nce_setup(dataset.name, titles, labelled, args.pairs, args.nce_weight)
-    cfg = TrainConfig(
-        model_name=args.model if not args.embeddings else str(args.embeddings),
-        data_description=description,
-        progress=not args.quiet,
-        **{k: v for k, v in settings.items() if v is not None},
-    )
-    return cfg, pairs
+    return training_setup(
+        dataset, corpus, queries, args.pseudo_queries, args.pairs, args.nce_weight, args.model, args.embeddings,
+        args.cache_dir, args.batch_size, not args.quiet, steps=args.steps, expansion=args.expansion, seed=args.seed,
+        nested_dims=args.nested_dims, batch_size=args.train_batch_size,
+        drop_mean_direction=False if args.keep_mean_direction else None,
+    )  # fmt: skip
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -130,20 +101,19 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_ablate(args: argparse.Namespace) -> int:
+    from qama._io import write_json
     from qama.evaluate import Evaluator
     from qama.rescore import ablation_columns, ablation_scorer
+    from qama.table import ablation_markdown
     from qama.train import ablate
 
     dataset, corpus, queries = _load_inputs(args)
     evaluator = Evaluator(dataset)
     cfg, pairs = _training_setup(args, dataset, corpus, queries)
     results = ablate(corpus, ablation_scorer(corpus, queries[evaluator.rows], evaluator), cfg, pairs=pairs, names=args.only)
-    columns = ablation_columns(results)
-    print("| ablation | " + " | ".join(columns) + " |")
-    print("|---" * (len(columns) + 1) + "|")
-    for name, figures in results.items():
-        print(f"| {name} | " + " | ".join(f"{figures.get(c, float('nan')):.4f}" for c in columns) + " |")
-    _write_json(args.json, {"dataset": dataset.name, "ablations": results})
+    print("\n".join(ablation_markdown(results, ablation_columns(results))))
+    if args.json:
+        write_json(args.json, {"dataset": dataset.name, "ablations": results})
     return 0
 
 
@@ -162,23 +132,12 @@ class _DatasetAction(argparse.Action):
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from qama.config import ExperimentConfig, load_config, preset_path
+    from qama.config import experiment_config
     from qama.report import check_report_folder, run_report
 
-    if args.config or args.preset:
-        config = load_config(args.config or preset_path(args.preset))
-        if args.datasets:
-            config.datasets = ExperimentConfig(datasets=args.datasets).datasets
-    elif args.datasets:
-        config = ExperimentConfig(datasets=args.datasets, **({"model": args.model} if args.model else {}))
-    else:
-        raise ValueError("qama report needs --config FILE, --preset NAME or at least one --dataset")
-    if args.steps is not None:
-        config.train["steps"] = args.steps
-    if args.no_ablation:
-        config.ablation = False
-    if args.speed_vectors is not None:
-        config.speed_vectors = args.speed_vectors
+    config = experiment_config(
+        args.config, args.preset, args.datasets, args.model, args.steps, not args.no_ablation, args.speed_vectors
+    )
     check_report_folder(args.out)
     results = run_report(config, args.out, command="qama " + " ".join(sys.argv[1:]), progress=not args.quiet)
     print(f"report written to {args.out / 'report.md'} ({results['seconds']:.0f} s)")
@@ -215,27 +174,14 @@ def cmd_index(args: argparse.Namespace) -> int:
         check_new_index_folder(Path(uri), args.overwrite)
         options = {"adapter_path": args.adapter, "overwrite": args.overwrite}
     if args.corpus:
-        from qama.data import read_jsonl_corpus
+        from qama.embeddings import jsonl_corpus_embeddings
 
-        ids, titles, texts = read_jsonl_corpus(args.corpus)
-        if args.embeddings:
-            from qama._io import load_npy
-            from qama.embeddings import check_embeddings
-
-            corpus = check_embeddings(load_npy(args.embeddings), len(ids), str(args.embeddings))
-        else:
-            from qama.embeddings import encode, load_model
-
-            corpus = encode(load_model(args.model), texts, batch_size=args.batch_size)
+        ids, titles, corpus = jsonl_corpus_embeddings(args.corpus, args.embeddings, args.model, args.batch_size)
     else:
         dataset, corpus, queries = _load_inputs(args)
         ids, titles = dataset.doc_ids, dataset.titles
     corpus = np.asarray(corpus, dtype=np.float32)
-    sample = None
-    if args.corpus is None:
-        sample = _query_sample(args, dataset, corpus, queries)
-    elif args.query_sample not in ("auto", "none"):
-        sample = _query_sample(args, None, corpus, None)
+    sample = _query_sample(args, None, corpus, None) if args.corpus else _query_sample(args, dataset, corpus, queries)
     # auto keeps the query thresholds the adapter brought; an explicit sample replaces them
     encoder = fit_encoder(corpus, args.plan, args.adapter, sample, args.query_sample != "auto")
     if args.shard:  # this worker's part of the corpus (the encoder above is fitted on all of it)
@@ -254,9 +200,9 @@ def cmd_index(args: argparse.Namespace) -> int:
 
 
 def cmd_search(args: argparse.Namespace) -> int:
-    import numpy as np
-
-    from qama.backends import open_backend, search_hits
+    from qama._io import write_json
+    from qama.backends import hits_text, open_backend, search_hits
+    from qama.embeddings import query_embeddings
 
     uri, kind, options = _store(args, args.index)
     if kind == "faiss":
@@ -274,30 +220,13 @@ def cmd_search(args: argparse.Namespace) -> int:
             raise ValueError(f"k must be positive, got {args.k}")
         if args.k > n:
             logger.warning("k=%d is larger than the index (%d documents): returning all of them", args.k, n)
-        if args.queries is not None:
-            from qama._io import load_npy
-
-            queries = np.atleast_2d(load_npy(args.queries)).astype(np.float32)
-            labels = [str(i) for i in range(len(queries))]
-        else:
-            if not args.text:
-                raise ValueError("give query text or --queries FILE.npy")
-            if not all(t.strip() for t in args.text):
-                raise ValueError("a query is empty")
-            from qama.embeddings import encode, load_model
-
-            model = args.model or backend.manifest.get("meta", {}).get("model")
-            if not model:
-                raise ValueError(f"{uri}: the index does not name its model; pass --model")
-            queries, labels = encode(load_model(model), list(args.text), progress=False), list(args.text)
+        model = args.model or backend.manifest.get("meta", {}).get("model")
+        queries, labels = query_embeddings(args.text, args.queries, model)
         results = search_hits(backend, queries, labels, args.k, args.oversample, args.rescore)
     if args.json is not None:
-        _write_json(args.json, results)
-        return 0
-    for res in results:
-        print(f"query: {res['query']}")
-        for rank, hit in enumerate(res["hits"], 1):
-            print(f"{rank:4d}. {hit['score']:9.4f}  {hit['id']}" + (f"  {hit['title']}" if hit["title"] else ""))
+        write_json(args.json, results)
+    else:
+        print(hits_text(results), end="")
     return 0
 
 
@@ -330,21 +259,16 @@ def _add_input_args(p: argparse.ArgumentParser, required: bool = True) -> None:
 
     p.add_argument("--dataset", required=required, help="BEIR-layout folder, or a BEIR dataset name to download")
     p.add_argument("--split", default="test", help="qrels split to evaluate (default: test)")
-    p.add_argument(
-        "--model",
-        default=DEFAULT_MODEL,
-        help=f"sentence-transformers model that embeds the dataset (unless --embeddings) and title pseudo-queries "
-        f"(default: {DEFAULT_MODEL})",
-    )
+    model_help = f"sentence-transformers model of the dataset's embeddings and of its titles (default: {DEFAULT_MODEL})"
+    p.add_argument("--model", default=DEFAULT_MODEL, help=model_help)
     p.add_argument("--embeddings", type=Path, help="folder with precomputed corpus.npy and queries.npy of --model")
     p.add_argument("--batch-size", type=int, default=64, help="embedding batch size")
     p.add_argument(
         "--query-sample",
         default="auto",
         metavar="SOURCE",
-        help="query-like texts whose quantiles code the queries: auto (default: the documents' titles, where the "
-        "corpus has titles and the embeddings' model is --model), titles, none, a qrels split of --dataset "
-        "(e.g. train: its query texts, no judgments), a .npy of query embeddings, or a text file (a query a line)",
+        help="query-like texts whose quantiles code the queries: auto (default: the titles, if any), titles, none, "
+        "a qrels split of --dataset (its query texts), a .npy of query embeddings, or a text file (a query a line)",
     )
     p.add_argument("--cache-dir", type=Path, default=None, help="cache folder (default: $QAMA_CACHE or ~/.cache/qama)")
 
@@ -362,8 +286,8 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
         "--pseudo-queries",
         choices=PSEUDO_QUERY_MODES,
         default="auto",
-        help="the documents' titles, embedded with --model, as InfoNCE queries of their documents (no labels); "
-        "auto (default): when the corpus has titles and the embeddings' model is known to be --model",
+        help="the documents' titles as InfoNCE queries of their documents (no labels); auto (default): when the "
+        "corpus has titles and the embeddings' model is known to be --model",
     )
     p.add_argument("--pairs", metavar="SPLIT", help="also train InfoNCE on this qrels split's pairs (labels)")
     p.add_argument("--nce-weight", type=float, help="InfoNCE weight (default: NCE_WEIGHT_TITLES / _LABELLED)")

@@ -123,3 +123,31 @@ def load_config(path: str | Path) -> ExperimentConfig:
         return ExperimentConfig.from_dict(data)
     except (TypeError, ValueError) as e:
         raise ValueError(f"{path}: {e}") from None
+
+
+def experiment_config(
+    config: str | Path | None = None,
+    preset: str | None = None,
+    datasets: list[dict[str, Any]] | None = None,
+    model: str | None = None,
+    steps: int | None = None,
+    ablation: bool = True,
+    speed_vectors: int | None = None,
+) -> ExperimentConfig:
+    """The config of ``qama report``: a TOML file or a preset (its datasets replaced by ``datasets``
+    when given), else ``datasets`` with ``model``; then the overrides ``steps``, ``ablation``,
+    ``speed_vectors``."""
+    if config or preset:
+        out = load_config(config or preset_path(str(preset)))
+        if datasets:
+            out.datasets = ExperimentConfig(datasets=datasets).datasets
+    elif datasets:
+        out = ExperimentConfig(datasets=datasets, **({"model": model} if model else {}))
+    else:
+        raise ValueError("qama report needs --config FILE, --preset NAME or at least one --dataset")
+    if steps is not None:
+        out.train["steps"] = steps
+    out.ablation = out.ablation and ablation
+    if speed_vectors is not None:
+        out.speed_vectors = speed_vectors
+    return out

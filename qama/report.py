@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 from qama._io import atomic_open, write_json
 from qama.config import ExperimentConfig
 from qama.rescore import ablation_columns
-from qama.table import Row, baseline_rows, set_retention
+from qama.table import Row, ablation_markdown, baseline_rows, set_retention
 
 __all__ = ["run_report", "speed_table", "plot_all", "main_table"]
 
@@ -441,11 +441,8 @@ def _markdown(results: dict[str, Any]) -> str:
             f"## Ablations ({results['ablation_dataset']}, nDCG@10, symmetric Hamming, {steps} training steps each;"
             " 'full' has every regulariser on, each row switches one off)",
             "",
-            "| ablation | " + " | ".join(cols) + " |",
-            "|" + "---|" * (len(cols) + 1),
+            *ablation_markdown(abl, cols, _fmt),
         ]
-        for name, figures in abl.items():
-            lines.append(f"| {name} | " + " | ".join(_fmt(figures.get(c)) for c in cols) + " |")
     if results.get("speed"):
         lines += [
             "",

@@ -7,8 +7,9 @@ baselines come from :mod:`qama.baselines`; trained adapters and rescoring add ro
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -189,3 +190,24 @@ def to_markdown(rows: list[Row]) -> str:
     lines.append("|" + "|".join("-" * (w + 2) for w in widths) + "|")
     lines += ["| " + " | ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) + " |" for row in cells]
     return "\n".join(lines) + "\n"
+
+
+def eval_markdown(rows: list[Row]) -> tuple[str, list[dict]]:
+    """The table of ``qama eval`` (:func:`to_markdown`) followed by its :func:`loss_breakdown`, and the breakdown."""
+    table = to_markdown(rows)
+    breakdown = loss_breakdown(rows)
+    if breakdown:
+        table += "\nWhere the adapter's codes lose (ratios of nDCG@10; 100% = nothing lost):\n\n"
+        table += breakdown_markdown(breakdown)
+    return table, breakdown
+
+
+def ablation_markdown(
+    results: dict[str, dict[str, float]], columns: list[str], fmt: Callable[[float | None], str] | None = None
+) -> list[str]:
+    """The lines of an ablation table: one row per ablation, nDCG@10 per ``"plan@dims"`` column."""
+    lines = ["| ablation | " + " | ".join(columns) + " |", "|" + "---|" * (len(columns) + 1)]
+    for name, figures in results.items():
+        cells = (fmt(figures.get(c)) if fmt else f"{figures.get(c, float('nan')):.4f}" for c in columns)
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return lines

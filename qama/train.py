@@ -67,6 +67,7 @@ from qama.codes import make_plan
 
 __all__ = [
     "info_nce_setup",
+    "training_setup",
     "TrainConfig",
     "fit",
     "ablate",
@@ -607,3 +608,39 @@ def info_nce_setup(
     w_nce = default if weight is None else weight
     logger.info("InfoNCE (weight %g) on %s", w_nce, ", ".join(sources))
     return pairs, w_nce, description
+
+
+def training_setup(
+    dataset: Any,
+    corpus: np.ndarray,
+    queries: np.ndarray,
+    pseudo_queries: str = "auto",
+    pairs_split: str | None = None,
+    nce_weight: float | None = None,
+    model_name: str = "",
+    embeddings_dir: str | os.PathLike | None = None,
+    cache_dir: Path | None = None,
+    embed_batch_size: int = 64,
+    progress: bool = True,
+    **settings: Any,
+) -> tuple[TrainConfig, tuple[np.ndarray, np.ndarray] | None]:
+    """The :class:`TrainConfig` and InfoNCE ``pairs`` of a :class:`~qama.data.Dataset`'s corpus
+    (``qama train`` / ``qama ablate``): title pseudo-queries (``pseudo_queries``, see
+    :func:`qama.embeddings.title_pairs`) and the qrels pairs of ``pairs_split``, weighted by
+    :func:`info_nce_setup`. ``settings``: :class:`TrainConfig` fields (``None`` = the default)."""
+    from qama.data import load_dataset
+    from qama.embeddings import title_pairs
+
+    titles = title_pairs(dataset, corpus, pseudo_queries, model_name, embeddings_dir, cache_dir, embed_batch_size, progress)
+    labelled = None
+    if pairs_split:
+        q_rows, d_rows = load_dataset(dataset.path, split=pairs_split).relevant_pairs()
+        labelled = (queries[q_rows], corpus[d_rows])
+    pairs, settings["w_nce"], description = info_nce_setup(dataset.name, titles, labelled, pairs_split or "", nce_weight)
+    cfg = TrainConfig(
+        model_name=str(embeddings_dir) if embeddings_dir else model_name,
+        data_description=description,
+        progress=progress,
+        **{k: v for k, v in settings.items() if v is not None},
+    )
+    return cfg, pairs

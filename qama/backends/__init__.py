@@ -339,3 +339,13 @@ class FaissBackend:
 
     def __repr__(self) -> str:
         return f"FaissBackend({str(self.path)!r}, n={self.count()})"
+
+
+def hits_text(results: list[dict[str, Any]]) -> str:
+    """:func:`search_hits` as the lines ``qama search`` prints: the query, then ``rank. score  id  title``."""
+    lines = []
+    for res in results:
+        lines.append(f"query: {res['query']}")
+        for rank, hit in enumerate(res["hits"], 1):
+            lines.append(f"{rank:4d}. {hit['score']:9.4f}  {hit['id']}" + (f"  {hit['title']}" if hit["title"] else ""))
+    return "\n".join(lines) + "\n"
