@@ -9,7 +9,8 @@ One call per step: :func:`embed`, :func:`fit`, :func:`encode`, :func:`build_inde
 Every other name is reached by module: ``qama.search.hamming_search``, ``qama.codes.pack``.
 """
 
-from qama import evaluate, search  # the modules (the API functions are search_index, evaluate_dataset)
+from qama import evaluate as evaluate  # the modules (the API functions are search_index, evaluate_dataset)
+from qama import search as search
 from qama.api import build_index, embed, encode, evaluate_dataset, fit, open_index, search_index
 from qama.codes import Plan, make_plan
 from qama.data import Dataset, load_dataset

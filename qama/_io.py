@@ -68,9 +68,10 @@ class JsonFields:
     fields (from a newer or older version) are ignored on reading."""
 
     def to_dict(self) -> dict[str, Any]:
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
+        fields = dataclasses.asdict(self)  # type: ignore[call-overload]  # subclasses are dataclasses
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in fields.items()}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Any:
-        names = {f.name for f in dataclasses.fields(cls)}
+        names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
         return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items() if k in names})

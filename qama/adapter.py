@@ -138,6 +138,20 @@ class PairMerge(nn.Module):
 class QamaAdapter(nn.Module):
     """FFN adapter with nested prefixes, per-precision thresholds and a 0.5-bit pair merge."""
 
+    # Buffers (registered in __init__), declared for the type checker.
+    z_mean: torch.Tensor
+    z_std: torch.Tensor
+    m_mean: torch.Tensor
+    m_std: torch.Tensor
+    thr_2bit: torch.Tensor
+    thr_1_5bit: torch.Tensor
+    thr_1bit: torch.Tensor
+    thr_0_5bit: torch.Tensor
+    range_lo: torch.Tensor
+    range_hi: torch.Tensor
+    calibrated: torch.Tensor
+    query_calibrated: torch.Tensor
+
     def __init__(self, config: AdapterConfig, metadata: dict[str, Any] | None = None) -> None:
         super().__init__()
         self.config = config
@@ -192,10 +206,8 @@ class QamaAdapter(nn.Module):
           that level's principal axes (the prefix of size ``d_l`` spans the top ``d_l`` axes, with the
           variance spread evenly inside the level); the last level re-projects the top
           ``d_{K-1}`` axes with another random rotation (random orthonormal rows when it is wider).
-          Quantile codes weigh every dimension alike, so low-variance trailing axes would add as much
-          noise to a Hamming distance as the leading axes add signal: measured on SciFact, this start
-          keeps the prefixes of PCA (FP32 192: 99.1%) and 2-bit codes at 384 near the model's own
-          coordinates (96.2% vs 96.6%), where plain PCA falls to 86%.
+          Quantile codes weigh every dimension alike; the rotation spreads the variance of a level
+          evenly over its dimensions (why: ``benchmarks/RESULTS_training.md``).
 
         With ``config.drop_mean_direction`` (default) every start first projects out the direction of
         the corpus mean, ``A ← A·(I − u·uᵀ)``. Queries lean less toward that direction than documents

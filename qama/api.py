@@ -123,7 +123,7 @@ def search_index(
     (stored vectors if kept, else query · dequantised code); ``oversample=0`` is Hamming only."""
     scores, rows = index.search(np.atleast_2d(query_emb), k, oversample=oversample)
     return [
-        [(index.doc_id(int(r)), float(s)) for s, r in zip(srow, rrow, strict=True) if r >= 0]
+        [(index.ids[int(r)], float(s)) for s, r in zip(srow, rrow, strict=True) if r >= 0]
         for srow, rrow in zip(scores, rows, strict=True)
     ]
 

@@ -68,7 +68,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     print(table, end="")
     if args.json:
         rows_json = [r.to_dict() for r in rows]
-        write_json(args.json, {"dataset": dataset.name, "split": dataset.split, "rows": rows_json, "breakdown": breakdown})
+        out = {"dataset": dataset.name, "split": dataset.split, "rows": rows_json, "breakdown": breakdown}
+        write_json(args.json, out)
     if args.markdown:
         with atomic_open(args.markdown, "w") as f:
             f.write(table)
@@ -110,7 +111,8 @@ def cmd_ablate(args: argparse.Namespace) -> int:
     dataset, corpus, queries = _load_inputs(args)
     evaluator = Evaluator(dataset)
     cfg, pairs = _training_setup(args, dataset, corpus, queries)
-    results = ablate(corpus, ablation_scorer(corpus, queries[evaluator.rows], evaluator), cfg, pairs=pairs, names=args.only)
+    score = ablation_scorer(corpus, queries[evaluator.rows], evaluator)
+    results = ablate(corpus, score, cfg, pairs=pairs, names=args.only)
     print("\n".join(ablation_markdown(results, ablation_columns(results))))
     if args.json:
         write_json(args.json, {"dataset": dataset.name, "ablations": results})
@@ -154,7 +156,8 @@ def _store(args: argparse.Namespace, folder: Path | None) -> tuple[str | Path, s
             raise ValueError("--backend milvus needs --uri (http://host:19530 or a milvus-lite file.db)")
         return args.uri, kind, {"collection": args.collection, "index_type": args.index_type, "nprobe": args.nprobe}
     if folder is None:
-        raise ValueError(f"give --{'out' if args.command == 'index' else 'index'} (an index folder), or --backend milvus --uri URI")
+        flag = "--out" if args.command == "index" else "--index"
+        raise ValueError(f"give {flag} (an index folder), or --backend milvus --uri URI")
     return folder, kind, {}
 
 
@@ -186,7 +189,8 @@ def cmd_index(args: argparse.Namespace) -> int:
     encoder = fit_encoder(corpus, args.plan, args.adapter, sample, args.query_sample != "auto")
     if args.shard:  # this worker's part of the corpus (the encoder above is fitted on all of it)
         part = shard_range(len(ids), *parse_shard(args.shard))
-        corpus, ids, titles = corpus[part.start : part.stop], ids[part.start : part.stop], titles[part.start : part.stop]
+        rows = slice(part.start, part.stop)
+        corpus, ids, titles = corpus[rows], ids[rows], titles[rows]
         logger.info("shard %s: documents %d-%d", args.shard, part.start, part.stop - 1)
     meta = {"model": None if args.embeddings else args.model}
     if kind == "milvus":
@@ -297,7 +301,8 @@ def build_parser() -> argparse.ArgumentParser:
     from qama.codes import ALL_PLANS
     from qama.search import RESCORE_MODES
 
-    parser = argparse.ArgumentParser(prog="qama", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    raw = argparse.RawDescriptionHelpFormatter
+    parser = argparse.ArgumentParser(prog="qama", description=__doc__, formatter_class=raw)
     parser.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
     parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
     sub = parser.add_subparsers(dest="command", required=True)

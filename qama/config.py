@@ -128,7 +128,7 @@ def load_config(path: str | Path) -> ExperimentConfig:
 def experiment_config(
     config: str | Path | None = None,
     preset: str | None = None,
-    datasets: list[dict[str, Any]] | None = None,
+    datasets: list[Any] | None = None,
     model: str | None = None,
     steps: int | None = None,
     ablation: bool = True,
@@ -140,9 +140,10 @@ def experiment_config(
     if config or preset:
         out = load_config(config or preset_path(str(preset)))
         if datasets:
-            out.datasets = ExperimentConfig(datasets=datasets).datasets
+            out.datasets = ExperimentConfig(datasets=list(datasets)).datasets
     elif datasets:
-        out = ExperimentConfig(datasets=datasets, **({"model": model} if model else {}))
+        out = ExperimentConfig(datasets=list(datasets))
+        out.model = model or out.model
     else:
         raise ValueError("qama report needs --config FILE, --preset NAME or at least one --dataset")
     if steps is not None:

@@ -206,8 +206,8 @@ class AdapterEncoder:
         elif fit_emb is not None:
             self.quantizer.centroids, self.pair_axes = self._fit(fit_emb)
         else:  # no corpus: the quantizer's own level midpoints, pairs along the diagonal
-            self.pair_axes = np.tile(np.float32([1.0, 0.0]), (nv, 1))
-            self.pair_axes[self._dims[:, 1] >= 0] = np.float32([0.5**0.5, 0.5**0.5])
+            self.pair_axes = np.tile(np.array([1.0, 0.0], dtype=np.float32), (nv, 1))
+            self.pair_axes[self._dims[:, 1] >= 0] = np.array([0.5**0.5, 0.5**0.5], dtype=np.float32)
 
     def _unit_prefix(self, emb: np.ndarray) -> np.ndarray:
         z = self.adapter.transform(emb, self._plan.dim)
@@ -251,9 +251,8 @@ class AdapterEncoder:
     @property
     def level_norms2(self) -> np.ndarray:
         """``(n_values, 4)`` squared length each level adds to a reconstructed document: the score
-        is divided by the reconstruction's length (a cosine). Without it, documents whose levels
-        lie far from the origin win whatever the query (measured on Cranfield, 2-bit at 384:
-        77% of FP32 nDCG@10 unnormalised, 99% normalised)."""
+        is divided by the reconstruction's length, so that it is a cosine (why:
+        ``benchmarks/RESULTS_search.md``, rescoring with a trained adapter)."""
         return self.quantizer.centroids**2
 
     @property
@@ -364,7 +363,8 @@ def open_encoder(
         if adapter is None:
             at = f" at {record['path']}" if record.get("path") else ""
             raise IndexMismatchError(
-                f"{where}: this {what} was built with a trained adapter{at} (checksum {checksum[:12]}…); pass the adapter to open it"
+                f"{where}: this {what} was built with a trained adapter{at} (checksum {checksum[:12]}…); "
+                "pass the adapter to open it"
             )
         state = stored_state()
         if state is None:

@@ -25,7 +25,6 @@ loaded (a Hamming scan reads every code once; rescoring reads candidate rows onl
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
 import logging
@@ -56,6 +55,11 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
+
+try:  # advisory file locks: fcntl on POSIX, msvcrt on Windows (``import qama`` works on both)
+    import fcntl
+except ImportError:  # pragma: no cover - Windows
+    fcntl = None  # type: ignore[assignment]
 
 FORMAT = "qama-index"
 VERSION = 1
@@ -364,9 +368,9 @@ class QamaIndex:
             raise ValueError(f"{self.path}: this index keeps no vectors; rebuild it with keep_vectors=True")
         if self.vectors is not None and rescore != "asymmetric" and queries.shape[1] != self.vectors.shape[1]:
             raise IndexMismatchError(f"queries have {queries.shape[1]} dimensions, vectors {self.manifest['dim']}")
-        return search_rescored(
-            self.codes, self.encoder, queries, k, oversample, self.vectors, rescore=rescore, candidates=self.search_codes
-        )
+        first = self.search_codes  # the exact scan, with query codes checked and padded to the row size
+        codes, vectors = self.codes, self.vectors
+        return search_rescored(codes, self.encoder, queries, k, oversample, vectors, rescore=rescore, candidates=first)
 
     # ------------------------------------------------------------------ updates
     def add(
@@ -477,13 +481,24 @@ def writer_lock(path: Path) -> Iterator[None]:
     path.mkdir(parents=True, exist_ok=True)
     with open(path / LOCK, "a+b") as f:
         try:
-            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+            _lock(f.fileno(), True)
+        except (BlockingIOError, PermissionError):
             raise IndexLockedError(f"{path}: another process is writing this index (lock {path / LOCK})") from None
         try:
             yield
         finally:
-            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+            _lock(f.fileno(), False)
+
+
+def _lock(fd: int, take: bool) -> None:
+    """Take (without waiting; ``BlockingIOError`` / ``PermissionError`` if held) or release the lock on ``fd``."""
+    if fcntl is not None:
+        fcntl.flock(fd, (fcntl.LOCK_EX | fcntl.LOCK_NB) if take else fcntl.LOCK_UN)
+    else:  # pragma: no cover - Windows: lock the first byte of the lock file
+        import msvcrt
+
+        os.lseek(fd, 0, os.SEEK_SET)
+        msvcrt.locking(fd, msvcrt.LK_NBLCK if take else msvcrt.LK_UNLCK, 1)
 
 
 def _check_new_docs(embeddings: np.ndarray, ids: Sequence[str], titles: Sequence[str] | None, plan_dim: int) -> None:

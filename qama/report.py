@@ -241,7 +241,7 @@ def speed_table(n: int, d: int, n_queries: int, plan_name: str = "hybrid", singl
             ),
         ),
     }
-    rows = []
+    rows: list[dict[str, Any]] = []
     for name, (nbytes, run_batch, run_single) in methods.items():
         run_batch(), run_single(0)  # warm-up: the first call compiles the Hamming kernel (numba)
         rows.append(
@@ -496,13 +496,13 @@ def run_report(
     total = 3 * len(config.datasets) + (len(ABLATIONS) if config.ablation else 0) + bool(config.speed_vectors) + 1
     bar = tqdm(total=total, desc="qama report", unit="stage", disable=not progress)
     rows_by_dataset: dict[str, list[Row]] = {}
-    first = None
+    first: _Inputs | None = None
     for spec in config.datasets:
         bar.set_description(f"{spec.path}: embeddings")
         data = _load(config, spec)
         first = first or data  # the ablations run on the first dataset
         rows_by_dataset[data.name] = _dataset_stage(config, spec, data, out, bar)
-    ablations = _ablation_stage(config, first, out, bar) if config.ablation else {}
+    ablations = _ablation_stage(config, first, out, bar) if config.ablation and first is not None else {}
     speed, speed_setting = [], ""
     if config.speed_vectors:
         d = next(iter(rows_by_dataset.values()))[0].dims

@@ -9,16 +9,19 @@
 * ties are broken by row id, ascending, so exact search is deterministic and equals the numpy
   reference :func:`hamming_search_reference` (distances and ids).
 
-Exact Hamming search runs faiss's XOR + popcount scan (``faiss.knn_hamming``) directly on the
-caller's array, a memory map included, without copying it into a faiss index; batches of queries
-are spread over faiss's OpenMP threads.
+Exact Hamming search reads the caller's array in place, a memory map included: a batch of queries
+over 64-bit-aligned rows runs the blocked kernel of :mod:`qama._kernels`, a few queries or
+unaligned rows faiss's XOR + popcount scan (``faiss.knn_hamming``). Speeds:
+``benchmarks/RESULTS_search.md``.
 
 *Asymmetric* scoring keeps the query in float: the score of a document is ``query · x̂``, ``x̂`` the
 document's dequantised vector. Through an :class:`Encoder` it is computed as
 ``Σ_j w_j · centroids[j, level_j]`` (``w = encoder.query_weights(query)``), for candidate rows only:
-only their codes are unpacked, never the whole corpus. :func:`search_rescored` is the two-stage
-search (Hamming candidates ``oversample × k`` → asymmetric or full-precision rescoring → top-k) and
-:func:`funnel_search` the Matryoshka funnel (a code prefix picks candidates, full codes rerank).
+only their codes are unpacked, never the whole corpus. :func:`search_rescored` is the one two-stage
+search every store runs (Hamming candidates ``oversample × k`` → asymmetric or full-precision
+rescoring → top-k; ``oversample=0``: Hamming only) and :func:`funnel_search` the Matryoshka funnel
+(a code prefix picks candidates, full codes rerank). The encoders live in :mod:`qama.encoders`
+(re-exported here under their old import path).
 """
 
 from __future__ import annotations
@@ -279,9 +282,8 @@ def funnel_search(
         if encoder is None or queries is None:
             raise ValueError("rerank='asymmetric' needs encoder and queries")
         first = lambda _qc, m: hamming_search(prefix_codes, prefix_query_codes, m)  # noqa: E731
-        return search_rescored(
-            codes, encoder, queries, k, oversample, query_codes=prefix_query_codes, rescore="asymmetric", candidates=first
-        )
+        qc, mode = prefix_query_codes, "asymmetric"
+        return search_rescored(codes, encoder, queries, k, oversample, query_codes=qc, rescore=mode, candidates=first)
     _, cand = hamming_search(prefix_codes, prefix_query_codes, k * oversample)
     if rerank == "hamming":
         if query_codes is None:

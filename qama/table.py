@@ -9,7 +9,6 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
-from typing import Any
 
 import numpy as np
 
@@ -105,7 +104,7 @@ def baseline_rows(
 
 def set_retention(rows: list[Row]) -> None:
     """Retention of every row against the FP32 row of largest dimension (of the same dataset)."""
-    refs = {}
+    refs: dict[str | None, Row] = {}
     for r in rows:
         if r.format == "fp32" and r.plan is None and r.rescore is None:
             if r.dataset not in refs or r.dims > refs[r.dataset].dims:

@@ -18,7 +18,7 @@ from qama.codes import hamming_distances, make_plan, pack
 from qama.index import QamaIndex
 from qama.quantize import Quantizer, plan_values, quantile_thresholds
 from qama.search import AdapterEncoder, ThresholdEncoder, hamming_search
-from tests.milvus_fixtures import milvus_uri, require_milvus  # noqa: F401  (fixture)
+from tests.conftest import require_milvus
 
 D = 32
 RNG = np.random.default_rng(3)

@@ -67,6 +67,11 @@ class Backend(Protocol):
         """The plan of the stored codes."""
         ...
 
+    @property
+    def manifest(self) -> dict[str, Any]:
+        """What the store records about itself; ``manifest["meta"]["model"]`` names the embedding model."""
+        ...
+
     def add(
         self,
         embeddings: np.ndarray,
@@ -106,6 +111,12 @@ class Backend(Protocol):
     def close(self) -> None:
         """Release connections and files; the backend is unusable afterwards."""
         ...
+
+    def __enter__(self) -> Backend:
+        """``with open_backend(...) as backend:`` closes it at the end."""
+        ...
+
+    def __exit__(self, *exc: object) -> None: ...
 
 
 def backend_kind(uri: str | os.PathLike, backend: str | None = None) -> str:

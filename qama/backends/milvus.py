@@ -540,10 +540,9 @@ class _FetchedRows:
         fetched = self.backend._fetch(docs, self.field)
         if self.field == "code":
             cs = self.backend.plan.code_size
-            table = np.frombuffer(b"".join(_code_bytes(fetched[d]) for d in docs), dtype=np.uint8).reshape(-1, cs)
-        else:
-            table = np.array([fetched[d] for d in docs], dtype=np.float32).reshape(len(docs), -1)
-        return table[inverse]
+            codes = np.frombuffer(b"".join(_code_bytes(fetched[d]) for d in docs), dtype=np.uint8)
+            return codes.reshape(-1, cs)[inverse]
+        return np.array([fetched[d] for d in docs], dtype=np.float32).reshape(len(docs), -1)[inverse]
 
 
 def _code_bytes(value: Any) -> bytes:

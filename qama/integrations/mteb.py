@@ -101,6 +101,7 @@ class QamaEncoder:
         revision: str | None = None,
     ) -> None:
         module = find_module(model)
+        assert module is not None  # required=True raises instead
         self.model = model
         self.plan = module.adapter.plan(precision, dim)
         base = module.adapter.config.model_name or "model"
