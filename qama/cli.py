@@ -41,9 +41,6 @@ def _query_sample(args: argparse.Namespace, dataset, corpus, queries):
     without a dataset (``qama index --corpus``) only an explicit source."""
     from qama.embeddings import query_sample
 
-    if dataset is None and args.query_sample in ("auto", "none"):
-        return None
-
     sample, what = query_sample(
         dataset, corpus, queries, args.query_sample, args.model, args.embeddings, args.cache_dir, args.batch_size,
         not args.quiet,
@@ -117,20 +114,6 @@ def cmd_ablate(args: argparse.Namespace) -> int:
     if args.json:
         write_json(args.json, {"dataset": dataset.name, "ablations": results})
     return 0
-
-
-class _DatasetAction(argparse.Action):
-    """``--dataset A [--embeddings EA] --dataset B ...``: each --embeddings belongs to the --dataset before it."""
-
-    def __call__(self, parser, namespace, value, option_string=None):
-        specs = list(getattr(namespace, "datasets", None) or [])
-        if option_string == "--dataset":
-            specs.append({"path": value})
-        elif not specs or "embeddings" in specs[-1]:
-            parser.error("--embeddings must follow the --dataset it belongs to")
-        else:
-            specs[-1]["embeddings"] = value
-        namespace.datasets = specs
 
 
 def cmd_report(args: argparse.Namespace) -> int:
@@ -211,12 +194,7 @@ def cmd_search(args: argparse.Namespace) -> int:
     uri, kind, options = _store(args, args.index)
     if kind == "faiss":
         options = {"verify": True}
-    adapter = None
-    if args.adapter:
-        from qama.adapter import QamaAdapter
-
-        adapter = QamaAdapter.load(args.adapter)
-    with open_backend(uri, kind, adapter=adapter, **options) as backend:
+    with open_backend(uri, kind, adapter=args.adapter, **options) as backend:
         n = backend.count()
         if n == 0:
             raise ValueError(f"{uri}: the index is empty")
@@ -267,13 +245,9 @@ def _add_input_args(p: argparse.ArgumentParser, required: bool = True) -> None:
     p.add_argument("--model", default=DEFAULT_MODEL, help=model_help)
     p.add_argument("--embeddings", type=Path, help="folder with precomputed corpus.npy and queries.npy of --model")
     p.add_argument("--batch-size", type=int, default=64, help="embedding batch size")
-    p.add_argument(
-        "--query-sample",
-        default="auto",
-        metavar="SOURCE",
-        help="query-like texts whose quantiles code the queries: auto (default: the titles, if any), titles, none, "
-        "a qrels split of --dataset (its query texts), a .npy of query embeddings, or a text file (a query a line)",
-    )
+    sample_help = "query-like texts whose quantiles code the queries: auto (default: the titles, if any), titles, "
+    sample_help += "none, a qrels split of --dataset (its query texts), a .npy of embeddings or a text file"
+    p.add_argument("--query-sample", default="auto", metavar="SOURCE", help=sample_help)
     p.add_argument("--cache-dir", type=Path, default=None, help="cache folder (default: $QAMA_CACHE or ~/.cache/qama)")
 
 
@@ -286,19 +260,16 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, help="random seed")
     p.add_argument("--train-batch-size", type=int, help="corpus vectors per training step")
     p.add_argument("--keep-mean-direction", action="store_true", help="keep the corpus mean direction (default: drop)")
-    p.add_argument(
-        "--pseudo-queries",
-        choices=PSEUDO_QUERY_MODES,
-        default="auto",
-        help="the documents' titles as InfoNCE queries of their documents (no labels); auto (default): when the "
-        "corpus has titles and the embeddings' model is known to be --model",
-    )
+    pq_help = "the documents' titles as InfoNCE queries of their documents (no labels); auto (default): when the "
+    pq_help += "corpus has titles and the embeddings' model is known to be --model"
+    p.add_argument("--pseudo-queries", choices=PSEUDO_QUERY_MODES, default="auto", help=pq_help)
     p.add_argument("--pairs", metavar="SPLIT", help="also train InfoNCE on this qrels split's pairs (labels)")
     p.add_argument("--nce-weight", type=float, help="InfoNCE weight (default: NCE_WEIGHT_TITLES / _LABELLED)")
 
 
 def build_parser() -> argparse.ArgumentParser:
     from qama.codes import ALL_PLANS
+    from qama.config import DatasetArgs
     from qama.search import RESCORE_MODES
 
     raw = argparse.RawDescriptionHelpFormatter
@@ -322,8 +293,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("report", help="the full study: tables, ablations, speed, plots, report.md")
     p.add_argument("--config", type=Path, help="TOML experiment config")
     p.add_argument("--preset", help="a preset config (minilm, bert768)")
-    p.add_argument("--dataset", dest="datasets", action=_DatasetAction, help="BEIR folder or name (repeatable)")
-    p.add_argument("--embeddings", action=_DatasetAction, help="precomputed embeddings of the --dataset before it")
+    p.add_argument("--dataset", dest="datasets", action=DatasetArgs, help="BEIR folder or name (repeatable)")
+    p.add_argument("--embeddings", action=DatasetArgs, help="precomputed embeddings of the --dataset before it")
     p.add_argument("--model", default=None, help="sentence-transformers model (default: all-MiniLM-L6-v2)")
     p.add_argument("--steps", type=int, help="training steps (overrides the config)")
     p.add_argument("--no-ablation", action="store_true", help="skip the ablations")

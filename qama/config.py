@@ -24,6 +24,7 @@ MiniLM setting, 384/192/96 on five BEIR datasets) and ``bert768`` (a 768-dimensi
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import sys
 from dataclasses import dataclass, field
@@ -152,3 +153,17 @@ def experiment_config(
     if speed_vectors is not None:
         out.speed_vectors = speed_vectors
     return out
+
+
+class DatasetArgs(argparse.Action):
+    """``--dataset A [--embeddings EA] --dataset B ...``: each --embeddings belongs to the --dataset before it."""
+
+    def __call__(self, parser: Any, namespace: Any, value: Any, option_string: str | None = None) -> None:
+        specs = list(getattr(namespace, "datasets", None) or [])
+        if option_string == "--dataset":
+            specs.append({"path": value})
+        elif not specs or "embeddings" in specs[-1]:
+            parser.error("--embeddings must follow the --dataset it belongs to")
+        else:
+            specs[-1]["embeddings"] = value
+        namespace.datasets = specs

@@ -218,7 +218,7 @@ def query_sample(
     never their judgments. Calibrating on the evaluated split's own queries is allowed but logged:
     it measures an upper bound.
     """
-    if source == "none":
+    if source == "none" or (source == "auto" and dataset is None):
         return None, "none (queries coded with the documents' thresholds)"
     if source in ("auto", "titles") and dataset is not None:
         pairs = title_pairs(dataset, corpus, source, model_name, embeddings_dir, cache_dir, batch_size, progress)

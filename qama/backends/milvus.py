@@ -173,6 +173,7 @@ class MilvusBackend:
         ``encoder`` is needed to create; a collection of untrained thresholds stores them, and one
         built with a trained adapter opens with the encoder or with ``adapter`` (a
         :class:`~qama.adapter.QamaAdapter`: the plan and centroids are read from the collection).
+        ``adapter`` may also be the adapter's folder.
         ``keep_vectors`` and ``dim`` (the embedding size, default ``plan.dim``) add the float32
         vector field at creation.
         Creating is safe to race: several shard workers may call it for one collection.
@@ -183,6 +184,10 @@ class MilvusBackend:
             raise ValueError(f"collection name {collection!r}: letters, digits and _ only, not starting with a digit")
         if batch_size < 1:
             raise ValueError(f"batch size must be positive, got {batch_size}")
+        if isinstance(adapter, (str, os.PathLike)):
+            from qama.adapter import QamaAdapter
+
+            adapter = QamaAdapter.load(adapter)
         pymilvus = _pymilvus()
         try:
             client = pymilvus.MilvusClient(uri=uri, token=token, timeout=timeout)
