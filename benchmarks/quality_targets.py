@@ -5,11 +5,15 @@ Usage (from the repo root; the shared benchmark data lies beside the repo)::
 
     OMP_WAIT_POLICY=PASSIVE python benchmarks/quality_targets.py            # seeds 0 1 2
     OMP_WAIT_POLICY=PASSIVE python benchmarks/quality_targets.py --seeds 0  # one seed
+    # one dataset a process, then the table from both
+    python benchmarks/quality_targets.py --datasets scifact --threads 1 --save sf.json
+    python benchmarks/quality_targets.py --datasets cranfield --threads 1 --save cf.json
+    python benchmarks/quality_targets.py --load sf.json cf.json
 
 Each dataset is run the way ``qama train`` + ``qama eval --adapter`` run it with their defaults:
 the adapter is fitted on the corpus embeddings with the documents' titles as InfoNCE pseudo-queries
 (20% of them held out for the never-worse check), its query thresholds are the titles' quantiles,
-and every plan and size is served by :func:`qama.search.encoder_for` (untrained codes where the check
+and every plan and size is served by :func:`qama.encoders.fit_encoder` (untrained codes where the check
 found training lost). Rows are nDCG@10 retention against the frozen model's FP32 at full size.
 """
 
@@ -17,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import json
 import os
 import platform
 import sys
@@ -67,16 +72,42 @@ def run(name: str, seed: int) -> dict:
     return {"ret": ret, "seconds": seconds, "check": check}
 
 
+def _key(k: tuple) -> str:
+    return "|".join(map(str, k))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--datasets", nargs="+", default=["scifact", "cranfield"])
+    parser.add_argument("--threads", type=int, default=2, help="torch threads of each fit")
+    parser.add_argument("--save", type=Path, help="write the raw results here (JSON) instead of the table")
+    parser.add_argument("--load", type=Path, nargs="+", help="compose the table from files written by --save")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "RESULTS_training.md")
     args = parser.parse_args()
-    torch.set_num_threads(2)
-    names = ("scifact", "cranfield")
+    torch.set_num_threads(args.threads)
     started = datetime.datetime.now()
     load_avg = os.getloadavg()[0]
-    results = {(n, s): run(n, s) for n in names for s in args.seeds}
+    results: dict[tuple[str, int], dict] = {}
+    if args.load:
+        for path in args.load:
+            for item in json.loads(path.read_text()):
+                ret = {
+                    tuple(None if x == "None" else int(x) if x.isdigit() else x for x in k.split("|")): v
+                    for k, v in item["ret"].items()
+                }
+                results[(item["name"], item["seed"])] = {**item, "ret": ret}
+    else:
+        results = {(n, s): run(n, s) for n in args.datasets for s in args.seeds}
+    if args.save:
+        items = [
+            {"name": n, "seed": s, **r, "ret": {_key(k): v for k, v in r["ret"].items()}}
+            for (n, s), r in results.items()
+        ]
+        args.save.write_text(json.dumps(items))
+        return
+    names = tuple(dict.fromkeys(n for n, _ in results))
+    args.seeds = sorted({s for _, s in results})
 
     def mean(name: str, key: tuple) -> float:
         return float(np.mean([results[(name, s)]["ret"][key] for s in args.seeds]))
@@ -96,12 +127,15 @@ def main() -> None:
     lines = [
         "## Quality on every dataset (issue 12)",
         "",
-        f"Command: `OMP_WAIT_POLICY=PASSIVE python benchmarks/quality_targets.py {' '.join(sys.argv[1:])}`  ",
-        f"Date: {started:%Y-%m-%d %H:%M}; torch {torch.__version__}, 2 threads, {platform.machine()}, load average "
+        f"Command: `OMP_WAIT_POLICY=PASSIVE python benchmarks/quality_targets.py {' '.join(sys.argv[1:])}`"
+        + (" (of `--datasets NAME --threads 1 --save FILE` runs, one a dataset)" if args.load else "")
+        + "  ",
+        f"Date: {started:%Y-%m-%d %H:%M}; torch {torch.__version__}, {args.threads} thread(s) a fit, "
+        f"{platform.machine()}, load average "
         f"at start {load_avg:.1f} (shared machine); seeds {', '.join(map(str, args.seeds))}.",
         "",
         "QAMA as `qama train` + `qama eval --adapter` run it by default (titles as pseudo-queries, 20% held out "
-        "for the check, query thresholds from the titles, each plan and size served as `encoder_for` serves it). "
+        "for the check, query thresholds from the titles, each plan and size served as `fit_encoder` serves it). "
         "Mean over the seeds (min–max); in brackets the untrained quantile codes of the same plan and size with "
         "their queries calibrated on the titles (`threshold-qcal`, what `qama index` builds without an adapter). "
         "Bold: below the target, or more than half a point below the untrained codes.",
@@ -114,10 +148,14 @@ def main() -> None:
         untrained = ("threshold-qcal", plan, dims, None) if plan is not None and rescore is None else None
         cells = " | ".join(cell(n, key, target, untrained) for n in names)
         lines.append(f"| {label} | ≥ {100 * target:.1f} | {cells} |")
-    lines += ["", "Untrained codes with the documents' thresholds for queries (before this issue) and with the "
-              "titles' quantiles (seed-independent):", "",
-              "| row | " + " | ".join(f"{n} doc thresholds | {n} title-calibrated" for n in names) + " |",
-              "|---|" + "---|---|" * len(names)]
+    lines += [
+        "",
+        "Untrained codes with the documents' thresholds for queries (before this issue) and with the "
+        "titles' quantiles (seed-independent):",
+        "",
+        "| row | " + " | ".join(f"{n} doc thresholds | {n} title-calibrated" for n in names) + " |",
+        "|---|" + "---|---|" * len(names),
+    ]
     for label, _, plan, dims, rescore, _ in ROWS:
         if plan is None or rescore is not None:
             continue

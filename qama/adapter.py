@@ -49,7 +49,7 @@ from safetensors.torch import save as st_save
 from torch import nn
 
 from qama._io import JsonFields, atomic_open, write_json
-from qama.codes import Plan, make_plan
+from qama.codes import DEFAULT_PLANS, Plan, make_plan
 from qama.quantize import MAX_THRESHOLDS, Quantizer
 
 __all__ = ["AdapterConfig", "PairMerge", "QamaAdapter", "DimensionError", "PRECISIONS", "mean_direction"]
@@ -90,7 +90,7 @@ class AdapterConfig(JsonFields):
     merge_hidden: int = 16  # hidden width of the 0.5-bit pair-merge FFN
     drop_mean_direction: bool = True  # the start projects out the corpus mean direction (see init_linear)
     model_name: str = ""  # frozen model the adapter belongs to (informative)
-    plans: tuple[str, ...] = ("2bit", "1.5bit", "1bit", "hybrid")  # plans the adapter is meant for
+    plans: tuple[str, ...] = DEFAULT_PLANS  # plans the adapter is meant for
 
     def __post_init__(self) -> None:
         if self.dim <= 0 or self.dim % 2:
@@ -137,6 +137,20 @@ class PairMerge(nn.Module):
 
 class QamaAdapter(nn.Module):
     """FFN adapter with nested prefixes, per-precision thresholds and a 0.5-bit pair merge."""
+
+    # Buffers (registered in __init__), declared for the type checker.
+    z_mean: torch.Tensor
+    z_std: torch.Tensor
+    m_mean: torch.Tensor
+    m_std: torch.Tensor
+    thr_2bit: torch.Tensor
+    thr_1_5bit: torch.Tensor
+    thr_1bit: torch.Tensor
+    thr_0_5bit: torch.Tensor
+    range_lo: torch.Tensor
+    range_hi: torch.Tensor
+    calibrated: torch.Tensor
+    query_calibrated: torch.Tensor
 
     def __init__(self, config: AdapterConfig, metadata: dict[str, Any] | None = None) -> None:
         super().__init__()
@@ -192,10 +206,8 @@ class QamaAdapter(nn.Module):
           that level's principal axes (the prefix of size ``d_l`` spans the top ``d_l`` axes, with the
           variance spread evenly inside the level); the last level re-projects the top
           ``d_{K-1}`` axes with another random rotation (random orthonormal rows when it is wider).
-          Quantile codes weigh every dimension alike, so low-variance trailing axes would add as much
-          noise to a Hamming distance as the leading axes add signal: measured on SciFact, this start
-          keeps the prefixes of PCA (FP32 192: 99.1%) and 2-bit codes at 384 near the model's own
-          coordinates (96.2% vs 96.6%), where plain PCA falls to 86%.
+          Quantile codes weigh every dimension alike; the rotation spreads the variance of a level
+          evenly over its dimensions (why: ``benchmarks/RESULTS_training.md``).
 
         With ``config.drop_mean_direction`` (default) every start first projects out the direction of
         the corpus mean, ``A ← A·(I − u·uᵀ)``. Queries lean less toward that direction than documents

@@ -12,7 +12,7 @@ A plan and size is judged *lost* only when the adapter is behind by more than ``
 than ``z`` standard errors of the paired per-query differences: the known-item signal does not rank
 small differences reliably (measured in ``benchmarks/RESULTS_training.md``), so the check is a net
 for clear failures, not a fine selector. Lost plans and sizes are recorded in the adapter
-(``metadata["check"]``) and :func:`qama.search.encoder_for` then serves them with untrained codes.
+(``metadata["check"]``) and :func:`qama.encoders.fit_encoder` then serves them with untrained codes.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from qama.codes import hamming_distances, make_plan
-from qama.search import ThresholdEncoder
+from qama.encoders import ThresholdEncoder
 
 if TYPE_CHECKING:
     from qama.adapter import QamaAdapter

@@ -19,7 +19,7 @@ import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-__all__ = ["DataError", "Dataset", "load_dataset", "download_beir", "default_cache_dir"]
+__all__ = ["DataError", "Dataset", "load_dataset", "download_beir", "default_cache_dir", "read_jsonl_corpus"]
 
 logger = logging.getLogger(__name__)
 
@@ -243,3 +243,25 @@ def download_beir(name: str, cache_dir: Path, url: str | None = None, timeout: f
             shutil.rmtree(target)
         os.replace(inner, target)
     return target
+
+
+def read_jsonl_corpus(path: str | os.PathLike) -> tuple[list[str], list[str], list[str]]:
+    """``(ids, titles, texts)`` of a plain JSONL corpus: one ``{"_id" or "id", "text", "title"?}`` a line.
+
+    A text is ``title + " " + text``, as :class:`Dataset` builds it.
+    """
+    ids, titles, texts = [], [], []
+    with open(path, encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                doc = json.loads(line)
+                doc_id = str(doc.get("_id", doc.get("id")))
+                text = str(doc["text"])
+            except (json.JSONDecodeError, KeyError, AttributeError) as e:
+                raise ValueError(f"{path}:{n}: expected a JSON object with an id and a text ({e})") from None
+            ids.append(doc_id)
+            titles.append(str(doc.get("title", "")))
+            texts.append(f"{titles[-1]} {text}".strip())
+    return ids, titles, texts

@@ -218,7 +218,7 @@ def query_sample(
     never their judgments. Calibrating on the evaluated split's own queries is allowed but logged:
     it measures an upper bound.
     """
-    if source == "none":
+    if source == "none" or (source == "auto" and dataset is None):
         return None, "none (queries coded with the documents' thresholds)"
     if source in ("auto", "titles") and dataset is not None:
         pairs = title_pairs(dataset, corpus, source, model_name, embeddings_dir, cache_dir, batch_size, progress)
@@ -334,3 +334,37 @@ def load_embeddings(directory: str | os.PathLike, dataset: Dataset) -> tuple[np.
     corpus = check_embeddings(corpus, len(dataset.doc_ids), str(directory / "corpus.npy"))
     queries = check_embeddings(queries, len(dataset.query_ids), str(directory / "queries.npy"), dim=corpus.shape[1])
     return corpus, queries
+
+
+def jsonl_corpus_embeddings(
+    path: str | os.PathLike,
+    embeddings: str | os.PathLike | None = None,
+    model_name: str = DEFAULT_MODEL,
+    batch_size: int = 64,
+) -> tuple[list[str], list[str], np.ndarray]:
+    """``(ids, titles, embeddings)`` of a plain JSONL corpus (:func:`qama.data.read_jsonl_corpus`):
+    its embeddings from the ``.npy`` file ``embeddings`` (one row per document), else embedded
+    with ``model_name``."""
+    from qama.data import read_jsonl_corpus
+
+    ids, titles, texts = read_jsonl_corpus(path)
+    if embeddings is not None:
+        return ids, titles, check_embeddings(load_npy(embeddings), len(ids), str(embeddings))
+    return ids, titles, encode(load_model(model_name), texts, batch_size=batch_size)
+
+
+def query_embeddings(
+    texts: list[str], npy: str | os.PathLike | None = None, model_name: str | None = None
+) -> tuple[np.ndarray, list[str]]:
+    """``(queries, labels)``: the ``(nq, d)`` embeddings of the ``.npy`` file ``npy`` (labels: row
+    numbers), else of ``texts`` embedded with ``model_name`` (labels: the texts)."""
+    if npy is not None:
+        queries = np.atleast_2d(load_npy(npy)).astype(np.float32)
+        return queries, [str(i) for i in range(len(queries))]
+    if not texts:
+        raise ValueError("give query text or --queries FILE.npy")
+    if not all(t.strip() for t in texts):
+        raise ValueError("a query is empty")
+    if not model_name:
+        raise ValueError("the index does not name its model; pass --model")
+    return encode(load_model(model_name), list(texts), progress=False), list(texts)

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from qama.codes import Plan, pack
+from qama.codes import Plan, pack, value_dims
 
 __all__ = ["plan_values", "quantile_thresholds", "Quantizer"]
 
@@ -36,14 +36,12 @@ def plan_values(z: np.ndarray, plan: Plan, merge: PairMerge = mean_merge) -> np.
     """``(n, d)`` embeddings -> ``(n, plan.n_values)`` values to quantise (prefix ``plan.dim`` used)."""
     if z.ndim != 2 or z.shape[1] < plan.dim:
         raise ValueError(f"plan {plan.name!r} needs embeddings with at least {plan.dim} dimensions, got {z.shape}")
-    out, start = [], 0
-    for seg in plan.segments:
-        block = z[:, start : start + seg.dims]
-        if seg.bits == 0.5:
-            block = merge(block.reshape(len(z), seg.n_values, 2))
-        out.append(block)
-        start += seg.dims
-    return np.concatenate(out, axis=1)
+    dims = value_dims(plan)  # (n_values, 2): the dimension(s) of each value
+    pairs = dims[:, 1] >= 0
+    out = z[:, dims[:, 0]]
+    if pairs.any():
+        out[:, pairs] = merge(z[:, dims[pairs]])  # (n, n_pairs, 2) -> (n, n_pairs)
+    return out
 
 
 def quantile_thresholds(values: np.ndarray, value_levels: np.ndarray) -> np.ndarray:

@@ -15,10 +15,11 @@ from qama.adapter import AdapterConfig, QamaAdapter
 from qama.backends import open_backend
 from qama.cli import main
 from qama.codes import hamming_distances, make_plan, pack
+from qama.encoders import fit_encoder
 from qama.index import QamaIndex
 from qama.quantize import Quantizer, plan_values, quantile_thresholds
-from qama.search import AdapterEncoder, ThresholdEncoder, encoder_for, hamming_search
-from tests.milvus_fixtures import milvus_uri, require_milvus  # noqa: F401  (fixture)
+from qama.search import AdapterEncoder, ThresholdEncoder, hamming_search
+from tests.conftest import require_milvus
 
 D = 32
 RNG = np.random.default_rng(3)
@@ -208,12 +209,12 @@ def test_the_check_catches_a_training_that_loses_and_keeps_untrained_codes(tmp_p
     assert ("2bit", 32) in lost and set(check["lost"]) == {f"{p}@{d}" for p, d in lost}
     for r in check["results"]:
         assert r["lost"] == (r["adapter"] < r["untrained"] - 0.02 and r["adapter"] - r["untrained"] < -3 * r["stderr"])
-    served = encoder_for(adapter, "2bit", 32, fit_emb=docs, query_sample=titles)
+    served = fit_encoder(docs, "2bit", adapter, dim=32, query_sample=titles)
     assert isinstance(served, ThresholdEncoder)
     np.testing.assert_array_equal(served.encode(docs), ThresholdEncoder.fit(docs, make_plan("2bit", 32)).encode(docs))
     kept = [r for r in check["results"] if not r["lost"]]
     if kept:
-        assert isinstance(encoder_for(adapter, kept[0]["plan"], kept[0]["dims"], fit_emb=docs), AdapterEncoder)
+        assert isinstance(fit_encoder(docs, kept[0]["plan"], adapter, dim=kept[0]["dims"]), AdapterEncoder)
     index = build_index(tmp_path / "ix", tmp_path / "ad", docs, [f"d{i}" for i in range(len(docs))], plan="2bit")
     assert index.manifest["encoder"]["kind"] == "thresholds"  # searchable without the adapter
 

@@ -6,7 +6,7 @@ documents. Version ``v`` therefore holds the first ``base + v * step`` rows of o
 so a reader can rebuild the exact answer of the version it opened with the numpy reference
 (``hamming_search_reference``) and compare it with what the index returned. Run::
 
-    python benchmarks/concurrency_test.py --readers 4 --queries 1000 --commits 10
+    python stress/concurrency_test.py --readers 4 --queries 1000 --commits 10
 """
 
 from __future__ import annotations
