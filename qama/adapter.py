@@ -234,7 +234,8 @@ class QamaAdapter(nn.Module):
     def _pca_start(self, x: np.ndarray, seed: int) -> np.ndarray:
         """``(d, d)`` rows of the ``"pca"`` or ``"pca_blocks"`` start from the fitting embeddings ``x``."""
         xc = x - x.mean(axis=0)
-        _, _, vt = np.linalg.svd(xc, full_matrices=False)  # (d, d) rows = principal axes
+        # (d, d) rows = principal axes; fewer vectors than dimensions: completed to a full orthonormal basis
+        _, _, vt = np.linalg.svd(xc, full_matrices=len(xc) < xc.shape[1])
         vt *= np.sign(vt[np.arange(len(vt)), np.abs(vt).argmax(axis=1)])[:, None]  # deterministic signs
         if self.config.init == "pca":
             return vt
