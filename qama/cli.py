@@ -145,7 +145,6 @@ def _store(args: argparse.Namespace, folder: Path | None) -> tuple[str | Path, s
 
 
 def cmd_index(args: argparse.Namespace) -> int:
-    import numpy as np
     from tqdm.auto import tqdm
 
     from qama.backends import open_backend, parse_shard, shard_range
@@ -166,7 +165,6 @@ def cmd_index(args: argparse.Namespace) -> int:
     else:
         dataset, corpus, queries = _load_inputs(args)
         ids, titles = dataset.doc_ids, dataset.titles
-    corpus = np.asarray(corpus, dtype=np.float32)
     sample = _query_sample(args, None, corpus, None) if args.corpus else _query_sample(args, dataset, corpus, queries)
     # auto keeps the query thresholds the adapter brought; an explicit sample replaces them
     encoder = fit_encoder(corpus, args.plan, args.adapter, sample, args.query_sample != "auto")
@@ -178,11 +176,10 @@ def cmd_index(args: argparse.Namespace) -> int:
     meta = {"model": None if args.embeddings else args.model}
     if kind == "milvus":
         options["dim"] = corpus.shape[1]
-    start = time.perf_counter()
     with open_backend(uri, kind, encoder, True, keep_vectors=args.keep_vectors, meta=meta, **options) as backend:
         with tqdm(total=len(corpus), desc="encoding", unit="doc", disable=args.quiet) as bar:
             backend.add(corpus, ids, titles=titles if any(titles) else None, progress=bar.update)
-        logger.info("%r: %d documents (%.1f s)", backend, backend.count(), time.perf_counter() - start)
+        logger.info("%r: %d documents", backend, backend.count())
     return 0
 
 
