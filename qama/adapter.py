@@ -234,7 +234,8 @@ class QamaAdapter(nn.Module):
     def _pca_start(self, x: np.ndarray, seed: int) -> np.ndarray:
         """``(d, d)`` rows of the ``"pca"`` or ``"pca_blocks"`` start from the fitting embeddings ``x``."""
         xc = x - x.mean(axis=0)
-        _, _, vt = np.linalg.svd(xc, full_matrices=False)  # (d, d) rows = principal axes
+        # (d, d) rows = principal axes; fewer vectors than dimensions: completed to a full orthonormal basis
+        _, _, vt = np.linalg.svd(xc, full_matrices=len(xc) < xc.shape[1])
         vt *= np.sign(vt[np.arange(len(vt)), np.abs(vt).argmax(axis=1)])[:, None]  # deterministic signs
         if self.config.init == "pca":
             return vt
@@ -290,6 +291,22 @@ class QamaAdapter(nn.Module):
         self.train(was_training)
 
     @torch.no_grad()
+    def query_statistics(self, z: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Query thresholds of every precision: quantiles of adapter outputs ``z`` of query-like texts
+        (0.5-bit values merged with the documents' statistics, as documents are)."""
+        stats = {}
+        for bits, (_, qs) in PRECISIONS.items():
+            v = self._merged_with(z, self.z_mean, self.z_std) if bits == 0.5 else z
+            stats[QUERY_PRECISIONS[bits]] = torch.quantile(v, torch.tensor(qs, dtype=v.dtype), dim=0).T
+        return stats
+
+    @torch.no_grad()
+    def update_query_statistics(self, z: torch.Tensor, momentum: float) -> None:
+        """EMA update of the query thresholds from a batch ``z`` of query outputs (see :meth:`update_statistics`)."""
+        for name, value in self.query_statistics(z).items():
+            getattr(self, name).mul_(momentum).add_(value, alpha=1 - momentum)
+
+    @torch.no_grad()
     def calibrate_queries(self, x: np.ndarray, batch_size: int = 8192) -> None:
         """Set the query thresholds to quantiles of the adapter's output on ``(n, d)`` query-like
         embeddings ``x`` (queries, or pseudo-queries such as titles); at least 2 rows. The 0.5-bit
@@ -297,14 +314,8 @@ class QamaAdapter(nn.Module):
         x = self.check_input(x, "query sample")
         if len(x) < 2:
             raise ValueError(f"a query sample needs at least 2 embeddings, got {len(x)}")
-        z = self._z(x, batch_size)
-        for bits, (_, qs) in PRECISIONS.items():
-            if bits == 0.5:
-                v = self._merged_with(z, self.z_mean, self.z_std)
-                qv = torch.quantile(v, torch.tensor(qs, dtype=v.dtype), dim=0).T
-            else:
-                qv = torch.quantile(z, torch.tensor(qs, dtype=z.dtype), dim=0).T
-            getattr(self, QUERY_PRECISIONS[bits]).copy_(qv)
+        for name, value in self.query_statistics(self._z(x, batch_size)).items():
+            getattr(self, name).copy_(value)
         self.query_calibrated.fill_(True)
 
     def thresholds(self, bits: float, queries: bool = False) -> torch.Tensor:
@@ -316,23 +327,25 @@ class QamaAdapter(nn.Module):
 
     # ------------------------------------------------------------------ soft / hard quantisation (torch)
     def plan_levels(
-        self, z: torch.Tensor, plan: Plan, temperature: float = 0.0, hard: bool = True
+        self, z: torch.Tensor, plan: Plan, temperature: float = 0.0, hard: bool = True, queries: bool = False
     ) -> list[tuple[torch.Tensor, int]]:
         """Thermometer bits of ``z`` under ``plan``, per segment: ``[(bits (B, n_values·t), n_bits)]``.
 
         ``temperature > 0`` gives soft bits ``σ((v − θ)/(τ·σ_v))``; with ``hard=True`` the forward pass
         uses the exact bits and the gradient that of the soft bits (straight-through estimator).
-        ``temperature == 0`` gives exact bits without gradient.
+        ``temperature == 0`` gives exact bits without gradient. ``queries``: by the query thresholds
+        (:meth:`thresholds`).
         """
         out, start = [], 0
         for seg in plan.segments:
             stop = start + seg.dims
             if seg.bits == 0.5:
                 v = self.merged(z, start, stop)  # (B, n/2)
-                thr, scale = self.thr_0_5bit[start // 2 : stop // 2], self.m_std[start // 2 : stop // 2]
+                thr = self.thresholds(0.5, queries)[start // 2 : stop // 2]
+                scale = self.m_std[start // 2 : stop // 2]
             else:
                 v = z[:, start:stop]
-                thr, scale = self.thresholds(seg.bits)[start:stop], self.z_std[start:stop]
+                thr, scale = self.thresholds(seg.bits, queries)[start:stop], self.z_std[start:stop]
             diff = v[:, :, None] - thr[None]  # (B, n, t)
             exact = (diff > 0).to(z.dtype)
             if temperature > 0:

@@ -92,13 +92,17 @@ def build_index(
     dim: int | None = None,
     keep_vectors: bool = False,
     overwrite: bool = False,
+    query_sample: np.ndarray | None = None,
 ) -> QamaIndex:
-    """Encode a corpus with a trained adapter into a persistent index folder at ``path``."""
-    from qama.search import AdapterEncoder
+    """Encode a corpus with a trained adapter into a persistent index folder at ``path``.
+
+    ``query_sample``: query-like embeddings (a query log, titles) that calibrate how queries are
+    coded, where the adapter brought no query thresholds (see :func:`qama.encoders.fit_encoder`)."""
+    from qama.encoders import fit_encoder
 
     adapter_path = None if isinstance(adapter, QamaAdapter) else adapter
     adapter = adapter if isinstance(adapter, QamaAdapter) else QamaAdapter.load(adapter)
-    encoder = AdapterEncoder(adapter, plan, dim, fit_emb=corpus_emb)
+    encoder = fit_encoder(corpus_emb, plan, adapter, query_sample, replace_query_thresholds=False, dim=dim)
     return QamaIndex.create(
         path,
         encoder,

@@ -399,9 +399,13 @@ def fit_encoder(
     adapter: Any = None,
     query_sample: np.ndarray | None = None,
     replace_query_thresholds: bool = True,
+    dim: int | None = None,
 ) -> Encoder:
-    """The encoder of a corpus under ``plan``: a trained adapter's (a :class:`~qama.adapter.QamaAdapter`
-    or its folder; centroids fitted on ``corpus``) or, without one, untrained quantile thresholds.
+    """The encoder of a corpus under ``plan`` (at nested size ``dim``, default the plan's or the full
+    size): a trained adapter's (a :class:`~qama.adapter.QamaAdapter` or its folder; centroids fitted
+    on ``corpus``) or, without one, untrained quantile thresholds. Where the adapter's never-worse
+    check found that training lost at this plan and size (:mod:`qama.check`), untrained quantile
+    thresholds serve it too.
 
     ``query_sample``: query-like embeddings whose quantiles code the queries; an adapter that brought
     its own query thresholds keeps them when ``replace_query_thresholds`` is false.
@@ -411,12 +415,17 @@ def fit_encoder(
         from qama.codes import make_plan
 
         logger.info("no adapter: fitting untrained quantile thresholds (%s) on the corpus", plan)
-        return ThresholdEncoder.fit(corpus, make_plan(plan, corpus.shape[1]), query_sample=query_sample)
+        p = plan if isinstance(plan, Plan) and dim is None else make_plan(plan, dim or corpus.shape[1])
+        return ThresholdEncoder.fit(corpus, p, query_sample=query_sample)
     from qama.adapter import QamaAdapter
 
     if isinstance(adapter, (str, os.PathLike)):
         adapter = QamaAdapter.load(adapter)
-    encoder = AdapterEncoder(adapter, plan, fit_emb=corpus)
+    p = adapter.plan(plan, dim)
+    if f"{p.name}@{p.dim}" in adapter.metadata.get("check", {}).get("lost", []):
+        logger.warning("%s at %d dims: the adapter's check found untrained codes better; using them", p.name, p.dim)
+        return ThresholdEncoder.fit(corpus, p, query_sample=query_sample)
+    encoder = AdapterEncoder(adapter, p, fit_emb=corpus)
     if query_sample is not None and (replace_query_thresholds or not bool(adapter.query_calibrated)):
         encoder.calibrate_queries(query_sample)
     return encoder

@@ -20,8 +20,9 @@ import numpy as np
 
 from qama import baselines
 from qama.codes import ALL_PLANS, DEFAULT_PLANS, plans_fitting, prefix_plan
+from qama.encoders import Encoder, ThresholdEncoder, fit_encoder
 from qama.evaluate import Evaluator
-from qama.search import AdapterEncoder, Encoder, ThresholdEncoder, funnel_search, hamming_search, search_rescored
+from qama.search import funnel_search, hamming_search, search_rescored
 from qama.table import TOP_K, Row, float_row
 
 __all__ = [
@@ -155,13 +156,14 @@ def adapter_rows(
     plans: Iterable[str] = ALL_PLANS,
     oversamples: Iterable[int] = (4,),
     query_sample: np.ndarray | None = None,
+    recalibrate: bool = False,
 ) -> list[Row]:
     """Rows of a trained adapter (format ``qama``): at every nested size, its FP32 output (plan
     ``None``), then every plan's symmetric Hamming search and its rescoring at each factor.
 
     ``corpus`` and ``queries`` are the frozen model's embeddings (queries: the judged ones).
-    Queries are coded with the adapter's query thresholds, or by quantiles of ``query_sample``
-    when given.
+    Each plan and size is served as :func:`~qama.encoders.fit_encoder` serves it; queries are coded
+    with the adapter's query thresholds, else (or with ``recalibrate``) by quantiles of ``query_sample``.
     """
     rows = []
     for dims in sorted(adapter.config.nested_dims, reverse=True):
@@ -169,9 +171,7 @@ def adapter_rows(
         z_q = baselines.truncate(adapter.transform(queries, dims), dims)
         rows.append(float_row("qama", z_c, z_q, dims, evaluator, bytes_per_dim=4))
         for plan in plans_fitting(plans, dims):
-            encoder = AdapterEncoder(adapter, plan, fit_emb=corpus)
-            if query_sample is not None:
-                encoder.calibrate_queries(query_sample)
+            encoder = fit_encoder(corpus, plan, adapter, query_sample, replace_query_thresholds=recalibrate)
             rows += rescore_rows(encoder, corpus, queries, evaluator, "qama", oversamples)
     return rows
 

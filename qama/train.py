@@ -60,6 +60,7 @@ from tqdm.auto import tqdm
 from qama import losses as L
 from qama._io import JsonFields
 from qama.adapter import CONFIG_NAME, WEIGHTS_NAME, AdapterConfig, DimensionError, QamaAdapter, mean_direction
+from qama.check import holdout_split, never_worse_check
 from qama.codes import make_plan
 
 __all__ = [
@@ -116,6 +117,8 @@ class TrainConfig(JsonFields):
     temperature: float = 0.5  # sigmoid temperature at the start, in units of each value's std
     temperature_end: float = 0.1  # ... annealed geometrically to this at the end
     ema_momentum: float = 0.99  # threshold EMA: θ ← μ·θ + (1−μ)·θ_batch
+    query_thresholds: bool = True  # with pairs: their queries are coded by their own quantiles (query thresholds)
+    check: bool = True  # with pairs: hold some out and check the codes against untrained codes (qama.check)
     # similarity losses (applied to the continuous prefix and to the quantised codes)
     w_mse: float = 0.0  # similarity-matrix MSE (row-standardised; weighs all pairs alike, off by default)
     w_kl: float = 1.0  # symmetric KL of softmax(S/τ)
@@ -286,9 +289,10 @@ def compute_losses(
             scale = 1.0 if tag.endswith("fp") else 0.5  # Hamming similarities are compressed: sharper τ
             parts[f"nce@{tag}"] = L.info_nce(s_y, nn_idx, cfg.nce_temperature * scale)
 
-    def code_bits(v: torch.Tensor, plan) -> torch.Tensor:
-        """``(B, n_bits)`` straight-through (or soft) bits of ``v`` under ``plan``."""
-        return torch.cat([b for b, _ in adapter.plan_levels(v, plan, temp, hard=cfg.relax == "ste")], 1)
+    def code_bits(v: torch.Tensor, plan, queries: bool = False) -> torch.Tensor:
+        """``(B, n_bits)`` straight-through (or soft) bits of ``v`` under ``plan`` (``queries``: query thresholds)."""
+        levels = adapter.plan_levels(v, plan, temp, hard=cfg.relax == "ste", queries=queries)
+        return torch.cat([b for b, _ in levels], 1)
 
     for m in nested:
         similarity_terms(L.cosine_matrix(z[:, :m]), f"{m}/fp")
@@ -301,7 +305,7 @@ def compute_losses(
                 plan = make_plan(spec, m)
                 similarity_terms(L.hamming_similarity(code_bits(z, plan)), f"{m}/{spec}")
                 if pairs is not None and cfg.w_nce > 0:  # queries' codes against their documents' codes
-                    s_qd = L.hamming_similarity(code_bits(zq, plan), code_bits(zd, plan))
+                    s_qd = L.hamming_similarity(code_bits(zq, plan, cfg.query_thresholds), code_bits(zd, plan))
                     parts[f"nce@{m}/{spec}"] = L.info_nce(s_qd, targets, cfg.nce_temperature * 0.5, False)
     zu = (z - adapter.z_mean) / unit  # (B, d) on a unit scale
     if cfg.w_ortho > 0 and len(adapter.config.nested_dims) > 1:
@@ -403,6 +407,13 @@ def check_out_dir(out_dir: str | os.PathLike, overwrite: bool = False) -> None:
         )
 
 
+def _corpus_rows(corpus: np.ndarray, docs: np.ndarray, chunk: int = 1024) -> np.ndarray:
+    """The row of ``corpus`` each of ``docs`` is (the largest inner product: the document itself)."""
+    return np.concatenate(
+        [np.argmax(docs[i : i + chunk] @ corpus.T, axis=1) for i in range(0, len(docs), chunk)]
+    ).astype(np.int64)
+
+
 # ---------------------------------------------------------------------------- the loop
 def fit(
     corpus_emb: np.ndarray,
@@ -432,11 +443,17 @@ def fit(
     pair_t: tuple[torch.Tensor, torch.Tensor] | None = None
     if pairs is not None and cfg.w_nce <= 0:
         raise ValueError("pairs are used only by the InfoNCE term, which is off: set w_nce > 0")
+    held: tuple[np.ndarray, np.ndarray] | None = None  # pairs held out of the fit for the check
     if pairs is not None:
         q_np = check_training_input(pairs[0], 2, d, "pair queries")
         p_np = check_training_input(pairs[1], 2, d, "pair documents")
         if len(q_np) != len(p_np):
             raise ValueError(f"pairs need as many queries as documents, got {len(q_np)} and {len(p_np)}")
+        if cfg.check:
+            fit_rows, held_rows = holdout_split(len(q_np), cfg.seed)
+            if len(held_rows):
+                held = (q_np[held_rows], p_np[held_rows])
+                q_np, p_np = q_np[fit_rows], p_np[fit_rows]
         pair_t = (torch.from_numpy(q_np), torch.from_numpy(p_np))
     torch.set_num_threads(max(1, cfg.threads))
     torch.manual_seed(cfg.seed)
@@ -460,6 +477,8 @@ def fit(
     adapter = QamaAdapter(acfg, metadata)
     adapter.init_linear(x_np, cfg.seed)
     adapter.calibrate(x_np)  # thresholds start at quantiles of the corpus
+    if pair_t is not None and cfg.query_thresholds:  # the pairs' queries are coded by their own quantiles
+        adapter.calibrate_queries(pair_t[0].numpy())
     unit = float(adapter.z_std.mean())
     x = torch.from_numpy(x_np)
     # The teacher's similarities are taken without the corpus mean direction when the start drops it:
@@ -505,6 +524,8 @@ def fit(
         opt.step()
         with torch.no_grad():
             adapter.update_statistics(adapter(xb), cfg.ema_momentum)
+            if pb is not None and cfg.query_thresholds:
+                adapter.update_query_statistics(adapter(pb[0]), cfg.ema_momentum)
         if cfg.progress and (step % 10 == 0 or step == cfg.steps - 1):
             bar.set_postfix(_summary(parts, total))
         due = cfg.checkpoint_every > 0 and (step + 1) % cfg.checkpoint_every == 0 and step + 1 < cfg.steps
@@ -512,10 +533,20 @@ def fit(
             _save_checkpoint(ckpt, adapter, opt, step + 1, cfg)
     bar.close()
     adapter.calibrate(x_np)  # final thresholds: exact quantiles over the whole corpus
+    if query_sample is None and pair_t is not None and cfg.query_thresholds:
+        query_sample = pair_t[0].numpy()
     if query_sample is not None:
         adapter.calibrate_queries(query_sample)
         adapter.metadata["data"]["n_query_sample"] = len(query_sample)
     adapter.eval()
+    if held is not None:
+        rows = _corpus_rows(x_np, held[1])
+        results = never_worse_check(adapter, x_np, held[0], rows, pair_t[0].numpy(), acfg.plans)  # type: ignore[index]
+        adapter.metadata["check"] = {
+            "held_out_pairs": len(rows),
+            "results": [r.to_dict() for r in results],
+            "lost": [f"{r.plan}@{r.dims}" for r in results if r.lost],
+        }
     adapter.metadata["training"]["seconds"] = round(time.perf_counter() - t0, 1)
     logger.info("fitted adapter in %.1f s", time.perf_counter() - t0)
     if out is not None:

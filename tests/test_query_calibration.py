@@ -15,6 +15,7 @@ from qama.adapter import AdapterConfig, QamaAdapter
 from qama.backends import open_backend
 from qama.cli import main
 from qama.codes import hamming_distances, make_plan, pack
+from qama.encoders import fit_encoder
 from qama.index import QamaIndex
 from qama.quantize import Quantizer, plan_values, quantile_thresholds
 from qama.search import AdapterEncoder, ThresholdEncoder, hamming_search
@@ -183,3 +184,47 @@ def test_cli_eval_prints_the_breakdown(tmp_path, tiny, capsys):
     assert b["transform"] == pytest.approx(rows[("qama", None, 16, None)] / rows[("fp32", None, 16, None)])
     assert b["query_side"] == pytest.approx(code / rows[("qama", "2bit", 16, 4)])
     assert b["untrained"] == pytest.approx(code / rows[("threshold-qcal", "2bit", 16, None)])
+
+
+def _clustered(n: int = 800, d: int = 32) -> tuple[np.ndarray, np.ndarray]:
+    """Documents in 40 clusters and a pseudo-query (a noisy copy, like a title) for each."""
+    rng = np.random.default_rng(0)
+    docs = rng.normal(size=(40, d))[rng.integers(0, 40, n)] + 0.5 * rng.normal(size=(n, d))
+    docs = (docs / np.linalg.norm(docs, axis=1, keepdims=True)).astype(np.float32)
+    titles = docs + 0.15 * rng.normal(size=docs.shape)
+    return docs, (titles / np.linalg.norm(titles, axis=1, keepdims=True)).astype(np.float32)
+
+
+def test_the_check_catches_a_training_that_loses_and_keeps_untrained_codes(tmp_path):
+    from qama.api import build_index
+    from qama.train import TrainConfig, fit
+
+    docs, titles = _clustered()
+    # a learning rate 1000x the default wrecks the codes: the check must see it on the held-out titles
+    cfg = TrainConfig(steps=60, lr=0.3, batch_size=64, nested_dims=(16, 32), w_nce=1.0, progress=False)
+    adapter = fit(docs, cfg, pairs=(titles, docs), out_dir=tmp_path / "ad")
+    check = QamaAdapter.load(tmp_path / "ad").metadata["check"]
+    assert check["held_out_pairs"] == 160  # 20% of the 800 pairs, never seen by the fit
+    lost = {(r["plan"], r["dims"]) for r in check["results"] if r["lost"]}
+    assert ("2bit", 32) in lost and set(check["lost"]) == {f"{p}@{d}" for p, d in lost}
+    for r in check["results"]:
+        assert r["lost"] == (r["adapter"] < r["untrained"] - 0.02 and r["adapter"] - r["untrained"] < -3 * r["stderr"])
+    served = fit_encoder(docs, "2bit", adapter, dim=32, query_sample=titles)
+    assert isinstance(served, ThresholdEncoder)
+    np.testing.assert_array_equal(served.encode(docs), ThresholdEncoder.fit(docs, make_plan("2bit", 32)).encode(docs))
+    kept = [r for r in check["results"] if not r["lost"]]
+    if kept:
+        assert isinstance(fit_encoder(docs, kept[0]["plan"], adapter, dim=kept[0]["dims"]), AdapterEncoder)
+    index = build_index(tmp_path / "ix", tmp_path / "ad", docs, [f"d{i}" for i in range(len(docs))], plan="2bit")
+    assert index.manifest["encoder"]["kind"] == "thresholds"  # searchable without the adapter
+
+
+def test_known_item_gains_reference():
+    from qama.check import known_item_gains
+
+    codes = np.array([[0b0000], [0b0001], [0b0011], [0b0001]], dtype=np.uint8)
+    queries = np.array([[0b0001], [0b0011]], dtype=np.uint8)
+    # query 0 -> row 1: distance 0, tied with row 3: expected rank 1.5; query 1 -> row 0: distance 2,
+    # rows 1, 2, 3 are closer: rank 4
+    gains = known_item_gains(codes, queries, np.array([1, 0]))
+    np.testing.assert_allclose(gains, [1 / np.log2(2.5), 1 / np.log2(5)])
