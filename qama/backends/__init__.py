@@ -343,13 +343,13 @@ class FaissBackend:
     def title(self, doc_id: str) -> str | None:
         if self.index is None or self.index.titles is None:
             return None
-        row = self._rows.get(doc_id)  # an id this backend returned: no search over every id
+        row = self._rows.get(doc_id)  # an id this backend returned: one row decoded to check it
         if row is None or row >= len(self.index) or self.index.doc_id(row) != doc_id:
-            try:
-                row = self.index.ids.to_list().index(doc_id)
-            except ValueError:
+            # any other id: every id decoded once, into the map (kept until the rows change)
+            self._rows.update((d, r) for r, d in enumerate(self.index.ids.to_list()))
+            row = self._rows.get(doc_id)
+            if row is None:
                 return None
-            self._rows[doc_id] = row
         return self.index.title(row)
 
     def count(self) -> int:
