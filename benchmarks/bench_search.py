@@ -25,6 +25,7 @@ import numpy as np
 
 from qama.codes import make_plan
 from qama.search import ThresholdEncoder, asymmetric_scores, hamming_search, search_rescored
+from qama.speed import time_methods
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 SCIFACT_EMB = SHARED / "embeddings" / "all-MiniLM-L6-v2" / "scifact"
@@ -74,22 +75,20 @@ def speed(n: int, nq: int, singles: int) -> None:
     ibf = faiss.IndexBinaryFlat(78 * 8)
     ibf.add(codes78)
     methods = {
-        "faiss IndexFlatIP FP32": lambda q: flat.search(queries[q], k),
-        "faiss IndexBinaryFlat, 78-byte codes": lambda q: ibf.search(q78[q], k),
-        "qama hamming_search, 80-byte aligned rows": lambda q: hamming_search(codes80, q80[q], k),
-        "qama hamming_search, 78-byte rows": lambda q: hamming_search(codes78, q78[q], k),
-        "qama Hamming 4x + asymmetric rescoring": lambda q: search_rescored(
-            codes80, enc, queries[q], k, oversample=4, query_codes=q78[q]
+        "faiss IndexFlatIP FP32": (4 * d, lambda q: flat.search(queries[q], k)),
+        "faiss IndexBinaryFlat, 78-byte codes": (78, lambda q: ibf.search(q78[q], k)),
+        "qama hamming_search, 80-byte aligned rows": (80, lambda q: hamming_search(codes80, q80[q], k)),
+        "qama hamming_search, 78-byte rows": (78, lambda q: hamming_search(codes78, q78[q], k)),
+        "qama Hamming 4x + asymmetric rescoring": (
+            80,
+            lambda q: search_rescored(codes80, enc, queries[q], k, oversample=4, query_codes=q78[q]),
         ),
-        "qama Hamming, 100 cands + asymmetric rescoring (incl. query encoding)": lambda q: search_rescored(
-            codes80, enc, queries[q], k, oversample=10
+        "qama Hamming, 100 cands + asymmetric rescoring (incl. query encoding)": (
+            80,
+            lambda q: search_rescored(codes80, enc, queries[q], k, oversample=10),
         ),
     }
-    rows = []
-    for name, fn in methods.items():
-        batch = timed(lambda fn=fn: fn(slice(0, nq)))
-        single = timed(lambda fn=fn: [fn(slice(i, i + 1)) for i in range(singles)]) / singles
-        rows.append((name, nq / batch, single * 1e3))
+    rows = [(r["method"], r["batch_qps"], r["single_ms"]) for r in time_methods(methods, nq, singles)]
     _, cand = hamming_search(codes80, q80[:singles], 100)
     weights = enc.query_weights(queries[:singles])
     t_resc = timed(

@@ -129,23 +129,15 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
-def _store(args: argparse.Namespace, folder: Path | None) -> tuple[str | Path, str, dict[str, Any]]:
+def _store(args: argparse.Namespace, folder: Path | None, flag: str) -> tuple[str | Path, str, dict[str, Any]]:
     """``(uri, backend, options)`` of the store named by ``--backend/--uri`` or the index ``folder``."""
-    from qama.backends import backend_kind
+    from qama.backends import store_target
 
-    kind = backend_kind(args.uri or folder or "", args.backend)
-    if kind == "milvus":
-        if args.uri is None:
-            raise ValueError("--backend milvus needs --uri (http://host:19530 or a milvus-lite file.db)")
-        return args.uri, kind, {"collection": args.collection, "index_type": args.index_type, "nprobe": args.nprobe}
-    if folder is None:
-        flag = "--out" if args.command == "index" else "--index"
-        raise ValueError(f"give {flag} (an index folder), or --backend milvus --uri URI")
-    return folder, kind, {}
+    milvus = {"collection": args.collection, "index_type": args.index_type, "nprobe": args.nprobe}
+    return store_target(args.uri, folder, args.backend, milvus, flag)
 
 
 def cmd_index(args: argparse.Namespace) -> int:
-    import numpy as np
     from tqdm.auto import tqdm
 
     from qama.backends import open_backend, parse_shard, shard_range
@@ -153,7 +145,7 @@ def cmd_index(args: argparse.Namespace) -> int:
 
     if (args.corpus is None) == (args.dataset is None):
         raise ValueError("give either --dataset or --corpus")
-    uri, kind, options = _store(args, args.out)
+    uri, kind, options = _store(args, args.out, "--out")
     if kind == "faiss":  # before any work: the folder must be new, empty, or an index to --overwrite
         from qama.index import check_new_index_folder
 
@@ -166,7 +158,6 @@ def cmd_index(args: argparse.Namespace) -> int:
     else:
         dataset, corpus, queries = _load_inputs(args)
         ids, titles = dataset.doc_ids, dataset.titles
-    corpus = np.asarray(corpus, dtype=np.float32)
     sample = _query_sample(args, None, corpus, None) if args.corpus else _query_sample(args, dataset, corpus, queries)
     # auto keeps the query thresholds the adapter brought; an explicit sample replaces them
     encoder = fit_encoder(corpus, args.plan, args.adapter, sample, args.query_sample != "auto")
@@ -178,11 +169,10 @@ def cmd_index(args: argparse.Namespace) -> int:
     meta = {"model": None if args.embeddings else args.model}
     if kind == "milvus":
         options["dim"] = corpus.shape[1]
-    start = time.perf_counter()
     with open_backend(uri, kind, encoder, True, keep_vectors=args.keep_vectors, meta=meta, **options) as backend:
         with tqdm(total=len(corpus), desc="encoding", unit="doc", disable=args.quiet) as bar:
             backend.add(corpus, ids, titles=titles if any(titles) else None, progress=bar.update)
-        logger.info("%r: %d documents (%.1f s)", backend, backend.count(), time.perf_counter() - start)
+        logger.info("%r: %d documents", backend, backend.count())
     return 0
 
 
@@ -191,7 +181,7 @@ def cmd_search(args: argparse.Namespace) -> int:
     from qama.backends import hits_text, open_backend, search_hits
     from qama.embeddings import query_embeddings
 
-    uri, kind, options = _store(args, args.index)
+    uri, kind, options = _store(args, args.index, "--index")
     if kind == "faiss":
         options = {"verify": True}
     with open_backend(uri, kind, adapter=args.adapter, **options) as backend:
@@ -213,14 +203,10 @@ def cmd_search(args: argparse.Namespace) -> int:
 
 
 class _Deprecated(argparse.Action):
-    """An old flag: still works, and says which flag replaces it."""
-
-    def __init__(self, *args: Any, new: str, **kwargs: Any) -> None:
-        self.new = new
-        super().__init__(*args, **kwargs)
+    """An old flag: still works, and says which flag replaces it (the flag of its ``dest``)."""
 
     def __call__(self, parser, namespace, value, option_string=None):
-        print(f"qama: {option_string} is deprecated here, use {self.new}", file=sys.stderr)
+        print(f"qama: {option_string} is deprecated here, use --{self.dest.replace('_', '-')}", file=sys.stderr)
         setattr(namespace, self.dest, value)
 
 
@@ -287,7 +273,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--adapter", type=Path, help="a trained adapter folder: adds its rows (format qama)")
     p.add_argument("--plans", nargs="+", default=list(ALL_PLANS), help="plans of the adapter rows (names or specs)")
     p.add_argument("--oversample", type=int, nargs="*", default=[4], help="oversampling factors of the rescored rows")
-    p.add_argument("--rescore", type=int, nargs="*", dest="oversample", action=_Deprecated, new="--oversample")
+    p.add_argument("--rescore", type=int, nargs="*", dest="oversample", action=_Deprecated, help=argparse.SUPPRESS)
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("report", help="the full study: tables, ablations, speed, plots, report.md")

@@ -275,8 +275,24 @@ class AdapterEncoder:
 
     @property
     def checksum(self) -> str:
+        return self._checksum(skip_unused=True)
+
+    @property
+    def legacy_checksums(self) -> tuple[str, ...]:
+        """Checksums older stores recorded for this same encoder (:func:`check_encoder` accepts them):
+        with the adapter's unused query-threshold buffers hashed too."""
+        calibrated = bool(getattr(self.adapter, "query_calibrated", True))
+        return () if calibrated else (self._checksum(skip_unused=False),)
+
+    def _checksum(self, skip_unused: bool) -> str:
+        """SHA-256 of the plan, the adapter's tensors and the encoder state. An adapter's query
+        thresholds are left out while it has none calibrated (they change no code): the checksum of
+        an adapter written before query thresholds existed."""
         h = hashlib.sha256(self._plan.spec().encode())
-        for t in self.adapter.state_dict().values():
+        calibrated = bool(getattr(self.adapter, "query_calibrated", False))
+        for name, t in self.adapter.state_dict().items():
+            if skip_unused and not calibrated and (name == "query_calibrated" or name.startswith("qthr_")):
+                continue
             h.update(t.detach().cpu().numpy().tobytes())
         for t in self.state.values():
             h.update(np.ascontiguousarray(t, dtype=np.float32).tobytes())
@@ -326,7 +342,7 @@ def check_encoder(encoder: Encoder, plan: Plan, checksum: str, where: str, what:
             f"{where}: holds {plan.code_size}-byte codes of plan {plan.spec()}, the encoder makes "
             f"{encoder.plan.code_size}-byte codes of plan {encoder.plan.spec()}"
         )
-    if encoder.checksum != checksum:
+    if encoder.checksum != checksum and checksum not in getattr(encoder, "legacy_checksums", ()):
         raise IndexMismatchError(
             f"{where}: the encoder given (checksum {encoder.checksum[:12]}…) is not the one this {what} was built with "
             f"(checksum {checksum[:12]}…); its codes would not be comparable"

@@ -29,6 +29,7 @@ from tqdm.auto import tqdm
 from qama._io import atomic_open, write_json
 from qama.config import ExperimentConfig
 from qama.rescore import ablation_columns
+from qama.speed import speed_table
 from qama.table import Row, ablation_markdown, baseline_rows, set_retention
 
 __all__ = ["run_report", "speed_table", "plot_all", "main_table"]
@@ -183,80 +184,6 @@ def _ablation_stage(config: ExperimentConfig, data: _Inputs, out: Path, bar: tqd
         )
         bar.update(1)
     return results
-
-
-def speed_table(n: int, d: int, n_queries: int, plan_name: str = "hybrid", singles: int = 50) -> list[dict]:
-    """Queries per second on ``n`` synthetic unit vectors: FP32 flat inner product (faiss) against
-    Hamming search on the plan's codes, with and without asymmetric rescoring of 100 candidates.
-
-    Synthetic data: the figures are speed only, as ratios of one run on one machine.
-    """
-    import faiss
-
-    from qama.codes import make_plan
-    from qama.search import ThresholdEncoder, hamming_search, search_rescored
-
-    rng = np.random.default_rng(0)
-    corpus = rng.standard_normal((n, d), dtype=np.float32)
-    corpus /= np.linalg.norm(corpus, axis=1, keepdims=True)
-    queries = corpus[rng.choice(n, n_queries)] + 0.1 * rng.standard_normal((n_queries, d), dtype=np.float32)
-    encoder = ThresholdEncoder.fit(corpus[:100_000], make_plan(plan_name, d))
-    plan = encoder.plan
-    width = plan.row_size(8)  # rows padded to 64-bit words, as an index stores them
-    codes = np.zeros((n, width), np.uint8)
-    codes[:, : plan.code_size] = encoder.encode(corpus)
-    qcodes = np.zeros((n_queries, width), np.uint8)
-    qcodes[:, : plan.code_size] = encoder.encode_queries(queries)
-    flat = faiss.IndexFlatIP(d)
-    flat.add(corpus)
-    k = 10
-
-    def per_query(fn) -> float:
-        t = time.perf_counter()
-        for i in range(singles):
-            fn(i)
-        return (time.perf_counter() - t) / singles
-
-    def batch(fn) -> float:
-        t = time.perf_counter()
-        fn()
-        return n_queries / (time.perf_counter() - t)
-
-    methods = {
-        "fp32 (faiss IndexFlatIP)": (
-            4 * d,
-            lambda: flat.search(queries, k),
-            lambda i: flat.search(queries[i : i + 1], k),
-        ),
-        f"{plan_name} Hamming": (
-            width,
-            lambda: hamming_search(codes, qcodes, k),
-            lambda i: hamming_search(codes, qcodes[i : i + 1], k),
-        ),
-        f"{plan_name} Hamming + rescore 100": (
-            width,
-            lambda: search_rescored(codes, encoder, queries, k, oversample=10, query_codes=qcodes),
-            lambda i: search_rescored(
-                codes, encoder, queries[i : i + 1], k, oversample=10, query_codes=qcodes[i : i + 1]
-            ),
-        ),
-    }
-    rows: list[dict[str, Any]] = []
-    for name, (nbytes, run_batch, run_single) in methods.items():
-        run_batch(), run_single(0)  # warm-up: the first call compiles the Hamming kernel (numba)
-        rows.append(
-            {
-                "method": name,
-                "bytes_per_vector": nbytes,
-                "batch_qps": batch(run_batch),
-                "single_ms": 1000 * per_query(run_single),
-            }
-        )
-    base = rows[0]
-    for r in rows:
-        r["batch_speedup"] = r["batch_qps"] / base["batch_qps"]
-        r["single_speedup"] = base["single_ms"] / r["single_ms"]
-    return rows
 
 
 def main_table(rows_by_dataset: dict[str, list[Row]]) -> list[dict]:

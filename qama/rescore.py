@@ -23,7 +23,7 @@ from qama.codes import ALL_PLANS, DEFAULT_PLANS, plans_fitting, prefix_plan
 from qama.encoders import Encoder, ThresholdEncoder, fit_encoder
 from qama.evaluate import Evaluator
 from qama.search import funnel_search, hamming_search, search_rescored
-from qama.table import TOP_K, Row, float_row
+from qama.table import TOP_K, Row, float_row, plan_row
 
 __all__ = [
     "rescore_rows",
@@ -67,15 +67,7 @@ def rescore_rows(
     codes, qcodes = encoder.encode(corpus), encoder.encode_queries(queries)
 
     def row(fmt_: str, plan_name: str, rescore: int | None, dist_or_scores: np.ndarray, ids: np.ndarray) -> Row:
-        return Row(
-            fmt_,
-            plan_name,
-            plan.dim,
-            plan.bits_per_dim,
-            plan.code_size,
-            rescore=rescore,
-            metrics=evaluator.from_ranking(ids, dist_or_scores),
-        )
+        return plan_row(fmt_, plan, evaluator, ids, dist_or_scores, rescore, plan_name)
 
     rows = []
     if symmetric:

@@ -13,11 +13,11 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from qama import baselines
-from qama.codes import DEFAULT_PLANS, make_plan, plans_fitting
+from qama.codes import DEFAULT_PLANS, Plan, make_plan, plans_fitting
 from qama.evaluate import Evaluator
 from qama.search import float_search, hamming_search
 
-__all__ = ["Row", "float_row", "code_row", "baseline_rows", "set_retention", "to_markdown", "default_dims"]
+__all__ = ["Row", "float_row", "plan_row", "code_row", "baseline_rows", "set_retention", "to_markdown", "default_dims"]
 
 logger = logging.getLogger(__name__)
 
@@ -64,20 +64,27 @@ def float_row(
     return Row(fmt, None, dims, 8.0 * bytes_per_dim, dims * bytes_per_dim, metrics=evaluator.from_ranking(ids, scores))
 
 
+def plan_row(
+    fmt: str,
+    plan: Plan,
+    evaluator: Evaluator,
+    ids: np.ndarray,
+    scores: np.ndarray,
+    rescore: int | None = None,
+    name: str | None = None,
+) -> Row:
+    """The row of a code format under ``plan`` (named ``name``, default the plan's) from a ranking:
+    ``ids`` and their ``scores`` (higher is better) per query; ``rescore``: its oversampling factor."""
+    metrics = evaluator.from_ranking(ids, scores)
+    return Row(fmt, name or plan.name, plan.dim, plan.bits_per_dim, plan.code_size, rescore=rescore, metrics=metrics)
+
+
 def code_row(
     fmt: str, plan_name: str, dims: int, codes: np.ndarray, query_codes: np.ndarray, evaluator: Evaluator
 ) -> Row:
     """Score packed codes by Hamming distance (symmetric: queries are codes too)."""
-    plan = make_plan(plan_name, dims)
     dist, ids = hamming_search(codes, query_codes, TOP_K)
-    return Row(
-        fmt,
-        plan_name,
-        dims,
-        plan.bits_per_dim,
-        plan.code_size,
-        metrics=evaluator.from_ranking(ids, -dist.astype(float)),
-    )
+    return plan_row(fmt, make_plan(plan_name, dims), evaluator, ids, -dist.astype(float), name=plan_name)
 
 
 def baseline_rows(

@@ -231,3 +231,21 @@ def test_ablate_prints_every_ablation(small, tmp_path, capsys):
     assert "| full |" in out and "| no_orthogonality |" in out and "2bit@32" in out
     saved = json.loads((tmp_path / "a.json").read_text())["ablations"]
     assert set(saved) == {"full", "no_orthogonality"} and set(saved["full"]) >= {"2bit@32", "hybrid@16"}
+
+
+def test_flags_old_names_and_json_forms(capsys, tmp_path):
+    from qama.backends import store_target
+    from qama.cli import build_parser
+
+    args = build_parser().parse_args(["eval", "--dataset", "x", "--rescore", "2", "8"])
+    assert args.oversample == [2, 8]
+    assert "--rescore is deprecated here, use --oversample" in capsys.readouterr().err
+    assert str(build_parser().parse_args(["search", "--json"]).json) == "-"  # a bare --json prints
+    assert build_parser().parse_args(["search"]).json is None
+    assert store_target(None, tmp_path, None, {})[1] == "faiss"
+    milvus = store_target("http://h:19530", None, None, {"collection": "c"})
+    assert milvus == ("http://h:19530", "milvus", {"collection": "c"})
+    with pytest.raises(ValueError, match="^give --index"):
+        store_target(None, None, None, {}, "--index")
+    with pytest.raises(ValueError, match="needs --uri"):
+        store_target(None, tmp_path, "milvus", {})

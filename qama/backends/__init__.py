@@ -43,6 +43,7 @@ __all__ = [
     "parse_shard",
     "shard_range",
     "search_hits",
+    "store_target",
 ]
 
 logger = logging.getLogger(__name__)
@@ -129,6 +130,21 @@ def backend_kind(uri: str | os.PathLike, backend: str | None = None) -> str:
     if _MILVUS_URI.match(text) or text.endswith(".db"):
         return "milvus"
     return "faiss"
+
+
+def store_target(
+    uri: str | None, folder: str | os.PathLike | None, backend: str | None, milvus: dict[str, Any], flag: str = "path"
+) -> tuple[str | Path, str, dict[str, Any]]:
+    """``(uri, kind, options)`` of the store a command names: a Milvus ``uri`` (with the ``milvus``
+    options), else the index ``folder`` (``flag`` names its option in the error when it is missing)."""
+    kind = backend_kind(uri or folder or "", backend)
+    if kind == "milvus":
+        if uri is None:
+            raise ValueError("--backend milvus needs --uri (http://host:19530 or a milvus-lite file.db)")
+        return uri, kind, dict(milvus)
+    if folder is None:
+        raise ValueError(f"give {flag} (an index folder), or --backend milvus --uri URI")
+    return Path(folder), kind, {}
 
 
 def open_backend(
@@ -327,13 +343,13 @@ class FaissBackend:
     def title(self, doc_id: str) -> str | None:
         if self.index is None or self.index.titles is None:
             return None
-        row = self._rows.get(doc_id)  # an id this backend returned: no search over every id
+        row = self._rows.get(doc_id)  # an id this backend returned: one row decoded to check it
         if row is None or row >= len(self.index) or self.index.doc_id(row) != doc_id:
-            try:
-                row = self.index.ids.to_list().index(doc_id)
-            except ValueError:
+            # any other id: every id decoded once, into the map (kept until the rows change)
+            self._rows.update((d, r) for r, d in enumerate(self.index.ids.to_list()))
+            row = self._rows.get(doc_id)
+            if row is None:
                 return None
-            self._rows[doc_id] = row
         return self.index.title(row)
 
     def count(self) -> int:

@@ -1,0 +1,89 @@
+"""Speed tables: queries per second of search methods, in batch and one query at a time.
+
+:func:`time_methods` times any set of methods on the same queries and reports each against the
+first (the FP32 reference); :func:`speed_table` is the table of ``qama report`` (synthetic vectors),
+and ``benchmarks/bench_search.py`` times its own methods with :func:`time_methods`. The figures are
+ratios of one run on one machine: ``benchmarks/RESULTS_search.md``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+__all__ = ["time_methods", "speed_table"]
+
+#: A method of a speed table: ``(bytes per vector, run(queries: slice))``.
+Method = tuple[int, Callable[[slice], Any]]
+
+
+def time_methods(methods: dict[str, Method], n_queries: int, singles: int = 50) -> list[dict[str, Any]]:
+    """Time each method on the batch of ``n_queries`` queries and on ``singles`` single queries.
+
+    Each is run once first (the Hamming kernel compiles on its first call). Returns one row per
+    method: ``method``, ``bytes_per_vector``, ``batch_qps``, ``single_ms`` and the speed-ups
+    ``batch_speedup`` / ``single_speedup`` over the first method.
+    """
+    rows: list[dict[str, Any]] = []
+    for name, (nbytes, run) in methods.items():
+        run(slice(0, n_queries)), run(slice(0, 1))  # warm-up
+        t = time.perf_counter()
+        run(slice(0, n_queries))
+        batch_qps = n_queries / (time.perf_counter() - t)
+        t = time.perf_counter()
+        for i in range(singles):
+            run(slice(i, i + 1))
+        single_ms = 1000 * (time.perf_counter() - t) / singles
+        rows.append({"method": name, "bytes_per_vector": nbytes, "batch_qps": batch_qps, "single_ms": single_ms})
+    base = rows[0]
+    for r in rows:
+        r["batch_speedup"] = r["batch_qps"] / base["batch_qps"]
+        r["single_speedup"] = base["single_ms"] / r["single_ms"]
+    return rows
+
+
+def speed_table(n: int, d: int, n_queries: int, plan_name: str = "hybrid", singles: int = 50) -> list[dict]:
+    """Queries per second on ``n`` synthetic unit vectors: FP32 flat inner product (faiss) against
+    Hamming search on the plan's codes, with and without asymmetric rescoring of 100 candidates.
+
+    Synthetic data: the figures are speed only, as ratios of one run on one machine.
+    """
+    import faiss
+
+    from qama.codes import make_plan
+    from qama.encoders import ThresholdEncoder
+    from qama.search import hamming_search, search_rescored
+
+    rng = np.random.default_rng(0)
+    corpus = rng.standard_normal((n, d), dtype=np.float32)
+    corpus /= np.linalg.norm(corpus, axis=1, keepdims=True)
+    queries = corpus[rng.choice(n, n_queries)] + 0.1 * rng.standard_normal((n_queries, d), dtype=np.float32)
+    encoder = ThresholdEncoder.fit(corpus[:100_000], make_plan(plan_name, d))
+    plan = encoder.plan
+    width = plan.row_size(8)  # rows padded to 64-bit words, as an index stores them
+    codes = np.zeros((n, width), np.uint8)
+    codes[:, : plan.code_size] = encoder.encode(corpus)
+    qcodes = np.zeros((n_queries, width), np.uint8)
+    qcodes[:, : plan.code_size] = encoder.encode_queries(queries)
+    flat = faiss.IndexFlatIP(d)
+    flat.add(corpus)
+    k = 10
+
+    methods: dict[str, Method] = {
+        "fp32 (faiss IndexFlatIP)": (
+            4 * d,
+            lambda q: flat.search(queries[q], k),
+        ),
+        f"{plan_name} Hamming": (
+            width,
+            lambda q: hamming_search(codes, qcodes[q], k),
+        ),
+        f"{plan_name} Hamming + rescore 100": (
+            width,
+            lambda q: search_rescored(codes, encoder, queries[q], k, oversample=10, query_codes=qcodes[q]),
+        ),
+    }
+    return time_methods(methods, n_queries, singles)
