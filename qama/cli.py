@@ -29,10 +29,39 @@ def _load_inputs(args: argparse.Namespace):
     from qama.data import load_dataset
     from qama.embeddings import dataset_embeddings
 
+    _resolve_model(args)
     dataset = load_dataset(args.dataset, split=args.split, cache_dir=args.cache_dir)
     logger.info("%r", dataset)
     corpus, queries = dataset_embeddings(dataset, args.model, args.embeddings, args.cache_dir, args.batch_size)
     return dataset, corpus, queries
+
+
+def _resolve_model(args: argparse.Namespace) -> None:
+    """``args.model``: the model that embeds texts (``--model``, else the one ``meta.json`` beside
+    ``--embeddings`` names, else the default); ``args.recorded_model``: the model the embeddings are
+    known to come from (``None``: unknown). A ``--model`` that contradicts ``meta.json`` is refused."""
+    from qama.embeddings import embeddings_model
+
+    if not hasattr(args, "recorded_model"):
+        args.model, args.recorded_model = embeddings_model(args.embeddings, args.model)
+
+
+def _check_adapter_model(adapter, args: argparse.Namespace) -> None:
+    """Refuse an adapter trained on embeddings of another model than the ones given."""
+    from qama.embeddings import same_model
+
+    trained = adapter.config.model_name
+    given = getattr(args, "recorded_model", None)
+    if trained and given and "/" in trained + given and not same_model(trained, given):
+        raise ValueError(f"{args.adapter}: the adapter was trained on embeddings of {trained}, these are of {given}")
+
+
+def _check_output_files(*paths) -> None:
+    """Refuse, before any work, an output file (--json, --markdown) that is a folder or not a regular file."""
+    for p in paths:
+        if p is not None and (p.is_dir() or (p.exists() and not p.is_file())):
+            kind = "a folder" if p.is_dir() else "not a regular file"
+            raise ValueError(f"{p}: is {kind}; give the path of a file to write")
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
@@ -41,6 +70,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from qama.table import baseline_rows, set_retention, to_markdown
 
     start = time.perf_counter()
+    _check_output_files(args.json, args.markdown)
+    _check_eval_options(args)
     dataset, corpus, queries = _load_inputs(args)
     evaluator = Evaluator(dataset)
     judged = queries[evaluator.rows]
@@ -52,6 +83,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
         adapter = QamaAdapter.load(args.adapter)
         adapter.check_input(corpus, "corpus embeddings")
+        _check_adapter_model(adapter, args)
+        _check_plans_fit(args.plans, adapter.config.nested_dims, str(args.adapter))
         rows += adapter_rows(adapter, corpus, judged, evaluator, args.plans, args.rescore)
     for r in rows:
         r.dataset = dataset.name
@@ -65,6 +98,51 @@ def cmd_eval(args: argparse.Namespace) -> int:
             f.write(table)
     logger.info("evaluated %d formats in %.1f s", len(rows), time.perf_counter() - start)
     return 0
+
+
+def _check_eval_options(args: argparse.Namespace) -> None:
+    """``qama eval``'s numbers and plans, before any work: every --plans entry must be a plan
+    (name or SIZE:BITS spec), --rescore factors and --dims in range."""
+    from qama._validate import check_oversample
+    from qama.codes import _SEGMENT, BITS, BUILTIN_PLANS
+
+    for f in args.rescore or []:
+        check_oversample(f, minimum=1)
+    for d in args.dims or []:
+        if not 1 <= d <= 1 << 20:
+            raise ValueError(f"--dims: {d} is not a dimension (1..{1 << 20})")
+    for p in args.plans:
+        if p.strip() in BUILTIN_PLANS:
+            continue
+        for item in p.split(","):
+            m = _SEGMENT.match(item)
+            if m is None:
+                raise ValueError(
+                    f"--plans: cannot read plan {p!r}: expected a built-in name ({', '.join(BUILTIN_PLANS)}) "
+                    "or SIZE:BITS segments such as '96:2,96:1.5,192:1'"
+                )
+            if float(m.group(3)) not in BITS:
+                raise ValueError(
+                    f"--plans: plan {p!r}: unsupported precision {m.group(3)} bits; choose one of 2, 1.5, 1, 0.5"
+                )
+
+
+def _check_plans_fit(plans, sizes, where: str) -> None:
+    """Every plan asked for must fit at least one of the sizes evaluated (a plan that fits none
+    would leave no row, silently)."""
+    from qama.codes import make_plan
+
+    for p in plans:
+        errors = []
+        for m in sizes:
+            try:
+                make_plan(p, int(m))
+                break
+            except ValueError as e:
+                errors.append(str(e))
+        else:
+            sizes_text = ", ".join(map(str, sizes))
+            raise ValueError(f"--plans: {p!r} fits none of the sizes of {where} ({sizes_text}): {errors[-1]}")
 
 
 def _training_setup(args: argparse.Namespace, dataset, corpus, queries):
@@ -115,7 +193,7 @@ def _training_setup(args: argparse.Namespace, dataset, corpus, queries):
         logger.info("InfoNCE (weight %g) on %s", overrides["w_nce"], ", ".join(sources))
     labels = "labels" if args.pairs else "no labels"
     cfg = TrainConfig(
-        model_name=args.model if not args.embeddings else str(args.embeddings),
+        model_name=args.recorded_model or "",
         data_description=", ".join([f"{dataset.name} corpus embeddings", *sources]) + f" ({labels})",
         progress=not args.quiet,
         **overrides,
@@ -140,6 +218,7 @@ def cmd_ablate(args: argparse.Namespace) -> int:
     from qama.rescore import adapter_rows
     from qama.train import ablate
 
+    _check_output_files(args.json)
     dataset, corpus, queries = _load_inputs(args)
     evaluator = Evaluator(dataset)
     judged = queries[evaluator.rows]
@@ -202,22 +281,12 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 def _read_jsonl_corpus(path: Path) -> tuple[list[str], list[str], list[str]]:
     """``(ids, titles, texts)`` of a plain JSONL corpus: one ``{"_id" or "id", "text", "title"?}`` a line."""
-    import json
+    from qama.data import _read_jsonl
 
-    ids, titles, texts = [], [], []
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                doc = json.loads(line)
-                doc_id = str(doc.get("_id", doc.get("id")))
-                text = str(doc["text"])
-            except (json.JSONDecodeError, KeyError, AttributeError) as e:
-                raise ValueError(f"{path}:{n}: expected a JSON object with an id and a text ({e})") from None
-            ids.append(doc_id)
-            titles.append(str(doc.get("title", "")))
-            texts.append(f"{titles[-1]} {text}".strip())
+    docs = _read_jsonl(path, "documents", id_keys=("_id", "id"))  # the checks, limits and BOM of --dataset
+    ids = [d["_id"] for d in docs]
+    titles = [d.get("title", "") for d in docs]
+    texts = [f"{t} {d.get('text', '')}".strip() for t, d in zip(titles, docs, strict=True)]
     return ids, titles, texts
 
 
@@ -247,13 +316,15 @@ def cmd_index(args: argparse.Namespace) -> int:
         if args.out is None:
             raise ValueError("give --out (an index folder), or --backend milvus --uri URI")
         check_new_index_folder(args.out, args.overwrite)
+    _resolve_model(args)
     if args.corpus:
         ids, titles, texts = _read_jsonl_corpus(args.corpus)
         if args.embeddings:
             from qama._io import load_npy
-            from qama.embeddings import check_embeddings
+            from qama.embeddings import check_embeddings, check_meta_dimension
 
             corpus = check_embeddings(load_npy(args.embeddings), len(ids), str(args.embeddings))
+            check_meta_dimension(args.embeddings.parent, corpus.shape[1], str(args.embeddings))
         else:
             from qama.embeddings import encode, load_model
 
@@ -289,7 +360,7 @@ def cmd_index(args: argparse.Namespace) -> int:
             adapter_path=args.adapter,
             overwrite=args.overwrite,
             progress=bar.update,
-            meta={"model": None if args.embeddings else args.model},
+            meta={"model": args.recorded_model},
         )
     logger.info("%r in %.1f s; %s bytes on disk", index, time.perf_counter() - start, sum(index.disk_bytes().values()))
     return 0
@@ -311,8 +382,10 @@ def cmd_search(args: argparse.Namespace) -> int:
         raise ValueError(f"{args.index}: the index is empty")
     if args.k <= 0:
         raise ValueError(f"k must be positive, got {args.k}")
+    _check_search_options(args)
     if args.k > len(index):
         logger.warning("k=%d is larger than the index (%d documents): returning all of them", args.k, len(index))
+        args.k = len(index)
     if args.queries is not None:
         from qama._io import load_npy
 
@@ -325,9 +398,7 @@ def cmd_search(args: argparse.Namespace) -> int:
             raise ValueError("a query is empty")
         from qama.embeddings import encode, load_model
 
-        model = args.model or index.manifest.get("meta", {}).get("model")
-        if not model:
-            raise ValueError(f"{args.index}: the index does not name its model; pass --model")
+        model = _query_model(args, index.manifest.get("meta", {}).get("model"), str(args.index))
         queries = encode(load_model(model), list(args.text), progress=False)
         labels = list(args.text)
     scores, rows = index.search(queries, args.k, oversample=args.oversample, rescore=args.rescore)
@@ -353,6 +424,31 @@ def cmd_search(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_search_options(args: argparse.Namespace) -> None:
+    """``qama search``'s numbers, before any work: k positive, the oversampling factor bounded."""
+    from qama._validate import check_oversample
+
+    if args.k <= 0:
+        raise ValueError(f"k must be positive, got {args.k}")
+    check_oversample(args.oversample)
+
+
+def _query_model(args: argparse.Namespace, recorded: str | None, where: str) -> str:
+    """The model that embeds query texts: the index's (its ``meta.model``), or ``--model``, which must
+    not contradict it."""
+    from qama.embeddings import same_model
+
+    if args.model and recorded and not same_model(args.model, recorded):
+        raise ValueError(
+            f"{where}: the documents were embedded with {recorded}; queries embedded with --model {args.model} "
+            "would not be comparable (drop --model)"
+        )
+    model = args.model or recorded
+    if not model:
+        raise ValueError(f"{where}: the index does not name its model; pass --model")
+    return model
+
+
 def _use_milvus(args: argparse.Namespace) -> bool:
     from qama.backends import backend_kind
 
@@ -371,7 +467,7 @@ def _index_milvus(args: argparse.Namespace, encoder, corpus, ids: list[str], tit
 
     from qama.backends import open_backend
 
-    meta = {"model": None if args.embeddings else args.model}
+    meta = {"model": args.recorded_model}
     opts = _milvus_options(args)
     backend = open_backend(
         args.uri, "milvus", encoder, True, keep_vectors=args.keep_vectors, dim=corpus.shape[1], meta=meta, **opts
@@ -395,6 +491,7 @@ def _search_milvus(args: argparse.Namespace) -> int:
         from qama.adapter import QamaAdapter
 
         adapter = QamaAdapter.load(args.adapter)
+    _check_search_options(args)
     with open_backend(args.uri, "milvus", adapter=adapter, **_milvus_options(args)) as backend:
         if args.queries is not None:
             from qama._io import load_npy
@@ -404,9 +501,7 @@ def _search_milvus(args: argparse.Namespace) -> int:
         elif args.text:
             from qama.embeddings import encode, load_model
 
-            model = args.model or backend.manifest.get("meta", {}).get("model")
-            if not model:
-                raise ValueError(f"collection {args.collection!r} does not name its model; pass --model")
+            model = _query_model(args, backend.manifest.get("meta", {}).get("model"), f"collection {args.collection!r}")
             queries, labels = encode(load_model(model), list(args.text), progress=False), list(args.text)
         else:
             raise ValueError("give query text or --queries FILE.npy")
@@ -447,9 +542,10 @@ def _add_input_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--split", default="test", help="qrels split to evaluate (default: test)")
     p.add_argument(
         "--model",
-        default=DEFAULT_MODEL,
+        default=None,
         help=f"sentence-transformers model that embeds the dataset (unless --embeddings) and title pseudo-queries "
-        f"(default: {DEFAULT_MODEL})",
+        f"(default: the model named in the meta.json of --embeddings, else {DEFAULT_MODEL}); a model that "
+        "contradicts meta.json is refused",
     )
     p.add_argument(
         "--embeddings", type=Path, help="folder with precomputed corpus.npy and queries.npy (of the same --model)"

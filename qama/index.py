@@ -42,6 +42,16 @@ from safetensors.numpy import load as st_load
 from safetensors.numpy import save as st_save
 
 from qama._io import atomic_open, save_npy, write_json
+from qama._validate import (
+    Field,
+    check_fields,
+    check_k,
+    check_oversample,
+    check_plain_name,
+    check_queries,
+    n_candidates,
+    read_json_file,
+)
 from qama.codes import Plan
 from qama.quantize import Quantizer
 from qama.search import (
@@ -246,7 +256,7 @@ class QamaIndex:
             previous: set[str] = set()
             if (path / MANIFEST).exists():  # overwrite: continue the generations so no live file is reused
                 try:
-                    old = json.loads((path / MANIFEST).read_text())
+                    old = read_json_file(path / MANIFEST, "manifest")
                     manifest["generation"] = int(old["generation"])
                     previous = {str(f["name"]) for f in old["files"].values()}
                 except (ValueError, KeyError, TypeError, AttributeError, OSError):
@@ -382,6 +392,7 @@ class QamaIndex:
     def search_codes(self, query_codes: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """Exact Hamming top-``k`` of ``(nq, code_size)`` (or row-size) query codes: distances, rows."""
         query_codes = np.asarray(query_codes)
+        check_k(k, len(query_codes))
         if (
             query_codes.ndim != 2
             or query_codes.dtype != np.uint8
@@ -408,13 +419,8 @@ class QamaIndex:
         ``f × k`` Hamming candidates rescored by ``rescore``: ``"vectors"`` (stored float32
         vectors), ``"asymmetric"`` (query · dequantised code) or ``"auto"`` (vectors if stored).
         """
-        queries = np.asarray(queries, dtype=np.float32)
-        if queries.ndim != 2 or queries.shape[1] < self.plan.dim:
-            raise IndexMismatchError(
-                f"queries must be (nq, d) with d >= {self.plan.dim} for this index, got {queries.shape}"
-            )
-        if oversample < 0:
-            raise ValueError(f"oversample must be >= 0, got {oversample}")
+        queries = check_queries(queries, int(self.manifest["dim"]), IndexMismatchError)
+        k, oversample = check_k(k, len(queries)), check_oversample(oversample)
         if rescore not in ("auto", "vectors", "asymmetric"):
             raise ValueError(f"rescore must be 'auto', 'vectors' or 'asymmetric', got {rescore!r}")
         if rescore == "vectors" and self.vectors is None:
@@ -423,7 +429,7 @@ class QamaIndex:
         if oversample == 0:
             dist, rows = self.search_codes(qcodes, k)
             return np.where(rows >= 0, -dist.astype(np.float32), -np.inf).astype(np.float32), rows
-        _, cand = self.search_codes(qcodes, k * oversample)
+        _, cand = self.search_codes(qcodes, n_candidates(k, oversample, len(self)))
         if rescore == "asymmetric" or (rescore == "auto" and self.vectors is None):
             scores = asymmetric_scores(self.encoder.query_weights(queries), self.codes, cand, self.encoder)
         else:
@@ -630,10 +636,7 @@ def _read_manifest(path: Path) -> dict[str, Any]:
     mpath = path / MANIFEST
     if not mpath.exists():
         raise IndexCorruptError(f"{path}: not a qama index (no {MANIFEST})")
-    try:
-        manifest = json.loads(mpath.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise IndexCorruptError(f"{mpath}: unreadable manifest ({e})") from None
+    manifest = read_json_file(mpath, "manifest", IndexCorruptError)  # a regular file of bounded size
     required = ("format", "version", "generation", "plan", "code_size", "row_size", "dim", "count", "encoder", "files")
     if not isinstance(manifest, dict) or any(key not in manifest for key in required):
         raise IndexCorruptError(f"{mpath}: incomplete manifest (needs {', '.join(required)})")
@@ -641,10 +644,50 @@ def _read_manifest(path: Path) -> dict[str, Any]:
         raise IndexCorruptError(f"{mpath}: not a qama index manifest (format {manifest['format']!r})")
     if manifest["version"] != VERSION:
         raise IndexCorruptError(f"{mpath}: index format version {manifest['version']}, this qama reads {VERSION}")
+    check_manifest(manifest, mpath)
     for key in ("codes", "ids", "ids.off"):
         if key not in manifest["files"]:
             raise IndexCorruptError(f"{mpath}: the manifest lists no {key} file")
     return manifest
+
+
+#: Types and ranges of the manifest's fields (qama._validate.check_fields).
+MANIFEST_SCHEMA = {
+    "generation": Field("int", lo=0),
+    "plan": Field("dict"),
+    "code_size": Field("int", lo=1),
+    "row_size": Field("int", lo=1),
+    "dim": Field("int", lo=1, hi=1 << 20),
+    "count": Field("int", lo=0),
+    "encoder": Field("dict"),
+    "meta": Field("dict", optional=True),
+    "files": Field("dict"),
+}
+ENCODER_SCHEMA = {
+    "kind": Field("str", choices=("thresholds", "adapter")),
+    "checksum": Field("str"),
+    "path": Field("str", optional=True, nullable=True),
+}
+FILE_SCHEMA = {"name": Field("str"), "bytes": Field("int", lo=0), "sha256": Field("str")}
+
+
+def check_manifest(manifest: dict[str, Any], mpath: Path) -> None:
+    """The type of every field the index reads from its manifest; file names must lie inside the folder."""
+    check_fields(manifest, MANIFEST_SCHEMA, str(mpath), error=IndexCorruptError)
+    check_fields(manifest["encoder"], ENCODER_SCHEMA, str(mpath), "encoder.", IndexCorruptError)
+    check_fields(
+        manifest["plan"], {"name": Field("str"), "segments": Field("list")}, str(mpath), "plan.", IndexCorruptError
+    )
+    for i, seg in enumerate(manifest["plan"]["segments"]):
+        if not (isinstance(seg, list) and len(seg) == 2 and type(seg[0]) is int and type(seg[1]) in (int, float)):
+            raise IndexCorruptError(f"{mpath}: field 'plan.segments[{i}]' must be [dims, bits], got {seg!r:.60}")
+    try:
+        Plan.from_dict(manifest["plan"])
+    except (ValueError, TypeError) as e:
+        raise IndexCorruptError(f"{mpath}: field 'plan': {e}") from None
+    for key, f in manifest["files"].items():
+        check_fields(f, FILE_SCHEMA, str(mpath), f"files.{key}.", IndexCorruptError)
+        check_plain_name(f["name"], f"{mpath}: files.{key}", IndexCorruptError)
 
 
 def _check_file(path: Path, key: str, f: dict[str, Any], verify: bool) -> None:

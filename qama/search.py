@@ -30,6 +30,7 @@ from typing import Any, Protocol, runtime_checkable
 import faiss
 import numpy as np
 
+from qama._validate import check_oversample, n_candidates
 from qama.codes import Plan, hamming_distances, pack, unpack
 from qama.quantize import Quantizer, plan_values
 
@@ -51,6 +52,9 @@ logger = logging.getLogger(__name__)
 
 #: From this many queries on, aligned codes go through the blocked batch kernel.
 BATCH_KERNEL_MIN_QUERIES = 32
+
+#: Values unpacked at once by :func:`asymmetric_scores` (queries are scored in blocks of this size).
+SCORE_BLOCK_VALUES = 1 << 23
 
 #: Distance reported in the slots of missing neighbours (fewer than ``k`` rows).
 MISSING_DISTANCE = np.iinfo(np.int32).max
@@ -229,6 +233,13 @@ def asymmetric_scores(weights: np.ndarray, codes: np.ndarray, candidates: np.nda
     """
     plan = encoder.plan
     nq, m = candidates.shape
+    block = max(1, SCORE_BLOCK_VALUES // max(1, m * plan.n_values))  # bounded memory: blocks of queries
+    if nq > block:
+        parts = [
+            asymmetric_scores(weights[i : i + block], codes, candidates[i : i + block], encoder)
+            for i in range(0, nq, block)
+        ]
+        return np.concatenate(parts)
     valid = candidates >= 0
     rows = np.where(valid, candidates, 0).reshape(-1)
     if len(codes) == 0:
@@ -288,15 +299,14 @@ def search_rescored(
     reorders the Hamming top-k only. Returns float32 scores (descending) and int64 ids.
     """
     _check_k(k)
-    if oversample < 1:
-        raise ValueError(f"oversample must be at least 1, got {oversample}")
+    check_oversample(oversample, minimum=1)
     queries = np.asarray(queries, dtype=np.float32)
     if query_codes is None:
         query_codes = encoder.encode(queries)
     width = codes.shape[1]
     if query_codes.shape[1] < width:  # aligned corpus rows: pad the queries with zero bytes
         query_codes = np.pad(query_codes, ((0, 0), (0, width - query_codes.shape[1])))
-    _, cand = hamming_search(codes, query_codes, k * oversample)
+    _, cand = hamming_search(codes, query_codes, n_candidates(k, oversample, len(codes)))
     if vectors is not None:
         scores = exact_scores(queries, vectors, cand)
     else:

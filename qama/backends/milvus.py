@@ -50,6 +50,7 @@ from safetensors.numpy import load as st_load
 from safetensors.numpy import save as st_save
 from tqdm.auto import tqdm
 
+from qama._validate import MAX_CANDIDATES, check_k, check_oversample, check_queries
 from qama.backends import missing_results
 from qama.codes import Plan
 from qama.index import IndexMismatchError
@@ -520,16 +521,14 @@ class MilvusBackend:
         vectors (``"vectors"``; ``"auto"`` picks vectors when the collection keeps them) are
         fetched and scored by :func:`qama.search.asymmetric_scores` / :func:`~qama.search.exact_scores`.
         """
-        queries = np.asarray(queries, dtype=np.float32)
-        if queries.ndim != 2 or queries.shape[1] < self.plan.dim:
-            raise IndexMismatchError(f"queries must be (nq, d) with d >= {self.plan.dim}, got {queries.shape}")
-        if oversample < 0:
-            raise ValueError(f"oversample must be >= 0, got {oversample}")
+        queries = check_queries(queries, int(self.manifest["dim"]), IndexMismatchError)
+        k, oversample = check_k(k, len(queries)), check_oversample(oversample)
         if rescore not in ("auto", "asymmetric", "vectors"):
             raise ValueError(f"rescore must be 'auto', 'asymmetric' or 'vectors', got {rescore!r}")
         if rescore == "vectors" and not self.keep_vectors:
             raise ValueError(f"collection {self.collection!r} keeps no float vectors; rescore='asymmetric'")
-        dist, cand = self.search_codes(self.encoder.encode(queries), k * max(1, oversample))
+        wanted = k if oversample == 0 else max(k, min(k * oversample, MAX_CANDIDATES))
+        dist, cand = self.search_codes(self.encoder.encode(queries), wanted)
         if oversample == 0:
             scores = np.where(dist == MISSING_DISTANCE, -np.inf, -dist.astype(np.float32)).astype(np.float32)
             return scores, cand
