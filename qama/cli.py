@@ -52,7 +52,8 @@ def _check_adapter_model(adapter, args: argparse.Namespace) -> None:
 
     trained = adapter.config.model_name
     given = getattr(args, "recorded_model", None)
-    if trained and given and "/" in trained + given and not same_model(trained, given):
+    # (adapters of earlier versions recorded the embeddings' folder in place of an unknown model)
+    if trained and given and not Path(trained).exists() and not same_model(trained, given):
         raise ValueError(f"{args.adapter}: the adapter was trained on embeddings of {trained}, these are of {given}")
 
 

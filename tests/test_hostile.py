@@ -1,0 +1,421 @@
+"""Issue #16 (hardening round 2) and #17: every hostile input of the issue, through the command line
+and the Python API: a one-line error naming the file and the problem (exit status 2), or a correct
+answer; never a traceback, never unbounded memory, never a silent wrong answer; files left as they were."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import stat
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from qama.adapter import AdapterConfig, QamaAdapter
+from qama.cli import main
+from qama.index import MANIFEST, IndexCorruptError, QamaIndex
+
+
+def _run(capsys, *argv: str) -> tuple[int, str, str]:
+    capsys.readouterr()
+    rc = main(["-q", *argv])
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+def _one_line_error(err: str, *fragments: str) -> None:
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("qama: error: "), err
+    for f in fragments:
+        assert f in lines[0], (f, lines[0])
+
+
+def _snapshot(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture
+def built(tiny: Path, tmp_path: Path, capsys) -> tuple[Path, Path, Path]:
+    """(dataset, embeddings, index folder) of the tiny dataset, indexed without an adapter."""
+    emb = tiny.parent / "tiny-emb"
+    rc, _, err = _run(capsys, "index", "--dataset", str(tiny), "--embeddings", str(emb), "--out", str(tmp_path / "ix"))
+    assert rc == 0, err
+    return tiny, emb, tmp_path / "ix"
+
+
+# ---------------------------------------------------------------------- 2. bounded memory
+@pytest.mark.parametrize("score", ["3000000000", "99999999999999999999", "-5000"])
+def test_qrels_relevance_out_of_range(tiny, capsys, score):
+    qrels = tiny / "qrels" / "test.tsv"
+    qrels.write_text(qrels.read_text() + f"q0\td9\t{score}\n")
+    rc, _, err = _run(capsys, "eval", "--dataset", str(tiny), "--embeddings", str(tiny.parent / "tiny-emb"))
+    assert rc == 2
+    _one_line_error(err, "qrels/test.tsv:12: relevance", score, "is out of range (-1000..1000)")
+
+
+def test_search_k_is_clamped_to_the_index(built, tmp_path, capsys):
+    _, emb, ix = built
+    q = tmp_path / "q.npy"
+    np.save(q, np.load(emb / "queries.npy")[:2])
+    for k in ("10000000", "1000000000"):
+        rc, out, err = _run(capsys, "search", "--index", str(ix), "--queries", str(q), "-k", k, "--json")
+        assert rc == 0, err
+        assert [len(r["hits"]) for r in json.loads(out)] == [40, 40]
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (("--oversample", "1000000000"), "oversample must be at most 1000, got 1000000000"),
+        (("--oversample", "-1"), "oversample must be >= 0, got -1"),
+        (("-k", "0"), "k must be positive, got 0"),
+    ],
+)
+def test_search_absurd_numbers_are_refused(built, tmp_path, capsys, extra, message):
+    _, emb, ix = built
+    q = tmp_path / "q.npy"
+    np.save(q, np.load(emb / "queries.npy")[:2])
+    rc, _, err = _run(capsys, "search", "--index", str(ix), "--queries", str(q), *extra)
+    assert rc == 2
+    _one_line_error(err, message)
+
+
+def test_api_search_bounds(built):
+    _, emb, ix = built
+    index = QamaIndex.open(ix)
+    q = np.load(emb / "queries.npy")
+    with pytest.raises(ValueError, match=r"k=1000000000 for 6 queries asks for more than 16777216 results"):
+        index.search(q, 10**9)
+    with pytest.raises(ValueError, match=r"oversample must be at most 1000, got 1000000000"):
+        index.search(q, 10, oversample=10**9)
+    s, r = index.search(q, 100, oversample=1000)  # candidates clamped to the index: a correct answer
+    assert r.shape == (6, 100) and (r[:, :40] >= 0).all() and (r[:, 40:] == -1).all()
+    assert np.array_equal(np.sort(r[:, :40], axis=1), np.tile(np.arange(40), (6, 1)))
+
+
+def test_eval_rescore_factor_is_bounded_before_any_work(tiny, capsys):
+    rc, _, err = _run(
+        capsys, "eval", "--dataset", str(tiny), "--embeddings", str(tiny.parent / "tiny-emb"), "--rescore", "1000000"
+    )
+    assert rc == 2
+    _one_line_error(err, "oversample must be at most 1000, got 1000000")
+
+
+def test_npy_header_claiming_a_huge_shape(tmp_path, built, capsys):
+    _, _, ix = built
+    bad = tmp_path / "huge.npy"
+    header = {"descr": "<f4", "fortran_order": False, "shape": (10**12, 16)}
+    with open(bad, "wb") as f:
+        np.lib.format.write_array_header_1_0(f, header)
+        f.write(b"\0" * 64)
+    rc, _, err = _run(capsys, "search", "--index", str(ix), "--queries", str(bad))
+    assert rc == 2
+    _one_line_error(err, "huge.npy: unreadable or truncated .npy file (its header claims float32 (1000000000000, 16)")
+
+
+def test_manifest_linked_to_an_endless_file(built, capsys):
+    _, _, ix = built
+    (ix / MANIFEST).unlink()
+    os.symlink("/dev/zero", ix / MANIFEST)
+    with pytest.raises(IndexCorruptError, match=r"manifest.json: not a regular file"):
+        QamaIndex.open(ix)
+    rc, _, err = _run(capsys, "search", "--index", str(ix), "hello")
+    assert rc == 2
+    _one_line_error(err, "manifest.json: not a regular file (a device, pipe or socket)")
+
+
+# ---------------------------------------------------------------------- 3. no silent wrong answers
+def test_queries_of_the_wrong_dimension(built, tmp_path, capsys):
+    _, emb, ix = built
+    q = tmp_path / "q.npy"
+    np.save(q, np.ones((2, 48), np.float32))  # 48 >= 16: once accepted, truncated
+    rc, out, err = _run(capsys, "search", "--index", str(ix), "--queries", str(q))
+    assert rc == 2 and out == ""
+    _one_line_error(err, "queries must be (nq, 16) to search this index, got shape (2, 48)")
+
+
+def test_nan_query(built, tmp_path, capsys):
+    _, _, ix = built
+    q = tmp_path / "q.npy"
+    np.save(q, np.full((1, 16), np.nan, np.float32))
+    rc, out, err = _run(capsys, "search", "--index", str(ix), "--queries", str(q))
+    assert rc == 2 and out == ""
+    _one_line_error(err, "queries: row 0 has NaN or inf values (1 rows)")
+    with pytest.raises(ValueError, match="NaN or inf"):
+        QamaIndex.open(ix).search(np.array([[np.inf] * 16], np.float32), 3)
+
+
+@pytest.fixture
+def adapter_dir(tmp_path: Path) -> Path:
+    adapter = QamaAdapter(AdapterConfig(dim=16))
+    adapter.init_linear(np.random.default_rng(0).standard_normal((64, 16)).astype(np.float32))
+    return adapter.save(tmp_path / "ad")
+
+
+def _edit(path: Path, fn) -> None:
+    data = json.loads(path.read_text())
+    fn(data)
+    path.write_text(json.dumps(data))
+
+
+def test_adapter_without_weights_sha256_is_refused(adapter_dir):
+    _edit(adapter_dir / "config.json", lambda c: c.pop("weights_sha256"))
+    with pytest.raises(
+        ValueError, match=r"config.json: field 'weights_sha256' must be the SHA-256 of model.safetensors \(missing\)"
+    ):
+        QamaAdapter.load(adapter_dir)
+
+
+@pytest.mark.parametrize(
+    "field, value, message",
+    [
+        ("nested_dims", [4, 8.5, 16], "nested_dims must be an integer, got 8.5"),
+        ("plans", ["bogus"], "plans: 'bogus' fits none of the sizes 4, 8, 16"),
+        ("drop_mean_direction", "no", "drop_mean_direction must be true or false, got 'no'"),
+        ("dim", 16.0, "dim must be an integer, got 16.0"),
+        ("expansion", 2.5, "expansion must be an integer, got 2.5"),
+        ("merge_hidden", True, "merge_hidden must be an integer, got True"),
+        ("dim", 10**9, "dim must be in 2..65536, got 1000000000"),
+        ("expansion", 1000, "dim 16 and expansion 1000 need at least"),
+        ("init", ["pca"], "init must be a string"),
+    ],
+)
+def test_adapter_config_field_types(adapter_dir, capsys, tiny, field, value, message):
+    _edit(adapter_dir / "config.json", lambda c: c["adapter"].update({field: value}))
+    with pytest.raises(ValueError, match="config.json: ") as e:
+        QamaAdapter.load(adapter_dir)
+    assert message in str(e.value)
+    rc, _, err = _run(
+        capsys,
+        "eval",
+        "--dataset",
+        str(tiny),
+        "--embeddings",
+        str(tiny.parent / "tiny-emb"),
+        "--adapter",
+        str(adapter_dir),
+    )
+    assert rc == 2
+    _one_line_error(err, "config.json", message)
+
+
+def test_adapter_config_api_types():
+    with pytest.raises(ValueError, match="nested_dims must be an integer, got 384.5"):
+        AdapterConfig(dim=384, nested_dims=(96, 384.5))
+    with pytest.raises(ValueError, match="plans: 'bogus' fits none"):
+        AdapterConfig(dim=16, plans=("bogus",))
+
+
+@pytest.mark.parametrize(
+    "plans, message",
+    [
+        (("bogus",), "--plans: cannot read plan 'bogus'"),
+        (("384:3",), "--plans: plan '384:3': unsupported precision 3 bits"),
+        (("384:2",), "--plans: '384:2' fits none of the sizes of"),
+    ],
+)
+def test_eval_plans_that_give_no_row_are_refused(tiny, adapter_dir, capsys, plans, message):
+    emb = tiny.parent / "tiny-emb"
+    rc, out, err = _run(
+        capsys,
+        "eval",
+        "--dataset",
+        str(tiny),
+        "--embeddings",
+        str(emb),
+        "--adapter",
+        str(adapter_dir),
+        "--plans",
+        *plans,
+    )
+    assert rc == 2 and out == ""
+    _one_line_error(err, message)
+
+
+def test_manifest_naming_a_file_outside_the_folder(built, tmp_path):
+    _, _, ix = built
+    other = tmp_path / "other"
+    other.mkdir()
+    m = json.loads((ix / MANIFEST).read_text())
+    name = m["files"]["codes"]["name"]
+    shutil.copy(ix / name, other / name)
+    m["files"]["codes"]["name"] = f"../other/{name}"
+    (ix / MANIFEST).write_text(json.dumps(m))
+    with pytest.raises(IndexCorruptError, match=r"files.codes: file name '../other/codes-000001.npy' is not a plain"):
+        QamaIndex.open(ix)
+
+
+def test_meta_json_dimension_must_match_the_embeddings(tiny, capsys):
+    emb = tiny.parent / "tiny-emb"
+    (emb / "meta.json").write_text(json.dumps({"model": "org/m", "dimension": 768, "normalized": True}))
+    rc, _, err = _run(capsys, "eval", "--dataset", str(tiny), "--embeddings", str(emb))
+    assert rc == 2
+    _one_line_error(err, "meta.json: dimension 768, but corpus.npy has 16-dimensional rows")
+    (emb / "meta.json").write_text(json.dumps({"model": 7}))
+    rc, _, err = _run(capsys, "eval", "--dataset", str(tiny), "--embeddings", str(emb))
+    assert rc == 2
+    _one_line_error(err, "meta.json: field 'model' must be a string, got 7 (int)")
+
+
+def test_meta_json_model_travels_with_the_embeddings(tiny, tmp_path, capsys, monkeypatch):
+    """#17: the model of meta.json is recorded in the index; search "text" uses it without --model;
+    a contradicting --model is refused with the reason (index, search, train, eval)."""
+    import qama.embeddings
+
+    emb = tiny.parent / "tiny-emb"
+    (emb / "meta.json").write_text(json.dumps({"model": "org/the-model", "dimension": 16, "normalized": True}))
+    ix = tmp_path / "ix"
+    common = ("--dataset", str(tiny), "--embeddings", str(emb))
+    rc, _, err = _run(capsys, "index", *common, "--model", "org/another", "--out", str(ix))
+    assert rc == 2 and not ix.exists()
+    _one_line_error(err, "meta.json: the embeddings are of org/the-model, but --model is org/another")
+    assert _run(capsys, "index", *common, "--out", str(ix))[0] == 0
+    assert QamaIndex.open(ix).manifest["meta"]["model"] == "org/the-model"
+
+    used = {}
+    monkeypatch.setattr(qama.embeddings, "load_model", lambda name: used.setdefault("model", name))
+    monkeypatch.setattr(qama.embeddings, "encode", lambda m, texts, **kw: np.load(emb / "queries.npy")[: len(texts)])
+    rc, out, err = _run(capsys, "search", "--index", str(ix), "some text")
+    assert rc == 0 and used["model"] == "org/the-model" and "query: some text" in out
+    rc, _, err = _run(capsys, "search", "--index", str(ix), "--model", "org/another", "some text")
+    assert rc == 2
+    _one_line_error(err, "the documents were embedded with org/the-model; queries embedded with --model org/another")
+    rc, _, err = _run(capsys, "eval", *common, "--model", "another")
+    assert rc == 2
+    adapter = QamaAdapter(AdapterConfig(dim=16, model_name="org/yet-another"))
+    adapter.save(tmp_path / "ad")
+    rc, _, err = _run(capsys, "eval", *common, "--adapter", str(tmp_path / "ad"))
+    assert rc == 2
+    _one_line_error(err, "the adapter was trained on embeddings of org/yet-another, these are of org/the-model")
+
+
+# ---------------------------------------------------------------------- 4. one-line errors, not tracebacks
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (lambda m: m.update(plan="hybrid"), "field 'plan' must be an object, got \"hybrid\" (str)"),
+        (lambda m: m["files"].update(codes="codes-000001.npy"), "field 'files.codes' must be an object"),
+        (
+            lambda m: m["plan"]["segments"].__setitem__(0, None),
+            "field 'plan.segments[0]' must be [dims, bits], got None",
+        ),
+        (lambda m: m.update(meta="x"), "field 'meta' must be an object, got \"x\" (str)"),
+        (lambda m: m.update(count="40"), "field 'count' must be an integer, got \"40\" (str)"),
+        (lambda m: m.update(count=True), "field 'count' must be an integer, got true (bool)"),
+        (lambda m: m["encoder"].update(kind=3), "field 'encoder.kind' must be a string"),
+        (lambda m: m["files"]["codes"].update(bytes=-1), "field 'files.codes.bytes' must be in 0..inf, got -1"),
+        (lambda m: m["plan"]["segments"].__setitem__(0, [16, 3]), "field 'plan': unsupported precision 3.0 bits"),
+    ],
+)
+def test_manifest_field_types(built, capsys, edit, message):
+    _, emb, ix = built
+    m = json.loads((ix / MANIFEST).read_text())
+    edit(m)
+    (ix / MANIFEST).write_text(json.dumps(m))
+    before = _snapshot(ix)
+    with pytest.raises(IndexCorruptError) as e:
+        QamaIndex.open(ix)
+    assert message in str(e.value) and "manifest.json" in str(e.value)
+    rc, _, err = _run(capsys, "search", "--index", str(ix), "--queries", str(emb / "queries.npy"))
+    assert rc == 2
+    _one_line_error(err, "manifest.json", message)
+    assert _snapshot(ix) == before
+
+
+def test_deeply_nested_json_corpus_line(tmp_path, capsys):
+    corpus = tmp_path / "c.jsonl"
+    corpus.write_text('{"_id": "a", "text": "x"}\n' + "[" * 200_000 + "]" * 200_000 + "\n")
+    rc, _, err = _run(capsys, "index", "--corpus", str(corpus), "--out", str(tmp_path / "ix"))
+    assert rc == 2
+    _one_line_error(err, "c.jsonl:2: malformed JSON (nested too deeply)")
+    assert not (tmp_path / "ix").exists()
+
+
+# ---------------------------------------------------------------------- 5. messages that help
+def test_corpus_path_that_is_a_folder(tmp_path, capsys):
+    rc, _, err = _run(capsys, "index", "--corpus", str(tmp_path), "--out", str(tmp_path / "ix"))
+    assert rc == 2
+    _one_line_error(err, f"{tmp_path}: is a folder, expected a file")
+
+
+def test_index_corpus_accepts_a_bom_like_dataset(tmp_path, capsys):
+    corpus = tmp_path / "c.jsonl"
+    lines = [json.dumps({"id": f"d{i}", "title": f"t{i}", "text": f"text {i}"}) for i in range(20)]
+    corpus.write_bytes(b"\xef\xbb\xbf" + "\n".join(lines).encode() + b"\n")
+    emb = tmp_path / "e.npy"
+    np.save(emb, np.random.default_rng(0).standard_normal((20, 16)).astype(np.float32))
+    rc, _, err = _run(capsys, "index", "--corpus", str(corpus), "--embeddings", str(emb), "--out", str(tmp_path / "ix"))
+    assert rc == 0, err
+    assert QamaIndex.open(tmp_path / "ix").doc_id(0) == "d0"
+    corpus.write_text('{"_id": "a", "text": "x"}\n{"text": "no id"}\n')
+    rc, _, err = _run(capsys, "index", "--corpus", str(corpus), "--out", str(tmp_path / "ix2"))
+    assert rc == 2
+    _one_line_error(err, "c.jsonl:2: missing '_id' or 'id'")
+
+
+def test_qrels_linked_to_dev_zero(tiny, capsys):
+    qrels = tiny / "qrels" / "test.tsv"
+    qrels.unlink()
+    os.symlink("/dev/zero", qrels)
+    rc, _, err = _run(capsys, "eval", "--dataset", str(tiny), "--embeddings", str(tiny.parent / "tiny-emb"))
+    assert rc == 2
+    _one_line_error(err, "qrels/test.tsv: not a regular file (a device, pipe or socket), expected a file")
+
+
+def test_plan_that_does_not_parse(tiny, tmp_path, capsys):
+    rc, _, err = _run(
+        capsys,
+        "index",
+        "--dataset",
+        str(tiny),
+        "--embeddings",
+        str(tiny.parent / "tiny-emb"),
+        "--plan=384:..",
+        "--out",
+        str(tmp_path / "ix"),
+    )
+    assert rc == 2
+    _one_line_error(err, "cannot read plan '384:..': expected a built-in name")
+
+
+def test_overwrite_message_names_the_option(built, capsys):
+    tiny, emb, ix = built
+    rc, _, err = _run(capsys, "index", "--dataset", str(tiny), "--embeddings", str(emb), "--out", str(ix))
+    assert rc == 2
+    _one_line_error(err, "an index already exists here (--overwrite")
+
+
+def test_files_follow_the_umask(tiny, tmp_path, capsys):
+    old = os.umask(0o022)
+    try:
+        emb = tiny.parent / "tiny-emb"
+        assert (
+            _run(capsys, "index", "--dataset", str(tiny), "--embeddings", str(emb), "--out", str(tmp_path / "ix"))[0]
+            == 0
+        )
+        adapter = QamaAdapter(AdapterConfig(dim=16))
+        adapter.save(tmp_path / "ad")
+    finally:
+        os.umask(old)
+    for p in [*(tmp_path / "ix").iterdir(), *(tmp_path / "ad").iterdir()]:
+        if p.name != "writer.lock":
+            assert stat.S_IMODE(p.stat().st_mode) == 0o644, p
+
+
+def test_output_file_that_is_a_folder_is_refused_before_work(tiny, tmp_path, capsys):
+    (tmp_path / "out").mkdir()
+    for opt in ("--json", "--markdown"):
+        rc, out, err = _run(
+            capsys,
+            "eval",
+            "--dataset",
+            str(tiny),
+            "--embeddings",
+            str(tiny.parent / "tiny-emb"),
+            opt,
+            str(tmp_path / "out"),
+        )
+        assert rc == 2 and out == ""
+        _one_line_error(err, "out: is a folder; give the path of a file to write")
