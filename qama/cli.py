@@ -685,6 +685,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, OSError, KeyError, RuntimeError) as e:  # bad input, unreadable files, locks, divergence
         print(f"qama: error: {e}", file=sys.stderr)
         return 2
+    except MemoryError:  # a bound missed: still one line, never a traceback
+        print("qama: error: out of memory (an input asks for more than this machine has)", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("qama: interrupted", file=sys.stderr)
         return 130

@@ -419,3 +419,38 @@ def test_output_file_that_is_a_folder_is_refused_before_work(tiny, tmp_path, cap
         )
         assert rc == 2 and out == ""
         _one_line_error(err, "out: is a folder; give the path of a file to write")
+
+
+# ---------------------------------------------------------------------- neighbours: the Milvus backend
+def test_milvus_never_adopts_a_collection_it_did_not_create(tmp_path):
+    from tests.milvus_fixtures import require_milvus
+
+    require_milvus()
+    from pymilvus import DataType, MilvusClient
+
+    from qama.backends import open_backend
+    from qama.backends.milvus import LocalMilvusServer
+    from qama.codes import make_plan
+    from qama.search import ThresholdEncoder
+
+    server = LocalMilvusServer(tmp_path / "m.db", lifetime=300)
+    uri = server.start(wait=60)
+    try:
+        client = MilvusClient(uri=uri)
+        schema = client.create_schema(auto_id=False, enable_dynamic_field=False)
+        schema.add_field("pk", DataType.INT64, is_primary=True)
+        schema.add_field("vec", DataType.FLOAT_VECTOR, dim=4)
+        index = client.prepare_index_params()
+        index.add_index("vec", index_type="FLAT", metric_type="L2")
+        client.create_collection("mine", schema=schema, index_params=index)
+        client.insert("mine", [{"pk": i, "vec": [float(i)] * 4} for i in range(5)])
+        emb = np.random.default_rng(0).standard_normal((20, 16)).astype(np.float32)
+        enc = ThresholdEncoder.fit(emb, make_plan("2bit", 16))
+        with pytest.raises(FileExistsError, match=r"collection 'mine' exists and has no qama manifest"):
+            open_backend(uri, "milvus", enc, create=True, collection="mine", timeout=3)
+        assert not client.has_collection("mine_qama")
+        client.load_collection("mine")
+        assert len(client.query("mine", filter="pk >= 0", output_fields=["pk"])) == 5
+        client.close()
+    finally:
+        server.stop()

@@ -280,6 +280,8 @@ class MilvusBackend:
                 client.create_collection(
                     collection, schema=schema, index_params=index, consistency_level="Strong", timeout=timeout
                 )
+            else:  # never adopt (and write into) a collection qama did not create
+                _refuse_foreign_collection(client, collection, timeout)
             if not client.has_collection(f"{collection}_qama", timeout=timeout):
                 client.create_collection(f"{collection}_qama", schema=meta_schema, index_params=meta_index)
                 client.upsert(f"{collection}_qama", rows, timeout=timeout)
@@ -567,6 +569,19 @@ class MilvusBackend:
 
     def close(self) -> None:
         self.client.close()
+
+
+def _refuse_foreign_collection(client: Any, collection: str, timeout: float, wait: float = 10.0) -> None:
+    """``collection`` exists: it is qama's only if its manifest collection appears (a concurrent creator
+    writes it right after the codes' collection); otherwise refuse, before anything is written."""
+    deadline = time.monotonic() + min(wait, timeout)
+    while not client.has_collection(f"{collection}_qama", timeout=timeout):
+        if time.monotonic() > deadline:
+            raise FileExistsError(
+                f"collection {collection!r} exists and has no qama manifest ({collection}_qama): it is not a qama "
+                "collection, or its creation was interrupted; qama leaves it as it is: choose another --collection"
+            )
+        time.sleep(0.2)
 
 
 def _code_bytes(value: Any) -> bytes:
