@@ -39,6 +39,7 @@ __all__ = [
     "check_k",
     "check_oversample",
     "check_plain_name",
+    "check_plan_syntax",
     "check_queries",
     "check_regular_file",
     "file_mode",
@@ -188,6 +189,28 @@ def check_queries(
     if bad.any():
         raise ValueError(f"{what}: row {int(np.flatnonzero(bad)[0])} has NaN or inf values ({int(bad.sum())} rows)")
     return q
+
+
+def check_plan_syntax(spec: Any, what: str = "plan") -> str:
+    """A plan name or ``SIZE:BITS`` spec that reads as one (whatever the dimension it is used at)."""
+    from qama.codes import _SEGMENT, BITS, BUILTIN_PLANS
+
+    if not isinstance(spec, str):
+        raise ValueError(f"{what}: a plan is a name or a SIZE:BITS spec, got {spec!r:.60}")
+    if spec.strip() in BUILTIN_PLANS:
+        return spec
+    for item in spec.split(","):
+        m = _SEGMENT.match(item)
+        if m is None:
+            raise ValueError(
+                f"{what}: cannot read plan {spec!r}: expected a built-in name ({', '.join(BUILTIN_PLANS)}) "
+                "or SIZE:BITS segments such as '96:2,96:1.5,192:1'"
+            )
+        if float(m.group(3)) not in BITS:
+            raise ValueError(
+                f"{what}: plan {spec!r}: unsupported precision {m.group(3)} bits; choose one of 2, 1.5, 1, 0.5"
+            )
+    return spec
 
 
 # ---------------------------------------------------------------------------- JSON schemas

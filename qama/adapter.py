@@ -111,6 +111,7 @@ class AdapterConfig(JsonFields):
 MAX_DIM = 65536
 MAX_EXPANSION = 1024
 MAX_MERGE_HIDDEN = 4096
+MAX_FFN_WEIGHTS = 1 << 28  # 2·k·d² (1 GiB of float32, four times that while training with Adam)
 
 
 def check_config_types(cfg: AdapterConfig) -> None:
@@ -126,6 +127,11 @@ def check_config_types(cfg: AdapterConfig) -> None:
     integer("dim", cfg.dim, 2, MAX_DIM)
     integer("expansion", cfg.expansion, 1, MAX_EXPANSION)
     integer("merge_hidden", cfg.merge_hidden, 1, MAX_MERGE_HIDDEN)
+    if 2 * cfg.expansion * cfg.dim * cfg.dim > MAX_FFN_WEIGHTS:
+        raise ValueError(
+            f"expansion {cfg.expansion} at dim {cfg.dim}: {2 * cfg.expansion * cfg.dim**2:,} FFN weights, more than "
+            f"{MAX_FFN_WEIGHTS:,} (the paper's 32 at 768 dimensions needs 38 million)"
+        )
     if not isinstance(cfg.nested_dims, (tuple, list)):
         raise ValueError(f"nested_dims must be a list of integers, got {cfg.nested_dims!r:.60}")
     for m in cfg.nested_dims:

@@ -104,8 +104,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 def _check_eval_options(args: argparse.Namespace) -> None:
     """``qama eval``'s numbers and plans, before any work: every --plans entry must be a plan
     (name or SIZE:BITS spec), --rescore factors and --dims in range."""
-    from qama._validate import check_oversample
-    from qama.codes import _SEGMENT, BITS, BUILTIN_PLANS
+    from qama._validate import check_oversample, check_plan_syntax
 
     for f in args.rescore or []:
         check_oversample(f, minimum=1)
@@ -113,19 +112,7 @@ def _check_eval_options(args: argparse.Namespace) -> None:
         if not 1 <= d <= 1 << 20:
             raise ValueError(f"--dims: {d} is not a dimension (1..{1 << 20})")
     for p in args.plans:
-        if p.strip() in BUILTIN_PLANS:
-            continue
-        for item in p.split(","):
-            m = _SEGMENT.match(item)
-            if m is None:
-                raise ValueError(
-                    f"--plans: cannot read plan {p!r}: expected a built-in name ({', '.join(BUILTIN_PLANS)}) "
-                    "or SIZE:BITS segments such as '96:2,96:1.5,192:1'"
-                )
-            if float(m.group(3)) not in BITS:
-                raise ValueError(
-                    f"--plans: plan {p!r}: unsupported precision {m.group(3)} bits; choose one of 2, 1.5, 1, 0.5"
-                )
+        check_plan_syntax(p, "--plans")
 
 
 def _check_plans_fit(plans, sizes, where: str) -> None:
@@ -257,7 +244,7 @@ class _DatasetAction(argparse.Action):
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from qama.config import ExperimentConfig, load_config, preset_path
+    from qama.config import ExperimentConfig, check_experiment_config, load_config, preset_path
     from qama.report import check_report_folder, run_report
 
     if args.config or args.preset:
@@ -274,6 +261,7 @@ def cmd_report(args: argparse.Namespace) -> int:
         config.ablation = False
     if args.speed_vectors is not None:
         config.speed_vectors = args.speed_vectors
+    check_experiment_config(config)  # the values given on the command line too
     check_report_folder(args.out)
     results = run_report(config, args.out, command="qama " + " ".join(sys.argv[1:]), progress=not args.quiet)
     print(f"report written to {args.out / 'report.md'} ({results['seconds']:.0f} s)")

@@ -567,6 +567,9 @@ def _check_new_docs(embeddings: np.ndarray, ids: Sequence[str], titles: Sequence
         raise ValueError("document ids must be unique")
     if not all(isinstance(i, str) for i in ids):
         raise ValueError("document ids must be strings")
+    bad = np.flatnonzero(~np.isfinite(np.asarray(embeddings, dtype=np.float32)).all(axis=1))
+    if len(bad):  # NaN has no level: its code would be arbitrary, and the document found for nothing
+        raise ValueError(f"embeddings: row {int(bad[0])} has NaN or inf values ({len(bad)} rows)")
 
 
 def _encode_rows(

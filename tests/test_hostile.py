@@ -454,3 +454,69 @@ def test_milvus_never_adopts_a_collection_it_did_not_create(tmp_path):
         client.close()
     finally:
         server.stop()
+
+
+# ---------------------------------------------------------------------- neighbours: the API and the report config
+def test_api_refuses_nan_documents(tmp_path):
+    from qama.codes import make_plan
+    from qama.search import ThresholdEncoder
+
+    emb = np.random.default_rng(0).standard_normal((20, 16)).astype(np.float32)
+    enc = ThresholdEncoder.fit(emb, make_plan("2bit", 16))
+    bad = emb.copy()
+    bad[3, 5] = np.nan
+    with pytest.raises(ValueError, match=r"embeddings: row 3 has NaN or inf values \(1 rows\)"):
+        QamaIndex.create(tmp_path / "ix", enc, bad, [f"d{i}" for i in range(20)])
+    index = QamaIndex.create(tmp_path / "ix", enc, emb, [f"d{i}" for i in range(20)])
+    with pytest.raises(ValueError, match=r"embeddings: row 0 has NaN or inf values"):
+        index.add(np.full((1, 16), np.inf, np.float32), ["x"])
+    assert len(QamaIndex.open(tmp_path / "ix")) == 20
+
+
+@pytest.mark.parametrize(
+    "key, value, message",
+    [
+        ("speed_vectors", 10**12, "speed_vectors must be an integer in 0..1000000, got 1000000000000"),
+        ("rescore", [10**9], "rescore must be an integer in 1..1000, got 1000000000"),
+        ("plans", ["bogus"], "plans: cannot read plan 'bogus'"),
+        ("nested_dims", [96.5], "nested_dims must be an integer in 2..65536, got 96.5"),
+        ("ablation", "no", "ablation must be true or false, got 'no'"),
+    ],
+)
+def test_report_config_values_are_checked_before_any_work(tiny, tmp_path, capsys, key, value, message):
+    import tomllib  # noqa: F401  (3.11+: the config is TOML)
+
+    def toml(v):
+        return json.dumps(v)  # numbers, strings and lists of them read the same in TOML
+
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(f"{key} = {toml(value)}\n\n[[datasets]]\npath = {json.dumps(str(tiny))}\n")
+    rc, _, err = _run(capsys, "report", "--config", str(cfg), "--out", str(tmp_path / "rep"))
+    assert rc == 2 and not (tmp_path / "rep").exists()
+    _one_line_error(err, "c.toml", message)
+    rc, _, err = _run(
+        capsys, "report", "--dataset", str(tiny), "--speed-vectors", "1000000000000", "--out", str(tmp_path / "rep")
+    )
+    assert rc == 2 and not (tmp_path / "rep").exists()
+    _one_line_error(err, "speed_vectors must be an integer in 0..1000000")
+
+
+def test_train_expansion_that_would_not_fit_in_memory(tiny, tmp_path, capsys):
+    emb = tiny.parent / "tiny-emb"
+    args = (
+        "--dataset",
+        str(tiny),
+        "--embeddings",
+        str(emb),
+        "--out",
+        str(tmp_path / "ad"),
+        "--expansion",
+        "600000",
+        "--train-batch-size",
+        "8",
+    )
+    rc, _, err = _run(capsys, "train", *args)
+    assert rc == 2 and not (tmp_path / "ad").exists()
+    _one_line_error(err, "expansion must be in 1..1024, got 600000")
+    with pytest.raises(ValueError, match=r"expansion 16 at dim 4096: 536,870,912 FFN weights, more than 268,435,456"):
+        AdapterConfig(dim=4096, expansion=16)

@@ -387,7 +387,8 @@ class MilvusBackend:
         embeddings = np.asarray(embeddings)
         if embeddings.ndim != 2 or embeddings.shape[1] < self.plan.dim:
             raise ValueError(f"embeddings must be (n, d) with d >= {self.plan.dim}, got {embeddings.shape}")
-        if self.keep_vectors and embeddings.shape[1] != int(self.manifest["dim"]):
+        check_queries(embeddings, embeddings.shape[1], what="embeddings")  # finite values
+        if embeddings.shape[1] != int(self.manifest["dim"]):  # what is searched with queries of that dimension
             raise IndexMismatchError(
                 f"embeddings have {embeddings.shape[1]} dimensions, the collection {self.manifest['dim']}"
             )
