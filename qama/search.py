@@ -30,7 +30,7 @@ from typing import Any, Protocol, runtime_checkable
 import faiss
 import numpy as np
 
-from qama._validate import check_oversample, n_candidates
+from qama._validate import check_k, check_oversample, n_candidates
 from qama.codes import Plan, hamming_distances, pack, unpack
 from qama.quantize import Quantizer, plan_values
 
@@ -139,14 +139,13 @@ class ThresholdEncoder:
         return plan_values(np.asarray(emb, dtype=np.float32), self.plan, merge=sum_pairs).astype(np.float32)
 
 
-def _check_k(k: int) -> None:
-    if k <= 0:
-        raise ValueError(f"k must be positive, got {k}")
+def _check_k(k: int, n_queries: int = 1) -> None:
+    check_k(k, n_queries)  # positive, and n_queries × k result slots bounded (qama._validate)
 
 
 def float_search(corpus: np.ndarray, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """Exact maximum-inner-product search (faiss ``IndexFlatIP``); missing slots: id -1, score -inf."""
-    _check_k(k)
+    _check_k(k, len(queries))
     queries = np.ascontiguousarray(queries, dtype=np.float32)
     if len(corpus) == 0:
         return np.full((len(queries), k), -np.inf, dtype=np.float32), np.full((len(queries), k), -1, dtype=np.int64)
@@ -187,7 +186,7 @@ def hamming_search(codes: np.ndarray, query_codes: np.ndarray, k: int) -> tuple[
     C-contiguous memory map is not copied). Returns int32 distances and int64 ids, ``(nq, k)``
     each; ties by ascending id.
     """
-    _check_k(k)
+    _check_k(k, len(query_codes))
     _check_codes(codes, query_codes)
     nq, n = len(query_codes), len(codes)
     dist = np.full((nq, k), MISSING_DISTANCE, dtype=np.int32)

@@ -372,9 +372,17 @@ def _save_checkpoint(path: Path, adapter: QamaAdapter, opt: torch.optim.Optimize
     shutil.rmtree(old, ignore_errors=True)
 
 
+def _read_checkpoint_meta(p: Path) -> dict:
+    """A checkpoint's ``meta.json``: ``{"step": int >= 0, "config": {...}}``, or a one-line ValueError."""
+    from qama._validate import Field, check_fields, read_json_file
+
+    meta = read_json_file(p, "checkpoint meta.json")
+    return check_fields(meta, {"step": Field("int", lo=0), "config": Field("dict")}, str(p))
+
+
 def _load_checkpoint(path: Path, adapter: QamaAdapter, opt: torch.optim.Optimizer, cfg: TrainConfig) -> int:
     """Restore a checkpoint written by the same config; returns the step to continue from."""
-    meta = json.loads((path / "meta.json").read_text())
+    meta = _read_checkpoint_meta(path / "meta.json")
     if meta["config"] != cfg.to_dict():
         raise ValueError(f"checkpoint {path} was written with a different configuration; remove it to start anew")
     tensors = load_file(str(path / "state.safetensors"))

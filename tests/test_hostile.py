@@ -520,3 +520,42 @@ def test_train_expansion_that_would_not_fit_in_memory(tiny, tmp_path, capsys):
     _one_line_error(err, "expansion must be in 1..1024, got 600000")
     with pytest.raises(ValueError, match=r"expansion 16 at dim 4096: 536,870,912 FFN weights, more than 268,435,456"):
         AdapterConfig(dim=4096, expansion=16)
+
+
+def test_malformed_checkpoint_meta_is_a_one_line_error(tmp_path, monkeypatch):
+    import qama.train as T
+    from qama.train import TrainConfig, fit
+
+    x = np.random.default_rng(0).standard_normal((64, 32)).astype(np.float32)
+    cfg = TrainConfig(steps=6, batch_size=32, warmup_steps=2, progress=False, checkpoint_every=2)
+    original, calls = T.compute_losses, {"n": 0}
+
+    def crash(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 4:
+            raise KeyboardInterrupt
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(T, "compute_losses", crash)
+    with pytest.raises(KeyboardInterrupt):
+        fit(x, cfg, out_dir=tmp_path)
+    monkeypatch.setattr(T, "compute_losses", original)
+    meta = tmp_path / "checkpoint" / "meta.json"
+    for text, message in [
+        ("[1]", r"checkpoint/meta.json: not a JSON object \(got \[1\]\)"),
+        ('{"step": "4", "config": {}}', r"checkpoint/meta.json: field 'step' must be an integer"),
+    ]:
+        meta.write_text(text)
+        with pytest.raises(ValueError, match=message):
+            fit(x, cfg, out_dir=tmp_path)
+
+
+def test_low_level_search_bounds_k():
+    from qama.search import float_search, hamming_search
+
+    with pytest.raises(ValueError, match=r"k=100000000 for 1000 queries asks for more than 16777216 results"):
+        hamming_search(np.zeros((10, 8), np.uint8), np.zeros((1000, 8), np.uint8), 10**8)
+    with pytest.raises(ValueError, match=r"k must be an integer, got 2.5"):
+        float_search(np.zeros((10, 4), np.float32), np.zeros((1, 4), np.float32), 2.5)
+    d, i = hamming_search(np.zeros((10, 8), np.uint8), np.zeros((2, 8), np.uint8), 1000)  # padded, bounded
+    assert d.shape == (2, 1000) and (i[:, 10:] == -1).all()
