@@ -102,6 +102,7 @@ def build_index(
         keep_vectors=keep_vectors,
         adapter_path=adapter_path,
         overwrite=overwrite,
+        meta={"model": adapter.config.model_name or None},  # the model queries must be embedded with
     )
 
 
@@ -135,11 +136,16 @@ def evaluate(
     >>> rows = qama.evaluate("../shared/datasets/scifact", corpus, queries, "my_adapter")  # doctest: +SKIP
     >>> print(qama.table.to_markdown(rows))  # doctest: +SKIP
     """
+    from qama._validate import check_oversample, check_plan_syntax
     from qama.data import load_dataset
     from qama.evaluate import Evaluator
     from qama.rescore import adapter_rows
     from qama.table import baseline_rows, set_retention
 
+    for p in plans:  # before any work: a plan that does not read would leave no row, silently
+        check_plan_syntax(p, "plans")
+    for f in rescore:
+        check_oversample(f, minimum=1)
     ds = dataset if isinstance(dataset, Dataset) else load_dataset(dataset)
     evaluator = Evaluator(ds)
     judged = np.asarray(query_emb)[evaluator.rows]

@@ -323,6 +323,10 @@ def cmd_index(args: argparse.Namespace) -> int:
         ids, titles = dataset.doc_ids, dataset.titles
     if args.adapter:
         encoder = _load_encoder_adapter(args.adapter, args.plan, fit_emb=np.asarray(corpus, dtype=np.float32))
+        _check_adapter_model(encoder.adapter, args)
+        trained_on = encoder.adapter.config.model_name
+        if args.recorded_model is None and trained_on and not Path(trained_on).exists():
+            args.recorded_model = trained_on  # the index answers texts with the adapter's model
     else:
         logger.info("no --adapter: fitting untrained quantile thresholds (%s) on the corpus", args.plan)
         encoder = ThresholdEncoder.fit(corpus, make_plan(args.plan, corpus.shape[1]))

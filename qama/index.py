@@ -691,6 +691,8 @@ def check_manifest(manifest: dict[str, Any], mpath: Path) -> None:
     for key, f in manifest["files"].items():
         check_fields(f, FILE_SCHEMA, str(mpath), f"files.{key}.", IndexCorruptError)
         check_plain_name(f["name"], f"{mpath}: files.{key}", IndexCorruptError)
+    meta_schema = {"model": Field("str", optional=True, nullable=True)}  # the model that embedded the documents
+    check_fields(manifest.get("meta", {}), meta_schema, str(mpath), "meta.", IndexCorruptError)
     if manifest["encoder"]["kind"] == "thresholds" and "encoder" not in manifest["files"]:
         raise IndexCorruptError(f"{mpath}: the manifest lists no encoder file (the index's thresholds)")
 

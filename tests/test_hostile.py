@@ -289,6 +289,9 @@ def test_meta_json_model_travels_with_the_embeddings(tiny, tmp_path, capsys, mon
     rc, _, err = _run(capsys, "eval", *common, "--adapter", str(tmp_path / "ad"))
     assert rc == 2
     _one_line_error(err, "the adapter was trained on embeddings of org/yet-another, these are of org/the-model")
+    rc, _, err = _run(capsys, "index", *common, "--adapter", str(tmp_path / "ad"), "--out", str(tmp_path / "ix2"))
+    assert rc == 2 and not (tmp_path / "ix2").exists()
+    _one_line_error(err, "the adapter was trained on embeddings of org/yet-another, these are of org/the-model")
 
 
 # ---------------------------------------------------------------------- 4. one-line errors, not tracebacks
@@ -307,6 +310,7 @@ def test_meta_json_model_travels_with_the_embeddings(tiny, tmp_path, capsys, mon
         (lambda m: m["encoder"].update(kind=3), "field 'encoder.kind' must be a string"),
         (lambda m: m["files"]["codes"].update(bytes=-1), "field 'files.codes.bytes' must be in 0..inf, got -1"),
         (lambda m: m["plan"]["segments"].__setitem__(0, [16, 3]), "field 'plan': unsupported precision 3.0 bits"),
+        (lambda m: m["meta"].update(model=5), "field 'meta.model' must be a string, got 5 (int)"),
     ],
 )
 def test_manifest_field_types(built, capsys, edit, message):
@@ -559,3 +563,17 @@ def test_low_level_search_bounds_k():
         float_search(np.zeros((10, 4), np.float32), np.zeros((1, 4), np.float32), 2.5)
     d, i = hamming_search(np.zeros((10, 8), np.uint8), np.zeros((2, 8), np.uint8), 1000)  # padded, bounded
     assert d.shape == (2, 1000) and (i[:, 10:] == -1).all()
+
+
+def test_api_records_the_adapter_model_and_checks_plans(tmp_path, tiny):
+    import qama
+
+    emb = np.random.default_rng(0).standard_normal((40, 16)).astype(np.float32)
+    adapter = QamaAdapter(AdapterConfig(dim=16, model_name="org/the-model"))
+    adapter.init_linear(emb)
+    index = qama.api.build_index(tmp_path / "ix", adapter, emb, [f"d{i}" for i in range(40)], plan="2bit")
+    assert index.manifest["meta"]["model"] == "org/the-model"
+    with pytest.raises(ValueError, match="plans: cannot read plan 'bogus'"):
+        qama.api.evaluate(tiny, emb, emb[:6], adapter, plans=("bogus",))
+    with pytest.raises(ValueError, match="oversample must be at most 1000"):
+        qama.api.evaluate(tiny, emb, emb[:6], adapter, rescore=(10**6,))
