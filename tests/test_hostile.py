@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import stat
 from pathlib import Path
@@ -577,3 +578,42 @@ def test_api_records_the_adapter_model_and_checks_plans(tmp_path, tiny):
         qama.api.evaluate(tiny, emb, emb[:6], adapter, plans=("bogus",))
     with pytest.raises(ValueError, match="oversample must be at most 1000"):
         qama.api.evaluate(tiny, emb, emb[:6], adapter, rescore=(10**6,))
+
+
+def test_milvus_manifest_fields_are_checked(tmp_path):
+    from tests.milvus_fixtures import require_milvus
+
+    require_milvus()
+    from pymilvus import MilvusClient
+
+    from qama.backends import open_backend
+    from qama.backends.milvus import LocalMilvusServer
+    from qama.codes import make_plan
+    from qama.search import ThresholdEncoder
+
+    server = LocalMilvusServer(tmp_path / "m.db", lifetime=300)
+    uri = server.start(wait=60)
+    try:
+        emb = np.random.default_rng(0).standard_normal((20, 16)).astype(np.float32)
+        enc = ThresholdEncoder.fit(emb, make_plan("2bit", 16))
+        with open_backend(uri, "milvus", enc, create=True, collection="c", dim=16) as b:
+            b.add(emb, [f"d{i}" for i in range(20)])
+        client = MilvusClient(uri=uri)
+        row = client.get("c_qama", ids=["manifest.0"], output_fields=["value"])[0]
+        good = json.loads(row["value"])
+        cases = [
+            ({**good, "plan": "hybrid"}, "field 'plan' must be an object"),
+            ({**good, "keep_vectors": "no"}, "field 'keep_vectors' must be true or false"),
+            ({**good, "encoder": {**good["encoder"], "kind": 3}}, "field 'encoder.kind' must be a string"),
+            ({**good, "plan": {"name": "x", "segments": [None]}}, "field 'plan': segment None is not [dims, bits]"),
+        ]
+        for manifest, message in cases:
+            client.upsert("c_qama", [{"key": "manifest.0", "value": json.dumps(manifest), "v": [0.0, 0.0]}])
+            with pytest.raises(ValueError, match=re.escape(message)):
+                open_backend(uri, "milvus", collection="c", timeout=5)
+        client.upsert("c_qama", [{"key": "manifest.n", "value": "99999999999", "v": [0.0, 0.0]}])
+        with pytest.raises(ValueError, match=r"malformed qama manifest \(manifest.n = '99999999999'\)"):
+            open_backend(uri, "milvus", collection="c", timeout=5)
+        client.close()
+    finally:
+        server.stop()

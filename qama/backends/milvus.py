@@ -50,7 +50,7 @@ from safetensors.numpy import load as st_load
 from safetensors.numpy import save as st_save
 from tqdm.auto import tqdm
 
-from qama._validate import MAX_CANDIDATES, check_k, check_oversample, check_queries
+from qama._validate import MAX_CANDIDATES, MAX_JSON_BYTES, Field, check_fields, check_k, check_oversample, check_queries
 from qama.backends import missing_results
 from qama.codes import Plan
 from qama.index import IndexMismatchError
@@ -303,14 +303,18 @@ class MilvusBackend:
             time.sleep(0.2)
         if not got:
             raise IndexMismatchError(f"{where}: incomplete qama manifest (no manifest.n row)")
-        keys = [f"manifest.{i}" for i in range(int(got[0]["value"]))]
+        n_rows = str(got[0]["value"])
+        if not n_rows.isdigit() or not 1 <= int(n_rows) <= MAX_JSON_BYTES // _META_CHUNK + 1:
+            raise IndexMismatchError(f"{where}: malformed qama manifest (manifest.n = {n_rows[:40]!r})")
+        keys = [f"manifest.{i}" for i in range(int(n_rows))]
         rows = {r["key"]: r["value"] for r in client.get(name, ids=keys, output_fields=["value"], timeout=timeout)}
         try:
             manifest = json.loads("".join(rows[k] for k in keys))
-        except (KeyError, json.JSONDecodeError) as e:
+        except (KeyError, json.JSONDecodeError, RecursionError) as e:
             raise IndexMismatchError(f"{where}: unreadable qama manifest ({e})") from None
-        if manifest.get("format") != FORMAT or manifest.get("version") != VERSION:
+        if not isinstance(manifest, dict) or manifest.get("format") != FORMAT or manifest.get("version") != VERSION:
             raise IndexMismatchError(f"{where}: not a qama collection of format version {VERSION}")
+        _check_manifest_fields(manifest, where)
         return manifest
 
     @staticmethod
@@ -570,6 +574,47 @@ class MilvusBackend:
 
     def close(self) -> None:
         self.client.close()
+
+
+#: Types and ranges of a collection manifest's fields (qama._validate.check_fields).
+MANIFEST_SCHEMA = {
+    "plan": Field("dict"),
+    "code_size": Field("int", lo=1),
+    "dim": Field("int", lo=1, hi=1 << 20),
+    "index_type": Field("str", choices=INDEX_TYPES),
+    "nlist": Field("int", lo=1, hi=1 << 20),
+    "keep_vectors": Field("bool"),
+    "encoder": Field("dict"),
+    "meta": Field("dict", optional=True),
+}
+
+
+def _check_manifest_fields(manifest: dict[str, Any], where: str) -> None:
+    """The type of every field a collection's manifest is read for; a one-line IndexMismatchError."""
+    check_fields(manifest, MANIFEST_SCHEMA, where, error=IndexMismatchError)
+    encoder_schema = {
+        "kind": Field("str", choices=("thresholds", "adapter")),
+        "checksum": Field("str"),
+        "tensors": Field("str", optional=True),
+    }
+    check_fields(manifest["encoder"], encoder_schema, where, "encoder.", IndexMismatchError)
+    check_fields(
+        manifest.get("meta", {}),
+        {"model": Field("str", optional=True, nullable=True)},
+        where,
+        "meta.",
+        IndexMismatchError,
+    )
+    try:
+        plan = manifest["plan"]
+        if not isinstance(plan.get("name"), str) or not isinstance(plan.get("segments"), list):
+            raise ValueError("needs a name and a list of segments")
+        for seg in plan["segments"]:
+            if not (isinstance(seg, list) and len(seg) == 2 and type(seg[0]) is int and type(seg[1]) in (int, float)):
+                raise ValueError(f"segment {seg!r:.40} is not [dims, bits]")
+        Plan.from_dict(plan)
+    except (ValueError, TypeError) as e:
+        raise IndexMismatchError(f"{where}: field 'plan': {e}") from None
 
 
 def _refuse_foreign_collection(client: Any, collection: str, timeout: float, wait: float = 10.0) -> None:
