@@ -23,6 +23,9 @@ __all__ = ["main"]
 
 logger = logging.getLogger("qama")
 
+MAX_BATCH_SIZE = 65536  # texts embedded at once (--batch-size)
+MAX_NPROBE = 65536  # Milvus inverted lists searched per query (--nprobe)
+
 
 def _load_inputs(args: argparse.Namespace):
     """The dataset and its ``(corpus, queries)`` embeddings, from ``--embeddings`` or ``--model``."""
@@ -42,6 +45,8 @@ def _resolve_model(args: argparse.Namespace) -> None:
     known to come from (``None``: unknown). A ``--model`` that contradicts ``meta.json`` is refused."""
     from qama.embeddings import embeddings_model
 
+    if not 1 <= args.batch_size <= MAX_BATCH_SIZE:
+        raise ValueError(f"--batch-size must be in 1..{MAX_BATCH_SIZE}, got {args.batch_size}")
     if not hasattr(args, "recorded_model"):
         args.model, args.recorded_model = embeddings_model(args.embeddings, args.model)
 
@@ -451,6 +456,8 @@ def _use_milvus(args: argparse.Namespace) -> bool:
 def _milvus_options(args: argparse.Namespace) -> dict:
     if args.uri is None:
         raise ValueError("--backend milvus needs --uri (http://host:19530 or a milvus-lite file.db)")
+    if not 1 <= args.nprobe <= MAX_NPROBE:
+        raise ValueError(f"--nprobe must be in 1..{MAX_NPROBE}, got {args.nprobe}")
     return {"collection": args.collection, "index_type": args.index_type, "nprobe": args.nprobe}
 
 

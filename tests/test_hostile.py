@@ -617,3 +617,34 @@ def test_milvus_manifest_fields_are_checked(tmp_path):
         client.close()
     finally:
         server.stop()
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (("--nce-weight", "nan"), "w_nce must be a finite number, got nan"),
+        (("--seed", "-1"), "seed must not be negative, got -1"),
+        (("--batch-size", "0"), "--batch-size must be in 1..65536, got 0"),
+        (("--steps", "0"), "steps must be at least 1, got 0"),
+    ],
+)
+def test_train_numeric_options(tiny, tmp_path, capsys, extra, message):
+    emb = tiny.parent / "tiny-emb"
+    args = ("--dataset", str(tiny), "--embeddings", str(emb), "--out", str(tmp_path / "ad"), "--train-batch-size", "8")
+    rc, _, err = _run(capsys, "train", *args, "--nested-dims", "8", "16", "--pairs", "test", *extra)
+    assert rc == 2 and not (tmp_path / "ad" / "config.json").exists()
+    _one_line_error(err, message)
+
+
+def test_report_train_settings_are_type_checked(tiny, tmp_path, capsys):
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(f"[[datasets]]\npath = {json.dumps(str(tiny))}\n\n[train]\nthreads = 1000000\nsteps = 2.5\n")
+    rc, _, err = _run(capsys, "report", "--config", str(cfg), "--out", str(tmp_path / "rep"))
+    assert rc == 2 and not (tmp_path / "rep").exists()
+    _one_line_error(err, "c.toml: ", "must be")
+
+
+def test_milvus_nprobe_is_bounded(tmp_path, capsys):
+    rc, _, err = _run(capsys, "search", "--uri", str(tmp_path / "x.db"), "--nprobe", "0", "text")
+    assert rc == 2
+    _one_line_error(err, "--nprobe must be in 1..65536, got 0")
