@@ -5,10 +5,13 @@ data (:mod:`qama.data`) -> embeddings (:mod:`qama.embeddings`) -> adapter (:mod:
 :mod:`qama.train`) -> codes (:mod:`qama.codes`, :mod:`qama.quantize`) -> index and search
 (:mod:`qama.index`, :mod:`qama.search`) -> evaluation (:mod:`qama.evaluate`, :mod:`qama.table`).
 One call per step: :func:`embed`, :func:`fit`, :func:`encode`, :func:`build_index`,
-:func:`open_index`, :func:`search`, :func:`evaluate` (:mod:`qama.api`).
+:func:`open_index`, :func:`search_index`, :func:`evaluate_dataset` (:mod:`qama.api`).
+Every other name is reached by module: ``qama.search.hamming_search``, ``qama.codes.pack``.
 """
 
-from qama.api import build_index, embed, encode, evaluate, fit, open_index, search
+from qama import evaluate as evaluate  # the modules (the API functions are search_index, evaluate_dataset)
+from qama import search as search
+from qama.api import build_index, embed, encode, evaluate_dataset, fit, open_index, search_index
 from qama.codes import Plan, make_plan
 from qama.data import Dataset, load_dataset
 
@@ -19,8 +22,8 @@ __all__ = [
     "encode",
     "build_index",
     "open_index",
-    "search",
-    "evaluate",
+    "search_index",
+    "evaluate_dataset",
     "Plan",
     "make_plan",
     "Dataset",

@@ -40,6 +40,10 @@ def atomic_open(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO[Any]]:
 
 
 def write_json(path: str | os.PathLike, obj: Any) -> None:
+    """Write ``obj`` as indented JSON to ``path`` atomically; the path ``-`` prints it instead."""
+    if str(path) == "-":
+        print(json.dumps(obj, ensure_ascii=False, indent=2))
+        return
     with atomic_open(path, "w") as f:
         json.dump(obj, f, indent=2, sort_keys=False)
         f.write("\n")
@@ -101,9 +105,10 @@ class JsonFields:
     fields (from a newer or older version) are ignored on reading."""
 
     def to_dict(self) -> dict[str, Any]:
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
+        fields = dataclasses.asdict(self)  # type: ignore[call-overload]  # subclasses are dataclasses
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in fields.items()}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Any:
-        names = {f.name for f in dataclasses.fields(cls)}
+        names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
         return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items() if k in names})

@@ -52,7 +52,7 @@ def _knn_blocks(q: np.ndarray, db: np.ndarray, k: int, block: int) -> tuple[np.n
             kd, ki = best_d[b, qi], best_i[b, qi]  # a max-heap on (distance, id): the root is the worst kept
             for j in range(m):
                 if dist[j] < kd[0]:  # rows come in ascending id: a tie never displaces an earlier row
-                    _replace_root(kd, ki, dist[j], lo + j)
+                    _replace_root(kd, ki, dist[j], lo + j)  # type: ignore[arg-type]  # numba: int64
     return best_d, best_i
 
 

@@ -163,9 +163,11 @@ def check_oversample(oversample: Any, minimum: int = 0) -> int:
     return oversample
 
 
-def n_candidates(k: int, oversample: int, n: int) -> int:
+def n_candidates(k: int, oversample: int, n: int | None) -> int:
     """Hamming candidates per query for top-``k`` rescoring: ``oversample × k``, at most the ``n`` rows
-    searched and :data:`MAX_CANDIDATES`, and never fewer than ``min(k, n)``; at least 1."""
+    searched (``None``: unknown, e.g. a server) and :data:`MAX_CANDIDATES`, and never fewer than
+    ``min(k, n)``; at least 1."""
+    n = k * max(1, oversample) if n is None else n
     kk = min(k, n)
     if kk > MAX_CANDIDATES and oversample > 0:
         raise ValueError(

@@ -14,7 +14,10 @@ and never trained by the optimiser): 2-bit (3 thresholds), 1.5-bit (2), 1-bit (1
 merges the pair of dimensions ``(2i, 2i+1)`` with a small shared FFN (:class:`PairMerge`) into
 one value, which has its own 1-bit threshold. Thresholds start at quantiles of the fitting
 embeddings, follow an exponential moving average of batch quantiles during training, and are set
-to exact quantiles of the whole fitting set when training ends.
+to exact quantiles of the whole fitting set when training ends. Query thresholds (``qthr_*``
+buffers, :meth:`QamaAdapter.calibrate_queries`) are the same quantiles of the adapter's output on
+query-like texts; queries are coded with them once set (``query_calibrated``), with the
+documents' thresholds before.
 
 Public API::
 
@@ -47,7 +50,7 @@ from torch import nn
 
 from qama._io import JsonFields, atomic_open, write_json
 from qama._validate import check_regular_file, read_json_file
-from qama.codes import Plan, make_plan
+from qama.codes import DEFAULT_PLANS, Plan, make_plan
 from qama.quantize import MAX_THRESHOLDS, Quantizer
 
 __all__ = ["AdapterConfig", "PairMerge", "QamaAdapter", "DimensionError", "PRECISIONS", "mean_direction"]
@@ -67,6 +70,8 @@ PRECISIONS: dict[float, tuple[str, tuple[float, ...]]] = {
     1.0: ("thr_1bit", (0.5,)),
     0.5: ("thr_0_5bit", (0.5,)),
 }
+#: Buffer of each precision's query thresholds (same shape as the documents' thresholds).
+QUERY_PRECISIONS: dict[float, str] = {bits: "q" + name for bits, (name, _) in PRECISIONS.items()}
 INITS = ("identity", "pca", "pca_blocks")
 RANGE_QUANTILES = (0.005, 0.995)  # the valid range [lo, hi] the quantisation regulariser keeps values in
 
@@ -86,7 +91,7 @@ class AdapterConfig(JsonFields):
     merge_hidden: int = 16  # hidden width of the 0.5-bit pair-merge FFN
     drop_mean_direction: bool = True  # the start projects out the corpus mean direction (see init_linear)
     model_name: str = ""  # frozen model the adapter belongs to (informative)
-    plans: tuple[str, ...] = ("2bit", "1.5bit", "1bit", "hybrid")  # plans the adapter is meant for
+    plans: tuple[str, ...] = DEFAULT_PLANS  # plans the adapter is meant for
 
     def __post_init__(self) -> None:
         check_config_types(self)
@@ -191,6 +196,20 @@ class PairMerge(nn.Module):
 class QamaAdapter(nn.Module):
     """FFN adapter with nested prefixes, per-precision thresholds and a 0.5-bit pair merge."""
 
+    # Buffers (registered in __init__), declared for the type checker.
+    z_mean: torch.Tensor
+    z_std: torch.Tensor
+    m_mean: torch.Tensor
+    m_std: torch.Tensor
+    thr_2bit: torch.Tensor
+    thr_1_5bit: torch.Tensor
+    thr_1bit: torch.Tensor
+    thr_0_5bit: torch.Tensor
+    range_lo: torch.Tensor
+    range_hi: torch.Tensor
+    calibrated: torch.Tensor
+    query_calibrated: torch.Tensor
+
     def __init__(self, config: AdapterConfig, metadata: dict[str, Any] | None = None) -> None:
         super().__init__()
         self.config = config
@@ -213,6 +232,8 @@ class QamaAdapter(nn.Module):
         for bits, (name, qs) in PRECISIONS.items():
             n = d // 2 if bits == 0.5 else d
             self.register_buffer(name, torch.zeros(n, len(qs)))
+            self.register_buffer(QUERY_PRECISIONS[bits], torch.zeros(n, len(qs)))
+        self.register_buffer("query_calibrated", torch.zeros((), dtype=torch.bool))
         self.register_buffer("range_lo", torch.full((d,), -1.0))
         self.register_buffer("range_hi", torch.full((d,), 1.0))
         self.register_buffer("calibrated", torch.zeros((), dtype=torch.bool))
@@ -243,10 +264,8 @@ class QamaAdapter(nn.Module):
           that level's principal axes (the prefix of size ``d_l`` spans the top ``d_l`` axes, with the
           variance spread evenly inside the level); the last level re-projects the top
           ``d_{K-1}`` axes with another random rotation (random orthonormal rows when it is wider).
-          Quantile codes weigh every dimension alike, so low-variance trailing axes would add as much
-          noise to a Hamming distance as the leading axes add signal: measured on SciFact, this start
-          keeps the prefixes of PCA (FP32 192: 99.1%) and 2-bit codes at 384 near the model's own
-          coordinates (96.2% vs 96.6%), where plain PCA falls to 86%.
+          Quantile codes weigh every dimension alike; the rotation spreads the variance of a level
+          evenly over its dimensions (why: ``benchmarks/RESULTS_training.md``).
 
         With ``config.drop_mean_direction`` (default) every start first projects out the direction of
         the corpus mean, ``A ← A·(I − u·uᵀ)``. Queries lean less toward that direction than documents
@@ -273,7 +292,8 @@ class QamaAdapter(nn.Module):
     def _pca_start(self, x: np.ndarray, seed: int) -> np.ndarray:
         """``(d, d)`` rows of the ``"pca"`` or ``"pca_blocks"`` start from the fitting embeddings ``x``."""
         xc = x - x.mean(axis=0)
-        _, _, vt = np.linalg.svd(xc, full_matrices=False)  # (d, d) rows = principal axes
+        # (d, d) rows = principal axes; fewer vectors than dimensions: completed to a full orthonormal basis
+        _, _, vt = np.linalg.svd(xc, full_matrices=len(xc) < xc.shape[1])
         vt *= np.sign(vt[np.arange(len(vt)), np.abs(vt).argmax(axis=1)])[:, None]  # deterministic signs
         if self.config.init == "pca":
             return vt
@@ -328,29 +348,62 @@ class QamaAdapter(nn.Module):
         self.calibrated.fill_(True)
         self.train(was_training)
 
-    def thresholds(self, bits: float) -> torch.Tensor:
-        """``(n, t)`` thresholds of one precision (``n = d`` or ``d/2`` for 0.5-bit)."""
+    @torch.no_grad()
+    def query_statistics(self, z: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Query thresholds of every precision: quantiles of adapter outputs ``z`` of query-like texts
+        (0.5-bit values merged with the documents' statistics, as documents are)."""
+        stats = {}
+        for bits, (_, qs) in PRECISIONS.items():
+            v = self._merged_with(z, self.z_mean, self.z_std) if bits == 0.5 else z
+            stats[QUERY_PRECISIONS[bits]] = torch.quantile(v, torch.tensor(qs, dtype=v.dtype), dim=0).T
+        return stats
+
+    @torch.no_grad()
+    def update_query_statistics(self, z: torch.Tensor, momentum: float) -> None:
+        """EMA update of the query thresholds from a batch ``z`` of query outputs (see :meth:`update_statistics`)."""
+        for name, value in self.query_statistics(z).items():
+            getattr(self, name).mul_(momentum).add_(value, alpha=1 - momentum)
+
+    @torch.no_grad()
+    def calibrate_queries(self, x: np.ndarray, batch_size: int = 8192) -> None:
+        """Set the query thresholds to quantiles of the adapter's output on ``(n, d)`` query-like
+        embeddings ``x`` (queries, or pseudo-queries such as titles); at least 2 rows. The 0.5-bit
+        merge standardises with the documents' statistics, as it does for documents."""
+        x = self.check_input(x, "query sample")
+        if len(x) < 2:
+            raise ValueError(f"a query sample needs at least 2 embeddings, got {len(x)}")
+        for name, value in self.query_statistics(self._z(x, batch_size)).items():
+            getattr(self, name).copy_(value)
+        self.query_calibrated.fill_(True)
+
+    def thresholds(self, bits: float, queries: bool = False) -> torch.Tensor:
+        """``(n, t)`` thresholds of one precision (``n = d`` or ``d/2`` for 0.5-bit); ``queries``: the
+        query thresholds (the documents' while :attr:`query_calibrated` is false)."""
+        if queries and bool(self.query_calibrated):
+            return getattr(self, QUERY_PRECISIONS[float(bits)])
         return getattr(self, PRECISIONS[float(bits)][0])
 
     # ------------------------------------------------------------------ soft / hard quantisation (torch)
     def plan_levels(
-        self, z: torch.Tensor, plan: Plan, temperature: float = 0.0, hard: bool = True
+        self, z: torch.Tensor, plan: Plan, temperature: float = 0.0, hard: bool = True, queries: bool = False
     ) -> list[tuple[torch.Tensor, int]]:
         """Thermometer bits of ``z`` under ``plan``, per segment: ``[(bits (B, n_values·t), n_bits)]``.
 
         ``temperature > 0`` gives soft bits ``σ((v − θ)/(τ·σ_v))``; with ``hard=True`` the forward pass
         uses the exact bits and the gradient that of the soft bits (straight-through estimator).
-        ``temperature == 0`` gives exact bits without gradient.
+        ``temperature == 0`` gives exact bits without gradient. ``queries``: by the query thresholds
+        (:meth:`thresholds`).
         """
         out, start = [], 0
         for seg in plan.segments:
             stop = start + seg.dims
             if seg.bits == 0.5:
                 v = self.merged(z, start, stop)  # (B, n/2)
-                thr, scale = self.thr_0_5bit[start // 2 : stop // 2], self.m_std[start // 2 : stop // 2]
+                thr = self.thresholds(0.5, queries)[start // 2 : stop // 2]
+                scale = self.m_std[start // 2 : stop // 2]
             else:
                 v = z[:, start:stop]
-                thr, scale = self.thresholds(seg.bits)[start:stop], self.z_std[start:stop]
+                thr, scale = self.thresholds(seg.bits, queries)[start:stop], self.z_std[start:stop]
             diff = v[:, :, None] - thr[None]  # (B, n, t)
             exact = (diff > 0).to(z.dtype)
             if temperature > 0:
@@ -437,31 +490,34 @@ class QamaAdapter(nn.Module):
         """
         p = self.plan(plan, dim)
         thr = np.full((p.n_values, MAX_THRESHOLDS), np.inf, dtype=np.float32)
+        qthr = np.full((p.n_values, MAX_THRESHOLDS), np.inf, dtype=np.float32)
         cent = np.zeros((p.n_values, MAX_THRESHOLDS + 1), dtype=np.float32)
         start, row = 0, 0
         for seg in p.segments:
             stop = start + seg.dims
+            rows = slice(start // 2, stop // 2) if seg.bits == 0.5 else slice(start, stop)
+            t = self.thresholds(seg.bits)[rows].numpy()
             if seg.bits == 0.5:
-                t = self.thr_0_5bit[start // 2 : stop // 2].numpy()
-                lo = (self.m_mean - 2 * self.m_std)[start // 2 : stop // 2].numpy()[:, None]
-                hi = (self.m_mean + 2 * self.m_std)[start // 2 : stop // 2].numpy()[:, None]
+                lo = (self.m_mean - 2 * self.m_std)[rows].numpy()[:, None]
+                hi = (self.m_mean + 2 * self.m_std)[rows].numpy()[:, None]
             else:
-                t = self.thresholds(seg.bits)[start:stop].numpy()
-                lo, hi = self.range_lo[start:stop].numpy()[:, None], self.range_hi[start:stop].numpy()[:, None]
+                lo, hi = self.range_lo[rows].numpy()[:, None], self.range_hi[rows].numpy()[:, None]
             n, nt = t.shape
             thr[row : row + n, :nt] = t
+            qthr[row : row + n, :nt] = self.thresholds(seg.bits, queries=True)[rows].numpy()
             edges = np.concatenate([lo, t, hi], axis=1)
             cent[row : row + n, : nt + 1] = (edges[:, 1:] + edges[:, :-1]) / 2
             start, row = stop, row + n
-        q = Quantizer(p, thr, cent)
+        q = Quantizer(p, thr, cent, qthr if bool(self.query_calibrated) else None)
         if fit_values is not None:
             q.centroids = q.fit_centroids(np.asarray(fit_values, dtype=np.float32))
         return q
 
-    def encode(self, x: np.ndarray, plan: str | Plan, dim: int | None = None) -> np.ndarray:
-        """``(n, d)`` frozen embeddings -> ``(n, code_size)`` packed uint8 codes (see :mod:`qama.codes`)."""
+    def encode(self, x: np.ndarray, plan: str | Plan, dim: int | None = None, queries: bool = False) -> np.ndarray:
+        """``(n, d)`` frozen embeddings -> ``(n, code_size)`` packed uint8 codes (see :mod:`qama.codes`);
+        ``queries``: coded with the query thresholds (see :meth:`calibrate_queries`)."""
         p = self.plan(plan, dim)
-        return self.quantizer(p).encode(self.values(x, p))
+        return self.quantizer(p).encode(self.values(x, p), queries)
 
     # ------------------------------------------------------------------ persistence
     def save(self, path: str | os.PathLike) -> Path:
@@ -528,6 +584,11 @@ class QamaAdapter(nn.Module):
         _check_weight_size(len(blob), config, cfg_path)  # before allocating the adapter the config describes
         metadata = {k: v for k, v in data.items() if k not in ("format_version", "adapter", "weights_sha256")}
         adapter = cls(config, metadata)
+        if "query_calibrated" not in tensors:  # written before query thresholds existed: none calibrated
+            tensors["query_calibrated"] = torch.zeros((), dtype=torch.bool)
+            for bits, (name, _) in PRECISIONS.items():
+                if name in tensors:
+                    tensors.setdefault(QUERY_PRECISIONS[bits], tensors[name].clone())
         expected = {k: tuple(v.shape) for k, v in adapter.state_dict().items()}
         got = {k: tuple(v.shape) for k, v in tensors.items()}
         if got != expected:

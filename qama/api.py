@@ -9,29 +9,35 @@
 >>> codes.shape                                                  # 64 dims hybrid: 104 bits
 (1000, 13)
 >>> index = qama.build_index(getfixture("tmp_path") / "idx", adapter, docs, [f"d{i}" for i in range(1000)])
->>> hits = qama.search(index, docs[:2], k=3)
+>>> hits = qama.search_index(index, docs[:2], k=3)
 >>> hits[0][0][0]                                                # each document finds itself first
 'd0'
 
 With real text, :func:`embed` gives the embeddings (``all-MiniLM-L6-v2`` by default), and
-:func:`evaluate` scores a dataset in BEIR layout (see its docstring).
+:func:`evaluate_dataset` scores a dataset in BEIR layout (see its docstring).
+
+The search and evaluation functions are ``search_index`` and ``evaluate_dataset`` so that the
+names ``qama.search`` and ``qama.evaluate`` stay the modules of those names; ``qama.api.search``
+and ``qama.api.evaluate`` are their deprecated old names.
 """
 
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
 from qama.adapter import QamaAdapter
+from qama.codes import ALL_PLANS
 from qama.data import Dataset
 from qama.embeddings import DEFAULT_MODEL
 from qama.index import QamaIndex
 from qama.table import Row
 
-__all__ = ["embed", "fit", "encode", "build_index", "open_index", "search", "evaluate"]
+__all__ = ["embed", "fit", "encode", "build_index", "open_index", "search_index", "evaluate_dataset"]
 
 
 def embed(texts: Sequence[str], model: str = DEFAULT_MODEL, batch_size: int = 64, progress: bool = True) -> np.ndarray:
@@ -86,13 +92,17 @@ def build_index(
     dim: int | None = None,
     keep_vectors: bool = False,
     overwrite: bool = False,
+    query_sample: np.ndarray | None = None,
 ) -> QamaIndex:
-    """Encode a corpus with a trained adapter into a persistent index folder at ``path``."""
-    from qama.search import AdapterEncoder
+    """Encode a corpus with a trained adapter into a persistent index folder at ``path``.
+
+    ``query_sample``: query-like embeddings (a query log, titles) that calibrate how queries are
+    coded, where the adapter brought no query thresholds (see :func:`qama.encoders.fit_encoder`)."""
+    from qama.encoders import fit_encoder
 
     adapter_path = None if isinstance(adapter, QamaAdapter) else adapter
     adapter = adapter if isinstance(adapter, QamaAdapter) else QamaAdapter.load(adapter)
-    encoder = AdapterEncoder(adapter, plan, dim, fit_emb=corpus_emb)
+    encoder = fit_encoder(corpus_emb, plan, adapter, query_sample, replace_query_thresholds=False, dim=dim)
     return QamaIndex.create(
         path,
         encoder,
@@ -111,36 +121,45 @@ def open_index(path: str | os.PathLike, adapter: QamaAdapter | str | os.PathLike
     return QamaIndex.open_with_adapter(path, adapter)
 
 
-def search(index: QamaIndex, query_emb: np.ndarray, k: int = 10, oversample: int = 4) -> list[list[tuple[str, float]]]:
+def search_index(
+    index: QamaIndex, query_emb: np.ndarray, k: int = 10, oversample: int = 4
+) -> list[list[tuple[str, float]]]:
     """Top-``k`` ``(doc_id, score)`` per query: Hamming candidates (``oversample × k``) rescored
     (stored vectors if kept, else query · dequantised code); ``oversample=0`` is Hamming only."""
     scores, rows = index.search(np.atleast_2d(query_emb), k, oversample=oversample)
     return [
-        [(index.doc_id(int(r)), float(s)) for s, r in zip(srow, rrow, strict=True) if r >= 0]
+        [(index.ids[int(r)], float(s)) for s, r in zip(srow, rrow, strict=True) if r >= 0]
         for srow, rrow in zip(scores, rows, strict=True)
     ]
 
 
-def evaluate(
+def evaluate_dataset(
     dataset: Dataset | str | os.PathLike,
     corpus_emb: np.ndarray,
     query_emb: np.ndarray,
     adapter: QamaAdapter | str | os.PathLike | None = None,
-    plans: Sequence[str] = ("2bit", "1.5bit", "1bit", "0.5bit", "hybrid"),
+    plans: Sequence[str] = ALL_PLANS,
     rescore: Sequence[int] = (4,),
+    dims: Sequence[int] | None = None,
+    query_sample: np.ndarray | None = None,
+    recalibrate_adapter: bool = True,
 ) -> list[Row]:
     """The evaluation table of ``qama eval``: baselines, and the adapter's rows when one is given.
 
     ``query_emb`` holds every query of the dataset in file order (the judged ones are picked).
+    ``rescore``: the oversampling factors of the adapter's rescoring rows; ``dims``: the embedding
+    sizes of the baselines (default: d, d/2, d/4). ``query_sample``: query-like embeddings whose
+    quantiles code the queries (:func:`qama.embeddings.query_sample`): adds ``threshold-qcal`` rows,
+    and replaces the adapter's own query thresholds unless ``recalibrate_adapter=False``.
 
-    >>> rows = qama.evaluate("../shared/datasets/scifact", corpus, queries, "my_adapter")  # doctest: +SKIP
+    >>> rows = qama.evaluate_dataset("../shared/datasets/scifact", corpus, queries, "my_adapter")  # doctest: +SKIP
     >>> print(qama.table.to_markdown(rows))  # doctest: +SKIP
     """
     from qama._validate import check_oversample, check_plan_syntax
     from qama.data import load_dataset
     from qama.evaluate import Evaluator
-    from qama.rescore import adapter_rows
-    from qama.table import baseline_rows, set_retention
+    from qama.rescore import adapter_rows, calibrated_threshold_rows
+    from qama.table import baseline_rows, default_dims, set_retention
 
     for p in plans:  # before any work: a plan that does not read would leave no row, silently
         check_plan_syntax(p, "plans")
@@ -149,11 +168,29 @@ def evaluate(
     ds = dataset if isinstance(dataset, Dataset) else load_dataset(dataset)
     evaluator = Evaluator(ds)
     judged = np.asarray(query_emb)[evaluator.rows]
-    rows = baseline_rows(corpus_emb, judged, evaluator)
-    if adapter is not None:
+    if adapter is not None:  # loaded and checked before any work
         adapter = adapter if isinstance(adapter, QamaAdapter) else QamaAdapter.load(adapter)
-        rows += adapter_rows(adapter, corpus_emb, judged, evaluator, plans, rescore)
+        adapter.check_input(corpus_emb, "corpus embeddings")
+    rows = baseline_rows(corpus_emb, judged, evaluator, list(dims) if dims else None)
+    if query_sample is not None:
+        sizes = list(dims) if dims else default_dims(corpus_emb.shape[1])
+        rows += calibrated_threshold_rows(corpus_emb, judged, evaluator, query_sample, sizes)
+    if adapter is not None:
+        sample = query_sample if recalibrate_adapter else None
+        rows += adapter_rows(adapter, corpus_emb, judged, evaluator, plans, rescore, query_sample=sample)
     for r in rows:
         r.dataset = ds.name
     set_retention(rows)
     return rows
+
+
+def search(*args: Any, **kwargs: Any) -> list[list[tuple[str, float]]]:
+    """Deprecated name of :func:`search_index` (``qama.search`` is the module :mod:`qama.search`)."""
+    warnings.warn("qama.api.search is now qama.search_index", DeprecationWarning, stacklevel=2)
+    return search_index(*args, **kwargs)
+
+
+def evaluate(*args: Any, **kwargs: Any) -> list[Row]:
+    """Deprecated name of :func:`evaluate_dataset` (``qama.evaluate`` is the module :mod:`qama.evaluate`)."""
+    warnings.warn("qama.api.evaluate is now qama.evaluate_dataset", DeprecationWarning, stacklevel=2)
+    return evaluate_dataset(*args, **kwargs)

@@ -15,7 +15,7 @@ from __future__ import annotations
 import numpy as np
 
 from qama.codes import Plan
-from qama.quantize import Quantizer, plan_values
+from qama.encoders import ThresholdEncoder
 
 __all__ = ["truncate", "fp16", "int8", "threshold_codes"]
 
@@ -50,7 +50,7 @@ def int8(corpus: np.ndarray, queries: np.ndarray) -> tuple[np.ndarray, np.ndarra
 
 
 def threshold_codes(corpus: np.ndarray, queries: np.ndarray, plan: Plan) -> tuple[np.ndarray, np.ndarray]:
-    """Simple threshold quantisation of the first ``plan.dim`` dimensions: packed uint8 codes."""
-    cv, qv = plan_values(corpus, plan), plan_values(queries, plan)
-    quantizer = Quantizer.fit(cv, plan, sign_1bit=True)
-    return quantizer.encode(cv), quantizer.encode(qv)
+    """Simple threshold quantisation of the first ``plan.dim`` dimensions: packed uint8 codes of both,
+    by the corpus's thresholds (:class:`~qama.encoders.ThresholdEncoder`, 2-level values by sign)."""
+    encoder = ThresholdEncoder.fit(corpus, plan, sign_1bit=True)
+    return encoder.encode(corpus), encoder.encode(queries)

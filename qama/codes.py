@@ -49,9 +49,13 @@ __all__ = [
     "Plan",
     "make_plan",
     "BUILTIN_PLANS",
+    "ALL_PLANS",
+    "DEFAULT_PLANS",
     "pack",
     "unpack",
+    "hamming",
     "hamming_distances",
+    "value_dims",
     "prefix_plan",
     "plans_fitting",
 ]
@@ -69,6 +73,12 @@ BUILTIN_PLANS: dict[str, list[tuple[float, float]]] = {
     "0.5bit": [(1.0, 0.5)],
     "hybrid": [(0.25, 2.0), (0.25, 1.5), (0.25, 1.0), (0.25, 0.5)],
 }
+
+#: Every built-in plan, in table order: the plans ``qama eval`` scores an adapter at.
+ALL_PLANS: tuple[str, ...] = tuple(BUILTIN_PLANS)
+
+#: The plans an adapter is meant for, the baselines and ``qama report`` use (uniform 0.5-bit left out).
+DEFAULT_PLANS: tuple[str, ...] = ("2bit", "1.5bit", "1bit", "hybrid")
 
 
 @dataclass(frozen=True)
@@ -280,6 +290,13 @@ def unpack(codes: np.ndarray, plan: Plan) -> np.ndarray:
     return np.concatenate(levels, axis=1)
 
 
+def hamming(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Hamming distances of packed codes along the last axis (XOR + popcount), broadcasting the others:
+    ``(n, w)`` and ``(n, w)`` give the ``(n,)`` distances of corresponding rows, ``(nq, m, w)`` and
+    ``(nq, 1, w)`` those of each query's ``m`` candidates. Returns int32."""
+    return np.bitwise_count(np.bitwise_xor(a, b)).sum(axis=-1, dtype=np.int32)
+
+
 def hamming_distances(a: np.ndarray, b: np.ndarray, chunk: int = 256) -> np.ndarray:
     """Reference ``(len(a), len(b))`` Hamming distances between two sets of packed codes (numpy popcount)."""
     a = np.ascontiguousarray(a, dtype=np.uint8)
@@ -288,9 +305,26 @@ def hamming_distances(a: np.ndarray, b: np.ndarray, chunk: int = 256) -> np.ndar
         raise ValueError(f"code shapes do not match: {a.shape} vs {b.shape}")
     out = np.empty((a.shape[0], b.shape[0]), dtype=np.int32)
     for i in range(0, a.shape[0], chunk):
-        x = a[i : i + chunk, None, :] ^ b[None, :, :]  # (c, nb, code_size)
-        out[i : i + chunk] = np.bitwise_count(x).sum(axis=-1, dtype=np.int32)
+        out[i : i + chunk] = hamming(a[i : i + chunk, None, :], b[None, :, :])  # (c, nb)
     return out
+
+
+def value_dims(plan: Plan) -> np.ndarray:
+    """``(n_values, 2)`` int64: the embedding dimension each quantised value is read from, in code order,
+    and the second dimension of a 0.5-bit pair (``-1`` for the values of the other precisions).
+
+    >>> value_dims(make_plan("2:1,4:0.5", 6)).tolist()
+    [[0, -1], [1, -1], [2, 3], [4, 5]]
+    """
+    out, start = [], 0
+    for seg in plan.segments:
+        if seg.bits == 0.5:
+            first = start + 2 * np.arange(seg.n_values)
+            out.append(np.stack([first, first + 1], axis=1))
+        else:
+            out.append(np.stack([start + np.arange(seg.dims), np.full(seg.dims, -1)], axis=1))
+        start += seg.dims
+    return np.concatenate(out).astype(np.int64)
 
 
 def prefix_plan(plan: Plan, dims: int) -> tuple[Plan, int]:

@@ -24,6 +24,7 @@ MiniLM setting, 384/192/96 on five BEIR datasets) and ``bert768`` (a 768-dimensi
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import sys
 from dataclasses import dataclass, field
@@ -36,6 +37,7 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 from qama._validate import check_regular_file
+from qama.codes import DEFAULT_PLANS
 from qama.embeddings import DEFAULT_MODEL, PSEUDO_QUERY_MODES
 from qama.train import TrainConfig
 
@@ -59,7 +61,7 @@ class ExperimentConfig:
     datasets: list[DatasetSpec]
     model: str = DEFAULT_MODEL  # sentence-transformers model (embeddings are cached per model and content)
     nested_dims: list[int] = field(default_factory=list)  # Matryoshka sizes; [] = d, d/2, d/4
-    plans: list[str] = field(default_factory=lambda: ["2bit", "1.5bit", "1bit", "hybrid"])
+    plans: list[str] = field(default_factory=lambda: list(DEFAULT_PLANS))
     rescore: list[int] = field(default_factory=lambda: [4])  # oversampling factors of the rescoring rows
     train: dict[str, Any] = field(default_factory=dict)  # TrainConfig fields that differ from the defaults
     pseudo_queries: str = "auto"  # titles as InfoNCE queries of their documents: auto, titles or none
@@ -171,3 +173,47 @@ def load_config(path: str | Path) -> ExperimentConfig:
         return ExperimentConfig.from_dict(data)
     except (TypeError, ValueError) as e:
         raise ValueError(f"{path}: {e}") from None
+
+
+def experiment_config(
+    config: str | Path | None = None,
+    preset: str | None = None,
+    datasets: list[Any] | None = None,
+    model: str | None = None,
+    steps: int | None = None,
+    ablation: bool = True,
+    speed_vectors: int | None = None,
+) -> ExperimentConfig:
+    """The config of ``qama report``: a TOML file or a preset (its datasets replaced by ``datasets``
+    when given), else ``datasets`` with ``model``; then the overrides ``steps``, ``ablation``,
+    ``speed_vectors``."""
+    if config or preset:
+        out = load_config(config or preset_path(str(preset)))
+        if datasets:
+            out.datasets = ExperimentConfig(datasets=list(datasets)).datasets
+    elif datasets:
+        out = ExperimentConfig(datasets=list(datasets))
+        out.model = model or out.model
+    else:
+        raise ValueError("qama report needs --config FILE, --preset NAME or at least one --dataset")
+    if steps is not None:
+        out.train["steps"] = steps
+    out.ablation = out.ablation and ablation
+    if speed_vectors is not None:
+        out.speed_vectors = speed_vectors
+    check_experiment_config(out)  # the values given on the command line too
+    return out
+
+
+class DatasetArgs(argparse.Action):
+    """``--dataset A [--embeddings EA] --dataset B ...``: each --embeddings belongs to the --dataset before it."""
+
+    def __call__(self, parser: Any, namespace: Any, value: Any, option_string: str | None = None) -> None:
+        specs = list(getattr(namespace, "datasets", None) or [])
+        if option_string == "--dataset":
+            specs.append({"path": value})
+        elif not specs or "embeddings" in specs[-1]:
+            parser.error("--embeddings must follow the --dataset it belongs to")
+        else:
+            specs[-1]["embeddings"] = value
+        namespace.datasets = specs

@@ -19,7 +19,7 @@ import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-__all__ = ["DataError", "Dataset", "load_dataset", "download_beir", "default_cache_dir"]
+__all__ = ["DataError", "Dataset", "load_dataset", "download_beir", "default_cache_dir", "read_jsonl_corpus"]
 
 logger = logging.getLogger(__name__)
 
@@ -277,3 +277,15 @@ def download_beir(name: str, cache_dir: Path, url: str | None = None, timeout: f
             shutil.rmtree(target)
         os.replace(inner, target)
     return target
+
+
+def read_jsonl_corpus(path: str | os.PathLike) -> tuple[list[str], list[str], list[str]]:
+    """``(ids, titles, texts)`` of a plain JSONL corpus: one ``{"_id" or "id", "text", "title"?}`` a line.
+
+    A text is ``title + " " + text``, as :class:`Dataset` builds it.
+    """
+    docs = _read_jsonl(Path(path), "documents", id_keys=("_id", "id"))  # the checks, limits and BOM of a dataset
+    ids = [d["_id"] for d in docs]
+    titles = [d.get("title", "") for d in docs]
+    texts = [f"{t} {d.get('text', '')}".strip() for t, d in zip(titles, docs, strict=True)]
+    return ids, titles, texts

@@ -33,6 +33,7 @@ __all__ = [
     "embed_titles",
     "title_pairs",
     "PSEUDO_QUERY_MODES",
+    "query_sample",
     "load_embeddings",
     "check_embeddings",
 ]
@@ -193,6 +194,62 @@ def title_pairs(
     return titles, corpus[rows]
 
 
+def query_sample(
+    dataset: Dataset | None,
+    corpus: np.ndarray,
+    queries: np.ndarray | None,
+    source: str = "auto",
+    model_name: str = DEFAULT_MODEL,
+    embeddings_dir: str | os.PathLike | None = None,
+    cache_dir: Path | None = None,
+    batch_size: int = 64,
+    progress: bool = True,
+) -> tuple[np.ndarray | None, str]:
+    """Query-like embeddings whose quantiles code the queries, and a description of them.
+
+    ``source``, first match wins: ``"none"``; ``"auto"`` / ``"titles"``: the documents' titles
+    embedded with ``model_name`` (as :func:`title_pairs`: ``auto`` falls back to none);
+    a ``.npy`` file of ``(m, d)`` query embeddings; a text file of queries, one a line (embedded
+    with ``model_name``); else the name of a qrels split of ``dataset`` (its judged queries from
+    ``queries``, the rows of ``dataset.query_ids``), e.g. ``train``. Only query texts are used,
+    never their judgments. Calibrating on the evaluated split's own queries is allowed but logged:
+    it measures an upper bound.
+    """
+    if source == "none" or (source == "auto" and dataset is None):
+        return None, "none (queries coded with the documents' thresholds)"
+    if source in ("auto", "titles") and dataset is not None:
+        pairs = title_pairs(dataset, corpus, source, model_name, embeddings_dir, cache_dir, batch_size, progress)
+        if pairs is None:
+            return None, "none (no titles to use)"
+        return pairs[0], f"{len(pairs[0])} document titles"
+    path = Path(source)
+    if path.suffix == ".npy":
+        emb = check_embeddings(load_npy(path, error=EmbeddingError), None, str(path), dim=corpus.shape[1])
+        return emb, f"{len(emb)} query embeddings from {path}"
+    if path.is_file():
+        try:
+            texts = [t.strip() for t in path.read_text(encoding="utf-8-sig").splitlines() if t.strip()]
+        except UnicodeDecodeError as e:
+            raise EmbeddingError(f"{path}: not a UTF-8 text file of queries ({e})") from None
+        if len(texts) < 2:
+            raise EmbeddingError(f"{path}: a query sample needs at least 2 non-empty lines, got {len(texts)}")
+        emb = check_embeddings(encode(load_model(model_name), texts, batch_size, progress), None, str(path))
+        return emb, f"{len(texts)} queries from {path}"
+    from qama.data import DataError, load_dataset
+
+    if dataset is None or dataset.path is None or queries is None:
+        if source in ("auto", "titles"):
+            return None, "none (no titles to use)"
+        raise EmbeddingError(f"query sample {source!r}: not a file, and no dataset split to take queries from")
+    try:
+        rows = load_dataset(dataset.path, split=source).eval_query_rows
+    except DataError as e:
+        raise EmbeddingError(f"query sample {source!r} is neither a file nor a split of {dataset.name} ({e})") from None
+    if source == dataset.split:
+        logger.warning("query sample: the %r queries are the evaluated ones (an upper bound, not a measure)", source)
+    return np.asarray(queries)[rows], f"{len(rows)} queries of the {source!r} split"
+
+
 def _short_name(model_name: str) -> str:
     """``sentence-transformers/all-MiniLM-L6-v2`` and ``all-minilm-l6-v2`` name the same model."""
     return model_name.rstrip("/").split("/")[-1].lower()
@@ -330,3 +387,35 @@ def embeddings_model(embeddings: str | os.PathLike | None, model: str | None) ->
             f"with it would not be comparable (drop --model, or use embeddings of {model})"
         )
     return made_by or model or DEFAULT_MODEL, made_by or model
+def jsonl_corpus_embeddings(
+    path: str | os.PathLike,
+    embeddings: str | os.PathLike | None = None,
+    model_name: str = DEFAULT_MODEL,
+    batch_size: int = 64,
+) -> tuple[list[str], list[str], np.ndarray]:
+    """``(ids, titles, embeddings)`` of a plain JSONL corpus (:func:`qama.data.read_jsonl_corpus`):
+    its embeddings from the ``.npy`` file ``embeddings`` (one row per document), else embedded
+    with ``model_name``."""
+    from qama.data import read_jsonl_corpus
+
+    ids, titles, texts = read_jsonl_corpus(path)
+    if embeddings is not None:
+        return ids, titles, check_embeddings(load_npy(embeddings), len(ids), str(embeddings))
+    return ids, titles, encode(load_model(model_name), texts, batch_size=batch_size)
+
+
+def query_embeddings(
+    texts: list[str], npy: str | os.PathLike | None = None, model_name: str | None = None
+) -> tuple[np.ndarray, list[str]]:
+    """``(queries, labels)``: the ``(nq, d)`` embeddings of the ``.npy`` file ``npy`` (labels: row
+    numbers), else of ``texts`` embedded with ``model_name`` (labels: the texts)."""
+    if npy is not None:
+        queries = np.atleast_2d(load_npy(npy)).astype(np.float32)
+        return queries, [str(i) for i in range(len(queries))]
+    if not texts:
+        raise ValueError("give query text or --queries FILE.npy")
+    if not all(t.strip() for t in texts):
+        raise ValueError("a query is empty")
+    if not model_name:
+        raise ValueError("the index does not name its model; pass --model")
+    return encode(load_model(model_name), list(texts), progress=False), list(texts)

@@ -25,7 +25,6 @@ loaded (a Hamming scan reads every code once; rescoring reads candidate rows onl
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
 import logging
@@ -38,8 +37,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from safetensors.numpy import load as st_load
-from safetensors.numpy import save as st_save
 
 from qama._io import atomic_open, save_npy, write_json
 from qama._validate import (
@@ -49,19 +46,12 @@ from qama._validate import (
     check_oversample,
     check_plain_name,
     check_queries,
-    n_candidates,
     read_json_file,
 )
 from qama.codes import Plan
-from qama.quantize import Quantizer
-from qama.search import (
-    Encoder,
-    ThresholdEncoder,
-    asymmetric_scores,
-    exact_scores,
-    hamming_search,
-    top_by_score,
-)
+from qama.encoders import Encoder, encoder_kind, open_encoder, state_bytes, state_from_bytes
+from qama.errors import IndexCorruptError, IndexLockedError, IndexMismatchError
+from qama.search import hamming_search, search_rescored
 
 __all__ = [
     "IndexCorruptError",
@@ -75,6 +65,11 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
+try:  # advisory file locks: fcntl on POSIX, msvcrt on Windows (``import qama`` works on both)
+    import fcntl
+except ImportError:  # pragma: no cover - Windows
+    fcntl = None  # type: ignore[assignment]
+
 FORMAT = "qama-index"
 VERSION = 1
 MANIFEST = "manifest.json"
@@ -82,18 +77,6 @@ ALIGN = 8  # bytes: rows padded to whole 64-bit words
 LOCK = "writer.lock"
 OPEN_ATTEMPTS = 20  # re-reads of a manifest that writers keep replacing while it is being opened
 _GENERATED = re.compile(r"^(codes|ids|titles|vectors|encoder)-(\d{6})\.(npy|off\.npy|safetensors)$")
-
-
-class IndexCorruptError(ValueError):
-    """A file of the index is missing, truncated, modified or malformed."""
-
-
-class IndexLockedError(RuntimeError):
-    """Another process holds the index's writer lock."""
-
-
-class IndexMismatchError(ValueError):
-    """The index does not fit what it is used with (encoder, query codes, dimensions)."""
 
 
 def _sha256(path: Path, block: int = 1 << 22) -> str:
@@ -133,12 +116,6 @@ class StringColumn:
     def take(self, rows: np.ndarray) -> StringColumn:
         keep = self.to_list()
         return StringColumn.from_strings([keep[i] for i in rows])
-
-
-def _encoder_bytes(encoder: ThresholdEncoder) -> bytes:
-    q = encoder.quantizer
-    meta = {"plan": json.dumps(q.plan.to_dict()), "checksum": encoder.checksum}
-    return st_save({"thresholds": q.thresholds.astype(np.float32), "centroids": q.centroids.astype(np.float32)}, meta)
 
 
 class QamaIndex:
@@ -216,7 +193,7 @@ class QamaIndex:
     ) -> QamaIndex:
         """Encode ``(n, d)`` float ``embeddings`` and write a new index folder at ``path``.
 
-        A :class:`~qama.search.ThresholdEncoder` is stored in the folder; any other encoder (a
+        A :class:`~qama.encoders.ThresholdEncoder` is stored in the folder; any other encoder (a
         trained adapter) is referenced by ``adapter_path`` and its checksum, and must be passed to
         :meth:`open`. ``keep_vectors`` also stores the float32 embeddings for exact rescoring.
         ``progress`` is called with the number of rows encoded after each chunk. ``meta`` (JSON)
@@ -226,14 +203,9 @@ class QamaIndex:
         check_new_index_folder(path, overwrite)  # before any work: never replace what is not ours
         embeddings = np.asarray(embeddings)
         _check_new_docs(embeddings, ids, titles, encoder.plan.dim)
-        if isinstance(encoder, ThresholdEncoder):
-            enc_meta: dict[str, Any] = {"kind": "thresholds", "checksum": encoder.checksum}
-        else:
-            enc_meta = {
-                "kind": "adapter",
-                "path": None if adapter_path is None else str(Path(adapter_path).resolve()),
-                "checksum": encoder.checksum,
-            }
+        enc_meta: dict[str, Any] = {"kind": encoder_kind(encoder), "checksum": encoder.checksum}
+        if enc_meta["kind"] == "adapter":
+            enc_meta["path"] = None if adapter_path is None else str(Path(adapter_path).resolve())
         row_size = encoder.plan.row_size(ALIGN)
         manifest: dict[str, Any] = {
             "format": FORMAT,
@@ -279,14 +251,9 @@ class QamaIndex:
         vectors: np.ndarray | None,
         previous: set[str],
     ) -> None:
-        enc_meta = manifest["encoder"]
         writer = _Commit(path, manifest, previous)
-        if enc_meta["kind"] == "thresholds":
-            writer.write_bytes("encoder", ".safetensors", _encoder_bytes(encoder))  # type: ignore[arg-type]
-        else:  # an adapter's centroids depend on the corpus they were fitted on: keep them with the codes
-            state = getattr(encoder, "state", None) or {"centroids": encoder.centroids}
-            state = {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in state.items()}
-            writer.write_bytes("encoder", ".safetensors", st_save(state))
+        # Thresholds are stored whole; an adapter's centroids depend on the corpus they were fitted on.
+        writer.write_bytes("encoder", ".safetensors", state_bytes(encoder))
         writer.write_array("codes", codes)
         writer.write_strings("ids", StringColumn.from_strings(list(ids)))
         if titles is not None:
@@ -328,25 +295,8 @@ class QamaIndex:
                 f"{path / MANIFEST}: code size {manifest['code_size']} / row size {manifest['row_size']} "
                 f"do not match plan {plan.spec()} ({plan.code_size} / {plan.row_size(ALIGN)} bytes)"
             )
-        enc_meta = manifest["encoder"]
-        if enc_meta["kind"] == "thresholds":
-            stored = _load_threshold_encoder(path / files["encoder"]["name"], plan)
-            if stored.checksum != enc_meta["checksum"]:
-                raise IndexCorruptError(f"{path}: the stored thresholds do not match the checksum in the manifest")
-            if encoder is None:
-                encoder = stored
-        elif encoder is None:
-            raise IndexMismatchError(
-                f"{path}: this index was built with the adapter at {enc_meta.get('path')} "
-                f"(checksum {enc_meta['checksum'][:12]}…); open it with that adapter as the encoder"
-            )
-        if encoder.checksum != enc_meta["checksum"]:
-            raise IndexMismatchError(
-                f"{path}: the encoder given (checksum {encoder.checksum[:12]}…) is not the one this index was "
-                f"built with (checksum {enc_meta['checksum'][:12]}…); its codes would not be comparable"
-            )
-        if encoder.plan.spec() != plan.spec():
-            raise IndexMismatchError(f"{path}: encoder plan {encoder.plan.spec()} != index plan {plan.spec()}")
+        state = lambda: _stored_state(path, manifest)  # noqa: E731
+        encoder = open_encoder(manifest["encoder"], plan, state, str(path), encoder, what="index")
         n = int(manifest["count"])
         codes = _load_array(path, files["codes"], np.uint8, (n, plan.row_size(ALIGN)), "codes")
         ids = _load_strings(path, files, "ids", n)
@@ -363,9 +313,9 @@ class QamaIndex:
         """Open an index built with a trained adapter: ``adapter`` is a :class:`~qama.adapter.QamaAdapter`,
         its folder, or ``None`` for the folder the index names. Its plan and centroids come from the index."""
         from qama.adapter import QamaAdapter
-        from qama.search import AdapterEncoder
 
-        manifest = _read_manifest(Path(path))
+        path = Path(path)
+        manifest = _read_manifest(path)
         if manifest["encoder"]["kind"] != "adapter":
             return cls.open(path, verify=verify)
         if adapter is None:
@@ -375,18 +325,17 @@ class QamaIndex:
         if not isinstance(adapter, QamaAdapter):
             adapter = QamaAdapter.load(adapter)
         plan = Plan.from_dict(manifest["plan"])
-        encoder = AdapterEncoder(adapter, plan, state=cls.stored_state(path))
+        state = lambda: _stored_state(path, manifest)  # noqa: E731
+        encoder = open_encoder(manifest["encoder"], plan, state, str(path), adapter=adapter, what="index")
         return cls.open(path, encoder=encoder, verify=verify)
 
     @staticmethod
     def stored_state(path: str | os.PathLike) -> dict[str, np.ndarray] | None:
         """The encoder state (centroids, pair axes) an adapter-built index stored, or ``None``."""
         manifest = _read_manifest(Path(path))
-        f = manifest["files"].get("encoder")
-        if manifest["encoder"]["kind"] != "adapter" or f is None:
+        if manifest["encoder"]["kind"] != "adapter":
             return None
-        _check_file(Path(path), "encoder", f, verify=True)
-        return st_load((Path(path) / f["name"]).read_bytes())
+        return _stored_state(Path(path), manifest)
 
     # ------------------------------------------------------------------ search
     def search_codes(self, query_codes: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -415,28 +364,20 @@ class QamaIndex:
     ) -> tuple[np.ndarray, np.ndarray]:
         """Top-``k`` rows for ``(nq, d)`` float query embeddings: ``(scores, rows)``.
 
-        ``oversample=0``: Hamming search only (scores are negated distances). ``oversample=f``:
-        ``f × k`` Hamming candidates rescored by ``rescore``: ``"vectors"`` (stored float32
-        vectors), ``"asymmetric"`` (query · dequantised code) or ``"auto"`` (vectors if stored).
+        :func:`qama.search.search_rescored` over this index: ``oversample=0`` is Hamming search only
+        (scores are negated distances); ``oversample=f``: ``f × k`` Hamming candidates rescored by
+        ``rescore``: ``"vectors"`` (stored float32 vectors), ``"asymmetric"`` (query · dequantised
+        code) or ``"auto"`` (vectors if stored).
         """
-        queries = check_queries(queries, int(self.manifest["dim"]), IndexMismatchError)
+        queries = check_queries(queries, int(self.manifest["dim"]), IndexMismatchError)  # exact dimension, finite
         k, oversample = check_k(k, len(queries)), check_oversample(oversample)
-        if rescore not in ("auto", "vectors", "asymmetric"):
-            raise ValueError(f"rescore must be 'auto', 'vectors' or 'asymmetric', got {rescore!r}")
         if rescore == "vectors" and self.vectors is None:
             raise ValueError(f"{self.path}: this index keeps no vectors; rebuild it with keep_vectors=True")
-        qcodes = self.encoder.encode(queries)
-        if oversample == 0:
-            dist, rows = self.search_codes(qcodes, k)
-            return np.where(rows >= 0, -dist.astype(np.float32), -np.inf).astype(np.float32), rows
-        _, cand = self.search_codes(qcodes, n_candidates(k, oversample, len(self)))
-        if rescore == "asymmetric" or (rescore == "auto" and self.vectors is None):
-            scores = asymmetric_scores(self.encoder.query_weights(queries), self.codes, cand, self.encoder)
-        else:
-            if queries.shape[1] != self.vectors.shape[1]:  # type: ignore[union-attr]
-                raise IndexMismatchError(f"queries have {queries.shape[1]} dimensions, vectors {self.manifest['dim']}")
-            scores = exact_scores(queries, self.vectors, cand)  # type: ignore[arg-type]
-        return top_by_score(scores, cand, k)
+        if self.vectors is not None and rescore != "asymmetric" and queries.shape[1] != self.vectors.shape[1]:
+            raise IndexMismatchError(f"queries have {queries.shape[1]} dimensions, vectors {self.manifest['dim']}")
+        first = self.search_codes  # the exact scan, with query codes checked and padded to the row size
+        codes, vectors = self.codes, self.vectors
+        return search_rescored(codes, self.encoder, queries, k, oversample, vectors, rescore=rescore, candidates=first)
 
     # ------------------------------------------------------------------ updates
     def add(
@@ -547,13 +488,24 @@ def writer_lock(path: Path) -> Iterator[None]:
     path.mkdir(parents=True, exist_ok=True)
     with open(path / LOCK, "a+b") as f:
         try:
-            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+            _lock(f.fileno(), True)
+        except (BlockingIOError, PermissionError):
             raise IndexLockedError(f"{path}: another process is writing this index (lock {path / LOCK})") from None
         try:
             yield
         finally:
-            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+            _lock(f.fileno(), False)
+
+
+def _lock(fd: int, take: bool) -> None:
+    """Take (without waiting; ``BlockingIOError`` / ``PermissionError`` if held) or release the lock on ``fd``."""
+    if fcntl is not None:
+        fcntl.flock(fd, (fcntl.LOCK_EX | fcntl.LOCK_NB) if take else fcntl.LOCK_UN)
+    else:  # pragma: no cover - Windows: lock the first byte of the lock file
+        import msvcrt
+
+        os.lseek(fd, 0, os.SEEK_SET)
+        msvcrt.locking(fd, msvcrt.LK_NBLCK if take else msvcrt.LK_UNLCK, 1)
 
 
 def _check_new_docs(embeddings: np.ndarray, ids: Sequence[str], titles: Sequence[str] | None, plan_dim: int) -> None:
@@ -737,12 +689,11 @@ def _load_strings(path: Path, files: dict[str, Any], key: str, n: int) -> String
     return StringColumn(data if len(data) else np.zeros(0, dtype=np.uint8), offsets)
 
 
-def _load_threshold_encoder(p: Path, plan: Plan) -> ThresholdEncoder:
-    try:
-        tensors = st_load(p.read_bytes())
-    except Exception as e:  # safetensors raises its own error types for malformed headers
-        raise IndexCorruptError(f"{p}: unreadable thresholds file ({e})") from None
-    try:
-        return ThresholdEncoder(Quantizer(plan, tensors["thresholds"], tensors["centroids"]))
-    except (KeyError, ValueError) as e:
-        raise IndexCorruptError(f"{p}: malformed thresholds file ({e})") from None
+def _stored_state(path: Path, manifest: dict[str, Any]) -> dict[str, np.ndarray] | None:
+    """The encoder state the index stored (``None`` when it stored none), its file checked."""
+    f = manifest["files"].get("encoder")
+    if f is None:
+        return None
+    _check_file(path, "encoder", f, verify=True)
+    p = path / f["name"]
+    return state_from_bytes(p.read_bytes(), str(p))

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from qama.codes import Plan, pack
+from qama.codes import Plan, pack, value_dims
 
 __all__ = ["plan_values", "quantile_thresholds", "Quantizer"]
 
@@ -36,14 +36,12 @@ def plan_values(z: np.ndarray, plan: Plan, merge: PairMerge = mean_merge) -> np.
     """``(n, d)`` embeddings -> ``(n, plan.n_values)`` values to quantise (prefix ``plan.dim`` used)."""
     if z.ndim != 2 or z.shape[1] < plan.dim:
         raise ValueError(f"plan {plan.name!r} needs embeddings with at least {plan.dim} dimensions, got {z.shape}")
-    out, start = [], 0
-    for seg in plan.segments:
-        block = z[:, start : start + seg.dims]
-        if seg.bits == 0.5:
-            block = merge(block.reshape(len(z), seg.n_values, 2))
-        out.append(block)
-        start += seg.dims
-    return np.concatenate(out, axis=1)
+    dims = value_dims(plan)  # (n_values, 2): the dimension(s) of each value
+    pairs = dims[:, 1] >= 0
+    out = z[:, dims[:, 0]]
+    if pairs.any():
+        out[:, pairs] = merge(z[:, dims[pairs]])  # (n, n_pairs, 2) -> (n, n_pairs)
+    return out
 
 
 def quantile_thresholds(values: np.ndarray, value_levels: np.ndarray) -> np.ndarray:
@@ -65,11 +63,17 @@ class Quantizer:
 
     ``centroids[j, l]`` is the mean of the fitting values of value ``j`` that fell in level ``l``:
     the float that level stands for when a float query is scored against codes (asymmetric).
+
+    ``query_thresholds`` (optional, same layout as ``thresholds``) code the queries: quantiles of
+    query-like values (:meth:`calibrate_queries`), so that a query's level says where it stands
+    among queries as a document's level says where it stands among documents. Without them,
+    queries are coded with the documents' thresholds.
     """
 
     plan: Plan
     thresholds: np.ndarray  # (n_values, 3) float32, +inf padded
     centroids: np.ndarray  # (n_values, 4) float32, 0 padded
+    query_thresholds: np.ndarray | None = None  # (n_values, 3) float32, +inf padded; None: the documents'
 
     def __post_init__(self) -> None:
         n = self.plan.n_values
@@ -77,6 +81,11 @@ class Quantizer:
             raise ValueError(
                 f"quantizer for plan {self.plan.name!r} needs thresholds ({n}, 3) and centroids ({n}, 4), "
                 f"got {self.thresholds.shape} and {self.centroids.shape}"
+            )
+        if self.query_thresholds is not None and self.query_thresholds.shape != (n, MAX_THRESHOLDS):
+            raise ValueError(
+                f"quantizer for plan {self.plan.name!r} needs query thresholds ({n}, 3), "
+                f"got {self.query_thresholds.shape}"
             )
 
     @classmethod
@@ -104,15 +113,26 @@ class Quantizer:
         cent[np.arange(MAX_THRESHOLDS + 1)[None, :] >= self.plan.value_levels[:, None]] = 0.0
         return cent.astype(np.float32)
 
-    def levels(self, values: np.ndarray) -> np.ndarray:
-        """``(n, n_values)`` values -> int64 levels."""
+    def calibrate_queries(self, values: np.ndarray) -> None:
+        """Set :attr:`query_thresholds` to quantiles of ``(n, n_values)`` query-like values (at least 2 rows)."""
+        if values.ndim != 2 or values.shape[1] != self.plan.n_values or len(values) < 2:
+            raise ValueError(
+                f"a query sample needs values of shape (n >= 2, {self.plan.n_values}), got {values.shape}"
+            )
+        if not np.isfinite(values).all():
+            raise ValueError("the query sample contains NaN or inf values")
+        self.query_thresholds = quantile_thresholds(values, self.plan.value_levels)
+
+    def levels(self, values: np.ndarray, queries: bool = False) -> np.ndarray:
+        """``(n, n_values)`` values -> int64 levels (``queries``: by the query thresholds, if any)."""
         if values.ndim != 2 or values.shape[1] != self.plan.n_values:
             raise ValueError(f"expected values of shape (n, {self.plan.n_values}), got {values.shape}")
+        thresholds = self.query_thresholds if queries and self.query_thresholds is not None else self.thresholds
         levels = np.zeros(values.shape, dtype=np.int64)
         for i in range(MAX_THRESHOLDS):  # +inf padding never counts
-            levels += values > self.thresholds[:, i]
+            levels += values > thresholds[:, i]
         return levels
 
-    def encode(self, values: np.ndarray) -> np.ndarray:
-        """``(n, n_values)`` values -> ``(n, code_size)`` packed uint8 codes."""
-        return pack(self.levels(values), self.plan)
+    def encode(self, values: np.ndarray, queries: bool = False) -> np.ndarray:
+        """``(n, n_values)`` values -> ``(n, code_size)`` packed uint8 codes (``queries``: see :meth:`levels`)."""
+        return pack(self.levels(values, queries), self.plan)

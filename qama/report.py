@@ -12,6 +12,7 @@ a stage whose settings changed is computed anew.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import logging
@@ -27,7 +28,8 @@ from tqdm.auto import tqdm
 
 from qama._io import atomic_open, write_json
 from qama.config import ExperimentConfig
-from qama.table import Row, baseline_rows, set_retention
+from qama.rescore import ablation_columns
+from qama.table import Row, ablation_markdown, baseline_rows, set_retention
 
 __all__ = ["run_report", "speed_table", "plot_all", "main_table"]
 
@@ -83,6 +85,11 @@ class _Inputs:
     evaluator: Any
     pairs: tuple[np.ndarray, np.ndarray] | None = None  # title pseudo-queries and their documents
 
+    @functools.cached_property
+    def corpus_key(self) -> str:
+        """Fingerprint of the whole corpus: part of the key of every stage that depends on it."""
+        return _fingerprint(self.corpus)
+
 
 def _load(config: ExperimentConfig, spec) -> _Inputs:
     from qama.data import load_dataset
@@ -98,18 +105,24 @@ def _load(config: ExperimentConfig, spec) -> _Inputs:
 
 def _train_config(config: ExperimentConfig, data: _Inputs, **extra: Any):
     """The config's training settings; with title pseudo-queries, InfoNCE on (unless [train] sets it)."""
-    from qama.train import NCE_WEIGHT_TITLES
+    from qama.train import info_nce_setup
 
-    if data.pairs is not None:
-        extra = {"w_nce": config.train.get("w_nce", NCE_WEIGHT_TITLES), **extra}
-        source = f"{data.name} corpus embeddings, {len(data.pairs[0])} title pseudo-queries (no labels)"
-    else:
-        source = f"{data.name} corpus embeddings (no labels)"
+    _, w_nce, source = info_nce_setup(data.name, data.pairs, weight=config.train.get("w_nce"))
+    if w_nce is not None:
+        extra = {"w_nce": w_nce, **extra}
     return config.train_config(data_description=source, **extra)
 
 
+def _fingerprint(array: np.ndarray, chunk: int = 1 << 16) -> str:
+    """SHA-256 of the whole array's content (and shape): a changed corpus never reuses a stale stage."""
+    h = hashlib.sha256(str((array.shape, str(array.dtype))).encode())
+    for i in range(0, len(array), chunk):
+        h.update(np.ascontiguousarray(array[i : i + chunk]).tobytes())
+    return h.hexdigest()
+
+
 def _pairs_key(data: _Inputs) -> list:
-    return [] if data.pairs is None else [data.pairs[0].shape, float(data.pairs[0][:64].sum())]
+    return [] if data.pairs is None else [_fingerprint(data.pairs[0]), _fingerprint(data.pairs[1])]
 
 
 def _dataset_stage(config: ExperimentConfig, spec, data: _Inputs, out: Path, bar: tqdm) -> list[Row]:
@@ -120,7 +133,7 @@ def _dataset_stage(config: ExperimentConfig, spec, data: _Inputs, out: Path, bar
     name, corpus, judged, evaluator = data.name, data.corpus, data.judged, data.evaluator
     dims = config.nested_dims or None
 
-    key = _key([spec, dims, "baselines", corpus.shape])
+    key = _key([spec, dims, "baselines", data.corpus_key])
     path = out / "stages" / f"{name}-baselines.json"
     bar.set_description(f"{name}: baselines")
     rows = _cached(path, key) or _save(path, key, [r.to_dict() for r in baseline_rows(corpus, judged, evaluator, dims)])
@@ -128,7 +141,7 @@ def _dataset_stage(config: ExperimentConfig, spec, data: _Inputs, out: Path, bar
 
     train_cfg = _train_config(config, data, progress=not bar.disable)
     adapter_dir = out / "adapters" / name
-    fit_key = _key([_settings(train_cfg), corpus.shape, float(corpus[:64].sum()), *_pairs_key(data)])
+    fit_key = _key([_settings(train_cfg), data.corpus_key, *_pairs_key(data)])
     bar.set_description(f"{name}: fitting the adapter")
     if _cached(adapter_dir / "fit-key.json", fit_key) is None:
         fit(corpus, train_cfg, pairs=data.pairs, out_dir=adapter_dir, overwrite=True)  # the report's own folder
@@ -155,21 +168,18 @@ def _dataset_stage(config: ExperimentConfig, spec, data: _Inputs, out: Path, bar
 
 
 def _ablation_stage(config: ExperimentConfig, data: _Inputs, out: Path, bar: tqdm) -> dict[str, dict[str, float]]:
-    from qama.rescore import adapter_rows
+    from qama.rescore import ablation_scorer
     from qama.train import ABLATIONS, ALL_TERMS, ablate
 
-    corpus, judged, evaluator = data.corpus, data.judged, data.evaluator
+    corpus = data.corpus
     steps = {"steps": config.ablation_steps} if config.ablation_steps else {}
     cfg = _train_config(config, data, progress=not bar.disable, **steps)
-
-    def score(adapter) -> dict[str, float]:
-        rows = adapter_rows(adapter, corpus, judged, evaluator, ("2bit", "hybrid"), oversamples=())
-        return {f"{r.plan}@{r.dims}": r.metrics["ndcg@10"] for r in rows if r.plan is not None}
+    score = ablation_scorer(corpus, data.judged, data.evaluator)
 
     results = {}
     for name in ABLATIONS:
         bar.set_description(f"{data.name}: ablation {name}")
-        key = _key([_settings(cfg), ALL_TERMS, name, corpus.shape, *_pairs_key(data)])
+        key = _key([_settings(cfg), ALL_TERMS, name, data.corpus_key, *_pairs_key(data)])
         path = out / "stages" / f"ablation-{data.name}-{name}.json"
         results[name] = _cached(path, key) or _save(
             path, key, ablate(corpus, score, cfg, names=[name], pairs=data.pairs)[name]
@@ -199,7 +209,7 @@ def speed_table(n: int, d: int, n_queries: int, plan_name: str = "hybrid", singl
     codes = np.zeros((n, width), np.uint8)
     codes[:, : plan.code_size] = encoder.encode(corpus)
     qcodes = np.zeros((n_queries, width), np.uint8)
-    qcodes[:, : plan.code_size] = encoder.encode(queries)
+    qcodes[:, : plan.code_size] = encoder.encode_queries(queries)
     flat = faiss.IndexFlatIP(d)
     flat.add(corpus)
     k = 10
@@ -234,7 +244,7 @@ def speed_table(n: int, d: int, n_queries: int, plan_name: str = "hybrid", singl
             ),
         ),
     }
-    rows = []
+    rows: list[dict[str, Any]] = []
     for name, (nbytes, run_batch, run_single) in methods.items():
         run_batch(), run_single(0)  # warm-up: the first call compiles the Hamming kernel (numba)
         rows.append(
@@ -427,18 +437,15 @@ def _markdown(results: dict[str, Any]) -> str:
         lines.append("| " + " | ".join(str(c) for c in cells) + " |")
     if results.get("ablations"):
         abl = results["ablations"]
-        cols = sorted({c for f in abl.values() for c in f}, key=lambda c: (c.split("@")[0], -int(c.split("@")[1])))
+        cols = ablation_columns(abl)
         steps = results["config"]["ablation_steps"] or results["config"]["train"].get("steps", "default")
         lines += [
             "",
             f"## Ablations ({results['ablation_dataset']}, nDCG@10, symmetric Hamming, {steps} training steps each;"
             " 'full' has every regulariser on, each row switches one off)",
             "",
-            "| ablation | " + " | ".join(cols) + " |",
-            "|" + "---|" * (len(cols) + 1),
+            *ablation_markdown(abl, cols, _fmt),
         ]
-        for name, figures in abl.items():
-            lines.append(f"| {name} | " + " | ".join(_fmt(figures.get(c)) for c in cols) + " |")
     if results.get("speed"):
         lines += [
             "",
@@ -492,13 +499,13 @@ def run_report(
     total = 3 * len(config.datasets) + (len(ABLATIONS) if config.ablation else 0) + bool(config.speed_vectors) + 1
     bar = tqdm(total=total, desc="qama report", unit="stage", disable=not progress)
     rows_by_dataset: dict[str, list[Row]] = {}
-    first = None
+    first: _Inputs | None = None
     for spec in config.datasets:
         bar.set_description(f"{spec.path}: embeddings")
         data = _load(config, spec)
         first = first or data  # the ablations run on the first dataset
         rows_by_dataset[data.name] = _dataset_stage(config, spec, data, out, bar)
-    ablations = _ablation_stage(config, first, out, bar) if config.ablation else {}
+    ablations = _ablation_stage(config, first, out, bar) if config.ablation and first is not None else {}
     speed, speed_setting = [], ""
     if config.speed_vectors:
         d = next(iter(rows_by_dataset.values()))[0].dims

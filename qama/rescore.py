@@ -13,20 +13,30 @@ thresholds) on a dataset and returns :class:`~qama.table.Row` objects for ``qama
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING
 
 import numpy as np
 
 from qama import baselines
-from qama.codes import plans_fitting, prefix_plan
+from qama.codes import ALL_PLANS, DEFAULT_PLANS, plans_fitting, prefix_plan
+from qama.encoders import Encoder, ThresholdEncoder, fit_encoder
 from qama.evaluate import Evaluator
-from qama.search import AdapterEncoder, Encoder, ThresholdEncoder, funnel_search, hamming_search, search_rescored
-from qama.table import BASELINE_PLANS, TOP_K, Row, float_row
+from qama.search import funnel_search, hamming_search, search_rescored
+from qama.table import TOP_K, Row, float_row
 
-__all__ = ["rescore_rows", "threshold_rescore_rows", "adapter_rows"]
+__all__ = [
+    "rescore_rows",
+    "threshold_rescore_rows",
+    "calibrated_threshold_rows",
+    "adapter_rows",
+    "ABLATION_PLANS",
+    "ablation_scorer",
+    "ablation_columns",
+]
 
-ALL_PLANS = ("2bit", "1.5bit", "1bit", "0.5bit", "hybrid")
+#: The plans an ablation is scored at (``qama ablate``, the report's ablation table).
+ABLATION_PLANS = ("2bit", "hybrid")
 
 if TYPE_CHECKING:
     from qama.adapter import QamaAdapter
@@ -54,7 +64,7 @@ def rescore_rows(
     full-precision corpus vectors instead, as an index keeping them on disk does.
     """
     plan = encoder.plan
-    codes, qcodes = encoder.encode(corpus), encoder.encode(queries)
+    codes, qcodes = encoder.encode(corpus), encoder.encode_queries(queries)
 
     def row(fmt_: str, plan_name: str, rescore: int | None, dist_or_scores: np.ndarray, ids: np.ndarray) -> Row:
         return Row(
@@ -104,7 +114,7 @@ def threshold_rescore_rows(
     queries: np.ndarray,
     evaluator: Evaluator,
     dims_list: Iterable[int] | None = None,
-    plans: Iterable[str] = BASELINE_PLANS,
+    plans: Iterable[str] = DEFAULT_PLANS,
     oversamples: Iterable[int] = (1, 4),
     vectors: bool = False,
 ) -> list[Row]:
@@ -119,6 +129,25 @@ def threshold_rescore_rows(
     return rows
 
 
+def calibrated_threshold_rows(
+    corpus: np.ndarray,
+    queries: np.ndarray,
+    evaluator: Evaluator,
+    query_sample: np.ndarray,
+    dims_list: Iterable[int] | None = None,
+    plans: Iterable[str] = DEFAULT_PLANS,
+) -> list[Row]:
+    """Symmetric rows (format ``threshold-qcal``) of untrained quantile codes whose queries are coded
+    by quantiles of ``query_sample`` (:meth:`ThresholdEncoder.calibrate_queries`), every plan and size."""
+    rows = []
+    for dims in dims_list or [corpus.shape[1]]:
+        c, q, s = (baselines.truncate(x, dims) for x in (corpus, queries, query_sample))
+        for plan in plans_fitting(plans, dims):
+            encoder = ThresholdEncoder.fit(c, plan, query_sample=s)
+            rows += rescore_rows(encoder, c, q, evaluator, "threshold-qcal", oversamples=())
+    return rows
+
+
 def adapter_rows(
     adapter: QamaAdapter,
     corpus: np.ndarray,
@@ -126,11 +155,15 @@ def adapter_rows(
     evaluator: Evaluator,
     plans: Iterable[str] = ALL_PLANS,
     oversamples: Iterable[int] = (4,),
+    query_sample: np.ndarray | None = None,
+    recalibrate: bool = False,
 ) -> list[Row]:
     """Rows of a trained adapter (format ``qama``): at every nested size, its FP32 output (plan
     ``None``), then every plan's symmetric Hamming search and its rescoring at each factor.
 
     ``corpus`` and ``queries`` are the frozen model's embeddings (queries: the judged ones).
+    Each plan and size is served as :func:`~qama.encoders.fit_encoder` serves it; queries are coded
+    with the adapter's query thresholds, else (or with ``recalibrate``) by quantiles of ``query_sample``.
     """
     rows = []
     for dims in sorted(adapter.config.nested_dims, reverse=True):
@@ -138,6 +171,24 @@ def adapter_rows(
         z_q = baselines.truncate(adapter.transform(queries, dims), dims)
         rows.append(float_row("qama", z_c, z_q, dims, evaluator, bytes_per_dim=4))
         for plan in plans_fitting(plans, dims):
-            encoder = AdapterEncoder(adapter, plan, fit_emb=corpus)
+            encoder = fit_encoder(corpus, plan, adapter, query_sample, replace_query_thresholds=recalibrate)
             rows += rescore_rows(encoder, corpus, queries, evaluator, "qama", oversamples)
     return rows
+
+
+def ablation_scorer(
+    corpus: np.ndarray, queries: np.ndarray, evaluator: Evaluator
+) -> Callable[[QamaAdapter], dict[str, float]]:
+    """The score of an ablation (:func:`qama.train.ablate`): nDCG@10 of symmetric Hamming search
+    at each nested size of each of :data:`ABLATION_PLANS`, keyed ``"plan@dims"``."""
+
+    def score(adapter: QamaAdapter) -> dict[str, float]:
+        rows = adapter_rows(adapter, corpus, queries, evaluator, ABLATION_PLANS, oversamples=())
+        return {f"{r.plan}@{r.dims}": r.metrics["ndcg@10"] for r in rows if r.plan is not None}
+
+    return score
+
+
+def ablation_columns(results: dict[str, dict[str, float]]) -> list[str]:
+    """The ``"plan@dims"`` columns of an ablation table: by plan, then the largest size first."""
+    return sorted({c for f in results.values() for c in f}, key=lambda c: (c.split("@")[0], -int(c.split("@")[1])))

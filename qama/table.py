@@ -7,13 +7,13 @@ baselines come from :mod:`qama.baselines`; trained adapters and rescoring add ro
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
 from qama import baselines
-from qama.codes import make_plan, plans_fitting
+from qama.codes import DEFAULT_PLANS, make_plan, plans_fitting
 from qama.evaluate import Evaluator
 from qama.search import float_search, hamming_search
 
@@ -22,7 +22,7 @@ __all__ = ["Row", "float_row", "code_row", "baseline_rows", "set_retention", "to
 logger = logging.getLogger(__name__)
 
 TOP_K = 100  # documents retrieved per query: enough for nDCG@10, Recall@100, MRR@10
-BASELINE_PLANS = ("2bit", "1.5bit", "1bit", "hybrid")
+BASELINE_PLANS = DEFAULT_PLANS  # the plans of the threshold baselines
 
 
 @dataclass
@@ -104,7 +104,7 @@ def baseline_rows(
 
 def set_retention(rows: list[Row]) -> None:
     """Retention of every row against the FP32 row of largest dimension (of the same dataset)."""
-    refs = {}
+    refs: dict[str | None, Row] = {}
     for r in rows:
         if r.format == "fp32" and r.plan is None and r.rescore is None:
             if r.dataset not in refs or r.dims > refs[r.dataset].dims:
@@ -130,6 +130,55 @@ _COLUMNS = [
 ]
 
 
+def loss_breakdown(rows: list[Row]) -> list[dict]:
+    """Where an adapter's codes lose nDCG@10, per plan and size (rows of one dataset's ``qama eval``).
+
+    For each symmetric ``qama`` code row: ``transform`` = the adapter's FP32 output / the model's FP32
+    at the same size (what the transform loses or gains before quantisation); ``quantisation`` = the
+    symmetric codes / the adapter's FP32 at that size; ``query_side`` = the symmetric codes / the
+    same codes rescored asymmetrically (float query) at the smallest factor present (what coding
+    the query costs); ``untrained`` = the codes / untrained quantile codes of the same plan and size
+    (``threshold-qcal`` rows when present, else ``threshold``), ``None`` where there are none.
+    """
+    def ndcg(fmt: str, plan: str | None, dims: int, rescore: int | None = None) -> float | None:
+        found = [r for r in rows if (r.format, r.plan, r.dims, r.rescore) == (fmt, plan, dims, rescore)]
+        return found[0].metrics["ndcg@10"] if found else None
+
+    def ratio(a: float | None, b: float | None) -> float | None:
+        return None if a is None or not b else a / b
+
+    out = []
+    for r in rows:
+        if r.format != "qama" or r.plan is None or r.rescore is not None:
+            continue
+        codes = r.metrics["ndcg@10"]
+        rescored = sorted((x.rescore, x.metrics["ndcg@10"]) for x in rows if x.format == "qama"
+                          and (x.plan, x.dims) == (r.plan, r.dims) and x.rescore is not None)
+        untrained = ndcg("threshold-qcal", r.plan, r.dims)
+        if untrained is None:
+            untrained = ndcg("threshold", r.plan, r.dims)
+        out.append({
+            "dataset": r.dataset,
+            "plan": r.plan,
+            "dims": r.dims,
+            "transform": ratio(ndcg("qama", None, r.dims), ndcg("fp32", None, r.dims)),
+            "quantisation": ratio(codes, ndcg("qama", None, r.dims)),
+            "query_side": ratio(codes, rescored[0][1]) if rescored else None,
+            "untrained": ratio(codes, untrained),
+        })
+    return out
+
+
+def breakdown_markdown(breakdown: list[dict]) -> str:
+    """:func:`loss_breakdown` as a Markdown table of ratios (100% = nothing lost)."""
+    keys = ["transform", "quantisation", "query_side", "untrained"]
+    lines = ["| plan | dims | " + " | ".join(keys) + " |", "|---|---|" + "---|" * len(keys)]
+    for b in breakdown:
+        cells = ["—" if b[k] is None else f"{b[k]:.1%}" for k in keys]
+        lines.append(f"| {b['plan']} | {b['dims']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def to_markdown(rows: list[Row]) -> str:
     """A Markdown table (also readable as plain text in a terminal)."""
     dicts = [r.to_dict() for r in rows]
@@ -140,3 +189,24 @@ def to_markdown(rows: list[Row]) -> str:
     lines.append("|" + "|".join("-" * (w + 2) for w in widths) + "|")
     lines += ["| " + " | ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) + " |" for row in cells]
     return "\n".join(lines) + "\n"
+
+
+def eval_markdown(rows: list[Row]) -> tuple[str, list[dict]]:
+    """The table of ``qama eval`` (:func:`to_markdown`) followed by its :func:`loss_breakdown`, and the breakdown."""
+    table = to_markdown(rows)
+    breakdown = loss_breakdown(rows)
+    if breakdown:
+        table += "\nWhere the adapter's codes lose (ratios of nDCG@10; 100% = nothing lost):\n\n"
+        table += breakdown_markdown(breakdown)
+    return table, breakdown
+
+
+def ablation_markdown(
+    results: dict[str, dict[str, float]], columns: list[str], fmt: Callable[[float | None], str] | None = None
+) -> list[str]:
+    """The lines of an ablation table: one row per ablation, nDCG@10 per ``"plan@dims"`` column."""
+    lines = ["| ablation | " + " | ".join(columns) + " |", "|" + "---|" * (len(columns) + 1)]
+    for name, figures in results.items():
+        cells = (fmt(figures.get(c)) if fmt else f"{figures.get(c, float('nan')):.4f}" for c in columns)
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return lines

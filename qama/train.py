@@ -23,22 +23,19 @@ where it stopped. Finally the thresholds are set to exact quantiles of the whole
 Batches, noise and triplets of step ``t`` are drawn from a generator seeded with ``(seed, t)``, so a
 run gives the same adapter twice and a resumed run the same adapter as an uninterrupted one.
 
-Defaults (measured on SciFact and Cranfield, see benchmarks/RESULTS_training.md): the
-``pca_blocks`` start without the corpus mean direction, and a teacher without it too (a teacher that
-kept it pulled the adapter into putting it back, and training then made the codes worse than the
-start); 300 steps at lr 3e-4 with the top-neighbour KL (τ 0.2 on row-standardised similarities) on
-the continuous prefixes and, at half weight, on straight-through 2-bit/1-bit/hybrid codes; batches
-of random seeds plus their nearest neighbours; the regularisers (orthogonality, bottleneck,
-quantisation) off: switched on they measured no better, and are kept for the ablations
-(:data:`ALL_TERMS`). A larger learning rate, the all-pairs MSE, soft sigmoid bits, full-weight
-quantised terms, 600 steps or input noise each measured no better.
+Defaults (:class:`TrainConfig`; the measurements that chose them: ``benchmarks/RESULTS_training.md``):
+the ``pca_blocks`` start without the corpus mean direction, and a teacher without it too; 300 steps
+at lr 3e-4 with the top-neighbour KL (τ 0.2 on row-standardised similarities) on the continuous
+prefixes and, at half weight, on straight-through 2-bit/1-bit/hybrid codes; batches of random seeds
+plus their nearest neighbours; the regularisers (orthogonality, bottleneck, quantisation) off, kept
+for the ablations (:data:`ALL_TERMS`).
 
 ``pairs`` turn InfoNCE on where it counts most: each query (or pseudo-query) against its document,
 on the continuous prefixes and on every training plan's codes, the other documents of the pair
 batch as negatives. Titles as pseudo-queries of their documents (no labels;
 :func:`qama.embeddings.title_pairs`, the default of ``qama train`` where the corpus has titles) at
 weight :data:`NCE_WEIGHT_TITLES`; labelled pairs (e.g. SciFact's train qrels) at
-:data:`NCE_WEIGHT_LABELLED`. Both measured in benchmarks/RESULTS_training.md.
+:data:`NCE_WEIGHT_LABELLED` (:func:`info_nce_setup` picks the weight).
 """
 
 from __future__ import annotations
@@ -53,7 +50,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -63,9 +60,12 @@ from tqdm.auto import tqdm
 from qama import losses as L
 from qama._io import JsonFields
 from qama.adapter import CONFIG_NAME, WEIGHTS_NAME, AdapterConfig, DimensionError, QamaAdapter, mean_direction
+from qama.check import holdout_split, never_worse_check
 from qama.codes import make_plan
 
 __all__ = [
+    "info_nce_setup",
+    "training_setup",
     "TrainConfig",
     "fit",
     "ablate",
@@ -104,7 +104,7 @@ class TrainConfig(JsonFields):
     # optimisation
     steps: int = 300  # optimiser steps (about 1-2 min for 5k vectors on 2 idle cores)
     batch_size: int = 512  # corpus vectors per step
-    lr: float = 3e-4  # peak AdamW learning rate (1e-3 moved the 2-bit codes further from the start, worse)
+    lr: float = 3e-4  # peak AdamW learning rate
     weight_decay: float = 0.0  # AdamW weight decay (the start is identity: decay would pull it to 0)
     warmup_steps: int = 50  # linear warm-up, then cosine decay
     min_lr_ratio: float = 0.05  # final learning rate / peak
@@ -117,23 +117,25 @@ class TrainConfig(JsonFields):
     temperature: float = 0.5  # sigmoid temperature at the start, in units of each value's std
     temperature_end: float = 0.1  # ... annealed geometrically to this at the end
     ema_momentum: float = 0.99  # threshold EMA: θ ← μ·θ + (1−μ)·θ_batch
+    query_thresholds: bool = True  # with pairs: their queries are coded by their own quantiles (query thresholds)
+    check: bool = True  # with pairs: hold some out and check the codes against untrained codes (qama.check)
     # similarity losses (applied to the continuous prefix and to the quantised codes)
     w_mse: float = 0.0  # similarity-matrix MSE (row-standardised; weighs all pairs alike, off by default)
     w_kl: float = 1.0  # symmetric KL of softmax(S/τ)
     w_rank: float = 0.0  # triplet rank preservation
     w_nce: float = 0.0  # InfoNCE: pairs when given (see NCE_WEIGHT_*), else the teacher's in-batch nearest neighbour
-    quantized_weight: float = 0.5  # weight of the quantised-code terms next to the continuous ones (1.0: FP32 worse)
+    quantized_weight: float = 0.5  # weight of the quantised-code terms next to the continuous ones
     matryoshka: bool = True  # apply the similarity losses at every nested size (False: full size only)
     kl_temperature: float = 0.2  # τ of the KL term (on row-standardised similarities: focuses on top neighbours)
     nce_temperature: float = 0.05  # τ of InfoNCE (on cosine / Hamming similarity)
     rank_triplets: int = 32  # sampled (j, k) pairs per anchor for the rank term
     rank_sharpness: float = 5.0  # t in σ((y_ij − y_ik)·t)
     # regularisers
-    w_ortho: float = 0.0  # inter-level orthogonality (0.05 in the ablations; on, it cost 2-bit@384 ~1 point)
-    w_bottleneck: float = 0.0  # progressive information bottleneck (0.01 in the ablations; no gain measured)
+    w_ortho: float = 0.0  # inter-level orthogonality (ALL_TERMS: its weight in the ablations)
+    w_bottleneck: float = 0.0  # progressive information bottleneck (ALL_TERMS: its weight in the ablations)
     w_variance: float = 0.1  # adaptive variance control (× max(0.2, (e^{t/T}−1)/(e−1)))
     variance_floor: float = 0.5  # floor on each dimension's std, relative to the starting typical std
-    w_quant: float = 0.0  # quantisation regulariser (× ramp 0.2 -> 1.0; 0.01 in the ablations; no gain measured)
+    w_quant: float = 0.0  # quantisation regulariser (× ramp 0.2 -> 1.0; ALL_TERMS: its weight in the ablations)
     quant_margin: float = 0.1  # boundary width of the regulariser, in units of each value's std
     # batches and data augmentation
     neighbour_group: int = 8  # batch = B/g random seeds + each seed's g−1 nearest teacher neighbours (1: random)
@@ -323,9 +325,10 @@ def compute_losses(
             scale = 1.0 if tag.endswith("fp") else 0.5  # Hamming similarities are compressed: sharper τ
             parts[f"nce@{tag}"] = L.info_nce(s_y, nn_idx, cfg.nce_temperature * scale)
 
-    def code_bits(v: torch.Tensor, plan) -> torch.Tensor:
-        """``(B, n_bits)`` straight-through (or soft) bits of ``v`` under ``plan``."""
-        return torch.cat([b for b, _ in adapter.plan_levels(v, plan, temp, hard=cfg.relax == "ste")], 1)
+    def code_bits(v: torch.Tensor, plan, queries: bool = False) -> torch.Tensor:
+        """``(B, n_bits)`` straight-through (or soft) bits of ``v`` under ``plan`` (``queries``: query thresholds)."""
+        levels = adapter.plan_levels(v, plan, temp, hard=cfg.relax == "ste", queries=queries)
+        return torch.cat([b for b, _ in levels], 1)
 
     for m in nested:
         similarity_terms(L.cosine_matrix(z[:, :m]), f"{m}/fp")
@@ -338,7 +341,7 @@ def compute_losses(
                 plan = make_plan(spec, m)
                 similarity_terms(L.hamming_similarity(code_bits(z, plan)), f"{m}/{spec}")
                 if pairs is not None and cfg.w_nce > 0:  # queries' codes against their documents' codes
-                    s_qd = L.hamming_similarity(code_bits(zq, plan), code_bits(zd, plan))
+                    s_qd = L.hamming_similarity(code_bits(zq, plan, cfg.query_thresholds), code_bits(zd, plan))
                     parts[f"nce@{m}/{spec}"] = L.info_nce(s_qd, targets, cfg.nce_temperature * 0.5, False)
     zu = (z - adapter.z_mean) / unit  # (B, d) on a unit scale
     if cfg.w_ortho > 0 and len(adapter.config.nested_dims) > 1:
@@ -354,10 +357,10 @@ def compute_losses(
             )
             for bits in (2.0, 1.5, 1.0)
         ]
-        m = adapter.merged(z)
+        merged = adapter.merged(z)
         q.append(
             L.quantization_regularizer(
-                m,
+                merged,
                 adapter.thr_0_5bit,
                 adapter.m_mean - 3 * adapter.m_std,
                 adapter.m_mean + 3 * adapter.m_std,
@@ -448,6 +451,13 @@ def check_out_dir(out_dir: str | os.PathLike, overwrite: bool = False) -> None:
         )
 
 
+def _corpus_rows(corpus: np.ndarray, docs: np.ndarray, chunk: int = 1024) -> np.ndarray:
+    """The row of ``corpus`` each of ``docs`` is (the largest inner product: the document itself)."""
+    return np.concatenate(
+        [np.argmax(docs[i : i + chunk] @ corpus.T, axis=1) for i in range(0, len(docs), chunk)]
+    ).astype(np.int64)
+
+
 # ---------------------------------------------------------------------------- the loop
 def fit(
     corpus_emb: np.ndarray,
@@ -455,6 +465,7 @@ def fit(
     pairs: tuple[np.ndarray, np.ndarray] | None = None,
     out_dir: str | os.PathLike | None = None,
     overwrite: bool = False,
+    query_sample: np.ndarray | None = None,
 ) -> QamaAdapter:
     """Fit an adapter on ``(n, d)`` L2-normalised corpus embeddings; returns it (saved to ``out_dir``).
 
@@ -462,21 +473,31 @@ def fit(
     used by the InfoNCE term. With ``out_dir``, checkpoints go to ``out_dir/checkpoint`` every
     ``checkpoint_every`` steps and a run that finds one resumes from it; the finished adapter is saved
     to ``out_dir`` and the checkpoint removed. An adapter already in ``out_dir`` is replaced only with
-    ``overwrite`` (checked before any work, see :func:`check_out_dir`).
+    ``overwrite`` (checked before any work, see :func:`check_out_dir`). ``query_sample``: ``(m, d)``
+    query-like embeddings (queries, or pseudo-queries such as titles) whose quantiles become the
+    adapter's query thresholds (:meth:`~qama.adapter.QamaAdapter.calibrate_queries`).
     """
     if out_dir is not None:
         check_out_dir(out_dir, overwrite)
     cfg = config or TrainConfig()
     x_np = check_training_input(corpus_emb, cfg.batch_size)
     d = x_np.shape[1]
+    if query_sample is not None:
+        query_sample = check_training_input(query_sample, 2, d, "query sample")
     pair_t: tuple[torch.Tensor, torch.Tensor] | None = None
     if pairs is not None and cfg.w_nce <= 0:
         raise ValueError("pairs are used only by the InfoNCE term, which is off: set w_nce > 0")
+    held: tuple[np.ndarray, np.ndarray] | None = None  # pairs held out of the fit for the check
     if pairs is not None:
         q_np = check_training_input(pairs[0], 2, d, "pair queries")
         p_np = check_training_input(pairs[1], 2, d, "pair documents")
         if len(q_np) != len(p_np):
             raise ValueError(f"pairs need as many queries as documents, got {len(q_np)} and {len(p_np)}")
+        if cfg.check:
+            fit_rows, held_rows = holdout_split(len(q_np), cfg.seed)
+            if len(held_rows):
+                held = (q_np[held_rows], p_np[held_rows])
+                q_np, p_np = q_np[fit_rows], p_np[fit_rows]
         pair_t = (torch.from_numpy(q_np), torch.from_numpy(p_np))
     torch.set_num_threads(max(1, cfg.threads))
     torch.manual_seed(cfg.seed)
@@ -500,6 +521,8 @@ def fit(
     adapter = QamaAdapter(acfg, metadata)
     adapter.init_linear(x_np, cfg.seed)
     adapter.calibrate(x_np)  # thresholds start at quantiles of the corpus
+    if pair_t is not None and cfg.query_thresholds:  # the pairs' queries are coded by their own quantiles
+        adapter.calibrate_queries(pair_t[0].numpy())
     unit = float(adapter.z_std.mean())
     x = torch.from_numpy(x_np)
     # The teacher's similarities are taken without the corpus mean direction when the start drops it:
@@ -535,7 +558,7 @@ def fit(
             group["lr"] = cfg.lr * lr_factor(step, cfg)
         sched = loss_schedules(step, cfg.steps)
         parts = compute_losses(adapter, xb, cfg, step, gen, unit, pb, teacher_of(xb))
-        total = sum(weight_of(name, cfg, sched) * v for name, v in parts.items())
+        total = cast(torch.Tensor, sum(weight_of(name, cfg, sched) * v for name, v in parts.items()))
         if not torch.isfinite(total):
             bad = [n for n, v in parts.items() if not torch.isfinite(v)]
             raise TrainingError(f"loss became non-finite at step {step} (parts {bad}); lower lr or check the input")
@@ -545,6 +568,8 @@ def fit(
         opt.step()
         with torch.no_grad():
             adapter.update_statistics(adapter(xb), cfg.ema_momentum)
+            if pb is not None and cfg.query_thresholds:
+                adapter.update_query_statistics(adapter(pb[0]), cfg.ema_momentum)
         if cfg.progress and (step % 10 == 0 or step == cfg.steps - 1):
             bar.set_postfix(_summary(parts, total))
         due = cfg.checkpoint_every > 0 and (step + 1) % cfg.checkpoint_every == 0 and step + 1 < cfg.steps
@@ -552,12 +577,25 @@ def fit(
             _save_checkpoint(ckpt, adapter, opt, step + 1, cfg)
     bar.close()
     adapter.calibrate(x_np)  # final thresholds: exact quantiles over the whole corpus
+    if query_sample is None and pair_t is not None and cfg.query_thresholds:
+        query_sample = pair_t[0].numpy()
+    if query_sample is not None:
+        adapter.calibrate_queries(query_sample)
+        adapter.metadata["data"]["n_query_sample"] = len(query_sample)
     adapter.eval()
+    if held is not None:
+        rows = _corpus_rows(x_np, held[1])
+        results = never_worse_check(adapter, x_np, held[0], rows, pair_t[0].numpy(), acfg.plans)  # type: ignore[index]
+        adapter.metadata["check"] = {
+            "held_out_pairs": len(rows),
+            "results": [r.to_dict() for r in results],
+            "lost": [f"{r.plan}@{r.dims}" for r in results if r.lost],
+        }
     adapter.metadata["training"]["seconds"] = round(time.perf_counter() - t0, 1)
     logger.info("fitted adapter in %.1f s", time.perf_counter() - t0)
     if out is not None:
         adapter.save(out)
-        shutil.rmtree(ckpt, ignore_errors=True)
+        shutil.rmtree(out / CHECKPOINT_DIR, ignore_errors=True)
     return adapter
 
 
@@ -602,7 +640,8 @@ def ablate(
     switching one off measures it.
     """
     base = config or TrainConfig()
-    base = dataclasses.replace(base, **{k: w for k, w in ALL_TERMS.items() if getattr(base, k) == 0})
+    on = {k: w for k, w in ALL_TERMS.items() if getattr(base, k) == 0}
+    base = dataclasses.replace(base, **on)  # type: ignore[arg-type]  # loss weights are floats
     results: dict[str, dict[str, float]] = {}
     for name in names or list(ABLATIONS):
         if name not in ABLATIONS:
@@ -611,3 +650,73 @@ def ablate(
         logger.info("ablation %s", name)
         results[name] = evaluate(fit(corpus_emb, cfg, pairs=pairs))
     return results
+
+
+def info_nce_setup(
+    dataset: str,
+    titles: tuple[np.ndarray, np.ndarray] | None = None,
+    labelled: tuple[np.ndarray, np.ndarray] | None = None,
+    labelled_split: str = "",
+    weight: float | None = None,
+) -> tuple[tuple[np.ndarray, np.ndarray] | None, float | None, str]:
+    """The InfoNCE ``pairs`` of a training run, their weight and the ``data_description`` of its config.
+
+    ``titles``: title pseudo-queries and their documents (no labels); ``labelled``: query-document
+    pairs of the qrels split ``labelled_split``. Both are used together. The weight is ``weight``,
+    else :data:`NCE_WEIGHT_LABELLED` with labels and :data:`NCE_WEIGHT_TITLES` without; ``None``
+    (and ``pairs=None``) when there are no pairs.
+    """
+    parts = [p for p in (titles, labelled) if p is not None]
+    sources = []
+    if titles is not None:
+        sources.append(f"{len(titles[0])} title pseudo-queries")
+    if labelled is not None:
+        sources.append(f"{len(labelled[0])} {labelled_split!r} qrels pairs")
+    description = ", ".join([f"{dataset} corpus embeddings", *sources])
+    description += " (labels)" if labelled is not None else " (no labels)"
+    if not parts:
+        return None, None, description
+    pairs = (np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]))
+    default = NCE_WEIGHT_LABELLED if labelled is not None else NCE_WEIGHT_TITLES
+    w_nce = default if weight is None else weight
+    logger.info("InfoNCE (weight %g) on %s", w_nce, ", ".join(sources))
+    return pairs, w_nce, description
+
+
+def training_setup(
+    dataset: Any,
+    corpus: np.ndarray,
+    queries: np.ndarray,
+    pseudo_queries: str = "auto",
+    pairs_split: str | None = None,
+    nce_weight: float | None = None,
+    model_name: str = "",
+    embeddings_dir: str | os.PathLike | None = None,
+    cache_dir: Path | None = None,
+    embed_batch_size: int = 64,
+    progress: bool = True,
+    **settings: Any,
+) -> tuple[TrainConfig, tuple[np.ndarray, np.ndarray] | None]:
+    """The :class:`TrainConfig` and InfoNCE ``pairs`` of a :class:`~qama.data.Dataset`'s corpus
+    (``qama train`` / ``qama ablate``): title pseudo-queries (``pseudo_queries``, see
+    :func:`qama.embeddings.title_pairs`) and the qrels pairs of ``pairs_split``, weighted by
+    :func:`info_nce_setup`. ``settings``: :class:`TrainConfig` fields (``None`` = the default)."""
+    from qama.data import load_dataset
+    from qama.embeddings import title_pairs
+
+    titles = title_pairs(
+        dataset, corpus, pseudo_queries, model_name, embeddings_dir, cache_dir, embed_batch_size, progress
+    )
+    labelled = None
+    if pairs_split:
+        q_rows, d_rows = load_dataset(dataset.path, split=pairs_split).relevant_pairs()
+        labelled = (queries[q_rows], corpus[d_rows])
+    split = pairs_split or ""
+    pairs, settings["w_nce"], description = info_nce_setup(dataset.name, titles, labelled, split, nce_weight)
+    cfg = TrainConfig(
+        model_name=str(embeddings_dir) if embeddings_dir else model_name,
+        data_description=description,
+        progress=progress,
+        **{k: v for k, v in settings.items() if v is not None},
+    )
+    return cfg, pairs

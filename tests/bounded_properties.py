@@ -184,7 +184,7 @@ def run(work: Path, examples: int) -> None:
         qrels = data / "qrels" / "test.tsv"
         qrels.write_text(f"query-id\tcorpus-id\tscore\nq0\td1\t1\nq0\td2\t{relevance}\n")
         args = ("--dataset", str(data), "--embeddings", str(emb_dir), "--adapter", str(good_ad))
-        rc, out, err = _cli("eval", *args, "--rescore", *map(str, rescore), "--dims", *map(str, dims))
+        rc, out, err = _cli("eval", *args, "--oversample", *map(str, rescore), "--dims", *map(str, dims))
         assert rc in (0, 2) and (rc == 0 or _one_line(err)), err
 
     eval_options()

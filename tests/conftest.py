@@ -1,8 +1,10 @@
-"""Shared fixtures: a tiny BEIR-layout dataset with embeddings, and the shared benchmark data."""
+"""Shared fixtures: tiny BEIR-layout datasets with embeddings, the shared benchmark data, a milvus-lite server."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -47,3 +49,43 @@ def tiny(tmp_path: Path) -> Path:
     np.save(emb / "corpus.npy", corpus / np.linalg.norm(corpus, axis=1, keepdims=True))
     np.save(emb / "queries.npy", (qs / np.linalg.norm(qs, axis=1, keepdims=True)).astype(np.float32))
     return root
+
+
+@pytest.fixture
+def small(tmp_path: Path) -> tuple[Path, Path]:
+    """300 documents, 30 judged queries, 32-dim embeddings; query i is a noisy copy of document i."""
+    rng = np.random.default_rng(0)
+    n, d, nq = 300, 32, 30
+    docs = [{"_id": f"d{i}", "text": f"text {i}"} for i in range(n)]
+    queries = [{"_id": f"q{i}", "text": f"query {i}"} for i in range(nq)]
+    root = write_beir(tmp_path / "ds", docs, queries, [(f"q{i}", f"d{i}", 1) for i in range(nq)])
+    c = rng.normal(size=(n, d)).astype(np.float32)
+    c /= np.linalg.norm(c, axis=1, keepdims=True)
+    q = c[:nq] + 0.1 * rng.normal(size=(nq, d)).astype(np.float32)
+    emb = tmp_path / "emb"
+    emb.mkdir()
+    np.save(emb / "corpus.npy", c)
+    np.save(emb / "queries.npy", (q / np.linalg.norm(q, axis=1, keepdims=True)).astype(np.float32))
+    return root, emb
+
+
+def require_milvus() -> None:
+    """Skip the calling test, with the reason, unless pymilvus and milvus-lite are installed."""
+    for module in ("pymilvus", "milvus_lite"):
+        if importlib.util.find_spec(module) is None:
+            pytest.skip(f"{module} is not installed: pip install 'qama[milvus]'")
+
+
+@pytest.fixture(scope="module")
+def milvus_uri(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """``http://127.0.0.1:PORT`` of a fresh milvus-lite server; it stops after the module (or in 10 min)."""
+    require_milvus()
+    from qama.backends.milvus import LocalMilvusServer
+
+    folder: Path = tmp_path_factory.mktemp("milvus")
+    server = LocalMilvusServer(folder / "test.db", lifetime=600)
+    uri = server.start(wait=60)
+    try:
+        yield uri
+    finally:
+        server.stop()

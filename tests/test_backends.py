@@ -17,7 +17,7 @@ from qama.backends import Backend, backend_kind, open_backend, parse_shard, shar
 from qama.codes import hamming_distances, make_plan
 from qama.index import IndexMismatchError
 from qama.search import MISSING_DISTANCE, ThresholdEncoder, asymmetric_scores
-from tests.milvus_fixtures import milvus_uri, require_milvus  # noqa: F401  (fixture)
+from tests.conftest import require_milvus
 
 N, D = 300, 64  # hybrid at 64 dimensions: 104 bits, 13-byte codes (not a multiple of 8 bytes)
 

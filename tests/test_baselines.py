@@ -132,7 +132,7 @@ def test_cli_eval_with_the_default_model(tiny, tmp_path, monkeypatch, capsys):
     args = ["-q", "eval", "--dataset", str(tiny), "--cache-dir", str(tmp_path / "cache"), "--dims", "384"]
     assert main([*args, "--json", str(tmp_path / "a.json")]) == 0
     cached = list((tmp_path / "cache" / "embeddings").rglob("*.npy"))
-    assert len(cached) == 2  # corpus and queries
+    assert len(cached) == 3  # corpus, queries and the titles (the query sample of --query-sample auto)
     stamps = [p.stat().st_mtime_ns for p in cached]
     assert main([*args, "--json", str(tmp_path / "b.json")]) == 0  # second run: from the cache
     assert [p.stat().st_mtime_ns for p in cached] == stamps

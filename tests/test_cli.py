@@ -10,25 +10,6 @@ import pytest
 
 from qama.cli import main
 from qama.train import NCE_WEIGHT_LABELLED, NCE_WEIGHT_TITLES
-from tests.conftest import write_beir
-
-
-@pytest.fixture
-def small(tmp_path: Path) -> tuple[Path, Path]:
-    """300 documents, 30 judged queries, 32-dim embeddings; query i is a noisy copy of document i."""
-    rng = np.random.default_rng(0)
-    n, d, nq = 300, 32, 30
-    docs = [{"_id": f"d{i}", "text": f"text {i}"} for i in range(n)]
-    queries = [{"_id": f"q{i}", "text": f"query {i}"} for i in range(nq)]
-    root = write_beir(tmp_path / "ds", docs, queries, [(f"q{i}", f"d{i}", 1) for i in range(nq)])
-    c = rng.normal(size=(n, d)).astype(np.float32)
-    c /= np.linalg.norm(c, axis=1, keepdims=True)
-    q = c[:nq] + 0.1 * rng.normal(size=(nq, d)).astype(np.float32)
-    emb = tmp_path / "emb"
-    emb.mkdir()
-    np.save(emb / "corpus.npy", c)
-    np.save(emb / "queries.npy", (q / np.linalg.norm(q, axis=1, keepdims=True)).astype(np.float32))
-    return root, emb
 
 
 def _train(root: Path, emb: Path, out: Path, *extra: str) -> int:

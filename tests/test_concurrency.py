@@ -13,7 +13,7 @@ from qama.codes import make_plan
 from qama.index import IndexLockedError, QamaIndex, writer_lock
 from qama.search import ThresholdEncoder
 
-BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
+BENCH = Path(__file__).resolve().parents[1] / "stress"
 
 
 def _index(tmp_path: Path) -> tuple[QamaIndex, np.ndarray]:

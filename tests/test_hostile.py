@@ -98,7 +98,7 @@ def test_api_search_bounds(built):
 
 def test_eval_rescore_factor_is_bounded_before_any_work(tiny, capsys):
     rc, _, err = _run(
-        capsys, "eval", "--dataset", str(tiny), "--embeddings", str(tiny.parent / "tiny-emb"), "--rescore", "1000000"
+        capsys, "eval", "--dataset", str(tiny), "--embeddings", str(tiny.parent / "tiny-emb"), "--oversample", "1000000"
     )
     assert rc == 2
     _one_line_error(err, "oversample must be at most 1000, got 1000000")
@@ -575,9 +575,9 @@ def test_api_records_the_adapter_model_and_checks_plans(tmp_path, tiny):
     index = qama.api.build_index(tmp_path / "ix", adapter, emb, [f"d{i}" for i in range(40)], plan="2bit")
     assert index.manifest["meta"]["model"] == "org/the-model"
     with pytest.raises(ValueError, match="plans: cannot read plan 'bogus'"):
-        qama.api.evaluate(tiny, emb, emb[:6], adapter, plans=("bogus",))
+        qama.api.evaluate_dataset(tiny, emb, emb[:6], adapter, plans=("bogus",))
     with pytest.raises(ValueError, match="oversample must be at most 1000"):
-        qama.api.evaluate(tiny, emb, emb[:6], adapter, rescore=(10**6,))
+        qama.api.evaluate_dataset(tiny, emb, emb[:6], adapter, rescore=(10**6,))
 
 
 def test_milvus_manifest_fields_are_checked(tmp_path):

@@ -204,7 +204,7 @@ def test_adapter_reference_required(tmp_path: Path, emb: np.ndarray, encoder: Th
     wrapped = Wrapped(encoder)
     ix = QamaIndex.create(tmp_path / "a", wrapped, emb, [str(i) for i in range(120)], adapter_path=tmp_path / "ad")
     assert ix.manifest["encoder"]["kind"] == "adapter"
-    with pytest.raises(IndexMismatchError, match="built with the adapter"):
+    with pytest.raises(IndexMismatchError, match="built with a trained adapter"):
         QamaIndex.open(tmp_path / "a")
     with pytest.raises(IndexMismatchError, match="not the one"):
         QamaIndex.open(tmp_path / "a", encoder=encoder)

@@ -133,7 +133,7 @@ def _mteb():
 
 def test_hamming_similarity_matches_reference() -> None:
     _mteb()
-    from qama.integrations.mteb import hamming_similarity
+    from qama.integrations.mteb import code_similarity as hamming_similarity
 
     rng = np.random.default_rng(0)
     a, b = rng.integers(0, 256, (7, 78), dtype=np.uint8), rng.integers(0, 256, (11, 78), dtype=np.uint8)

@@ -9,7 +9,6 @@ import pytest
 
 from qama.config import ExperimentConfig, load_config, preset_path
 from qama.report import run_report
-from tests.test_cli import small  # noqa: F401  (fixture)
 
 PNG = b"\x89PNG\r\n\x1a\n"
 

@@ -141,7 +141,7 @@ def test_search_rescored_large_oversample_equals_full_rescoring(corpus: np.ndarr
     s2, i2 = search_rescored(pack(unpack(codes, enc.plan), enc.plan, align=8), enc, q, 10, oversample=30)
     np.testing.assert_array_equal(i2, i)
     with pytest.raises(ValueError, match="oversample"):
-        search_rescored(codes, enc, q, 10, oversample=0)
+        search_rescored(codes, enc, q, 10, oversample=-1)
 
 
 def test_search_rescored_k_beyond_corpus(corpus: np.ndarray) -> None:

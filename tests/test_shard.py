@@ -11,7 +11,6 @@ import numpy as np
 
 from qama.backends import open_backend
 from qama.codes import hamming_distances
-from tests.milvus_fixtures import milvus_uri  # noqa: F401  (fixture)
 
 
 def test_two_shard_workers_load_one_collection(milvus_uri: str, tmp_path: Path) -> None:  # noqa: F811

@@ -42,6 +42,7 @@ __all__ = [
     "backend_kind",
     "parse_shard",
     "shard_range",
+    "search_hits",
 ]
 
 logger = logging.getLogger(__name__)
@@ -64,6 +65,11 @@ class Backend(Protocol):
     @property
     def plan(self) -> Plan:
         """The plan of the stored codes."""
+        ...
+
+    @property
+    def manifest(self) -> dict[str, Any]:
+        """What the store records about itself; ``manifest["meta"]["model"]`` names the embedding model."""
         ...
 
     def add(
@@ -106,6 +112,12 @@ class Backend(Protocol):
         """Release connections and files; the backend is unusable afterwards."""
         ...
 
+    def __enter__(self) -> Backend:
+        """``with open_backend(...) as backend:`` closes it at the end."""
+        ...
+
+    def __exit__(self, *exc: object) -> None: ...
+
 
 def backend_kind(uri: str | os.PathLike, backend: str | None = None) -> str:
     """``"faiss"`` or ``"milvus"``: ``backend`` when given, else read from the URI."""
@@ -129,10 +141,11 @@ def open_backend(
     """Open (or, with ``create=True``, create when missing) the store at ``uri``.
 
     ``encoder`` is required to create a store, and to open one built with a trained adapter.
-    ``options`` go to the backend: :class:`FaissBackend` takes ``keep_vectors``,
-    ``adapter_path``, ``meta``, ``overwrite``; :class:`~qama.backends.milvus.MilvusBackend`
-    takes ``collection``, ``index_type``, ``nlist``, ``nprobe``, ``token``, ``keep_vectors``,
-    ``meta``, ``batch_size``, ``timeout``, ``retries``.
+    Both take ``adapter`` (a :class:`~qama.adapter.QamaAdapter`, or for an index folder also its
+    path) to open a store built with it. ``options`` go to the backend: :class:`FaissBackend`
+    takes ``keep_vectors``, ``adapter_path``, ``meta``, ``overwrite``, ``verify``;
+    :class:`~qama.backends.milvus.MilvusBackend` takes ``collection``, ``index_type``, ``nlist``,
+    ``nprobe``, ``token``, ``keep_vectors``, ``dim``, ``meta``, ``batch_size``, ``timeout``, ``retries``.
     """
     kind = backend_kind(uri, backend)
     if kind == "milvus":
@@ -164,6 +177,30 @@ def shard_range(n_docs: int, shard: int, n_shards: int) -> range:
     return range(n_docs * shard // n_shards, n_docs * (shard + 1) // n_shards)
 
 
+def search_hits(
+    backend: Backend,
+    queries: np.ndarray,
+    labels: Sequence[str],
+    k: int = 10,
+    oversample: int = 4,
+    rescore: str = "auto",
+) -> list[dict[str, Any]]:
+    """:meth:`Backend.search` as records: ``[{"query": label, "hits": [{"id", "title", "score"}]}]``,
+    one per query (what ``qama search`` prints); missing neighbours are left out."""
+    scores, ids = backend.search(queries, k, oversample=oversample, rescore=rescore)
+    return [
+        {
+            "query": label,
+            "hits": [
+                {"id": d, "title": backend.title(d), "score": float(s)}
+                for s, d in zip(srow, irow, strict=True)
+                if d is not None
+            ],
+        }
+        for label, srow, irow in zip(labels, scores, ids, strict=True)
+    ]
+
+
 def missing_results(nq: int, k: int) -> tuple[np.ndarray, np.ndarray]:
     """``(nq, k)`` distances :data:`MISSING_DISTANCE` and ids ``None``: the empty result."""
     return np.full((nq, k), MISSING_DISTANCE, dtype=np.int32), np.full((nq, k), None, dtype=object)
@@ -173,7 +210,8 @@ class FaissBackend:
     """:class:`Backend` over a persistent :class:`~qama.index.QamaIndex` folder (the default).
 
     The folder is written by the first :meth:`add` when it does not exist yet; later adds append
-    (ids must be new: unlike Milvus, this backend does not upsert).
+    (ids must be new: unlike Milvus, this backend does not upsert). An index built with a trained
+    adapter opens with ``encoder``, with ``adapter``, or else with the adapter folder it names.
     """
 
     def __init__(
@@ -185,6 +223,8 @@ class FaissBackend:
         adapter_path: str | os.PathLike | None = None,
         meta: dict[str, Any] | None = None,
         overwrite: bool = False,
+        adapter: Any = None,
+        verify: bool = False,
     ) -> None:
         from qama.index import MANIFEST, QamaIndex
 
@@ -194,8 +234,12 @@ class FaissBackend:
         self.meta = meta
         self._overwrite = overwrite
         self.index: Any = None
+        self._rows: dict[str, int] = {}  # document id -> row, of the ids this backend has returned
         if (self.path / MANIFEST).exists() and not overwrite:
-            self.index = QamaIndex.open(self.path, encoder=encoder, verify=False)
+            if encoder is None:  # an adapter-built index: ``adapter``, else the adapter folder it names
+                self.index = QamaIndex.open_with_adapter(self.path, adapter, verify=verify)
+            else:
+                self.index = QamaIndex.open(self.path, encoder=encoder, verify=verify)
             self._encoder: Encoder | None = self.index.encoder
         elif not create:
             raise FileNotFoundError(f"{self.path}: no qama index here (create it with create=True / 'qama index')")
@@ -212,6 +256,11 @@ class FaissBackend:
     @property
     def plan(self) -> Plan:
         return self.encoder.plan
+
+    @property
+    def manifest(self) -> dict[str, Any]:
+        """The index's manifest (``{}`` before the first :meth:`add`); ``meta`` holds e.g. the model."""
+        return {} if self.index is None else dict(self.index.manifest)
 
     def add(
         self,
@@ -240,6 +289,7 @@ class FaissBackend:
             self.index.add(np.asarray(embeddings, dtype=np.float32), list(ids), titles=titles, progress=progress)
 
     def delete(self, ids: Iterable[str]) -> int:
+        self._rows.clear()  # rows after the deleted ones are renumbered
         if self.index is None:
             wanted = list(ids)
             if wanted:
@@ -250,7 +300,9 @@ class FaissBackend:
     def _doc_ids(self, rows: np.ndarray) -> np.ndarray:
         out = np.full(rows.shape, None, dtype=object)
         for pos in zip(*np.nonzero(rows >= 0), strict=True):
-            out[pos] = self.index.doc_id(int(rows[pos]))
+            row = int(rows[pos])
+            out[pos] = doc = self.index.doc_id(row)
+            self._rows[doc] = row
         return out
 
     def search_codes(self, query_codes: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -275,10 +327,13 @@ class FaissBackend:
     def title(self, doc_id: str) -> str | None:
         if self.index is None or self.index.titles is None:
             return None
-        try:
-            row = self.index.ids.to_list().index(doc_id)
-        except ValueError:
-            return None
+        row = self._rows.get(doc_id)  # an id this backend returned: no search over every id
+        if row is None or row >= len(self.index) or self.index.doc_id(row) != doc_id:
+            try:
+                row = self.index.ids.to_list().index(doc_id)
+            except ValueError:
+                return None
+            self._rows[doc_id] = row
         return self.index.title(row)
 
     def count(self) -> int:
@@ -295,3 +350,13 @@ class FaissBackend:
 
     def __repr__(self) -> str:
         return f"FaissBackend({str(self.path)!r}, n={self.count()})"
+
+
+def hits_text(results: list[dict[str, Any]]) -> str:
+    """:func:`search_hits` as the lines ``qama search`` prints: the query, then ``rank. score  id  title``."""
+    lines = []
+    for res in results:
+        lines.append(f"query: {res['query']}")
+        for rank, hit in enumerate(res["hits"], 1):
+            lines.append(f"{rank:4d}. {hit['score']:9.4f}  {hit['id']}" + (f"  {hit['title']}" if hit["title"] else ""))
+    return "\n".join(lines) + "\n"

@@ -46,23 +46,14 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import numpy as np
-from safetensors.numpy import load as st_load
-from safetensors.numpy import save as st_save
 from tqdm.auto import tqdm
 
-from qama._validate import MAX_CANDIDATES, MAX_JSON_BYTES, Field, check_fields, check_k, check_oversample, check_queries
+from qama._validate import MAX_JSON_BYTES, Field, check_fields, check_k, check_oversample, check_queries
 from qama.backends import missing_results
 from qama.codes import Plan
-from qama.index import IndexMismatchError
-from qama.quantize import Quantizer
-from qama.search import (
-    MISSING_DISTANCE,
-    Encoder,
-    ThresholdEncoder,
-    asymmetric_scores,
-    exact_scores,
-    top_by_score,
-)
+from qama.encoders import Encoder, encoder_kind, open_encoder, state_bytes, state_from_bytes
+from qama.errors import IndexMismatchError
+from qama.search import search_rescored
 
 __all__ = [
     "INDEX_TYPES",
@@ -117,36 +108,20 @@ def _retry(fn: Callable[[], T], what: str, retries: int, backoff: float = 0.5) -
 
 
 def _encoder_record(encoder: Encoder) -> dict[str, Any]:
-    """The encoder as manifest data: kind, checksum and tensors (base64): the thresholds and centroids
-    of untrained thresholds; the centroids of a trained adapter (fitted on the corpus, so an adapter
-    alone cannot rebuild them)."""
-    if isinstance(encoder, ThresholdEncoder):
-        q = encoder.quantizer
-        blob = st_save({"thresholds": q.thresholds.astype(np.float32), "centroids": q.centroids.astype(np.float32)})
-        return {"kind": "thresholds", "checksum": encoder.checksum, "tensors": base64.b64encode(blob).decode()}
-    state = getattr(encoder, "state", None) or {"centroids": encoder.centroids}
-    blob = st_save({k: np.ascontiguousarray(v, dtype=np.float32) for k, v in state.items()})
-    return {"kind": "adapter", "checksum": encoder.checksum, "tensors": base64.b64encode(blob).decode()}
+    """The encoder as manifest data: kind, checksum and its state (:func:`qama.encoders.state_bytes`, base64)."""
+    blob = state_bytes(encoder)
+    return {"kind": encoder_kind(encoder), "checksum": encoder.checksum, "tensors": base64.b64encode(blob).decode()}
 
 
-def _adapter_encoder_from_record(record: dict[str, Any], adapter: Any, plan: Plan, where: str) -> Encoder:
-    from qama.search import AdapterEncoder
-
+def _record_state(record: dict[str, Any], where: str) -> dict[str, np.ndarray] | None:
+    """The state stored in an encoder record (``None`` for a collection written before it was stored)."""
+    if "tensors" not in record:
+        return None
     try:
-        return AdapterEncoder(adapter, plan, state=st_load(base64.b64decode(record["tensors"])))
-    except Exception as e:  # a collection written before the state was stored, or damaged
-        raise IndexMismatchError(f"{where}: no readable encoder state for the adapter ({e})") from None
-
-
-def _encoder_from_record(record: dict[str, Any], plan: Plan, where: str) -> ThresholdEncoder:
-    try:
-        tensors = st_load(base64.b64decode(record["tensors"]))
-        encoder = ThresholdEncoder(Quantizer(plan, tensors["thresholds"], tensors["centroids"]))
-    except Exception as e:  # base64 / safetensors / shape errors all mean the same thing here
-        raise IndexMismatchError(f"{where}: unreadable stored thresholds ({e})") from None
-    if encoder.checksum != record["checksum"]:
-        raise IndexMismatchError(f"{where}: the stored thresholds do not match their checksum")
-    return encoder
+        blob = base64.b64decode(record["tensors"])
+    except ValueError as e:
+        raise IndexMismatchError(f"{where}: unreadable encoder state ({e})") from None
+    return state_from_bytes(blob, where)
 
 
 class MilvusBackend:
@@ -199,6 +174,7 @@ class MilvusBackend:
         ``encoder`` is needed to create; a collection of untrained thresholds stores them, and one
         built with a trained adapter opens with the encoder or with ``adapter`` (a
         :class:`~qama.adapter.QamaAdapter`: the plan and centroids are read from the collection).
+        ``adapter`` may also be the adapter's folder.
         ``keep_vectors`` and ``dim`` (the embedding size, default ``plan.dim``) add the float32
         vector field at creation.
         Creating is safe to race: several shard workers may call it for one collection.
@@ -209,6 +185,10 @@ class MilvusBackend:
             raise ValueError(f"collection name {collection!r}: letters, digits and _ only, not starting with a digit")
         if batch_size < 1:
             raise ValueError(f"batch size must be positive, got {batch_size}")
+        if isinstance(adapter, (str, os.PathLike)):
+            from qama.adapter import QamaAdapter
+
+            adapter = QamaAdapter.load(adapter)
         pymilvus = _pymilvus()
         try:
             client = pymilvus.MilvusClient(uri=uri, token=token, timeout=timeout)
@@ -237,11 +217,7 @@ class MilvusBackend:
                 }
                 cls._create(client, collection, manifest, timeout)
             manifest = cls._read_manifest(client, uri, collection, timeout)
-            if encoder is None and adapter is not None and manifest["encoder"]["kind"] == "adapter":
-                where = f"{uri} collection {collection!r}"
-                plan = Plan.from_dict(manifest["plan"])
-                encoder = _adapter_encoder_from_record(manifest["encoder"], adapter, plan, where)
-            encoder = cls._check(client, uri, collection, manifest, encoder, timeout)
+            encoder = cls._check(client, uri, collection, manifest, encoder, adapter, timeout)
             client.load_collection(collection, timeout=timeout)
         except BaseException:
             client.close()
@@ -319,7 +295,13 @@ class MilvusBackend:
 
     @staticmethod
     def _check(
-        client: Any, uri: str, collection: str, manifest: dict[str, Any], encoder: Encoder | None, timeout: float
+        client: Any,
+        uri: str,
+        collection: str,
+        manifest: dict[str, Any],
+        encoder: Encoder | None,
+        adapter: Any,
+        timeout: float,
     ) -> Encoder:
         where = f"{uri} collection {collection!r}"
         plan = Plan.from_dict(manifest["plan"])
@@ -333,23 +315,8 @@ class MilvusBackend:
                 f"has {plan.code_size}-byte codes: the collection was not written by this plan"
             )
         record = manifest["encoder"]
-        if encoder is None:
-            if record["kind"] != "thresholds":
-                raise IndexMismatchError(
-                    f"{where}: built with a trained adapter (checksum {record['checksum'][:12]}…); pass the adapter"
-                )
-            return _encoder_from_record(record, plan, where)
-        if encoder.plan.code_size != plan.code_size or encoder.plan.spec() != plan.spec():
-            raise IndexMismatchError(
-                f"{where}: holds {plan.code_size}-byte codes of plan {plan.spec()}, the encoder makes "
-                f"{encoder.plan.code_size}-byte codes of plan {encoder.plan.spec()}"
-            )
-        if encoder.checksum != record["checksum"]:
-            raise IndexMismatchError(
-                f"{where}: the encoder given (checksum {encoder.checksum[:12]}…) is not the one the collection was "
-                f"built with ({record['checksum'][:12]}…); its codes would not be comparable"
-            )
-        return encoder
+        state = lambda: _record_state(record, where)  # noqa: E731
+        return open_encoder(record, plan, state, where, encoder, adapter, what="collection")
 
     # ------------------------------------------------------------------ properties
     @property
@@ -522,41 +489,34 @@ class MilvusBackend:
     def search(
         self, queries: np.ndarray, k: int = 10, oversample: int = 0, rescore: str = "auto"
     ) -> tuple[np.ndarray, np.ndarray]:
-        """Top-``k``: Hamming candidates from the server, rescored here by qama (two stages).
+        """Top-``k``: :func:`qama.search.search_rescored` with the server as its first stage.
 
-        The server returns ``oversample × k`` candidates; their codes (``"asymmetric"``) or float
-        vectors (``"vectors"``; ``"auto"`` picks vectors when the collection keeps them) are
-        fetched and scored by :func:`qama.search.asymmetric_scores` / :func:`~qama.search.exact_scores`.
+        The server returns ``oversample × k`` Hamming candidates; their codes (``"asymmetric"``) or
+        float vectors (``"vectors"``; ``"auto"`` picks vectors when the collection keeps them) are
+        fetched and rescored here. ``oversample=0``: the server's Hamming top-``k`` only.
         """
-        queries = check_queries(queries, int(self.manifest["dim"]), IndexMismatchError)
+        queries = check_queries(queries, int(self.manifest["dim"]), IndexMismatchError)  # exact dimension, finite
         k, oversample = check_k(k, len(queries)), check_oversample(oversample)
-        if rescore not in ("auto", "asymmetric", "vectors"):
-            raise ValueError(f"rescore must be 'auto', 'asymmetric' or 'vectors', got {rescore!r}")
         if rescore == "vectors" and not self.keep_vectors:
             raise ValueError(f"collection {self.collection!r} keeps no float vectors; rescore='asymmetric'")
-        wanted = k if oversample == 0 else max(k, min(k * oversample, MAX_CANDIDATES))
-        dist, cand = self.search_codes(self.encoder.encode(queries), wanted)
-        if oversample == 0:
-            scores = np.where(dist == MISSING_DISTANCE, -np.inf, -dist.astype(np.float32)).astype(np.float32)
-            return scores, cand
-        use_vectors = rescore == "vectors" or (rescore == "auto" and self.keep_vectors)
-        unique = list(dict.fromkeys(c for c in cand.reshape(-1) if c is not None))
-        fetched = self._fetch(unique, "vector" if use_vectors else "code")
-        local = {doc: i for i, doc in enumerate(unique)}
-        rows = np.array([[local.get(c, -1) if c is not None else -1 for c in r] for r in cand], dtype=np.int64)
-        rows = rows.reshape(cand.shape)
-        if use_vectors:
-            table = np.array([fetched[d] for d in unique], dtype=np.float32).reshape(len(unique), -1)
-            scores = exact_scores(queries, table, rows)
-        else:
-            table = np.frombuffer(b"".join(_code_bytes(fetched[d]) for d in unique), dtype=np.uint8)
-            table = table.reshape(len(unique), self.plan.code_size)
-            scores = asymmetric_scores(self.encoder.query_weights(queries), table, rows, self.encoder)
-        top_scores, top_rows = top_by_score(scores, rows, k)
-        out = np.full(top_rows.shape, None, dtype=object)
-        valid = top_rows >= 0
-        out[valid] = np.array(unique, dtype=object)[top_rows[valid]]
-        return top_scores, out
+        found: list[str] = []  # the candidates' document ids; rows of this search number them
+
+        def candidates(query_codes: np.ndarray, m: int) -> tuple[np.ndarray, np.ndarray]:
+            dist, ids = self.search_codes(query_codes, m)
+            found.extend(dict.fromkeys(c for c in ids.reshape(-1) if c is not None))
+            local = {doc: i for i, doc in enumerate(found)}
+            rows = np.array([local[c] if c is not None else -1 for c in ids.reshape(-1)], dtype=np.int64)
+            return dist, rows.reshape(ids.shape)
+
+        codes = _FetchedRows(self, found, "code")
+        vectors = _FetchedRows(self, found, "vector") if self.keep_vectors else None
+        scores, rows = search_rescored(
+            codes, self.encoder, queries, k, oversample, vectors, rescore=rescore, candidates=candidates
+        )
+        out = np.full(rows.shape, None, dtype=object)
+        valid = rows >= 0
+        out[valid] = np.array(found, dtype=object)[rows[valid]]
+        return scores, out
 
     # ------------------------------------------------------------------ misc
     def title(self, doc_id: str) -> str | None:
@@ -628,6 +588,25 @@ def _refuse_foreign_collection(client: Any, collection: str, timeout: float, wai
                 "collection, or its creation was interrupted; qama leaves it as it is: choose another --collection"
             )
         time.sleep(0.2)
+class _FetchedRows:
+    """Rows of the documents ``found`` by one search, read from the server when indexed: the ``codes``
+    (``field="code"``) or ``vectors`` that :func:`qama.search.search_rescored` rescores with."""
+
+    def __init__(self, backend: MilvusBackend, found: list[str], field: str) -> None:
+        self.backend, self.found, self.field = backend, found, field
+
+    def __len__(self) -> int:
+        return len(self.found)
+
+    def __getitem__(self, rows: np.ndarray) -> np.ndarray:
+        unique, inverse = np.unique(np.asarray(rows).reshape(-1), return_inverse=True)
+        docs = [self.found[int(r)] for r in unique]
+        fetched = self.backend._fetch(docs, self.field)
+        if self.field == "code":
+            cs = self.backend.plan.code_size
+            codes = np.frombuffer(b"".join(_code_bytes(fetched[d]) for d in docs), dtype=np.uint8)
+            return codes.reshape(-1, cs)[inverse]
+        return np.array([fetched[d] for d in docs], dtype=np.float32).reshape(len(docs), -1)[inverse]
 
 
 def _code_bytes(value: Any) -> bytes:

@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from qama.codes import Plan
+from qama.codes import Plan, hamming, hamming_distances
 from qama.data import load_dataset
 from qama.integrations.sentence_transformers import encode as st_encode
 from qama.integrations.sentence_transformers import find_module
@@ -55,7 +55,7 @@ if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer
     from torch.utils.data import DataLoader
 
-__all__ = ["QamaEncoder", "hamming_similarity", "local_retrieval_task"]
+__all__ = ["QamaEncoder", "code_similarity", "local_retrieval_task"]
 
 logger = logging.getLogger(__name__)
 
@@ -70,22 +70,14 @@ def _as_codes(x: Any) -> np.ndarray:
     return np.ascontiguousarray(x[None] if x.ndim == 1 else x)
 
 
-def _hamming(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """``(len(a), len(b))`` int32 Hamming distances, by faiss's popcount scan."""
-    import faiss
-
-    if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[1]:
-        raise ValueError(f"code shapes do not match: {a.shape} vs {b.shape}")
-    out = np.empty((len(a), len(b)), dtype=np.int32)
-    if out.size:
-        faiss.hammings(faiss.swig_ptr(a), faiss.swig_ptr(b), len(a), len(b), a.shape[1], faiss.swig_ptr(out))
-    return out
-
-
-def hamming_similarity(a: Any, b: Any, n_bits: int) -> torch.Tensor:
+def code_similarity(a: Any, b: Any, n_bits: int) -> torch.Tensor:
     """``(len(a), len(b))`` float32 similarities ``1 - hamming(a_i, b_j) / n_bits`` of packed codes."""
-    d = _hamming(_as_codes(a), _as_codes(b))
+    d = hamming_distances(_as_codes(a), _as_codes(b))
     return torch.from_numpy(1.0 - d.astype(np.float32) / np.float32(n_bits))
+
+
+#: Deprecated name of :func:`code_similarity` (not :func:`qama.losses.hamming_similarity`, which takes bits).
+hamming_similarity = code_similarity
 
 
 class QamaEncoder:
@@ -109,6 +101,7 @@ class QamaEncoder:
         revision: str | None = None,
     ) -> None:
         module = find_module(model)
+        assert module is not None  # required=True raises instead
         self.model = model
         self.plan = module.adapter.plan(precision, dim)
         base = module.adapter.config.model_name or "model"
@@ -159,14 +152,14 @@ class QamaEncoder:
 
     def similarity(self, embeddings1: Any, embeddings2: Any) -> torch.Tensor:
         """``(n1, n2)`` similarities ``1 - hamming / n_bits`` between two sets of codes."""
-        return hamming_similarity(embeddings1, embeddings2, self.plan.n_bits)
+        return code_similarity(embeddings1, embeddings2, self.plan.n_bits)
 
     def similarity_pairwise(self, embeddings1: Any, embeddings2: Any) -> torch.Tensor:
         """``(n,)`` similarities ``1 - hamming / n_bits`` of corresponding rows."""
         a, b = _as_codes(embeddings1), _as_codes(embeddings2)
         if a.shape != b.shape:
             raise ValueError(f"code shapes do not match: {a.shape} vs {b.shape}")
-        d = np.bitwise_count(a ^ b).sum(axis=1, dtype=np.int64)
+        d = hamming(a, b)
         return torch.from_numpy((1.0 - d / self.plan.n_bits).astype(np.float32))
 
 

@@ -46,9 +46,9 @@ try:  # the base class of modules: sentence-transformers >= 6, then 5
     from sentence_transformers.base.modules import Module as _Module
 except ImportError:  # pragma: no cover - older sentence-transformers
     try:
-        from sentence_transformers.models import Module as _Module
+        from sentence_transformers.models import Module as _Module  # type: ignore[no-redef]
     except ImportError:
-        _Module = torch.nn.Module
+        _Module = torch.nn.Module  # type: ignore[misc, assignment]
 
 if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer
@@ -153,7 +153,7 @@ class QamaModule(_Module):
         Path(output_path, MODULE_CONFIG_NAME).write_text(json.dumps(self.get_config_dict(), indent=2) + "\n")
 
     @classmethod
-    def load(
+    def load(  # type: ignore[override]  # the keyword arguments sentence-transformers passes
         cls,
         model_name_or_path: str,
         subfolder: str = "",
@@ -167,7 +167,7 @@ class QamaModule(_Module):
         local = Path(model_name_or_path, subfolder)
         if not local.is_dir() and hasattr(cls, "load_dir_path"):
             local = Path(
-                cls.load_dir_path(
+                cls.load_dir_path(  # type: ignore[arg-type]
                     model_name_or_path,
                     subfolder=subfolder,
                     token=token,
@@ -242,6 +242,7 @@ def encode(
     prompts, as in ``SentenceTransformer.encode``.
     """
     module = find_module(model)
+    assert module is not None  # required=True raises instead
     if model.truncate_dim is not None:
         raise ValueError(f"the model truncates its output to {model.truncate_dim}: use dim= instead of truncate_dim")
     if isinstance(precision, str) and precision == FLOAT:

@@ -10,7 +10,7 @@ Two concurrent creators of one new folder (``--creator-trials``): exactly one mu
 refused (the folder holds an index, or its writer lock is held), and the index left must be the
 winner's, whole (every checksum verified, exact answers). Run::
 
-    python benchmarks/concurrency_test.py --readers 4 --queries 1000 --commits 10 --creator-trials 20
+    python stress/concurrency_test.py --readers 4 --queries 1000 --commits 10 --creator-trials 20
 """
 
 from __future__ import annotations

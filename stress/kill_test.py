@@ -7,7 +7,7 @@ a random delay, then checks that each file is absent (killed before the first re
 whole version, never a mix, and that the index opens with every checksum verified and answers a
 search exactly as the numpy reference does on the documents it holds. Run::
 
-    python benchmarks/kill_test.py --runs 200
+    python stress/kill_test.py --runs 200
 """
 
 from __future__ import annotations

@@ -1,0 +1,230 @@
+"""Query calibration: queries coded by quantiles of query-like embeddings, kept by every store."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import uuid
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from qama.adapter import AdapterConfig, QamaAdapter
+from qama.backends import open_backend
+from qama.cli import main
+from qama.codes import hamming_distances, make_plan, pack
+from qama.encoders import fit_encoder
+from qama.index import QamaIndex
+from qama.quantize import Quantizer, plan_values, quantile_thresholds
+from qama.search import AdapterEncoder, ThresholdEncoder, hamming_search
+from tests.conftest import require_milvus
+
+D = 32
+RNG = np.random.default_rng(3)
+DOCS = RNG.normal(size=(400, D)).astype(np.float32)
+QUERIES = (RNG.normal(size=(60, D)) + 0.7).astype(np.float32)  # shifted: queries sit apart from documents
+
+
+@pytest.mark.parametrize("plan_name", ["2bit", "1.5bit", "1bit", "0.5bit", "hybrid"])
+def test_query_levels_are_quantiles_of_the_sample(plan_name):
+    plan = make_plan(plan_name, D)
+    encoder = ThresholdEncoder.fit(DOCS, plan, query_sample=QUERIES)
+    values = plan_values(QUERIES, plan)
+    expected_thr = quantile_thresholds(values, plan.value_levels)
+    np.testing.assert_array_equal(encoder.quantizer.query_thresholds, expected_thr)
+    levels = (values[:, :, None] > expected_thr[None]).sum(axis=2)
+    np.testing.assert_array_equal(encoder.encode_queries(QUERIES), pack(levels, plan))
+    # documents keep the documents' thresholds
+    np.testing.assert_array_equal(encoder.encode(DOCS), ThresholdEncoder.fit(DOCS, plan).encode(DOCS))
+    # the sample's own levels are balanced: each level holds its share of the sample
+    counts = np.stack([(levels == lv).mean(axis=0) for lv in range(4)])
+    for j, n_levels in enumerate(plan.value_levels):
+        np.testing.assert_allclose(counts[:n_levels, j], 1 / n_levels, atol=0.02)
+
+
+def test_without_a_sample_queries_use_the_document_thresholds_and_the_old_checksum():
+    plan = make_plan("hybrid", D)
+    encoder = ThresholdEncoder.fit(DOCS, plan)
+    np.testing.assert_array_equal(encoder.encode_queries(QUERIES), encoder.encode(QUERIES))
+    q = encoder.quantizer
+    h = hashlib.sha256(plan.spec().encode())
+    h.update(q.thresholds.astype(np.float32).tobytes())
+    h.update(q.centroids.astype(np.float32).tobytes())
+    assert encoder.checksum == h.hexdigest()  # indexes built before query calibration still open
+    encoder.calibrate_queries(QUERIES)
+    assert encoder.checksum != h.hexdigest()
+
+
+def test_bad_query_samples():
+    plan = make_plan("2bit", D)
+    q = Quantizer.fit(plan_values(DOCS, plan), plan)
+    with pytest.raises(ValueError, match=r"a query sample needs values of shape \(n >= 2, 32\), got \(1, 32\)"):
+        q.calibrate_queries(plan_values(QUERIES[:1], plan))
+    bad = plan_values(QUERIES, plan)
+    bad[3, 4] = np.nan
+    with pytest.raises(ValueError, match="the query sample contains NaN or inf values"):
+        q.calibrate_queries(bad)
+    with pytest.raises(ValueError, match=r"needs query thresholds \(32, 3\), got \(31, 3\)"):
+        Quantizer(plan, q.thresholds, q.centroids, q.thresholds[:-1])
+
+
+def test_state_round_trip():
+    plan = make_plan("hybrid", D)
+    encoder = ThresholdEncoder.fit(DOCS, plan, query_sample=QUERIES)
+    again = ThresholdEncoder.from_state(plan, encoder.state)
+    assert again.checksum == encoder.checksum
+    np.testing.assert_array_equal(again.encode_queries(QUERIES), encoder.encode_queries(QUERIES))
+
+
+def test_index_keeps_and_uses_the_query_thresholds(tmp_path):
+    plan = make_plan("hybrid", D)
+    encoder = ThresholdEncoder.fit(DOCS, plan, query_sample=QUERIES)
+    ids = [f"d{i}" for i in range(len(DOCS))]
+    QamaIndex.create(tmp_path / "ix", encoder, DOCS, ids)
+    index = QamaIndex.open(tmp_path / "ix")
+    np.testing.assert_array_equal(index.encoder.quantizer.query_thresholds, encoder.quantizer.query_thresholds)
+    scores, rows = index.search(QUERIES, k=5, oversample=0)
+    dist, ref = hamming_search(encoder.encode(DOCS), encoder.encode_queries(QUERIES), 5)
+    np.testing.assert_array_equal(rows, ref)
+    np.testing.assert_array_equal(-scores, dist)
+
+
+def _adapter() -> QamaAdapter:
+    adapter = QamaAdapter(AdapterConfig(dim=D))
+    adapter.init_linear(DOCS)
+    adapter.calibrate(DOCS)
+    return adapter
+
+
+def test_adapter_query_thresholds_saved_and_used(tmp_path):
+    adapter = _adapter()
+    before = adapter.encode(QUERIES, "hybrid", queries=True)
+    np.testing.assert_array_equal(before, adapter.encode(QUERIES, "hybrid"))  # not calibrated: the same
+    adapter.calibrate_queries(QUERIES)
+    assert bool(adapter.query_calibrated)
+    z = adapter.transform(QUERIES)
+    np.testing.assert_allclose(adapter.qthr_2bit.numpy(), np.quantile(z, [0.25, 0.5, 0.75], axis=0).T, rtol=1e-5)
+    coded = adapter.encode(QUERIES, "hybrid", queries=True)
+    assert not np.array_equal(coded, before)
+    adapter.save(tmp_path / "ad")
+    loaded = QamaAdapter.load(tmp_path / "ad")
+    np.testing.assert_array_equal(loaded.encode(QUERIES, "hybrid", queries=True), coded)
+    encoder = AdapterEncoder(loaded, "hybrid", fit_emb=DOCS)
+    np.testing.assert_array_equal(encoder.encode_queries(QUERIES), coded)
+    np.testing.assert_array_equal(
+        AdapterEncoder(loaded, "hybrid", state=encoder.state).encode_queries(QUERIES), coded
+    )
+
+
+def test_adapter_saved_before_query_thresholds_still_loads(tmp_path):
+    adapter = _adapter()
+    adapter.save(tmp_path / "old")
+    weights = tmp_path / "old" / "model.safetensors"
+    new_keys = ("qthr_", "query_calibrated")
+    tensors = {k: v for k, v in load_file(str(weights)).items() if not k.startswith(new_keys)}
+    save_file(tensors, str(weights))
+    cfg = json.loads((tmp_path / "old" / "config.json").read_text())
+    cfg["weights_sha256"] = hashlib.sha256(weights.read_bytes()).hexdigest()
+    (tmp_path / "old" / "config.json").write_text(json.dumps(cfg))
+    loaded = QamaAdapter.load(tmp_path / "old")
+    assert not bool(loaded.query_calibrated)
+    np.testing.assert_array_equal(loaded.encode(QUERIES, "2bit", queries=True), adapter.encode(QUERIES, "2bit"))
+    torch.testing.assert_close(loaded.thr_2bit, adapter.thr_2bit)
+
+
+def test_milvus_collection_keeps_the_query_thresholds(request):
+    require_milvus()
+    uri = request.getfixturevalue("milvus_uri")
+    encoder = ThresholdEncoder.fit(DOCS, make_plan("hybrid", D), query_sample=QUERIES)
+    name = "t_" + uuid.uuid4().hex[:12]
+    ids = [f"d{i}" for i in range(len(DOCS))]
+    with open_backend(uri, "milvus", encoder, create=True, collection=name, dim=D) as store:
+        store.add(DOCS, ids)
+    with open_backend(uri, "milvus", collection=name) as store:
+        np.testing.assert_array_equal(store.encoder.quantizer.query_thresholds, encoder.quantizer.query_thresholds)
+        _, got = store.search(QUERIES[:5], k=3, oversample=0)
+    dist = hamming_distances(encoder.encode_queries(QUERIES[:5]), encoder.encode(DOCS))
+    for row, hits in zip(dist, got, strict=True):
+        assert sorted(row[[int(h[1:]) for h in hits]]) == sorted(np.sort(row)[:3])
+
+
+def test_cli_index_with_a_query_sample_file(tmp_path, tiny):
+    emb = tiny.parent / "tiny-emb"
+    sample = tmp_path / "sample.npy"
+    np.save(sample, np.load(emb / "queries.npy"))
+    args = ["-q", "index", "--dataset", str(tiny), "--embeddings", str(emb), "--plan", "2bit"]
+    assert main([*args, "--query-sample", str(sample), "--out", str(tmp_path / "ix")]) == 0
+    index = QamaIndex.open(tmp_path / "ix")
+    expected = quantile_thresholds(plan_values(np.load(sample), index.plan), index.plan.value_levels)
+    np.testing.assert_array_equal(index.encoder.quantizer.query_thresholds, expected)
+    assert main([*args, "--query-sample", "none", "--out", str(tmp_path / "ix2")]) == 0
+    assert QamaIndex.open(tmp_path / "ix2").encoder.quantizer.query_thresholds is None
+    assert main([*args, "--query-sample", "nosuchsplit", "--out", str(tmp_path / "ix3")]) == 2
+
+
+def test_cli_eval_prints_the_breakdown(tmp_path, tiny, capsys):
+    emb = tiny.parent / "tiny-emb"
+    common = ["--dataset", str(tiny), "--embeddings", str(emb)]
+    train = ["-q", "train", *common, "--steps", "2", "--train-batch-size", "16", "--nested-dims", "8", "16"]
+    assert main([*train, "--query-sample", "test", "--out", str(tmp_path / "ad")]) == 0
+    assert bool(QamaAdapter.load(tmp_path / "ad").query_calibrated)
+    capsys.readouterr()
+    out_json = tmp_path / "eval.json"
+    argv = ["-q", "eval", *common, "--adapter", str(tmp_path / "ad"), "--plans", "2bit", "--query-sample", "test"]
+    assert main([*argv, "--json", str(out_json)]) == 0
+    printed = capsys.readouterr().out
+    assert "Where the adapter's codes lose" in printed and "threshold-qcal" in printed
+    result = json.loads(out_json.read_text())
+    rows = {(r["format"], r["plan"], r["dims"], r["rescore"]): r["ndcg@10"] for r in result["rows"]}
+    b = [x for x in result["breakdown"] if (x["plan"], x["dims"]) == ("2bit", 16)][0]
+    code = rows[("qama", "2bit", 16, None)]
+    assert b["quantisation"] == pytest.approx(code / rows[("qama", None, 16, None)])
+    assert b["transform"] == pytest.approx(rows[("qama", None, 16, None)] / rows[("fp32", None, 16, None)])
+    assert b["query_side"] == pytest.approx(code / rows[("qama", "2bit", 16, 4)])
+    assert b["untrained"] == pytest.approx(code / rows[("threshold-qcal", "2bit", 16, None)])
+
+
+def _clustered(n: int = 800, d: int = 32) -> tuple[np.ndarray, np.ndarray]:
+    """Documents in 40 clusters and a pseudo-query (a noisy copy, like a title) for each."""
+    rng = np.random.default_rng(0)
+    docs = rng.normal(size=(40, d))[rng.integers(0, 40, n)] + 0.5 * rng.normal(size=(n, d))
+    docs = (docs / np.linalg.norm(docs, axis=1, keepdims=True)).astype(np.float32)
+    titles = docs + 0.15 * rng.normal(size=docs.shape)
+    return docs, (titles / np.linalg.norm(titles, axis=1, keepdims=True)).astype(np.float32)
+
+
+def test_the_check_catches_a_training_that_loses_and_keeps_untrained_codes(tmp_path):
+    from qama.api import build_index
+    from qama.train import TrainConfig, fit
+
+    docs, titles = _clustered()
+    # a learning rate 1000x the default wrecks the codes: the check must see it on the held-out titles
+    cfg = TrainConfig(steps=60, lr=0.3, batch_size=64, nested_dims=(16, 32), w_nce=1.0, progress=False)
+    adapter = fit(docs, cfg, pairs=(titles, docs), out_dir=tmp_path / "ad")
+    check = QamaAdapter.load(tmp_path / "ad").metadata["check"]
+    assert check["held_out_pairs"] == 160  # 20% of the 800 pairs, never seen by the fit
+    lost = {(r["plan"], r["dims"]) for r in check["results"] if r["lost"]}
+    assert ("2bit", 32) in lost and set(check["lost"]) == {f"{p}@{d}" for p, d in lost}
+    for r in check["results"]:
+        assert r["lost"] == (r["adapter"] < r["untrained"] - 0.02 and r["adapter"] - r["untrained"] < -3 * r["stderr"])
+    served = fit_encoder(docs, "2bit", adapter, dim=32, query_sample=titles)
+    assert isinstance(served, ThresholdEncoder)
+    np.testing.assert_array_equal(served.encode(docs), ThresholdEncoder.fit(docs, make_plan("2bit", 32)).encode(docs))
+    kept = [r for r in check["results"] if not r["lost"]]
+    if kept:
+        assert isinstance(fit_encoder(docs, kept[0]["plan"], adapter, dim=kept[0]["dims"]), AdapterEncoder)
+    index = build_index(tmp_path / "ix", tmp_path / "ad", docs, [f"d{i}" for i in range(len(docs))], plan="2bit")
+    assert index.manifest["encoder"]["kind"] == "thresholds"  # searchable without the adapter
+
+
+def test_known_item_gains_reference():
+    from qama.check import known_item_gains
+
+    codes = np.array([[0b0000], [0b0001], [0b0011], [0b0001]], dtype=np.uint8)
+    queries = np.array([[0b0001], [0b0011]], dtype=np.uint8)
+    # query 0 -> row 1: distance 0, tied with row 3: expected rank 1.5; query 1 -> row 0: distance 2,
+    # rows 1, 2, 3 are closer: rank 4
+    gains = known_item_gains(codes, queries, np.array([1, 0]))
+    np.testing.assert_allclose(gains, [1 / np.log2(2.5), 1 / np.log2(5)])
