@@ -295,7 +295,7 @@ def cmd_search(args: argparse.Namespace) -> int:
             logger.warning("k=%d is larger than the index (%d documents): returning all of them", args.k, n)
             args.k = n
         model = args.model
-        if args.queries is None and args.text:
+        if args.queries is None and args.text and all(t.strip() for t in args.text):
             model = _query_model(args, backend.manifest.get("meta", {}).get("model"), str(uri))
         queries, labels = query_embeddings(args.text, args.queries, model)
         results = search_hits(backend, queries, labels, args.k, args.oversample, args.rescore)

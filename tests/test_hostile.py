@@ -268,7 +268,7 @@ def test_meta_json_model_travels_with_the_embeddings(tiny, tmp_path, capsys, mon
     emb = tiny.parent / "tiny-emb"
     (emb / "meta.json").write_text(json.dumps({"model": "org/the-model", "dimension": 16, "normalized": True}))
     ix = tmp_path / "ix"
-    common = ("--dataset", str(tiny), "--embeddings", str(emb))
+    common = ("--dataset", str(tiny), "--embeddings", str(emb), "--query-sample", "none")  # (no model to load)
     rc, _, err = _run(capsys, "index", *common, "--model", "org/another", "--out", str(ix))
     assert rc == 2 and not ix.exists()
     _one_line_error(err, "meta.json: the embeddings are of org/the-model, but --model is org/another")
