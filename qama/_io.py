@@ -16,6 +16,8 @@ from typing import IO, Any
 
 import numpy as np
 
+from qama._validate import file_mode
+
 __all__ = ["atomic_open", "write_json", "save_npy", "load_npy", "JsonFields"]
 
 
@@ -26,6 +28,7 @@ def atomic_open(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO[Any]]:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, file_mode())  # mkstemp creates 0600: give the file the mode open() would (the umask's)
         with os.fdopen(fd, mode) as f:
             yield f
             f.flush()
@@ -52,7 +55,9 @@ def save_npy(path: str | os.PathLike, array: np.ndarray) -> None:
 
 
 def load_npy(path: str | os.PathLike, mmap: bool = False, error: Callable[[str], Exception] = ValueError) -> np.ndarray:
-    """Load a ``.npy`` without pickle; a pickled or malformed file raises ``error(message)``."""
+    """Load a ``.npy`` without pickle; a pickled or malformed file raises ``error(message)``, and so
+    does one whose header claims more data than the file holds (checked before anything is allocated)."""
+    check_npy_size(path, error)
     try:
         return np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
     except FileNotFoundError:
@@ -61,6 +66,38 @@ def load_npy(path: str | os.PathLike, mmap: bool = False, error: Callable[[str],
         raise error(f"{path}: not a plain numeric .npy file ({e})") from None
     except (OSError, EOFError) as e:
         raise error(f"{path}: unreadable or truncated .npy file ({e})") from None
+
+
+def check_npy_size(path: str | os.PathLike, error: Callable[[str], Exception] = ValueError) -> None:
+    """Refuse a ``.npy`` that is not a regular file, or whose header's shape and dtype do not match the
+    file's real size (a header claiming a huge shape must never be allocated)."""
+    from qama._validate import check_regular_file
+
+    try:
+        size = check_regular_file(path, ".npy file", error)
+    except FileNotFoundError:
+        raise error(f"{path}: file not found") from None
+    try:
+        with open(path, "rb") as f:
+            version = np.lib.format.read_magic(f)
+            read_header = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
+            if version not in read_header:
+                return  # np.load gives its own error for other versions
+            shape, _, dtype = read_header[version](f, max_header_size=10000)
+            offset = f.tell()
+    except (ValueError, OSError, EOFError, SyntaxError, TypeError):
+        return  # malformed header: np.load below raises the error with its reason
+    if dtype.hasobject:
+        return  # refused by np.load (allow_pickle=False)
+    count = 1
+    for s in shape:
+        count *= int(s)
+    expected = offset + count * dtype.itemsize
+    if expected != size:
+        raise error(
+            f"{path}: unreadable or truncated .npy file (its header claims {dtype} {tuple(shape)}: "
+            f"{expected} bytes, the file has {size})"
+        )
 
 
 class JsonFields:

@@ -35,9 +35,9 @@ description) and ``model.safetensors`` (weights and thresholds); nothing is pick
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -49,6 +49,7 @@ from safetensors.torch import save as st_save
 from torch import nn
 
 from qama._io import JsonFields, atomic_open, write_json
+from qama._validate import check_regular_file, read_json_file
 from qama.codes import DEFAULT_PLANS, Plan, make_plan
 from qama.quantize import MAX_THRESHOLDS, Quantizer
 
@@ -93,6 +94,7 @@ class AdapterConfig(JsonFields):
     plans: tuple[str, ...] = DEFAULT_PLANS  # plans the adapter is meant for
 
     def __post_init__(self) -> None:
+        check_config_types(self)
         if self.dim <= 0 or self.dim % 2:
             raise ValueError(f"dim must be a positive even number, got {self.dim}")
         if self.expansion < 1:
@@ -108,6 +110,62 @@ class AdapterConfig(JsonFields):
             raise ValueError(f"nested_dims must be even (0.5-bit merges pairs), got {nested}")
         self.nested_dims = nested
         self.plans = tuple(self.plans)
+
+
+#: Bounds of an adapter's sizes (a config read from disk must not allocate without limit).
+MAX_DIM = 65536
+MAX_EXPANSION = 1024
+MAX_MERGE_HIDDEN = 4096
+MAX_FFN_WEIGHTS = 1 << 28  # 2·k·d² (1 GiB of float32, four times that while training with Adam)
+
+
+def check_config_types(cfg: AdapterConfig) -> None:
+    """Every field of an :class:`AdapterConfig` of its type and in range: integers are integers (not
+    ``384.0`` or ``true``), flags are booleans, plans are plan names or specs. Raises ``ValueError``."""
+
+    def integer(name: str, value: Any, lo: int, hi: int) -> None:
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+            raise ValueError(f"{name} must be an integer, got {value!r:.60}")
+        if not lo <= value <= hi:
+            raise ValueError(f"{name} must be in {lo}..{hi}, got {value}")
+
+    integer("dim", cfg.dim, 2, MAX_DIM)
+    integer("expansion", cfg.expansion, 1, MAX_EXPANSION)
+    integer("merge_hidden", cfg.merge_hidden, 1, MAX_MERGE_HIDDEN)
+    if 2 * cfg.expansion * cfg.dim * cfg.dim > MAX_FFN_WEIGHTS:
+        raise ValueError(
+            f"expansion {cfg.expansion} at dim {cfg.dim}: {2 * cfg.expansion * cfg.dim**2:,} FFN weights, more than "
+            f"{MAX_FFN_WEIGHTS:,} (the paper's 32 at 768 dimensions needs 38 million)"
+        )
+    if not isinstance(cfg.nested_dims, (tuple, list)):
+        raise ValueError(f"nested_dims must be a list of integers, got {cfg.nested_dims!r:.60}")
+    for m in cfg.nested_dims:
+        integer("nested_dims", m, 1, MAX_DIM)
+    if not isinstance(cfg.init, str):
+        raise ValueError(f"init must be a string, got {cfg.init!r:.60}")
+    if not isinstance(cfg.drop_mean_direction, bool):
+        raise ValueError(f"drop_mean_direction must be true or false, got {cfg.drop_mean_direction!r:.60}")
+    if not isinstance(cfg.model_name, str):
+        raise ValueError(f"model_name must be a string, got {cfg.model_name!r:.60}")
+    if not isinstance(cfg.plans, (tuple, list)) or not all(isinstance(p, str) for p in cfg.plans):
+        raise ValueError(f"plans must be a list of plan names or specs, got {cfg.plans!r:.60}")
+    sizes = tuple(cfg.nested_dims) or (cfg.dim,)
+    for p in cfg.plans:
+        errors = []
+        for m in sizes:
+            try:
+                make_plan(p, int(m))
+                break
+            except ValueError as e:
+                errors.append(str(e))
+        else:
+            raise ValueError(f"plans: {p!r} fits none of the sizes {', '.join(map(str, sizes))} ({errors[-1]})")
+
+
+def weight_bytes(cfg: AdapterConfig) -> int:
+    """A lower bound of the bytes of an adapter's float32 weights (the three ``d``-wide layers)."""
+    d, h = int(cfg.dim), int(cfg.expansion) * int(cfg.dim)
+    return 4 * (d * d + 2 * h * d)
 
 
 def default_nested_dims(dim: int) -> tuple[int, ...]:
@@ -498,17 +556,19 @@ class QamaAdapter(nn.Module):
         """
         path = Path(path)
         cfg_path, w_path = path / CONFIG_NAME, path / WEIGHTS_NAME
-        if not cfg_path.is_file():
+        if not cfg_path.exists():
             raise FileNotFoundError(f"{cfg_path} not found: an adapter folder holds {CONFIG_NAME} and {WEIGHTS_NAME}")
-        try:
-            data = json.loads(cfg_path.read_text(encoding="utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise ValueError(f"{cfg_path}: not valid JSON ({e})") from None
-        if not isinstance(data, dict) or data.get("format_version") != FORMAT_VERSION:
+        data = read_json_file(cfg_path, "adapter config")  # a regular file of bounded size
+        if (
+            not isinstance(data, dict)
+            or type(data.get("format_version")) is not int
+            or data["format_version"] != FORMAT_VERSION
+        ):
             version = data.get("format_version") if isinstance(data, dict) else None
             raise ValueError(f"{cfg_path}: unsupported adapter format {version!r}")
         if not isinstance(data.get("adapter"), dict):
             raise ValueError(f"{cfg_path}: missing field 'adapter'")
+        _check_sha_field(data, cfg_path)
         missing = [k for k in REQUIRED_FIELDS if k not in data["adapter"]]
         if missing:
             raise ValueError(f"{cfg_path}: missing field 'adapter.{missing[0]}'")
@@ -521,6 +581,7 @@ class QamaAdapter(nn.Module):
             tensors = st_load(blob)
         except Exception as e:  # safetensors raises its own error type for a malformed header
             raise ValueError(f"{w_path}: not a safetensors file ({e})") from None
+        _check_weight_size(len(blob), config, cfg_path)  # before allocating the adapter the config describes
         metadata = {k: v for k, v in data.items() if k not in ("format_version", "adapter", "weights_sha256")}
         adapter = cls(config, metadata)
         if "query_calibrated" not in tensors:  # written before query thresholds existed: none calibrated
@@ -557,11 +618,31 @@ def _rotation(n: int, rng: np.random.Generator) -> np.ndarray:
     return q * np.sign(np.diag(r))
 
 
+def _check_sha_field(data: dict[str, Any], cfg_path: Path) -> None:
+    """``weights_sha256`` is required: without it any weights would be accepted."""
+    sha = data.get("weights_sha256")
+    if not isinstance(sha, str) or not re.fullmatch(r"[0-9a-f]{64}", sha):
+        got = f"got {sha!r:.70}" if "weights_sha256" in data else "missing"
+        raise ValueError(f"{cfg_path}: field 'weights_sha256' must be the SHA-256 of {WEIGHTS_NAME} ({got})")
+
+
+def _check_weight_size(size: int, config: AdapterConfig, cfg_path: Path) -> None:
+    """Refuse a config whose sizes need more weight bytes than the weights file holds."""
+    need = weight_bytes(config)
+    if size < need:
+        raise ValueError(
+            f"{cfg_path}: dim {config.dim} and expansion {config.expansion} need at least {need} bytes of "
+            f"weights, {WEIGHTS_NAME} has {size}"
+        )
+
+
 def _read_weights(path: Path, sha256: str | None) -> bytes:
     """The weights the config names: ``model.safetensors``, or the previous version's weights when a
     save was interrupted before its config was in place."""
     w_path = path / WEIGHTS_NAME
-    candidates = [p for p in (w_path, path / (WEIGHTS_NAME + ".prev")) if p.is_file()]
+    candidates = [p for p in (w_path, path / (WEIGHTS_NAME + ".prev")) if p.exists()]
+    for p in candidates:
+        check_regular_file(p, "weights file")  # never a device or pipe: read_bytes would not end
     if not candidates:
         raise FileNotFoundError(f"{w_path} not found: an adapter folder holds {CONFIG_NAME} and {WEIGHTS_NAME}")
     for p in candidates:

@@ -112,6 +112,7 @@ def build_index(
         keep_vectors=keep_vectors,
         adapter_path=adapter_path,
         overwrite=overwrite,
+        meta={"model": adapter.config.model_name or None},  # the model queries must be embedded with
     )
 
 
@@ -154,11 +155,16 @@ def evaluate_dataset(
     >>> rows = qama.evaluate_dataset("../shared/datasets/scifact", corpus, queries, "my_adapter")  # doctest: +SKIP
     >>> print(qama.table.to_markdown(rows))  # doctest: +SKIP
     """
+    from qama._validate import check_oversample, check_plan_syntax
     from qama.data import load_dataset
     from qama.evaluate import Evaluator
     from qama.rescore import adapter_rows, calibrated_threshold_rows
     from qama.table import baseline_rows, default_dims, set_retention
 
+    for p in plans:  # before any work: a plan that does not read would leave no row, silently
+        check_plan_syntax(p, "plans")
+    for f in rescore:
+        check_oversample(f, minimum=1)
     ds = dataset if isinstance(dataset, Dataset) else load_dataset(dataset)
     evaluator = Evaluator(ds)
     judged = np.asarray(query_emb)[evaluator.rows]

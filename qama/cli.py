@@ -24,16 +24,83 @@ __all__ = ["main"]
 
 logger = logging.getLogger("qama")
 
+MAX_BATCH_SIZE = 65536  # texts embedded at once (--batch-size)
+MAX_NPROBE = 65536  # Milvus inverted lists searched per query (--nprobe)
+
 
 def _load_inputs(args: argparse.Namespace):
     """The dataset and its ``(corpus, queries)`` embeddings, from ``--embeddings`` or ``--model``."""
     from qama.data import load_dataset
     from qama.embeddings import dataset_embeddings
 
+    _resolve_model(args)
     dataset = load_dataset(args.dataset, split=args.split, cache_dir=args.cache_dir)
     logger.info("%r", dataset)
     corpus, queries = dataset_embeddings(dataset, args.model, args.embeddings, args.cache_dir, args.batch_size)
     return dataset, corpus, queries
+
+
+def _resolve_model(args: argparse.Namespace) -> None:
+    """``args.model``: the model that embeds texts (``--model``, else the one ``meta.json`` beside
+    ``--embeddings`` names, else the default); ``args.recorded_model``: the model the embeddings are
+    known to come from (``None``: unknown). A ``--model`` that contradicts ``meta.json`` is refused."""
+    from qama.embeddings import embeddings_model
+
+    if not 1 <= args.batch_size <= MAX_BATCH_SIZE:
+        raise ValueError(f"--batch-size must be in 1..{MAX_BATCH_SIZE}, got {args.batch_size}")
+    if not hasattr(args, "recorded_model"):
+        args.model, args.recorded_model = embeddings_model(args.embeddings, args.model)
+
+
+def _check_adapter_model(adapter, args: argparse.Namespace) -> None:
+    """Refuse an adapter trained on embeddings of another model than the ones given."""
+    from qama.embeddings import same_model
+
+    trained = adapter.config.model_name
+    given = getattr(args, "recorded_model", None)
+    # (adapters of earlier versions recorded the embeddings' folder in place of an unknown model)
+    if trained and given and not Path(trained).exists() and not same_model(trained, given):
+        raise ValueError(f"{args.adapter}: the adapter was trained on embeddings of {trained}, these are of {given}")
+
+
+def _check_output_files(*paths) -> None:
+    """Refuse, before any work, an output file (--json, --markdown) that is a folder or not a regular file."""
+    for p in paths:
+        if p is not None and (p.is_dir() or (p.exists() and not p.is_file())):
+            kind = "a folder" if p.is_dir() else "not a regular file"
+            raise ValueError(f"{p}: is {kind}; give the path of a file to write")
+
+
+def _check_eval_options(args: argparse.Namespace) -> None:
+    """``qama eval``'s numbers and plans, before any work: every --plans entry must be a plan
+    (name or SIZE:BITS spec), --oversample factors and --dims in range."""
+    from qama._validate import check_oversample, check_plan_syntax
+
+    for f in args.oversample or []:
+        check_oversample(f, minimum=1)
+    for d in args.dims or []:
+        if not 1 <= d <= 1 << 20:
+            raise ValueError(f"--dims: {d} is not a dimension (1..{1 << 20})")
+    for p in args.plans:
+        check_plan_syntax(p, "--plans")
+
+
+def _check_plans_fit(plans, sizes, where: str) -> None:
+    """Every plan asked for must fit at least one of the sizes evaluated (a plan that fits none
+    would leave no row, silently)."""
+    from qama.codes import make_plan
+
+    for p in plans:
+        errors = []
+        for m in sizes:
+            try:
+                make_plan(p, int(m))
+                break
+            except ValueError as e:
+                errors.append(str(e))
+        else:
+            sizes_text = ", ".join(map(str, sizes))
+            raise ValueError(f"--plans: {p!r} fits none of the sizes of {where} ({sizes_text}): {errors[-1]}")
 
 
 def _query_sample(args: argparse.Namespace, dataset, corpus, queries):
@@ -55,7 +122,16 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from qama.table import eval_markdown
 
     start = time.perf_counter()
+    _check_output_files(args.json, args.markdown)
+    _check_eval_options(args)
     dataset, corpus, queries = _load_inputs(args)
+    if args.adapter:
+        from qama.adapter import QamaAdapter
+
+        adapter = QamaAdapter.load(args.adapter)
+        adapter.check_input(corpus, "corpus embeddings")
+        _check_adapter_model(adapter, args)
+        _check_plans_fit(args.plans, adapter.config.nested_dims, str(args.adapter))
     sample = _query_sample(args, dataset, corpus, queries)
     explicit = args.query_sample != "auto"  # auto: the adapter keeps its own query thresholds
     rows = evaluate_dataset(
@@ -78,12 +154,14 @@ def _training_setup(args: argparse.Namespace, dataset, corpus, queries):
     """The :class:`~qama.train.TrainConfig` and InfoNCE ``pairs`` of ``qama train`` / ``qama ablate``."""
     from qama.train import training_setup
 
-    return training_setup(
+    cfg, pairs = training_setup(
         dataset, corpus, queries, args.pseudo_queries, args.pairs, args.nce_weight, args.model, args.embeddings,
         args.cache_dir, args.batch_size, not args.quiet, steps=args.steps, expansion=args.expansion, seed=args.seed,
         nested_dims=args.nested_dims, batch_size=args.train_batch_size,
         drop_mean_direction=False if args.keep_mean_direction else None,
     )  # fmt: skip
+    cfg.model_name = args.recorded_model or ""  # the model of the embeddings, when known (meta.json)
+    return cfg, pairs
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -105,6 +183,7 @@ def cmd_ablate(args: argparse.Namespace) -> int:
     from qama.table import ablation_markdown
     from qama.train import ablate
 
+    _check_output_files(args.json)
     dataset, corpus, queries = _load_inputs(args)
     evaluator = Evaluator(dataset)
     cfg, pairs = _training_setup(args, dataset, corpus, queries)
@@ -133,6 +212,8 @@ def _store(args: argparse.Namespace, folder: Path | None, flag: str) -> tuple[st
     """``(uri, backend, options)`` of the store named by ``--backend/--uri`` or the index ``folder``."""
     from qama.backends import store_target
 
+    if not 1 <= args.nprobe <= MAX_NPROBE:
+        raise ValueError(f"--nprobe must be in 1..{MAX_NPROBE}, got {args.nprobe}")
     milvus = {"collection": args.collection, "index_type": args.index_type, "nprobe": args.nprobe}
     return store_target(args.uri, folder, args.backend, milvus, flag)
 
@@ -151,22 +232,33 @@ def cmd_index(args: argparse.Namespace) -> int:
 
         check_new_index_folder(Path(uri), args.overwrite)
         options = {"adapter_path": args.adapter, "overwrite": args.overwrite}
+    _resolve_model(args)
     if args.corpus:
-        from qama.embeddings import jsonl_corpus_embeddings
+        from qama.embeddings import check_meta_dimension, jsonl_corpus_embeddings
 
         ids, titles, corpus = jsonl_corpus_embeddings(args.corpus, args.embeddings, args.model, args.batch_size)
+        if args.embeddings:
+            check_meta_dimension(args.embeddings.parent, corpus.shape[1], str(args.embeddings))
     else:
         dataset, corpus, queries = _load_inputs(args)
         ids, titles = dataset.doc_ids, dataset.titles
     sample = _query_sample(args, None, corpus, None) if args.corpus else _query_sample(args, dataset, corpus, queries)
     # auto keeps the query thresholds the adapter brought; an explicit sample replaces them
+    if args.adapter:  # trained on embeddings of the same model, which it then records
+        from qama.adapter import QamaAdapter
+
+        trained_on = QamaAdapter.load(args.adapter)
+        _check_adapter_model(trained_on, args)
+        name = trained_on.config.model_name
+        if args.recorded_model is None and name and not Path(name).exists():
+            args.recorded_model = name
     encoder = fit_encoder(corpus, args.plan, args.adapter, sample, args.query_sample != "auto")
     if args.shard:  # this worker's part of the corpus (the encoder above is fitted on all of it)
         part = shard_range(len(ids), *parse_shard(args.shard))
         rows = slice(part.start, part.stop)
         corpus, ids, titles = corpus[rows], ids[rows], titles[rows]
         logger.info("shard %s: documents %d-%d", args.shard, part.start, part.stop - 1)
-    meta = {"model": None if args.embeddings else args.model}
+    meta = {"model": args.recorded_model}
     if kind == "milvus":
         options["dim"] = corpus.shape[1]
     with open_backend(uri, kind, encoder, True, keep_vectors=args.keep_vectors, meta=meta, **options) as backend:
@@ -188,11 +280,13 @@ def cmd_search(args: argparse.Namespace) -> int:
         n = backend.count()
         if n == 0:
             raise ValueError(f"{uri}: the index is empty")
-        if args.k <= 0:
-            raise ValueError(f"k must be positive, got {args.k}")
+        _check_search_options(args)
         if args.k > n:
             logger.warning("k=%d is larger than the index (%d documents): returning all of them", args.k, n)
-        model = args.model or backend.manifest.get("meta", {}).get("model")
+            args.k = n
+        model = args.model
+        if args.queries is None and args.text and all(t.strip() for t in args.text):
+            model = _query_model(args, backend.manifest.get("meta", {}).get("model"), str(uri))
         queries, labels = query_embeddings(args.text, args.queries, model)
         results = search_hits(backend, queries, labels, args.k, args.oversample, args.rescore)
     if args.json is not None:
@@ -200,6 +294,31 @@ def cmd_search(args: argparse.Namespace) -> int:
     else:
         print(hits_text(results), end="")
     return 0
+
+
+def _check_search_options(args: argparse.Namespace) -> None:
+    """``qama search``'s numbers, before any work: k positive, the oversampling factor bounded."""
+    from qama._validate import check_oversample
+
+    if args.k <= 0:
+        raise ValueError(f"k must be positive, got {args.k}")
+    check_oversample(args.oversample)
+
+
+def _query_model(args: argparse.Namespace, recorded: str | None, where: str) -> str:
+    """The model that embeds query texts: the index's (its ``meta.model``), or ``--model``, which must
+    not contradict it."""
+    from qama.embeddings import same_model
+
+    if args.model and recorded and not same_model(args.model, recorded):
+        raise ValueError(
+            f"{where}: the documents were embedded with {recorded}; queries embedded with --model {args.model} "
+            "would not be comparable (drop --model)"
+        )
+    model = args.model or recorded
+    if not model:
+        raise ValueError(f"{where}: the index does not name its model; pass --model")
+    return model
 
 
 class _Deprecated(argparse.Action):
@@ -227,8 +346,9 @@ def _add_input_args(p: argparse.ArgumentParser, required: bool = True) -> None:
 
     p.add_argument("--dataset", required=required, help="BEIR-layout folder, or a BEIR dataset name to download")
     p.add_argument("--split", default="test", help="qrels split to evaluate (default: test)")
-    model_help = f"sentence-transformers model of the dataset's embeddings and of its titles (default: {DEFAULT_MODEL})"
-    p.add_argument("--model", default=DEFAULT_MODEL, help=model_help)
+    model_help = "sentence-transformers model of the dataset's embeddings and of its titles (default: the "
+    model_help += f"model in meta.json of --embeddings, else {DEFAULT_MODEL}; one contradicting it is refused)"
+    p.add_argument("--model", default=None, help=model_help)
     p.add_argument("--embeddings", type=Path, help="folder with precomputed corpus.npy and queries.npy of --model")
     p.add_argument("--batch-size", type=int, default=64, help="embedding batch size")
     sample_help = "query-like texts whose quantiles code the queries: auto (default: the titles, if any), titles, "
@@ -340,6 +460,9 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args)
     except (ValueError, OSError, KeyError, RuntimeError) as e:  # bad input, unreadable files, locks, divergence
         print(f"qama: error: {e}", file=sys.stderr)
+        return 2
+    except MemoryError:  # a bound missed: still one line, never a traceback
+        print("qama: error: out of memory (an input asks for more than this machine has)", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("qama: interrupted", file=sys.stderr)

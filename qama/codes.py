@@ -185,7 +185,7 @@ class Plan:
         return cls(data["name"], tuple(Segment(int(d), float(b)) for d, b in data["segments"]))
 
 
-_SEGMENT = re.compile(r"^\s*([0-9]+(?:\.[0-9]*)?)\s*(%?)\s*:\s*([0-9.]+)\s*$")
+_SEGMENT = re.compile(r"^\s*([0-9]+(?:\.[0-9]*)?)\s*(%?)\s*:\s*([0-9]+(?:\.[0-9]*)?)\s*$")
 
 
 def make_plan(spec: str | Plan, dim: int) -> Plan:

@@ -36,6 +36,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
+from qama._validate import check_regular_file
 from qama.codes import DEFAULT_PLANS
 from qama.embeddings import DEFAULT_MODEL, PSEUDO_QUERY_MODES
 from qama.train import TrainConfig
@@ -72,7 +73,10 @@ class ExperimentConfig:
     def __post_init__(self) -> None:
         if not self.datasets:
             raise ValueError("a config needs at least one dataset")
+        if not isinstance(self.datasets, list) or not all(isinstance(d, (dict, DatasetSpec)) for d in self.datasets):
+            raise ValueError(f"datasets must be a list of tables ([[datasets]]), got {self.datasets!r:.60}")
         self.datasets = [d if isinstance(d, DatasetSpec) else DatasetSpec(**d) for d in self.datasets]
+        check_experiment_config(self)
         names = {f.name for f in dataclasses.fields(TrainConfig)}
         unknown = sorted(set(self.train) - names)
         if unknown:
@@ -99,6 +103,48 @@ class ExperimentConfig:
         return cls(**data)
 
 
+#: Largest synthetic corpus of the speed table (its float32 vectors are held twice in memory).
+MAX_SPEED_VECTORS = 1_000_000
+MAX_SPEED_QUERIES = 100_000
+
+
+def check_experiment_config(config: ExperimentConfig) -> None:
+    """The type and range of every setting of a report config (before hours of work)."""
+    from qama._validate import MAX_OVERSAMPLE, check_plan_syntax
+
+    def integer(name: str, value: Any, lo: int, hi: int) -> None:
+        if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
+            raise ValueError(f"{name} must be an integer in {lo}..{hi}, got {value!r:.60}")
+
+    def int_list(name: str, value: Any, lo: int, hi: int) -> None:
+        if not isinstance(value, list):
+            raise ValueError(f"{name} must be a list of integers, got {value!r:.60}")
+        for v in value:
+            integer(name, v, lo, hi)
+
+    for d in config.datasets:
+        for key in ("path", "embeddings", "split"):
+            v = getattr(d, key)
+            if not (isinstance(v, str) and v) and not (key == "embeddings" and v is None):
+                raise ValueError(f"datasets: {key} must be a non-empty string, got {v!r:.60}")
+    if not isinstance(config.model, str) or not config.model.strip():
+        raise ValueError(f"model must be a model name, got {config.model!r:.60}")
+    int_list("nested_dims", config.nested_dims, 2, 65536)
+    int_list("rescore", config.rescore, 1, MAX_OVERSAMPLE)
+    if not isinstance(config.plans, list) or not config.plans:
+        raise ValueError(f"plans must be a non-empty list of plan names or specs, got {config.plans!r:.60}")
+    for p in config.plans:
+        check_plan_syntax(p, "plans")
+    if not isinstance(config.train, dict):
+        raise ValueError(f"train must be a table of training settings, got {config.train!r:.60}")
+    if not isinstance(config.ablation, bool):
+        raise ValueError(f"ablation must be true or false, got {config.ablation!r:.60}")
+    if config.ablation_steps is not None:
+        integer("ablation_steps", config.ablation_steps, 1, 10**9)
+    integer("speed_vectors", config.speed_vectors, 0, MAX_SPEED_VECTORS)
+    integer("speed_queries", config.speed_queries, 1, MAX_SPEED_QUERIES)
+
+
 def preset_path(name: str) -> Path:
     path = PRESET_DIR / f"{name}.toml"
     if not path.is_file():
@@ -111,9 +157,12 @@ def load_config(path: str | Path) -> ExperimentConfig:
     when they exist there."""
     path = Path(path)
     try:
+        check_regular_file(path, "config file")
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise ValueError(f"{path}: config file not found") from None
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path}: invalid TOML (invalid UTF-8 at byte {e.start})") from None
     except tomllib.TOMLDecodeError as e:
         raise ValueError(f"{path}: invalid TOML ({e})") from None
     for d in data.get("datasets", []):
@@ -152,6 +201,7 @@ def experiment_config(
     out.ablation = out.ablation and ablation
     if speed_vectors is not None:
         out.speed_vectors = speed_vectors
+    check_experiment_config(out)  # the values given on the command line too
     return out
 
 

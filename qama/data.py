@@ -78,9 +78,10 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("QAMA_CACHE", Path.home() / ".cache" / "qama"))
 
 
-def _read_jsonl(path: Path, kind: str) -> list[dict]:
-    if not path.is_file():
-        raise DataError(f"{path}: file not found")
+def _read_jsonl(path: Path, kind: str, id_keys: tuple[str, ...] = ("_id",)) -> list[dict]:
+    """The records of a JSONL file; ``id_keys``: the keys that may hold a record's id (the first
+    present is used and stored as ``_id``)."""
+    _check_input_file(path)
     rows, seen, empty = [], set(), []
     with path.open("rb") as f:
         for lineno, raw in enumerate(iter(lambda: f.readline(MAX_LINE_BYTES + 1), b""), 1):
@@ -98,11 +99,14 @@ def _read_jsonl(path: Path, kind: str) -> list[dict]:
                 obj = json.loads(line)
             except json.JSONDecodeError as e:
                 raise DataError(f"{path}:{lineno}: malformed JSON ({e.msg})") from None
+            except RecursionError:
+                raise DataError(f"{path}:{lineno}: malformed JSON (nested too deeply)") from None
             if not isinstance(obj, dict):
                 raise DataError(f"{path}:{lineno}: expected a JSON object, got {type(obj).__name__}")
-            if "_id" not in obj:
-                raise DataError(f"{path}:{lineno}: missing '_id'")
-            obj["_id"] = str(obj["_id"])
+            key = next((k for k in id_keys if k in obj), None)
+            if key is None:
+                raise DataError(f"{path}:{lineno}: missing {' or '.join(repr(k) for k in id_keys)}")
+            obj["_id"] = _record_id(obj[key], path, lineno)
             if obj["_id"] in seen:
                 raise DataError(f"{path}:{lineno}: duplicate _id {obj['_id']!r}")
             seen.add(obj["_id"])
@@ -121,10 +125,39 @@ def _read_jsonl(path: Path, kind: str) -> list[dict]:
     return rows
 
 
+def _check_input_file(path: Path) -> None:
+    """A dataset file must be a regular file (a link to one is fine): a folder, a device or a pipe
+    (``/dev/zero``) is refused by name before anything is read."""
+    from qama._validate import check_regular_file
+
+    try:
+        check_regular_file(path, "file", DataError)
+    except FileNotFoundError:
+        raise DataError(f"{path}: file not found") from None
+
+
+def _record_id(value: object, path: Path, lineno: int) -> str:
+    """A record's id: a non-empty string or an integer (kept as its decimal string)."""
+    if isinstance(value, bool) or not isinstance(value, (str, int)) or str(value) == "":
+        raise DataError(f"{path}:{lineno}: the id must be a non-empty string or an integer, got {value!r:.60}")
+    return str(value)
+
+
+def _check_relevance(rel: int, path: Path, lineno: int) -> None:
+    from qama._validate import RELEVANCE_RANGE
+
+    lo, hi = RELEVANCE_RANGE
+    if not lo <= rel <= hi:
+        raise DataError(f"{path}:{lineno}: relevance {rel} is out of range ({lo}..{hi})")
+
+
 def _read_qrels(path: Path, doc_index: dict[str, int], query_set: set[str]) -> dict[str, dict[str, int]]:
     qrels: dict[str, dict[str, int]] = {}
+    _check_input_file(path)
     with path.open("rb") as f:
-        for lineno, raw in enumerate(f, 1):
+        for lineno, raw in enumerate(iter(lambda: f.readline(MAX_LINE_BYTES + 1), b""), 1):
+            if len(raw) > MAX_LINE_BYTES:
+                raise DataError(f"{path}:{lineno}: line longer than {MAX_LINE_BYTES // 2**20} MiB")
             try:
                 line = raw.decode("utf-8").lstrip("\ufeff" if lineno == 1 else "").rstrip("\r\n")
             except UnicodeDecodeError as e:
@@ -139,6 +172,7 @@ def _read_qrels(path: Path, doc_index: dict[str, int], query_set: set[str]) -> d
                 rel = int(score)
             except ValueError:
                 raise DataError(f"{path}:{lineno}: relevance {score!r} is not an integer") from None
+            _check_relevance(rel, path, lineno)
             if did not in doc_index:
                 raise DataError(f"{path}:{lineno}: unknown document {did!r}")
             if qid not in query_set:
@@ -164,7 +198,7 @@ def load_dataset(path_or_name: str | os.PathLike, split: str = "test", cache_dir
     corpus = _read_jsonl(path / "corpus.jsonl", "documents")
     queries = _read_jsonl(path / "queries.jsonl", "queries")
     qrels_path = path / "qrels" / f"{split}.tsv"
-    if not qrels_path.is_file():
+    if not qrels_path.exists() and not qrels_path.is_symlink():
         found = sorted(p.stem for p in (path / "qrels").glob("*.tsv"))
         raise DataError(f"{qrels_path}: split {split!r} does not exist (found: {', '.join(found) or 'none'})")
     doc_ids = [d["_id"] for d in corpus]
@@ -250,18 +284,8 @@ def read_jsonl_corpus(path: str | os.PathLike) -> tuple[list[str], list[str], li
 
     A text is ``title + " " + text``, as :class:`Dataset` builds it.
     """
-    ids, titles, texts = [], [], []
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                doc = json.loads(line)
-                doc_id = str(doc.get("_id", doc.get("id")))
-                text = str(doc["text"])
-            except (json.JSONDecodeError, KeyError, AttributeError) as e:
-                raise ValueError(f"{path}:{n}: expected a JSON object with an id and a text ({e})") from None
-            ids.append(doc_id)
-            titles.append(str(doc.get("title", "")))
-            texts.append(f"{titles[-1]} {text}".strip())
+    docs = _read_jsonl(Path(path), "documents", id_keys=("_id", "id"))  # the checks, limits and BOM of a dataset
+    ids = [d["_id"] for d in docs]
+    titles = [d.get("title", "") for d in docs]
+    texts = [f"{t} {d.get('text', '')}".strip() for t, d in zip(titles, docs, strict=True)]
     return ids, titles, texts

@@ -182,10 +182,7 @@ def title_pairs(
             else:
                 logger.warning("%s is missing: assuming the embeddings come from %s, like the titles", meta, model_name)
         else:
-            try:
-                made_by = str(json.loads(meta.read_text(encoding="utf-8")).get("model", ""))
-            except (ValueError, AttributeError) as e:  # not JSON, not UTF-8, not an object
-                raise EmbeddingError(f"{meta}: not a JSON object ({e})") from None
+            made_by = (read_embeddings_meta(meta.parent) or {}).get("model") or ""
             if made_by and _short_name(made_by) != _short_name(model_name):
                 problem = f"{meta}: embeddings of {made_by}, but the titles would be embedded with {model_name}"
     if problem is not None:
@@ -333,9 +330,63 @@ def load_embeddings(directory: str | os.PathLike, dataset: Dataset) -> tuple[np.
     queries = load_npy(directory / "queries.npy", error=EmbeddingError)
     corpus = check_embeddings(corpus, len(dataset.doc_ids), str(directory / "corpus.npy"))
     queries = check_embeddings(queries, len(dataset.query_ids), str(directory / "queries.npy"), dim=corpus.shape[1])
+    check_meta_dimension(directory, corpus.shape[1], "corpus.npy")
     return corpus, queries
 
 
+def read_embeddings_meta(directory: str | os.PathLike) -> dict | None:
+    """The ``meta.json`` of precomputed embeddings in ``directory`` (``model``, ``dimension``,
+    ``normalized``, each optional and type-checked), or ``None`` when there is none."""
+    from qama._validate import Field, check_fields, read_json_file
+
+    meta = Path(directory) / "meta.json"
+    if not meta.exists() and not meta.is_symlink():
+        return None
+    data = read_json_file(meta, "meta.json", EmbeddingError)
+    schema = {
+        "model": Field("str", optional=True),
+        "dimension": Field("int", lo=1, optional=True),
+        "normalized": Field("bool", optional=True),
+    }
+    check_fields(data, schema, str(meta), error=EmbeddingError)
+    if "model" in data and not data["model"].strip():
+        raise EmbeddingError(f"{meta}: field 'model' is empty")
+    return data
+
+
+def check_meta_dimension(directory: str | os.PathLike, dim: int, what: str) -> None:
+    """Refuse embeddings whose dimension is not the one their ``meta.json`` states."""
+    meta = read_embeddings_meta(directory)
+    if meta is not None and "dimension" in meta and meta["dimension"] != dim:
+        raise EmbeddingError(
+            f"{Path(directory) / 'meta.json'}: dimension {meta['dimension']}, but {what} has {dim}-dimensional rows"
+        )
+
+
+def same_model(a: str, b: str) -> bool:
+    """Whether two model names name the same model (``org/name`` and ``name`` do)."""
+    return _short_name(a) == _short_name(b)
+
+
+def embeddings_model(embeddings: str | os.PathLike | None, model: str | None) -> tuple[str | None, str | None]:
+    """``(model, recorded)``: the model to embed texts with, and the model to record with what is
+    built from the embeddings (an index's ``meta.model``, an adapter's ``model_name``).
+
+    ``embeddings`` is a folder of precomputed embeddings or a ``.npy`` file (its folder's
+    ``meta.json`` is read); ``model`` the model asked for (``--model``; ``None``: not given). A
+    ``model`` that contradicts ``meta.json`` raises :class:`EmbeddingError` with the reason.
+    Without embeddings both are ``model`` (default :data:`DEFAULT_MODEL`); with embeddings and no
+    model named anywhere, texts use the default and nothing is recorded."""
+    if embeddings is None:
+        return model or DEFAULT_MODEL, model or DEFAULT_MODEL
+    folder = Path(embeddings) if Path(embeddings).is_dir() else Path(embeddings).parent
+    made_by = (read_embeddings_meta(folder) or {}).get("model")
+    if made_by and model and not same_model(made_by, model):
+        raise EmbeddingError(
+            f"{folder / 'meta.json'}: the embeddings are of {made_by}, but --model is {model}: texts embedded "
+            f"with it would not be comparable (drop --model, or use embeddings of {model})"
+        )
+    return made_by or model or DEFAULT_MODEL, made_by or model
 def jsonl_corpus_embeddings(
     path: str | os.PathLike,
     embeddings: str | os.PathLike | None = None,

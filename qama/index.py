@@ -39,6 +39,15 @@ from typing import Any
 import numpy as np
 
 from qama._io import atomic_open, save_npy, write_json
+from qama._validate import (
+    Field,
+    check_fields,
+    check_k,
+    check_oversample,
+    check_plain_name,
+    check_queries,
+    read_json_file,
+)
 from qama.codes import Plan
 from qama.encoders import Encoder, encoder_kind, open_encoder, state_bytes, state_from_bytes
 from qama.errors import IndexCorruptError, IndexLockedError, IndexMismatchError
@@ -219,7 +228,7 @@ class QamaIndex:
             previous: set[str] = set()
             if (path / MANIFEST).exists():  # overwrite: continue the generations so no live file is reused
                 try:
-                    old = json.loads((path / MANIFEST).read_text())
+                    old = read_json_file(path / MANIFEST, "manifest")
                     manifest["generation"] = int(old["generation"])
                     previous = {str(f["name"]) for f in old["files"].values()}
                 except (ValueError, KeyError, TypeError, AttributeError, OSError):
@@ -332,6 +341,7 @@ class QamaIndex:
     def search_codes(self, query_codes: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """Exact Hamming top-``k`` of ``(nq, code_size)`` (or row-size) query codes: distances, rows."""
         query_codes = np.asarray(query_codes)
+        check_k(k, len(query_codes))
         if (
             query_codes.ndim != 2
             or query_codes.dtype != np.uint8
@@ -359,11 +369,8 @@ class QamaIndex:
         ``rescore``: ``"vectors"`` (stored float32 vectors), ``"asymmetric"`` (query · dequantised
         code) or ``"auto"`` (vectors if stored).
         """
-        queries = np.asarray(queries, dtype=np.float32)
-        if queries.ndim != 2 or queries.shape[1] < self.plan.dim:
-            raise IndexMismatchError(
-                f"queries must be (nq, d) with d >= {self.plan.dim} for this index, got {queries.shape}"
-            )
+        queries = check_queries(queries, int(self.manifest["dim"]), IndexMismatchError)  # exact dimension, finite
+        k, oversample = check_k(k, len(queries)), check_oversample(oversample)
         if rescore == "vectors" and self.vectors is None:
             raise ValueError(f"{self.path}: this index keeps no vectors; rebuild it with keep_vectors=True")
         if self.vectors is not None and rescore != "asymmetric" and queries.shape[1] != self.vectors.shape[1]:
@@ -512,6 +519,9 @@ def _check_new_docs(embeddings: np.ndarray, ids: Sequence[str], titles: Sequence
         raise ValueError("document ids must be unique")
     if not all(isinstance(i, str) for i in ids):
         raise ValueError("document ids must be strings")
+    bad = np.flatnonzero(~np.isfinite(np.asarray(embeddings, dtype=np.float32)).all(axis=1))
+    if len(bad):  # NaN has no level: its code would be arbitrary, and the document found for nothing
+        raise ValueError(f"embeddings: row {int(bad[0])} has NaN or inf values ({len(bad)} rows)")
 
 
 def _encode_rows(
@@ -581,10 +591,7 @@ def _read_manifest(path: Path) -> dict[str, Any]:
     mpath = path / MANIFEST
     if not mpath.exists():
         raise IndexCorruptError(f"{path}: not a qama index (no {MANIFEST})")
-    try:
-        manifest = json.loads(mpath.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise IndexCorruptError(f"{mpath}: unreadable manifest ({e})") from None
+    manifest = read_json_file(mpath, "manifest", IndexCorruptError)  # a regular file of bounded size
     required = ("format", "version", "generation", "plan", "code_size", "row_size", "dim", "count", "encoder", "files")
     if not isinstance(manifest, dict) or any(key not in manifest for key in required):
         raise IndexCorruptError(f"{mpath}: incomplete manifest (needs {', '.join(required)})")
@@ -592,10 +599,54 @@ def _read_manifest(path: Path) -> dict[str, Any]:
         raise IndexCorruptError(f"{mpath}: not a qama index manifest (format {manifest['format']!r})")
     if manifest["version"] != VERSION:
         raise IndexCorruptError(f"{mpath}: index format version {manifest['version']}, this qama reads {VERSION}")
+    check_manifest(manifest, mpath)
     for key in ("codes", "ids", "ids.off"):
         if key not in manifest["files"]:
             raise IndexCorruptError(f"{mpath}: the manifest lists no {key} file")
     return manifest
+
+
+#: Types and ranges of the manifest's fields (qama._validate.check_fields).
+MANIFEST_SCHEMA = {
+    "generation": Field("int", lo=0),
+    "plan": Field("dict"),
+    "code_size": Field("int", lo=1),
+    "row_size": Field("int", lo=1),
+    "dim": Field("int", lo=1, hi=1 << 20),
+    "count": Field("int", lo=0),
+    "encoder": Field("dict"),
+    "meta": Field("dict", optional=True),
+    "files": Field("dict"),
+}
+ENCODER_SCHEMA = {
+    "kind": Field("str", choices=("thresholds", "adapter")),
+    "checksum": Field("str"),
+    "path": Field("str", optional=True, nullable=True),
+}
+FILE_SCHEMA = {"name": Field("str"), "bytes": Field("int", lo=0), "sha256": Field("str")}
+
+
+def check_manifest(manifest: dict[str, Any], mpath: Path) -> None:
+    """The type of every field the index reads from its manifest; file names must lie inside the folder."""
+    check_fields(manifest, MANIFEST_SCHEMA, str(mpath), error=IndexCorruptError)
+    check_fields(manifest["encoder"], ENCODER_SCHEMA, str(mpath), "encoder.", IndexCorruptError)
+    check_fields(
+        manifest["plan"], {"name": Field("str"), "segments": Field("list")}, str(mpath), "plan.", IndexCorruptError
+    )
+    for i, seg in enumerate(manifest["plan"]["segments"]):
+        if not (isinstance(seg, list) and len(seg) == 2 and type(seg[0]) is int and type(seg[1]) in (int, float)):
+            raise IndexCorruptError(f"{mpath}: field 'plan.segments[{i}]' must be [dims, bits], got {seg!r:.60}")
+    try:
+        Plan.from_dict(manifest["plan"])
+    except (ValueError, TypeError) as e:
+        raise IndexCorruptError(f"{mpath}: field 'plan': {e}") from None
+    for key, f in manifest["files"].items():
+        check_fields(f, FILE_SCHEMA, str(mpath), f"files.{key}.", IndexCorruptError)
+        check_plain_name(f["name"], f"{mpath}: files.{key}", IndexCorruptError)
+    meta_schema = {"model": Field("str", optional=True, nullable=True)}  # the model that embedded the documents
+    check_fields(manifest.get("meta", {}), meta_schema, str(mpath), "meta.", IndexCorruptError)
+    if manifest["encoder"]["kind"] == "thresholds" and "encoder" not in manifest["files"]:
+        raise IndexCorruptError(f"{mpath}: the manifest lists no encoder file (the index's thresholds)")
 
 
 def _check_file(path: Path, key: str, f: dict[str, Any], verify: bool) -> None:

@@ -55,6 +55,9 @@ def _cached(path: Path, key: str) -> Any | None:
     except (OSError, ValueError):
         logger.warning("discarding unreadable %s", path)
         return None
+    if not isinstance(saved, dict) or "result" not in saved:
+        logger.warning("discarding malformed %s", path)
+        return None
     return saved["result"] if saved.get("key") == key else None
 
 

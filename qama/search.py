@@ -33,6 +33,7 @@ from typing import Any
 import faiss
 import numpy as np
 
+from qama._validate import check_k, check_oversample, n_candidates
 from qama.codes import hamming, hamming_distances, unpack
 from qama.encoders import AdapterEncoder, Encoder, ThresholdEncoder  # re-exported: their old home
 
@@ -57,18 +58,20 @@ logger = logging.getLogger(__name__)
 #: From this many queries on, aligned codes go through the blocked batch kernel.
 BATCH_KERNEL_MIN_QUERIES = 32
 
+#: Values unpacked at once by :func:`asymmetric_scores` (queries are scored in blocks of this size).
+SCORE_BLOCK_VALUES = 1 << 23
+
 #: Distance reported in the slots of missing neighbours (fewer than ``k`` rows).
 MISSING_DISTANCE = np.iinfo(np.int32).max
 
 
-def _check_k(k: int) -> None:
-    if k <= 0:
-        raise ValueError(f"k must be positive, got {k}")
+def _check_k(k: int, n_queries: int = 1) -> None:
+    check_k(k, n_queries)  # positive, and n_queries × k result slots bounded (qama._validate)
 
 
 def float_search(corpus: np.ndarray, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """Exact maximum-inner-product search (faiss ``IndexFlatIP``); missing slots: id -1, score -inf."""
-    _check_k(k)
+    _check_k(k, len(queries))
     queries = np.ascontiguousarray(queries, dtype=np.float32)
     if len(corpus) == 0:
         return np.full((len(queries), k), -np.inf, dtype=np.float32), np.full((len(queries), k), -1, dtype=np.int64)
@@ -109,7 +112,7 @@ def hamming_search(codes: np.ndarray, query_codes: np.ndarray, k: int) -> tuple[
     C-contiguous memory map is not copied). Returns int32 distances and int64 ids, ``(nq, k)``
     each; ties by ascending id.
     """
-    _check_k(k)
+    _check_k(k, len(query_codes))
     _check_codes(codes, query_codes)
     nq, n = len(query_codes), len(codes)
     dist = np.full((nq, k), MISSING_DISTANCE, dtype=np.int32)
@@ -131,7 +134,7 @@ def hamming_search_reference(
     codes: np.ndarray, query_codes: np.ndarray, k: int, chunk: int = 256
 ) -> tuple[np.ndarray, np.ndarray]:
     """Pure-numpy reference of :func:`hamming_search` (``np.bitwise_count``; same output contract)."""
-    _check_k(k)
+    _check_k(k, len(query_codes))
     _check_codes(codes, query_codes)
     nq, n = len(query_codes), len(codes)
     dist = np.full((nq, k), MISSING_DISTANCE, dtype=np.int32)
@@ -155,6 +158,13 @@ def asymmetric_scores(weights: np.ndarray, codes: np.ndarray, candidates: np.nda
     """
     plan = encoder.plan
     nq, m = candidates.shape
+    block = max(1, SCORE_BLOCK_VALUES // max(1, m * plan.n_values))  # bounded memory: blocks of queries
+    if nq > block:
+        parts = [
+            asymmetric_scores(weights[i : i + block], codes, candidates[i : i + block], encoder)
+            for i in range(0, nq, block)
+        ]
+        return np.concatenate(parts)
     valid = candidates >= 0
     rows = np.where(valid, candidates, 0).reshape(-1)
     if len(codes) == 0:
@@ -233,8 +243,7 @@ def search_rescored(
     (descending) and int64 rows, ``-1`` where fewer than ``k`` exist.
     """
     _check_k(k)
-    if oversample < 0:
-        raise ValueError(f"oversample must be >= 0 (0: Hamming only), got {oversample}")
+    check_oversample(oversample)  # 0..MAX_OVERSAMPLE
     if rescore not in RESCORE_MODES:
         raise ValueError(f"rescore must be one of {', '.join(map(repr, RESCORE_MODES))}, got {rescore!r}")
     if rescore == "vectors" and vectors is None:
@@ -247,7 +256,9 @@ def search_rescored(
         if query_codes.shape[1] < width:  # aligned corpus rows: pad the queries with zero bytes
             query_codes = np.pad(query_codes, ((0, 0), (0, width - query_codes.shape[1])))
         candidates = lambda qc, m: hamming_search(codes, qc, m)  # noqa: E731
-    dist, cand = candidates(query_codes, k * max(oversample, 1))
+    # candidates: oversample × k, at most MAX_CANDIDATES and the rows there are (when codes is an array)
+    n = len(codes) if isinstance(codes, np.ndarray) else None
+    dist, cand = candidates(query_codes, k if oversample == 0 else n_candidates(k, oversample, n))
     if oversample == 0:
         return np.where(cand >= 0, -dist.astype(np.float32), -np.inf).astype(np.float32), cand
     if vectors is not None and rescore != "asymmetric":

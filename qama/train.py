@@ -147,6 +147,7 @@ class TrainConfig(JsonFields):
     data_description: str = ""  # what the adapter was fitted on (stored in config.json)
 
     def __post_init__(self) -> None:
+        check_train_types(self)
         if self.relax not in ("ste", "soft"):
             raise ValueError(f"relax must be 'ste' or 'soft', got {self.relax!r}")
         for name in ("steps", "batch_size"):
@@ -158,6 +159,41 @@ class TrainConfig(JsonFields):
             raise ValueError(f"neighbour_group must be in 1..batch_size, got {self.neighbour_group}")
         self.nested_dims = tuple(self.nested_dims)
         self.train_plans = tuple(self.train_plans)
+
+
+#: Upper bounds of the integer settings whose size is memory or threads (a bad value must not take the machine).
+TRAIN_INT_BOUNDS = {"threads": 256, "batch_size": 1 << 20, "rank_triplets": 4096, "merge_hidden": 4096}
+
+
+def check_train_types(cfg: TrainConfig) -> None:
+    """Every setting of its declared type: integers are integers (not ``2.5`` or ``true``), numbers are
+    finite, flags are booleans, texts are strings; sizes that cost memory or threads are bounded;
+    weights, rates and temperatures are not negative. Raises a one-line ``ValueError``."""
+    for f in dataclasses.fields(cfg):
+        v, kind = getattr(cfg, f.name), str(f.type)
+        if kind == "int":
+            ok = isinstance(v, int) and not isinstance(v, bool)
+            want = "an integer"
+        elif kind == "float":
+            ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+            want = "a finite number"
+        elif kind == "bool":
+            ok, want = isinstance(v, bool), "true or false"
+        elif kind == "str":
+            ok, want = isinstance(v, str), "a string"
+        elif kind.startswith("tuple[int"):
+            ok = isinstance(v, (tuple, list)) and all(isinstance(x, int) and not isinstance(x, bool) for x in v)
+            want = "a list of integers"
+        elif kind.startswith("tuple[str"):
+            ok, want = isinstance(v, (tuple, list)) and all(isinstance(x, str) for x in v), "a list of strings"
+        else:
+            continue
+        if not ok:
+            raise ValueError(f"{f.name} must be {want}, got {v!r:.60}")
+        if kind in ("int", "float") and v < 0:
+            raise ValueError(f"{f.name} must not be negative, got {v}")
+        if f.name in TRAIN_INT_BOUNDS and v > TRAIN_INT_BOUNDS[f.name]:
+            raise ValueError(f"{f.name} must be at most {TRAIN_INT_BOUNDS[f.name]}, got {v}")
 
 
 # ---------------------------------------------------------------------------- schedules
@@ -375,9 +411,17 @@ def _save_checkpoint(path: Path, adapter: QamaAdapter, opt: torch.optim.Optimize
     shutil.rmtree(old, ignore_errors=True)
 
 
+def _read_checkpoint_meta(p: Path) -> dict:
+    """A checkpoint's ``meta.json``: ``{"step": int >= 0, "config": {...}}``, or a one-line ValueError."""
+    from qama._validate import Field, check_fields, read_json_file
+
+    meta = read_json_file(p, "checkpoint meta.json")
+    return check_fields(meta, {"step": Field("int", lo=0), "config": Field("dict")}, str(p))
+
+
 def _load_checkpoint(path: Path, adapter: QamaAdapter, opt: torch.optim.Optimizer, cfg: TrainConfig) -> int:
     """Restore a checkpoint written by the same config; returns the step to continue from."""
-    meta = json.loads((path / "meta.json").read_text())
+    meta = _read_checkpoint_meta(path / "meta.json")
     if meta["config"] != cfg.to_dict():
         raise ValueError(f"checkpoint {path} was written with a different configuration; remove it to start anew")
     tensors = load_file(str(path / "state.safetensors"))

@@ -4,9 +4,13 @@ of a committed version, never of a torn one; a second writer is refused.
 The writer starts from ``base`` documents and commits ``commits`` times, each adding ``step``
 documents. Version ``v`` therefore holds the first ``base + v * step`` rows of one fixed set of codes,
 so a reader can rebuild the exact answer of the version it opened with the numpy reference
-(``hamming_search_reference``) and compare it with what the index returned. Run::
+(``hamming_search_reference``) and compare it with what the index returned.
 
-    python stress/concurrency_test.py --readers 4 --queries 1000 --commits 10
+Two concurrent creators of one new folder (``--creator-trials``): exactly one must win, the other be
+refused (the folder holds an index, or its writer lock is held), and the index left must be the
+winner's, whole (every checksum verified, exact answers). Run::
+
+    python stress/concurrency_test.py --readers 4 --queries 1000 --commits 10 --creator-trials 20
 """
 
 from __future__ import annotations
@@ -52,6 +56,50 @@ def reader(path: str, n_total: int, n_queries: int, seed: int, out: mp.Queue) ->
     out.put((bad, sorted(versions)))
 
 
+def creator(path: str, seed: int, n: int, go: mp.Event, out: mp.Queue) -> None:
+    """Create the index at ``path`` from seed ``seed``'s documents; report the outcome."""
+    x = np.random.default_rng(seed).standard_normal((n, DIM)).astype(np.float32)
+    encoder = ThresholdEncoder.fit(x, make_plan("hybrid", DIM))
+    go.wait()
+    try:
+        QamaIndex.create(path, encoder, x, [f"s{seed}-{i}" for i in range(n)])
+        out.put((seed, "created"))
+    except (FileExistsError, IndexLockedError) as e:
+        out.put((seed, type(e).__name__))
+
+
+def two_creators(trials: int, n: int) -> tuple[int, int]:
+    """``(trials with exactly one winner and a whole index of its documents, torn or wrong outcomes)``."""
+    good = bad = 0
+    with tempfile.TemporaryDirectory() as tmp:
+        for t in range(trials):
+            path = str(Path(tmp) / f"ix{t}")
+            go, out = mp.Event(), mp.Queue()
+            procs = [mp.Process(target=creator, args=(path, s, n, go, out)) for s in (1, 2)]
+            for p in procs:
+                p.start()
+            go.set()
+            outcomes = dict(out.get() for _ in procs)
+            for p in procs:
+                p.join()
+            winners = [s for s, o in outcomes.items() if o == "created"]
+            ok = len(winners) == 1
+            if ok:
+                index = QamaIndex.open(path, verify=True)
+                x = np.random.default_rng(winners[0]).standard_normal((n, DIM)).astype(np.float32)
+                q = x[:5]
+                ref_d, ref_rows = hamming_search_reference(index.encoder.encode(x), index.encoder.encode(q), K)
+                dist, rows = index.search_codes(index.encoder.encode(q), K)
+                ok = (
+                    len(index) == n
+                    and index.doc_id(0) == f"s{winners[0]}-0"
+                    and np.array_equal(dist, ref_d)
+                    and np.array_equal(rows, ref_rows)
+                )
+            good, bad = good + ok, bad + (not ok)
+    return good, bad
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--readers", type=int, default=4)
@@ -60,6 +108,7 @@ def main() -> int:
     parser.add_argument("--base", type=int, default=20_000)
     parser.add_argument("--step", type=int, default=2_000)
     parser.add_argument("--interval", type=float, default=0.5, help="seconds between commits")
+    parser.add_argument("--creator-trials", type=int, default=10, help="races of two creators of one new index")
     args = parser.parse_args()
     n_total = args.base + args.commits * args.step
     emb = data(n_total)
@@ -95,7 +144,10 @@ def main() -> int:
         f"{bad} inconsistent answers; readers saw {len(seen)} versions ({seen[0]}..{seen[-1]} documents); "
         f"second writer refused {refused}/{args.commits} times"
     )
-    return 1 if bad or refused != args.commits else 0
+    won, torn = two_creators(args.creator_trials, args.base)
+    races = args.creator_trials
+    print(f"two concurrent creators of one index, {races} races: {won} with one whole winner, {torn} torn")
+    return 1 if bad or refused != args.commits or torn else 0
 
 
 if __name__ == "__main__":

@@ -110,12 +110,18 @@ def test_train_with_title_pseudo_queries(small, tmp_path, monkeypatch, capsys):
     assert _train(root, emb, tmp_path / "auto2", *extra[:4], "--model", "my/model") == 0
     assert json.loads((tmp_path / "auto2" / "config.json").read_text())["data"]["n_pairs"] == 150
     (emb / "meta.json").write_text(json.dumps({"model": "sentence-transformers/other-model"}))
-    assert _train(root, emb, tmp_path / "other", *extra[:4], "--model", "my/model") == 0  # auto: without titles
-    assert json.loads((tmp_path / "other" / "config.json").read_text())["data"]["n_pairs"] == 0
-    assert _train(root, emb, tmp_path / "refused", *extra) == 2  # explicit titles: refused
-    err = capsys.readouterr().err
-    assert "embeddings of sentence-transformers/other-model, but the titles would be embedded with my/model" in err
-    assert not (tmp_path / "refused").exists()
+    capsys.readouterr()
+    # a --model that contradicts meta.json is refused with the reason, before any work (#17)
+    for args in (extra, (*extra[:4], "--model", "my/model")):
+        assert _train(root, emb, tmp_path / "refused", *args) == 2
+        err = capsys.readouterr().err
+        assert "meta.json: the embeddings are of sentence-transformers/other-model, but --model is my/model" in err
+        assert not (tmp_path / "refused").exists()
+    # without --model, the model of meta.json embeds the titles and is recorded in the adapter
+    assert _train(root, emb, tmp_path / "other", *extra[:4]) == 0
+    config = json.loads((tmp_path / "other" / "config.json").read_text())
+    assert seen["model"] == "sentence-transformers/other-model" and config["data"]["n_pairs"] == 150
+    assert config["adapter"]["model_name"] == "sentence-transformers/other-model"
 
 
 def test_train_with_pairs_of_a_missing_split(small, tmp_path, capsys):

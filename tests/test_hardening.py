@@ -3,6 +3,7 @@ an interrupted save leaves a loadable adapter."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import pickle
 
@@ -55,8 +56,7 @@ def test_config_not_json(saved):
 
 def test_tensors_of_the_wrong_shape(saved):
     path, _ = saved
-    _edit_config(path, lambda c: c["adapter"].update(dim=32, nested_dims=[8, 16, 32]))
-    _edit_config(path, lambda c: c.pop("weights_sha256"))
+    _edit_config(path, lambda c: c["adapter"].update(expansion=1))  # the weights (and their SHA-256) unchanged
     with pytest.raises(
         ValueError, match=r"model.safetensors: tensors do not fit the adapter of config.json: .*expected"
     ):
@@ -74,7 +74,8 @@ def test_a_pickle_in_place_of_the_weights_is_refused(saved, tmp_path):
     (path / "model.safetensors").write_bytes(pickle.dumps(Evil()))
     with pytest.raises(ValueError, match="weights are not the ones config.json records"):
         QamaAdapter.load(path)
-    _edit_config(path, lambda c: c.pop("weights_sha256"))
+    blob = (path / "model.safetensors").read_bytes()
+    _edit_config(path, lambda c: c.update(weights_sha256=hashlib.sha256(blob).hexdigest()))
     with pytest.raises(ValueError, match="model.safetensors: not a safetensors file"):
         QamaAdapter.load(path)
     assert not marker.exists()  # nothing was executed

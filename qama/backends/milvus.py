@@ -48,6 +48,7 @@ from typing import Any, TypeVar
 import numpy as np
 from tqdm.auto import tqdm
 
+from qama._validate import MAX_JSON_BYTES, Field, check_fields, check_k, check_oversample, check_queries
 from qama.backends import missing_results
 from qama.codes import Plan
 from qama.encoders import Encoder, encoder_kind, open_encoder, state_bytes, state_from_bytes
@@ -255,6 +256,8 @@ class MilvusBackend:
                 client.create_collection(
                     collection, schema=schema, index_params=index, consistency_level="Strong", timeout=timeout
                 )
+            else:  # never adopt (and write into) a collection qama did not create
+                _refuse_foreign_collection(client, collection, timeout)
             if not client.has_collection(f"{collection}_qama", timeout=timeout):
                 client.create_collection(f"{collection}_qama", schema=meta_schema, index_params=meta_index)
                 client.upsert(f"{collection}_qama", rows, timeout=timeout)
@@ -276,14 +279,18 @@ class MilvusBackend:
             time.sleep(0.2)
         if not got:
             raise IndexMismatchError(f"{where}: incomplete qama manifest (no manifest.n row)")
-        keys = [f"manifest.{i}" for i in range(int(got[0]["value"]))]
+        n_rows = str(got[0]["value"])
+        if not n_rows.isdigit() or not 1 <= int(n_rows) <= MAX_JSON_BYTES // _META_CHUNK + 1:
+            raise IndexMismatchError(f"{where}: malformed qama manifest (manifest.n = {n_rows[:40]!r})")
+        keys = [f"manifest.{i}" for i in range(int(n_rows))]
         rows = {r["key"]: r["value"] for r in client.get(name, ids=keys, output_fields=["value"], timeout=timeout)}
         try:
             manifest = json.loads("".join(rows[k] for k in keys))
-        except (KeyError, json.JSONDecodeError) as e:
+        except (KeyError, json.JSONDecodeError, RecursionError) as e:
             raise IndexMismatchError(f"{where}: unreadable qama manifest ({e})") from None
-        if manifest.get("format") != FORMAT or manifest.get("version") != VERSION:
+        if not isinstance(manifest, dict) or manifest.get("format") != FORMAT or manifest.get("version") != VERSION:
             raise IndexMismatchError(f"{where}: not a qama collection of format version {VERSION}")
+        _check_manifest_fields(manifest, where)
         return manifest
 
     @staticmethod
@@ -351,7 +358,8 @@ class MilvusBackend:
         embeddings = np.asarray(embeddings)
         if embeddings.ndim != 2 or embeddings.shape[1] < self.plan.dim:
             raise ValueError(f"embeddings must be (n, d) with d >= {self.plan.dim}, got {embeddings.shape}")
-        if self.keep_vectors and embeddings.shape[1] != int(self.manifest["dim"]):
+        check_queries(embeddings, embeddings.shape[1], what="embeddings")  # finite values
+        if embeddings.shape[1] != int(self.manifest["dim"]):  # what is searched with queries of that dimension
             raise IndexMismatchError(
                 f"embeddings have {embeddings.shape[1]} dimensions, the collection {self.manifest['dim']}"
             )
@@ -487,9 +495,8 @@ class MilvusBackend:
         float vectors (``"vectors"``; ``"auto"`` picks vectors when the collection keeps them) are
         fetched and rescored here. ``oversample=0``: the server's Hamming top-``k`` only.
         """
-        queries = np.asarray(queries, dtype=np.float32)
-        if queries.ndim != 2 or queries.shape[1] < self.plan.dim:
-            raise IndexMismatchError(f"queries must be (nq, d) with d >= {self.plan.dim}, got {queries.shape}")
+        queries = check_queries(queries, int(self.manifest["dim"]), IndexMismatchError)  # exact dimension, finite
+        k, oversample = check_k(k, len(queries)), check_oversample(oversample)
         if rescore == "vectors" and not self.keep_vectors:
             raise ValueError(f"collection {self.collection!r} keeps no float vectors; rescore='asymmetric'")
         found: list[str] = []  # the candidates' document ids; rows of this search number them
@@ -529,6 +536,58 @@ class MilvusBackend:
         self.client.close()
 
 
+#: Types and ranges of a collection manifest's fields (qama._validate.check_fields).
+MANIFEST_SCHEMA = {
+    "plan": Field("dict"),
+    "code_size": Field("int", lo=1),
+    "dim": Field("int", lo=1, hi=1 << 20),
+    "index_type": Field("str", choices=INDEX_TYPES),
+    "nlist": Field("int", lo=1, hi=1 << 20),
+    "keep_vectors": Field("bool"),
+    "encoder": Field("dict"),
+    "meta": Field("dict", optional=True),
+}
+
+
+def _check_manifest_fields(manifest: dict[str, Any], where: str) -> None:
+    """The type of every field a collection's manifest is read for; a one-line IndexMismatchError."""
+    check_fields(manifest, MANIFEST_SCHEMA, where, error=IndexMismatchError)
+    encoder_schema = {
+        "kind": Field("str", choices=("thresholds", "adapter")),
+        "checksum": Field("str"),
+        "tensors": Field("str", optional=True),
+    }
+    check_fields(manifest["encoder"], encoder_schema, where, "encoder.", IndexMismatchError)
+    check_fields(
+        manifest.get("meta", {}),
+        {"model": Field("str", optional=True, nullable=True)},
+        where,
+        "meta.",
+        IndexMismatchError,
+    )
+    try:
+        plan = manifest["plan"]
+        if not isinstance(plan.get("name"), str) or not isinstance(plan.get("segments"), list):
+            raise ValueError("needs a name and a list of segments")
+        for seg in plan["segments"]:
+            if not (isinstance(seg, list) and len(seg) == 2 and type(seg[0]) is int and type(seg[1]) in (int, float)):
+                raise ValueError(f"segment {seg!r:.40} is not [dims, bits]")
+        Plan.from_dict(plan)
+    except (ValueError, TypeError) as e:
+        raise IndexMismatchError(f"{where}: field 'plan': {e}") from None
+
+
+def _refuse_foreign_collection(client: Any, collection: str, timeout: float, wait: float = 10.0) -> None:
+    """``collection`` exists: it is qama's only if its manifest collection appears (a concurrent creator
+    writes it right after the codes' collection); otherwise refuse, before anything is written."""
+    deadline = time.monotonic() + min(wait, timeout)
+    while not client.has_collection(f"{collection}_qama", timeout=timeout):
+        if time.monotonic() > deadline:
+            raise FileExistsError(
+                f"collection {collection!r} exists and has no qama manifest ({collection}_qama): it is not a qama "
+                "collection, or its creation was interrupted; qama leaves it as it is: choose another --collection"
+            )
+        time.sleep(0.2)
 class _FetchedRows:
     """Rows of the documents ``found`` by one search, read from the server when indexed: the ``codes``
     (``field="code"``) or ``vectors`` that :func:`qama.search.search_rescored` rescores with."""
