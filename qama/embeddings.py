@@ -190,7 +190,13 @@ def title_pairs(
             raise EmbeddingError(f"title pseudo-queries: {problem}")
         logger.info("training without title pseudo-queries: %s", problem)
         return None
-    rows, titles = embed_titles(dataset, model_name, cache_dir, batch_size, progress)
+    try:
+        rows, titles = embed_titles(dataset, model_name, cache_dir, batch_size, progress)
+    except OSError as e:  # the model cannot be loaded here (offline, unknown name, not on this machine)
+        if mode == "titles":
+            raise EmbeddingError(f"title pseudo-queries: cannot embed the titles with {model_name} ({e})") from None
+        logger.info("no title pseudo-queries: cannot load %s (%s)", model_name, e)
+        return None
     return titles, corpus[rows]
 
 

@@ -228,3 +228,20 @@ def test_known_item_gains_reference():
     # rows 1, 2, 3 are closer: rank 4
     gains = known_item_gains(codes, queries, np.array([1, 0]))
     np.testing.assert_allclose(gains, [1 / np.log2(2.5), 1 / np.log2(5)])
+
+
+def test_auto_falls_back_when_the_titles_model_cannot_be_loaded(tmp_path, tiny, monkeypatch):
+    """Precomputed embeddings of a model not on this machine (e.g. a 768-dim model): --query-sample auto
+    and --pseudo-queries auto go without titles instead of failing; 'titles' says why it cannot."""
+    import qama.embeddings
+
+    def unavailable(name, *args, **kwargs):
+        raise OSError(f"{name} is not a local folder and the hub cannot be reached")
+
+    monkeypatch.setattr(qama.embeddings, "load_model", unavailable)
+    emb = tiny.parent / "tiny-emb"
+    (emb / "meta.json").write_text(json.dumps({"model": "org/unavailable", "dimension": 16}))
+    args = ["-q", "index", "--dataset", str(tiny), "--embeddings", str(emb), "--plan", "2bit"]
+    assert main([*args, "--out", str(tmp_path / "ix")]) == 0
+    assert QamaIndex.open(tmp_path / "ix").encoder.quantizer.query_thresholds is None
+    assert main([*args, "--query-sample", "titles", "--out", str(tmp_path / "ix2")]) == 2
