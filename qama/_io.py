@@ -39,6 +39,14 @@ def atomic_open(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO[Any]]:
         raise
 
 
+def check_output_files(*paths: str | os.PathLike | None) -> None:
+    """Refuse, before any work, an output file that is a folder or not a regular file (``-``: stdout)."""
+    for p in (Path(x) for x in paths if x is not None and str(x) != "-"):
+        if p.is_dir() or (p.exists() and not p.is_file()):
+            kind = "a folder" if p.is_dir() else "not a regular file"
+            raise ValueError(f"{p}: is {kind}; give the path of a file to write")
+
+
 def write_json(path: str | os.PathLike, obj: Any) -> None:
     """Write ``obj`` as indented JSON to ``path`` atomically; the path ``-`` prints it instead."""
     if str(path) == "-":

@@ -193,6 +193,36 @@ def check_queries(
     return q
 
 
+def check_eval_options(plans: Sequence[Any], oversamples: Sequence[Any] | None, dims: Sequence[Any] | None) -> None:
+    """An evaluation's plans, oversampling factors and sizes, before any work: every plan reads as
+    one (name or ``SIZE:BITS`` spec), every factor is in ``1..MAX_OVERSAMPLE``, every size in range."""
+    for f in oversamples or []:
+        check_oversample(f, minimum=1)
+    for d in dims or []:
+        if not 1 <= _int(d, "--dims") <= 1 << 20:
+            raise ValueError(f"--dims: {d} is not a dimension (1..{1 << 20})")
+    for p in plans:
+        check_plan_syntax(p, "--plans")
+
+
+def check_plans_fit(plans: Sequence[str], sizes: Sequence[int], where: str) -> None:
+    """Every plan asked for must fit at least one of the sizes evaluated (a plan that fits none
+    would leave no row, silently)."""
+    from qama.codes import make_plan
+
+    for p in plans:
+        errors = []
+        for m in sizes:
+            try:
+                make_plan(p, int(m))
+                break
+            except ValueError as e:
+                errors.append(str(e))
+        else:
+            sizes_text = ", ".join(map(str, sizes))
+            raise ValueError(f"--plans: {p!r} fits none of the sizes of {where} ({sizes_text}): {errors[-1]}")
+
+
 def check_plan_syntax(spec: Any, what: str = "plan") -> str:
     """A plan name or ``SIZE:BITS`` spec that reads as one (whatever the dimension it is used at)."""
     from qama.codes import _SEGMENT, BITS, BUILTIN_PLANS

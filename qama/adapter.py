@@ -432,6 +432,16 @@ class QamaAdapter(nn.Module):
             raise ValueError(f"{what} contain NaN or inf values (first at row {bad})")
         return x
 
+    def check_model(self, given: str | None, where: str = "the adapter") -> None:
+        """Refuse embeddings of model ``given`` (``None``: unknown) when the adapter was trained on
+        embeddings of another model."""
+        from qama.embeddings import same_model
+
+        trained = self.config.model_name
+        # (adapters of earlier versions recorded the embeddings' folder in place of an unknown model)
+        if trained and given and not Path(trained).exists() and not same_model(trained, given):
+            raise ValueError(f"{where}: the adapter was trained on embeddings of {trained}, these are of {given}")
+
     def _check_dim(self, dim: int | None) -> int:
         dim = self.dim if dim is None else int(dim)
         if not 0 < dim <= self.dim or dim % 2:

@@ -155,29 +155,26 @@ def evaluate_dataset(
     >>> rows = qama.evaluate_dataset("../shared/datasets/scifact", corpus, queries, "my_adapter")  # doctest: +SKIP
     >>> print(qama.table.to_markdown(rows))  # doctest: +SKIP
     """
-    from qama._validate import check_oversample, check_plan_syntax
+    from qama._validate import check_eval_options, check_plans_fit
     from qama.data import load_dataset
     from qama.evaluate import Evaluator
     from qama.rescore import adapter_rows, calibrated_threshold_rows
     from qama.table import baseline_rows, default_dims, set_retention
 
-    for p in plans:  # before any work: a plan that does not read would leave no row, silently
-        check_plan_syntax(p, "plans")
-    for f in rescore:
-        check_oversample(f, minimum=1)
+    check_eval_options(plans, rescore, dims)  # before any work: a plan that does not read would leave no row
     ds = dataset if isinstance(dataset, Dataset) else load_dataset(dataset)
     evaluator = Evaluator(ds)
     judged = np.asarray(query_emb)[evaluator.rows]
     if adapter is not None:  # loaded and checked before any work
         adapter = adapter if isinstance(adapter, QamaAdapter) else QamaAdapter.load(adapter)
         adapter.check_input(corpus_emb, "corpus embeddings")
+        check_plans_fit(plans, adapter.config.nested_dims, "the adapter")
     rows = baseline_rows(corpus_emb, judged, evaluator, list(dims) if dims else None)
     if query_sample is not None:
         sizes = list(dims) if dims else default_dims(corpus_emb.shape[1])
         rows += calibrated_threshold_rows(corpus_emb, judged, evaluator, query_sample, sizes)
     if adapter is not None:
-        sample = query_sample if recalibrate_adapter else None
-        rows += adapter_rows(adapter, corpus_emb, judged, evaluator, plans, rescore, query_sample=sample)
+        rows += adapter_rows(adapter, corpus_emb, judged, evaluator, plans, rescore, query_sample, recalibrate_adapter)
     for r in rows:
         r.dataset = ds.name
     set_retention(rows)

@@ -52,55 +52,20 @@ def _resolve_model(args: argparse.Namespace) -> None:
         args.model, args.recorded_model = embeddings_model(args.embeddings, args.model)
 
 
-def _check_adapter_model(adapter, args: argparse.Namespace) -> None:
-    """Refuse an adapter trained on embeddings of another model than the ones given."""
-    from qama.embeddings import same_model
+def _load_adapter(args: argparse.Namespace, plans=None):
+    """``--adapter`` (None without one), checked before any work against the embeddings' model
+    (``meta.json``, :func:`_resolve_model`) and, with ``plans``, that each plan fits one of its sizes."""
+    from qama._validate import check_plans_fit
+    from qama.adapter import QamaAdapter
 
-    trained = adapter.config.model_name
-    given = getattr(args, "recorded_model", None)
-    # (adapters of earlier versions recorded the embeddings' folder in place of an unknown model)
-    if trained and given and not Path(trained).exists() and not same_model(trained, given):
-        raise ValueError(f"{args.adapter}: the adapter was trained on embeddings of {trained}, these are of {given}")
-
-
-def _check_output_files(*paths) -> None:
-    """Refuse, before any work, an output file (--json, --markdown) that is a folder or not a regular file."""
-    for p in paths:
-        if p is not None and (p.is_dir() or (p.exists() and not p.is_file())):
-            kind = "a folder" if p.is_dir() else "not a regular file"
-            raise ValueError(f"{p}: is {kind}; give the path of a file to write")
-
-
-def _check_eval_options(args: argparse.Namespace) -> None:
-    """``qama eval``'s numbers and plans, before any work: every --plans entry must be a plan
-    (name or SIZE:BITS spec), --oversample factors and --dims in range."""
-    from qama._validate import check_oversample, check_plan_syntax
-
-    for f in args.oversample or []:
-        check_oversample(f, minimum=1)
-    for d in args.dims or []:
-        if not 1 <= d <= 1 << 20:
-            raise ValueError(f"--dims: {d} is not a dimension (1..{1 << 20})")
-    for p in args.plans:
-        check_plan_syntax(p, "--plans")
-
-
-def _check_plans_fit(plans, sizes, where: str) -> None:
-    """Every plan asked for must fit at least one of the sizes evaluated (a plan that fits none
-    would leave no row, silently)."""
-    from qama.codes import make_plan
-
-    for p in plans:
-        errors = []
-        for m in sizes:
-            try:
-                make_plan(p, int(m))
-                break
-            except ValueError as e:
-                errors.append(str(e))
-        else:
-            sizes_text = ", ".join(map(str, sizes))
-            raise ValueError(f"--plans: {p!r} fits none of the sizes of {where} ({sizes_text}): {errors[-1]}")
+    _resolve_model(args)
+    if not args.adapter:
+        return None
+    adapter = QamaAdapter.load(args.adapter)
+    adapter.check_model(args.recorded_model, str(args.adapter))
+    if plans is not None:
+        check_plans_fit(plans, adapter.config.nested_dims, str(args.adapter))
+    return adapter
 
 
 def _query_sample(args: argparse.Namespace, dataset, corpus, queries):
@@ -117,26 +82,19 @@ def _query_sample(args: argparse.Namespace, dataset, corpus, queries):
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from qama._io import atomic_open, write_json
+    from qama._io import atomic_open, check_output_files, write_json
+    from qama._validate import check_eval_options
     from qama.api import evaluate_dataset
     from qama.table import eval_markdown
 
     start = time.perf_counter()
-    _check_output_files(args.json, args.markdown)
-    _check_eval_options(args)
+    check_output_files(args.json, args.markdown)
+    check_eval_options(args.plans, args.oversample, args.dims)
+    adapter = _load_adapter(args, args.plans)
     dataset, corpus, queries = _load_inputs(args)
-    if args.adapter:
-        from qama.adapter import QamaAdapter
-
-        adapter = QamaAdapter.load(args.adapter)
-        adapter.check_input(corpus, "corpus embeddings")
-        _check_adapter_model(adapter, args)
-        _check_plans_fit(args.plans, adapter.config.nested_dims, str(args.adapter))
     sample = _query_sample(args, dataset, corpus, queries)
     explicit = args.query_sample != "auto"  # auto: the adapter keeps its own query thresholds
-    rows = evaluate_dataset(
-        dataset, corpus, queries, args.adapter, args.plans, args.oversample, args.dims, sample, explicit
-    )
+    rows = evaluate_dataset(dataset, corpus, queries, adapter, args.plans, args.oversample, args.dims, sample, explicit)
     table, breakdown = eval_markdown(rows)
     print(table, end="")
     if args.json:
@@ -177,13 +135,13 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_ablate(args: argparse.Namespace) -> int:
-    from qama._io import write_json
+    from qama._io import check_output_files, write_json
     from qama.evaluate import Evaluator
     from qama.rescore import ablation_columns, ablation_scorer
     from qama.table import ablation_markdown
     from qama.train import ablate
 
-    _check_output_files(args.json)
+    check_output_files(args.json)
     dataset, corpus, queries = _load_inputs(args)
     evaluator = Evaluator(dataset)
     cfg, pairs = _training_setup(args, dataset, corpus, queries)
@@ -232,27 +190,20 @@ def cmd_index(args: argparse.Namespace) -> int:
 
         check_new_index_folder(Path(uri), args.overwrite)
         options = {"adapter_path": args.adapter, "overwrite": args.overwrite}
-    _resolve_model(args)
+    adapter = _load_adapter(args)
+    if adapter is not None and args.recorded_model is None:  # the index answers texts with the adapter's model
+        name = adapter.config.model_name
+        args.recorded_model = name if name and not Path(name).exists() else None
     if args.corpus:
-        from qama.embeddings import check_meta_dimension, jsonl_corpus_embeddings
+        from qama.embeddings import jsonl_corpus_embeddings
 
         ids, titles, corpus = jsonl_corpus_embeddings(args.corpus, args.embeddings, args.model, args.batch_size)
-        if args.embeddings:
-            check_meta_dimension(args.embeddings.parent, corpus.shape[1], str(args.embeddings))
     else:
         dataset, corpus, queries = _load_inputs(args)
         ids, titles = dataset.doc_ids, dataset.titles
     sample = _query_sample(args, None, corpus, None) if args.corpus else _query_sample(args, dataset, corpus, queries)
     # auto keeps the query thresholds the adapter brought; an explicit sample replaces them
-    if args.adapter:  # trained on embeddings of the same model, which it then records
-        from qama.adapter import QamaAdapter
-
-        trained_on = QamaAdapter.load(args.adapter)
-        _check_adapter_model(trained_on, args)
-        name = trained_on.config.model_name
-        if args.recorded_model is None and name and not Path(name).exists():
-            args.recorded_model = name
-    encoder = fit_encoder(corpus, args.plan, args.adapter, sample, args.query_sample != "auto")
+    encoder = fit_encoder(corpus, args.plan, adapter, sample, args.query_sample != "auto")
     if args.shard:  # this worker's part of the corpus (the encoder above is fitted on all of it)
         part = shard_range(len(ids), *parse_shard(args.shard))
         rows = slice(part.start, part.stop)
@@ -270,9 +221,11 @@ def cmd_index(args: argparse.Namespace) -> int:
 
 def cmd_search(args: argparse.Namespace) -> int:
     from qama._io import write_json
+    from qama._validate import check_k, check_oversample
     from qama.backends import hits_text, open_backend, search_hits
     from qama.embeddings import query_embeddings
 
+    check_k(args.k), check_oversample(args.oversample)  # before any work
     uri, kind, options = _store(args, args.index, "--index")
     if kind == "faiss":
         options = {"verify": True}
@@ -280,45 +233,17 @@ def cmd_search(args: argparse.Namespace) -> int:
         n = backend.count()
         if n == 0:
             raise ValueError(f"{uri}: the index is empty")
-        _check_search_options(args)
         if args.k > n:
             logger.warning("k=%d is larger than the index (%d documents): returning all of them", args.k, n)
             args.k = n
-        model = args.model
-        if args.queries is None and args.text and all(t.strip() for t in args.text):
-            model = _query_model(args, backend.manifest.get("meta", {}).get("model"), str(uri))
-        queries, labels = query_embeddings(args.text, args.queries, model)
+        recorded = backend.manifest.get("meta", {}).get("model")
+        queries, labels = query_embeddings(args.text, args.queries, args.model, recorded, str(uri))
         results = search_hits(backend, queries, labels, args.k, args.oversample, args.rescore)
     if args.json is not None:
         write_json(args.json, results)
     else:
         print(hits_text(results), end="")
     return 0
-
-
-def _check_search_options(args: argparse.Namespace) -> None:
-    """``qama search``'s numbers, before any work: k positive, the oversampling factor bounded."""
-    from qama._validate import check_oversample
-
-    if args.k <= 0:
-        raise ValueError(f"k must be positive, got {args.k}")
-    check_oversample(args.oversample)
-
-
-def _query_model(args: argparse.Namespace, recorded: str | None, where: str) -> str:
-    """The model that embeds query texts: the index's (its ``meta.model``), or ``--model``, which must
-    not contradict it."""
-    from qama.embeddings import same_model
-
-    if args.model and recorded and not same_model(args.model, recorded):
-        raise ValueError(
-            f"{where}: the documents were embedded with {recorded}; queries embedded with --model {args.model} "
-            "would not be comparable (drop --model)"
-        )
-    model = args.model or recorded
-    if not model:
-        raise ValueError(f"{where}: the index does not name its model; pass --model")
-    return model
 
 
 class _Deprecated(argparse.Action):

@@ -406,15 +406,22 @@ def jsonl_corpus_embeddings(
 
     ids, titles, texts = read_jsonl_corpus(path)
     if embeddings is not None:
-        return ids, titles, check_embeddings(load_npy(embeddings), len(ids), str(embeddings))
+        corpus = check_embeddings(load_npy(embeddings), len(ids), str(embeddings))
+        check_meta_dimension(Path(embeddings).parent, corpus.shape[1], str(embeddings))
+        return ids, titles, corpus
     return ids, titles, encode(load_model(model_name), texts, batch_size=batch_size)
 
 
 def query_embeddings(
-    texts: list[str], npy: str | os.PathLike | None = None, model_name: str | None = None
+    texts: list[str],
+    npy: str | os.PathLike | None = None,
+    model_name: str | None = None,
+    recorded: str | None = None,
+    where: str = "the index",
 ) -> tuple[np.ndarray, list[str]]:
     """``(queries, labels)``: the ``(nq, d)`` embeddings of the ``.npy`` file ``npy`` (labels: row
-    numbers), else of ``texts`` embedded with ``model_name`` (labels: the texts)."""
+    numbers), else of ``texts`` (labels: the texts) embedded with the model the store recorded
+    (``recorded``, its ``meta.model``) or ``model_name``, which must not contradict it."""
     if npy is not None:
         queries = np.atleast_2d(load_npy(npy)).astype(np.float32)
         return queries, [str(i) for i in range(len(queries))]
@@ -422,6 +429,12 @@ def query_embeddings(
         raise ValueError("give query text or --queries FILE.npy")
     if not all(t.strip() for t in texts):
         raise ValueError("a query is empty")
-    if not model_name:
-        raise ValueError("the index does not name its model; pass --model")
-    return encode(load_model(model_name), list(texts), progress=False), list(texts)
+    if model_name and recorded and not same_model(model_name, recorded):
+        raise ValueError(
+            f"{where}: the documents were embedded with {recorded}; queries embedded with --model {model_name} "
+            "would not be comparable (drop --model)"
+        )
+    model = model_name or recorded
+    if not model:
+        raise ValueError(f"{where}: the index does not name its model; pass --model")
+    return encode(load_model(model), list(texts), progress=False), list(texts)
