@@ -221,11 +221,13 @@ def cmd_index(args: argparse.Namespace) -> int:
 
 def cmd_search(args: argparse.Namespace) -> int:
     from qama._io import write_json
-    from qama._validate import check_k, check_oversample
+    from qama._validate import check_oversample
     from qama.backends import hits_text, open_backend, search_hits
     from qama.embeddings import query_embeddings
 
-    check_k(args.k), check_oversample(args.oversample)  # before any work
+    if args.k <= 0:  # before any work; a k larger than the index is clamped below
+        raise ValueError(f"k must be positive, got {args.k}")
+    check_oversample(args.oversample)
     uri, kind, options = _store(args, args.index, "--index")
     if kind == "faiss":
         options = {"verify": True}

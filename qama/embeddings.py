@@ -80,6 +80,14 @@ def load_model(name_or_path: str = DEFAULT_MODEL, device: str | None = None) -> 
     if offline and (os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false") or not _hub_reachable()):
         logger.info("the Hugging Face hub is not reachable; using the offline copy of %s", name_or_path)
         return SentenceTransformer(offline, device=device)
+    if offline is None and not Path(name_or_path).exists() and not _hub_reachable():
+        try:  # only a copy in the local Hugging Face cache can load: say so at once, not after minutes of retries
+            return SentenceTransformer(name_or_path, device=device, local_files_only=True)
+        except Exception as e:
+            raise OSError(
+                f"cannot load {name_or_path}: not a local folder, not in the Hugging Face cache, and the hub "
+                f"cannot be reached ({type(e).__name__})"
+            ) from None
     try:
         return SentenceTransformer(name_or_path, device=device)
     except Exception as e:  # the hub raises several kinds (OSError, HTTP and connection errors)

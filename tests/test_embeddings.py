@@ -167,3 +167,12 @@ def test_default_model_offline_matches_shared_embeddings(monkeypatch):
 
     got = encode(model, ds.doc_texts[:4], progress=False)
     np.testing.assert_allclose((got * ref).sum(axis=1), 1.0, atol=1e-4)
+
+
+def test_a_model_that_cannot_be_had_offline_fails_at_once(monkeypatch):
+    """Not a folder, not cached, hub unreachable: one clear OSError, without the hub client's retries."""
+    import qama.embeddings as E
+
+    monkeypatch.setattr(E, "_hub_reachable", lambda timeout=3.0: False)
+    with pytest.raises(OSError, match="cannot load org/no-such-model: not a local folder, not in the Hugging Face"):
+        E.load_model("org/no-such-model")
