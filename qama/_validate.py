@@ -319,3 +319,41 @@ def _short(v: Any, limit: int = 60) -> str:
     if len(text) > limit:
         text = text[: limit - 1] + "…"
     return f"{text} ({type(v).__name__})" if not isinstance(v, (dict, list)) else text
+
+
+def check_output_files(*paths: Path | None) -> None:
+    """Refuse, before any work, an output file (--json, --markdown) that is a folder or not a regular file."""
+    for p in paths:
+        if p is not None and (p.is_dir() or (p.exists() and not p.is_file())):
+            kind = "a folder" if p.is_dir() else "not a regular file"
+            raise ValueError(f"{p}: is {kind}; give the path of a file to write")
+
+
+def check_eval_options(oversample: Sequence[int] | None, dims: Sequence[int] | None, plans: Sequence[str]) -> None:
+    """``qama eval``'s numbers and plans, before any work: every --plans entry must be a plan
+    (name or SIZE:BITS spec), --oversample factors and --dims in range."""
+    for f in oversample or []:
+        check_oversample(f, minimum=1)
+    for d in dims or []:
+        if not 1 <= d <= 1 << 20:
+            raise ValueError(f"--dims: {d} is not a dimension (1..{1 << 20})")
+    for p in plans:
+        check_plan_syntax(p, "--plans")
+
+
+def check_plans_fit(plans: Sequence[str], sizes: Sequence[int], where: str) -> None:
+    """Every plan asked for must fit at least one of the sizes evaluated (a plan that fits none
+    would leave no row, silently)."""
+    from qama.codes import make_plan
+
+    for p in plans:
+        errors = []
+        for m in sizes:
+            try:
+                make_plan(p, int(m))
+                break
+            except ValueError as e:
+                errors.append(str(e))
+        else:
+            sizes_text = ", ".join(map(str, sizes))
+            raise ValueError(f"--plans: {p!r} fits none of the sizes of {where} ({sizes_text}): {errors[-1]}")

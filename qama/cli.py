@@ -63,46 +63,6 @@ def _check_adapter_model(adapter, args: argparse.Namespace) -> None:
         raise ValueError(f"{args.adapter}: the adapter was trained on embeddings of {trained}, these are of {given}")
 
 
-def _check_output_files(*paths) -> None:
-    """Refuse, before any work, an output file (--json, --markdown) that is a folder or not a regular file."""
-    for p in paths:
-        if p is not None and (p.is_dir() or (p.exists() and not p.is_file())):
-            kind = "a folder" if p.is_dir() else "not a regular file"
-            raise ValueError(f"{p}: is {kind}; give the path of a file to write")
-
-
-def _check_eval_options(args: argparse.Namespace) -> None:
-    """``qama eval``'s numbers and plans, before any work: every --plans entry must be a plan
-    (name or SIZE:BITS spec), --oversample factors and --dims in range."""
-    from qama._validate import check_oversample, check_plan_syntax
-
-    for f in args.oversample or []:
-        check_oversample(f, minimum=1)
-    for d in args.dims or []:
-        if not 1 <= d <= 1 << 20:
-            raise ValueError(f"--dims: {d} is not a dimension (1..{1 << 20})")
-    for p in args.plans:
-        check_plan_syntax(p, "--plans")
-
-
-def _check_plans_fit(plans, sizes, where: str) -> None:
-    """Every plan asked for must fit at least one of the sizes evaluated (a plan that fits none
-    would leave no row, silently)."""
-    from qama.codes import make_plan
-
-    for p in plans:
-        errors = []
-        for m in sizes:
-            try:
-                make_plan(p, int(m))
-                break
-            except ValueError as e:
-                errors.append(str(e))
-        else:
-            sizes_text = ", ".join(map(str, sizes))
-            raise ValueError(f"--plans: {p!r} fits none of the sizes of {where} ({sizes_text}): {errors[-1]}")
-
-
 def _query_sample(args: argparse.Namespace, dataset, corpus, queries):
     """The query-like embeddings of ``--query-sample`` (see :func:`qama.embeddings.query_sample`), or None;
     without a dataset (``qama index --corpus``) only an explicit source."""
@@ -118,12 +78,13 @@ def _query_sample(args: argparse.Namespace, dataset, corpus, queries):
 
 def cmd_eval(args: argparse.Namespace) -> int:
     from qama._io import atomic_open, write_json
+    from qama._validate import check_eval_options, check_output_files, check_plans_fit
     from qama.api import evaluate_dataset
     from qama.table import eval_markdown
 
     start = time.perf_counter()
-    _check_output_files(args.json, args.markdown)
-    _check_eval_options(args)
+    check_output_files(args.json, args.markdown)
+    check_eval_options(args.oversample, args.dims, args.plans)
     dataset, corpus, queries = _load_inputs(args)
     if args.adapter:
         from qama.adapter import QamaAdapter
@@ -131,7 +92,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         adapter = QamaAdapter.load(args.adapter)
         adapter.check_input(corpus, "corpus embeddings")
         _check_adapter_model(adapter, args)
-        _check_plans_fit(args.plans, adapter.config.nested_dims, str(args.adapter))
+        check_plans_fit(args.plans, adapter.config.nested_dims, str(args.adapter))
     sample = _query_sample(args, dataset, corpus, queries)
     explicit = args.query_sample != "auto"  # auto: the adapter keeps its own query thresholds
     rows = evaluate_dataset(
@@ -178,12 +139,13 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_ablate(args: argparse.Namespace) -> int:
     from qama._io import write_json
+    from qama._validate import check_output_files
     from qama.evaluate import Evaluator
     from qama.rescore import ablation_columns, ablation_scorer
     from qama.table import ablation_markdown
     from qama.train import ablate
 
-    _check_output_files(args.json)
+    check_output_files(args.json)
     dataset, corpus, queries = _load_inputs(args)
     evaluator = Evaluator(dataset)
     cfg, pairs = _training_setup(args, dataset, corpus, queries)
