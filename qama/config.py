@@ -186,16 +186,19 @@ def experiment_config(
 ) -> ExperimentConfig:
     """The config of ``qama report``: a TOML file or a preset (its datasets replaced by ``datasets``
     when given), else ``datasets`` with ``model``; then the overrides ``steps``, ``ablation``,
-    ``speed_vectors``."""
+    ``speed_vectors``. Without ``model`` (or a config file naming one), the model that the
+    ``meta.json`` of the datasets' precomputed embeddings names is the report's model (a preset's
+    model gives way to it); a model that contradicts it is refused."""
     if config or preset:
         out = load_config(config or preset_path(str(preset)))
         if datasets:
             out.datasets = ExperimentConfig(datasets=list(datasets)).datasets
+        model = model or (out.model if config else None)  # a preset's model gives way to the embeddings'
     elif datasets:
         out = ExperimentConfig(datasets=list(datasets))
-        out.model = model or out.model
     else:
         raise ValueError("qama report needs --config FILE, --preset NAME or at least one --dataset")
+    out.model = embeddings_model_of(out.datasets, model) or model or out.model
     if steps is not None:
         out.train["steps"] = steps
     out.ablation = out.ablation and ablation
@@ -203,6 +206,25 @@ def experiment_config(
         out.speed_vectors = speed_vectors
     check_experiment_config(out)  # the values given on the command line too
     return out
+
+
+def embeddings_model_of(datasets: list[DatasetSpec], model: str | None) -> str | None:
+    """The model the ``meta.json`` files of the datasets' precomputed embeddings name (``None``:
+    none names one). Raises ``ValueError`` when two of them differ, or when ``model`` contradicts one."""
+    from qama.embeddings import embeddings_model, read_embeddings_meta, same_model
+
+    found: dict[str, str] = {}
+    for spec in datasets:
+        if spec.embeddings is not None:
+            embeddings_model(spec.embeddings, model)  # refuses a model that contradicts meta.json
+            folder = Path(spec.embeddings) if Path(spec.embeddings).is_dir() else Path(spec.embeddings).parent
+            named = (read_embeddings_meta(folder) or {}).get("model")
+            if named:
+                found[str(spec.embeddings)] = named
+    names = list(found.values())
+    if any(not same_model(names[0], other) for other in names[1:]):
+        raise ValueError(f"the datasets' embeddings come from different models: {found}; one report studies one model")
+    return names[0] if names else None
 
 
 class DatasetArgs(argparse.Action):

@@ -401,6 +401,8 @@ def embeddings_model(embeddings: str | os.PathLike | None, model: str | None) ->
             f"with it would not be comparable (drop --model, or use embeddings of {model})"
         )
     return made_by or model or DEFAULT_MODEL, made_by or model
+
+
 def jsonl_corpus_embeddings(
     path: str | os.PathLike,
     embeddings: str | os.PathLike | None = None,

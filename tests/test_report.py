@@ -98,3 +98,19 @@ def test_report_trains_with_title_pseudo_queries_when_it_has_them():
     assert without.w_nce == 0.0 and without.data_description == "ds corpus embeddings (no labels)"
     config.train["w_nce"] = 0.3
     assert _train_config(config, _Inputs("ds", None, None, None, pairs), steps=2).w_nce == 0.3
+
+
+def test_the_report_names_the_model_of_its_embeddings(tiny):
+    """Issue 17: precomputed embeddings of another model: the report's config names that model, and a
+    --model that contradicts meta.json is refused; a preset's model gives way to it."""
+    import json as _json
+
+    from qama.config import experiment_config
+
+    emb = tiny.parent / "tiny-emb"
+    (emb / "meta.json").write_text(_json.dumps({"model": "org/other-model", "dimension": 16}))
+    spec = [{"path": str(tiny), "embeddings": str(emb)}]
+    assert experiment_config(datasets=spec).model == "org/other-model"
+    assert experiment_config(preset="bert768", datasets=spec).model == "org/other-model"
+    with pytest.raises(ValueError, match="the embeddings are of org/other-model, but --model is org/mine"):
+        experiment_config(datasets=spec, model="org/mine")
