@@ -186,14 +186,21 @@ def cmd_report(args: argparse.Namespace) -> int:
             config.datasets = ExperimentConfig(datasets=args.datasets).datasets
     elif args.datasets:
         config = ExperimentConfig(datasets=args.datasets, **({"model": args.model} if args.model else {}))
-    else:
-        raise ValueError("qama report needs --config FILE, --preset NAME or at least one --dataset")
+    else:  # no dataset: the one shipped in the package (works offline)
+        from qama.data import DEFAULT_DATASET
+
+        model = {"model": args.model} if args.model else {}
+        config = ExperimentConfig(datasets=[{"path": DEFAULT_DATASET}], **model)
     if args.steps is not None:
         config.train["steps"] = args.steps
     if args.no_ablation:
         config.ablation = False
     if args.speed_vectors is not None:
         config.speed_vectors = args.speed_vectors
+    if args.peers is not None or args.no_peers:
+        from qama.peers import check_peers
+
+        config.peers = [] if args.no_peers else check_peers(args.peers)
     check_report_folder(args.out)
     results = run_report(config, args.out, command="qama " + " ".join(sys.argv[1:]), progress=not args.quiet)
     print(f"report written to {args.out / 'report.md'} ({results['seconds']:.0f} s)")
@@ -443,7 +450,9 @@ def _add_backend_args(p: argparse.ArgumentParser) -> None:
 def _add_input_args(p: argparse.ArgumentParser) -> None:
     from qama.embeddings import DEFAULT_MODEL
 
-    p.add_argument("--dataset", required=True, help="BEIR-layout folder, or a BEIR dataset name to download")
+    p.add_argument(
+        "--dataset", required=True, help="BEIR-layout folder, cranfield (shipped), or a BEIR dataset name to download"
+    )
     p.add_argument("--split", default="test", help="qrels split to evaluate (default: test)")
     p.add_argument(
         "--model",
@@ -522,12 +531,26 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("report", help="the full study: tables, ablations, speed, plots, report.md")
     p.add_argument("--config", type=Path, help="TOML experiment config")
     p.add_argument("--preset", help="a preset config (minilm, bert768)")
-    p.add_argument("--dataset", dest="datasets", action=_DatasetAction, help="BEIR folder or name (repeatable)")
+    p.add_argument(
+        "--dataset",
+        dest="datasets",
+        action=_DatasetAction,
+        help="BEIR folder or name (repeatable; default: cranfield, shipped in the package)",
+    )
     p.add_argument("--embeddings", action=_DatasetAction, help="precomputed embeddings of the --dataset before it")
     p.add_argument("--model", default=None, help="sentence-transformers model (default: all-MiniLM-L6-v2)")
     p.add_argument("--steps", type=int, help="training steps (overrides the config)")
     p.add_argument("--no-ablation", action="store_true", help="skip the ablations")
     p.add_argument("--speed-vectors", type=int, help="synthetic vectors of the speed table (0: skip)")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--no-peers", action="store_true", help="leave out the other libraries' formats (qama.peers)")
+    g.add_argument(
+        "--peers",
+        nargs="+",
+        metavar="PEER",
+        help="only these peers: pq<M>, rabitq<B>, st-ubinary, st-ubinary-rescore, st-int8 "
+        "(default: pq48 pq64 pq96 rabitq1 rabitq2 rabitq4 st-ubinary st-ubinary-rescore st-int8)",
+    )
     p.add_argument("--out", type=Path, required=True, help="report folder (re-running resumes)")
     p.set_defaults(func=cmd_report, datasets=None)
 

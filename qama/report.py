@@ -143,6 +143,16 @@ def _dataset_stage(config: ExperimentConfig, spec, data: _Inputs, out: Path, bar
             key,
             [r.to_dict() for r in adapter_rows(adapter, corpus, judged, evaluator, config.plans, config.rescore)],
         )
+    if config.peers:  # other libraries' formats, at the full dimension (qama.peers)
+        from qama.peers import peer_rows
+
+        key = _key([spec, config.peers, corpus.shape, float(corpus[:64].sum()), "peers"])
+        path = out / "stages" / f"{name}-peers.json"
+        bar.set_description(f"{name}: peers")
+        peers = _cached(path, key)
+        if peers is None:
+            peers = _save(path, key, [r.to_dict() for r in peer_rows(corpus, judged, evaluator, config.peers)])
+        qama = qama + peers
     bar.update(1)
     out_rows = _rows_from_dicts(rows + qama)
     for r in out_rows:
@@ -175,9 +185,12 @@ def _ablation_stage(config: ExperimentConfig, data: _Inputs, out: Path, bar: tqd
     return results
 
 
-def speed_table(n: int, d: int, n_queries: int, plan_name: str = "hybrid", singles: int = 50) -> list[dict]:
+def speed_table(
+    n: int, d: int, n_queries: int, plan_name: str = "hybrid", singles: int = 50, peers: tuple[str, ...] = ()
+) -> list[dict]:
     """Queries per second on ``n`` synthetic unit vectors: FP32 flat inner product (faiss) against
-    Hamming search on the plan's codes, with and without asymmetric rescoring of 100 candidates.
+    Hamming search on the plan's codes, with and without asymmetric rescoring (4x and 100
+    candidates), and the ``peers`` (:func:`qama.peers.speed_methods`).
 
     Synthetic data: the figures are speed only, as ratios of one run on one machine.
     """
@@ -223,6 +236,13 @@ def speed_table(n: int, d: int, n_queries: int, plan_name: str = "hybrid", singl
             lambda: hamming_search(codes, qcodes, k),
             lambda i: hamming_search(codes, qcodes[i : i + 1], k),
         ),
+        f"{plan_name} Hamming + rescore 4x": (
+            width,
+            lambda: search_rescored(codes, encoder, queries, k, oversample=4, query_codes=qcodes),
+            lambda i: search_rescored(
+                codes, encoder, queries[i : i + 1], k, oversample=4, query_codes=qcodes[i : i + 1]
+            ),
+        ),
         f"{plan_name} Hamming + rescore 100": (
             width,
             lambda: search_rescored(codes, encoder, queries, k, oversample=10, query_codes=qcodes),
@@ -231,6 +251,10 @@ def speed_table(n: int, d: int, n_queries: int, plan_name: str = "hybrid", singl
             ),
         ),
     }
+    if peers:
+        from qama.peers import speed_methods
+
+        methods.update(speed_methods(corpus, queries, k, peers))
     rows = []
     for name, (nbytes, run_batch, run_single) in methods.items():
         run_batch(), run_single(0)  # warm-up: the first call compiles the Hamming kernel (numba)
@@ -247,6 +271,34 @@ def speed_table(n: int, d: int, n_queries: int, plan_name: str = "hybrid", singl
         r["batch_speedup"] = r["batch_qps"] / base["batch_qps"]
         r["single_speedup"] = base["single_ms"] / r["single_ms"]
     return rows
+
+
+def _available_memory() -> int | None:
+    """Bytes of memory available to a new allocation (Linux ``MemAvailable``), or None if unknown."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def speed_size(n: int, d: int) -> int:
+    """``n``, or fewer vectors (a multiple of 100k) when the speed table of ``n`` would take more than
+    half the available memory (about 12 bytes per dimension and vector: the corpus, the FP32 index, the
+    peers' codes)."""
+    available = _available_memory()
+    if available is None or 12 * n * d <= available // 2:
+        return n
+    fits = max(100_000, (available // 2 // (12 * d)) // 100_000 * 100_000)
+    if fits < n:
+        logger.warning("speed table: %d vectors would not fit in memory; measuring %d", n, fits)
+    return min(n, fits)
 
 
 def main_table(rows_by_dataset: dict[str, list[Row]]) -> list[dict]:
@@ -369,6 +421,9 @@ def plot_all(main: list[dict], out: Path) -> list[Path]:
                 label=label,
                 alpha=0.8,
             )
+    from qama.peers import plot_peers
+
+    plot_peers(ax, main)
     ax.set_xscale("log")
     ax.set(
         xlabel="bytes per vector (log scale)", ylabel="nDCG@10 retention vs FP32 (%)", title="Storage–quality frontier"
@@ -402,6 +457,7 @@ def _markdown(results: dict[str, Any]) -> str:
         "- versions: " + ", ".join(f"{k} {v}" for k, v in results["versions"].items()),
         f"- time: {results['seconds']:.0f} s",
         "",
+        *_summary(results),
         "## Main table (nDCG@10; retention = share of FP32 at full size, mean over datasets)",
         "",
         "| format | plan | dims | rescore | bits/dim | bytes/vec | MB/1M | "
@@ -453,6 +509,12 @@ def _markdown(results: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _summary(results: dict[str, Any]) -> list[str]:
+    from qama.peers import summary
+
+    return summary(results["main"], results.get("speed"))
+
+
 def _versions() -> dict[str, str]:
     out = {}
     for pkg in ("qama", "torch", "numpy", "faiss-cpu", "sentence-transformers", "pytrec-eval-terrier"):
@@ -499,14 +561,17 @@ def run_report(
     speed, speed_setting = [], ""
     if config.speed_vectors:
         d = next(iter(rows_by_dataset.values()))[0].dims
+        config.speed_vectors = speed_size(config.speed_vectors, d)
         speed_setting = (
             f"{config.speed_vectors:,} synthetic vectors of {d} dims, {config.speed_queries} queries, "
             f"top-10, faiss threads {_faiss_threads()}"
         )
         bar.set_description("speed table")
-        key = _key([config.speed_vectors, config.speed_queries, d, platform.node(), "aligned rows"])
+        key = _key([config.speed_vectors, config.speed_queries, d, platform.node(), "aligned rows", config.peers])
         speed = _cached(out / "stages" / "speed.json", key) or _save(
-            out / "stages" / "speed.json", key, speed_table(config.speed_vectors, d, config.speed_queries)
+            out / "stages" / "speed.json",
+            key,
+            speed_table(config.speed_vectors, d, config.speed_queries, peers=tuple(config.peers)),
         )
         bar.update(1)
     main = main_table(rows_by_dataset)
