@@ -42,7 +42,8 @@ def test_other_names_still_download(tmp_path, monkeypatch):
 
     def fake_download(name, cache_dir, *a, **kw):
         calls.append(name)
-        return write_beir(tmp_path / name, [{"_id": "d1", "text": "x"}], [{"_id": "q1", "text": "y"}], [("q1", "d1", 1)])
+        docs, queries = [{"_id": "d1", "text": "x"}], [{"_id": "q1", "text": "y"}]
+        return write_beir(tmp_path / name, docs, queries, [("q1", "d1", 1)])
 
     monkeypatch.setattr(data, "download_beir", fake_download)
     assert load_dataset("nfcorpus", cache_dir=tmp_path).name == "nfcorpus" and calls == ["nfcorpus"]
