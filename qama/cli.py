@@ -160,6 +160,10 @@ def cmd_report(args: argparse.Namespace) -> int:
     config = experiment_config(
         args.config, args.preset, args.datasets, args.model, args.steps, not args.no_ablation, args.speed_vectors
     )
+    if args.peers is not None or args.no_peers:
+        from qama.peers import check_peers
+
+        config.peers = [] if args.no_peers else check_peers(args.peers)
     check_report_folder(args.out)
     results = run_report(config, args.out, command="qama " + " ".join(sys.argv[1:]), progress=not args.quiet)
     print(f"report written to {args.out / 'report.md'} ({results['seconds']:.0f} s)")
@@ -271,7 +275,9 @@ def _add_backend_args(p: argparse.ArgumentParser) -> None:
 def _add_input_args(p: argparse.ArgumentParser, required: bool = True) -> None:
     from qama.embeddings import DEFAULT_MODEL
 
-    p.add_argument("--dataset", required=required, help="BEIR-layout folder, or a BEIR dataset name to download")
+    p.add_argument(
+        "--dataset", required=required, help="BEIR-layout folder, cranfield (shipped), or a BEIR name to download"
+    )
     p.add_argument("--split", default="test", help="qrels split to evaluate (default: test)")
     model_help = "sentence-transformers model of the dataset's embeddings and of its titles (default: the "
     model_help += f"model in meta.json of --embeddings, else {DEFAULT_MODEL}; one contradicting it is refused)"
@@ -326,12 +332,22 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("report", help="the full study: tables, ablations, speed, plots, report.md")
     p.add_argument("--config", type=Path, help="TOML experiment config")
     p.add_argument("--preset", help="a preset config (minilm, bert768)")
-    p.add_argument("--dataset", dest="datasets", action=DatasetArgs, help="BEIR folder or name (repeatable)")
+    datasets_help = "BEIR folder or name (repeatable; default: cranfield, shipped in the package)"
+    p.add_argument("--dataset", dest="datasets", action=DatasetArgs, help=datasets_help)
     p.add_argument("--embeddings", action=DatasetArgs, help="precomputed embeddings of the --dataset before it")
     p.add_argument("--model", default=None, help="sentence-transformers model (default: all-MiniLM-L6-v2)")
     p.add_argument("--steps", type=int, help="training steps (overrides the config)")
     p.add_argument("--no-ablation", action="store_true", help="skip the ablations")
     p.add_argument("--speed-vectors", type=int, help="synthetic vectors of the speed table (0: skip)")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--no-peers", action="store_true", help="leave out the other libraries' formats (qama.peers)")
+    g.add_argument(
+        "--peers",
+        nargs="+",
+        metavar="PEER",
+        help="only these peers: pq<M>, rabitq<B>, st-ubinary, st-ubinary-rescore, st-int8 "
+        "(default: pq48 pq64 pq96 rabitq1 rabitq2 rabitq4 st-ubinary st-ubinary-rescore st-int8)",
+    )
     p.add_argument("--out", type=Path, required=True, help="report folder (re-running resumes)")
     p.set_defaults(func=cmd_report, datasets=None)
 

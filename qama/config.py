@@ -39,6 +39,7 @@ else:  # pragma: no cover
 from qama._validate import check_regular_file
 from qama.codes import DEFAULT_PLANS
 from qama.embeddings import DEFAULT_MODEL, PSEUDO_QUERY_MODES
+from qama.peers import DEFAULT_PEERS, check_peers
 from qama.train import TrainConfig
 
 __all__ = ["DatasetSpec", "ExperimentConfig", "load_config", "preset_path", "PRESETS"]
@@ -67,8 +68,9 @@ class ExperimentConfig:
     pseudo_queries: str = "auto"  # titles as InfoNCE queries of their documents: auto, titles or none
     ablation: bool = True  # retrain with each component off (on the first dataset)
     ablation_steps: int | None = 150  # training steps of each ablation run (None: those of [train])
-    speed_vectors: int = 200_000  # synthetic corpus size of the speed table (0: skip it)
+    speed_vectors: int = 1_000_000  # synthetic corpus size of the speed table (0: skip; fewer if memory is short)
     speed_queries: int = 1000  # batch of queries of the speed table
+    peers: list[str] = field(default_factory=lambda: list(DEFAULT_PEERS))  # other libraries' formats (qama.peers)
 
     def __post_init__(self) -> None:
         if not self.datasets:
@@ -82,6 +84,7 @@ class ExperimentConfig:
         if unknown:
             raise ValueError(f"unknown training settings in [train]: {', '.join(unknown)}")
         self.train_config()  # validates the values
+        self.peers = check_peers(self.peers)
         if self.pseudo_queries not in PSEUDO_QUERY_MODES:
             raise ValueError(
                 f"pseudo_queries must be one of {', '.join(PSEUDO_QUERY_MODES)}, got {self.pseudo_queries!r}"
@@ -196,8 +199,10 @@ def experiment_config(
         model = model or (out.model if config else None)  # a preset's model gives way to the embeddings'
     elif datasets:
         out = ExperimentConfig(datasets=list(datasets))
-    else:
-        raise ValueError("qama report needs --config FILE, --preset NAME or at least one --dataset")
+    else:  # no dataset: the one shipped in the package (works offline)
+        from qama.data import DEFAULT_DATASET
+
+        out = ExperimentConfig(datasets=[DatasetSpec(path=DEFAULT_DATASET)])
     out.model = embeddings_model_of(out.datasets, model) or model or out.model
     if steps is not None:
         out.train["steps"] = steps

@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import shutil
+import tarfile
 import tempfile
 import urllib.error
 import urllib.request
@@ -19,7 +20,16 @@ import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-__all__ = ["DataError", "Dataset", "load_dataset", "download_beir", "default_cache_dir", "read_jsonl_corpus"]
+__all__ = [
+    "DataError",
+    "Dataset",
+    "load_dataset",
+    "download_beir",
+    "default_cache_dir",
+    "read_jsonl_corpus",
+    "embedded_dataset",
+    "EMBEDDED",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -30,6 +40,10 @@ BEIR_MD5 = {
     "nfcorpus": "a89dba18a62ef92f7d323ec890a0d38d",
     "arguana": "8ad3e3c2a5867cdced806d6503f29b99",
 }
+# Datasets shipped inside the package (qama/datasets/NAME.tar.xz, BEIR layout; see the README there).
+EMBEDDED_DIR = Path(__file__).parent / "datasets"
+EMBEDDED = {"cranfield": "cranfield.tar.xz"}
+DEFAULT_DATASET = "cranfield"  # what `qama report` studies when given no dataset
 MAX_DOWNLOAD_BYTES = 8 * 1024**3
 MAX_LINE_BYTES = 16 * 1024**2  # one JSONL record; BEIR's longest is far below
 
@@ -188,13 +202,16 @@ def load_dataset(path_or_name: str | os.PathLike, split: str = "test", cache_dir
     >>> ds = load_dataset("../shared/datasets/scifact")  # doctest: +SKIP
     >>> len(ds.doc_ids), len(ds.qrels)  # doctest: +SKIP
     (5183, 300)
+
+    A folder wins over a name; ``cranfield`` (:data:`EMBEDDED`) is read from the copy shipped in the
+    package, other names are downloaded.
     """
     path = Path(path_or_name)
     if not path.is_dir():
         name = str(path_or_name)
         if os.sep in name or name.startswith("."):
             raise DataError(f"{path}: no such dataset folder")
-        path = download_beir(name, cache_dir or default_cache_dir())
+        path = embedded_dataset(name, cache_dir) or download_beir(name, cache_dir or default_cache_dir())
     corpus = _read_jsonl(path / "corpus.jsonl", "documents")
     queries = _read_jsonl(path / "queries.jsonl", "queries")
     qrels_path = path / "qrels" / f"{split}.tsv"
@@ -219,6 +236,41 @@ def load_dataset(path_or_name: str | os.PathLike, split: str = "test", cache_dir
         path=path,
         _doc_index=doc_index,
     )
+
+
+def embedded_dataset(name: str, cache_dir: Path | None = None) -> Path | None:
+    """The folder of the dataset ``name`` shipped inside the package, unpacked once into
+    ``cache_dir/datasets/embedded-<checksum>/name`` (a temporary folder if the cache is not writable);
+    ``None`` if no such dataset is shipped."""
+    if name not in EMBEDDED:
+        return None
+    archive = EMBEDDED_DIR / EMBEDDED[name]
+    blob = archive.read_bytes()
+    digest = hashlib.sha256(blob).hexdigest()[:12]
+    members = ("corpus.jsonl", "queries.jsonl", "qrels/test.tsv")
+    try:
+        parent = Path(cache_dir or default_cache_dir()) / "datasets" / f"embedded-{digest}"
+        parent.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        parent = Path(tempfile.mkdtemp(prefix=f"qama-{name}-"))
+    target = parent / name
+    if all((target / m).is_file() for m in members):
+        return target
+    with tempfile.TemporaryDirectory(dir=parent, prefix=f".{name}-") as tmp, tarfile.open(archive, "r:xz") as tar:
+        staged = Path(tmp) / name
+        for member in members:  # only these, written by name: nothing else in the archive is extracted
+            src = tar.extractfile(member)
+            if src is None:
+                raise DataError(f"{archive}: {member} missing from the package's copy")
+            (staged / member).parent.mkdir(parents=True, exist_ok=True)
+            (staged / member).write_bytes(src.read())
+        try:
+            os.replace(staged, target)
+        except OSError:  # another process unpacked it first
+            if not all((target / m).is_file() for m in members):
+                raise
+    logger.info("unpacked the package's copy of %s into %s", name, target)
+    return target
 
 
 def _safe_extract(zf: zipfile.ZipFile, target: Path) -> None:

@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 from qama._io import atomic_open, write_json
 from qama.config import ExperimentConfig
 from qama.rescore import ablation_columns
-from qama.speed import speed_table
+from qama.speed import speed_size, speed_table
 from qama.table import Row, ablation_markdown, baseline_rows, set_retention
 
 __all__ = ["run_report", "speed_table", "plot_all", "main_table"]
@@ -160,6 +160,16 @@ def _dataset_stage(config: ExperimentConfig, spec, data: _Inputs, out: Path, bar
             key,
             [r.to_dict() for r in adapter_rows(adapter, corpus, judged, evaluator, config.plans, config.rescore)],
         )
+    if config.peers:  # other libraries' formats, at the full dimension (qama.peers)
+        from qama.peers import peer_rows
+
+        key = _key([spec, config.peers, corpus.shape, float(corpus[:64].sum()), "peers"])
+        path = out / "stages" / f"{name}-peers.json"
+        bar.set_description(f"{name}: peers")
+        peers = _cached(path, key)
+        if peers is None:
+            peers = _save(path, key, [r.to_dict() for r in peer_rows(corpus, judged, evaluator, config.peers)])
+        qama = qama + peers
     bar.update(1)
     out_rows = _rows_from_dicts(rows + qama)
     for r in out_rows:
@@ -309,6 +319,9 @@ def plot_all(main: list[dict], out: Path) -> list[Path]:
                 label=label,
                 alpha=0.8,
             )
+    from qama.peers import plot_peers
+
+    plot_peers(ax, main)
     ax.set_xscale("log")
     ax.set(
         xlabel="bytes per vector (log scale)", ylabel="nDCG@10 retention vs FP32 (%)", title="Storage–quality frontier"
@@ -342,6 +355,7 @@ def _markdown(results: dict[str, Any]) -> str:
         "- versions: " + ", ".join(f"{k} {v}" for k, v in results["versions"].items()),
         f"- time: {results['seconds']:.0f} s",
         "",
+        *_summary(results),
         "## Main table (nDCG@10; retention = share of FP32 at full size, mean over datasets)",
         "",
         "| format | plan | dims | rescore | bits/dim | bytes/vec | MB/1M | "
@@ -390,6 +404,12 @@ def _markdown(results: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _summary(results: dict[str, Any]) -> list[str]:
+    from qama.peers import summary
+
+    return summary(results["main"], results.get("speed"))
+
+
 def _versions() -> dict[str, str]:
     out = {}
     for pkg in ("qama", "torch", "numpy", "faiss-cpu", "sentence-transformers", "pytrec-eval-terrier"):
@@ -436,14 +456,17 @@ def run_report(
     speed, speed_setting = [], ""
     if config.speed_vectors:
         d = next(iter(rows_by_dataset.values()))[0].dims
+        config.speed_vectors = speed_size(config.speed_vectors, d)
         speed_setting = (
             f"{config.speed_vectors:,} synthetic vectors of {d} dims, {config.speed_queries} queries, "
             f"top-10, faiss threads {_faiss_threads()}"
         )
         bar.set_description("speed table")
-        key = _key([config.speed_vectors, config.speed_queries, d, platform.node(), "aligned rows"])
+        key = _key([config.speed_vectors, config.speed_queries, d, platform.node(), "aligned rows", config.peers])
         speed = _cached(out / "stages" / "speed.json", key) or _save(
-            out / "stages" / "speed.json", key, speed_table(config.speed_vectors, d, config.speed_queries)
+            out / "stages" / "speed.json",
+            key,
+            speed_table(config.speed_vectors, d, config.speed_queries, peers=tuple(config.peers)),
         )
         bar.update(1)
     main = main_table(rows_by_dataset)

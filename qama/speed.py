@@ -8,13 +8,17 @@ ratios of one run on one machine: ``benchmarks/RESULTS_search.md``.
 
 from __future__ import annotations
 
+import logging
+import os
 import time
 from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
-__all__ = ["time_methods", "speed_table"]
+__all__ = ["time_methods", "speed_table", "speed_size"]
+
+logger = logging.getLogger(__name__)
 
 #: A method of a speed table: ``(bytes per vector, run(queries: slice))``.
 Method = tuple[int, Callable[[slice], Any]]
@@ -34,8 +38,9 @@ def time_methods(methods: dict[str, Method], n_queries: int, singles: int = 50) 
         run(slice(0, n_queries))
         batch_qps = n_queries / (time.perf_counter() - t)
         t = time.perf_counter()
-        for i in range(singles):
-            run(slice(i, i + 1))
+        for i in range(singles):  # cycling through the queries when there are fewer than `singles`
+            j = i % n_queries
+            run(slice(j, j + 1))
         single_ms = 1000 * (time.perf_counter() - t) / singles
         rows.append({"method": name, "bytes_per_vector": nbytes, "batch_qps": batch_qps, "single_ms": single_ms})
     base = rows[0]
@@ -45,9 +50,12 @@ def time_methods(methods: dict[str, Method], n_queries: int, singles: int = 50) 
     return rows
 
 
-def speed_table(n: int, d: int, n_queries: int, plan_name: str = "hybrid", singles: int = 50) -> list[dict]:
+def speed_table(
+    n: int, d: int, n_queries: int, plan_name: str = "hybrid", singles: int = 50, peers: tuple[str, ...] = ()
+) -> list[dict]:
     """Queries per second on ``n`` synthetic unit vectors: FP32 flat inner product (faiss) against
-    Hamming search on the plan's codes, with and without asymmetric rescoring of 100 candidates.
+    Hamming search on the plan's codes, with and without asymmetric rescoring (4x and 100
+    candidates), and the ``peers`` (:func:`qama.peers.speed_methods`).
 
     Synthetic data: the figures are speed only, as ratios of one run on one machine.
     """
@@ -81,9 +89,45 @@ def speed_table(n: int, d: int, n_queries: int, plan_name: str = "hybrid", singl
             width,
             lambda q: hamming_search(codes, qcodes[q], k),
         ),
+        f"{plan_name} Hamming + rescore 4x": (
+            width,
+            lambda q: search_rescored(codes, encoder, queries[q], k, oversample=4, query_codes=qcodes[q]),
+        ),
         f"{plan_name} Hamming + rescore 100": (
             width,
             lambda q: search_rescored(codes, encoder, queries[q], k, oversample=10, query_codes=qcodes[q]),
         ),
     }
+    if peers:
+        from qama.peers import speed_methods
+
+        methods.update(speed_methods(corpus, queries, k, peers))
     return time_methods(methods, n_queries, singles)
+
+
+def _available_memory() -> int | None:
+    """Bytes of memory available to a new allocation (Linux ``MemAvailable``), or None if unknown."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def speed_size(n: int, d: int) -> int:
+    """``n``, or fewer vectors (a multiple of 100k) when the speed table of ``n`` would take more than
+    half the available memory (about 12 bytes per dimension and vector: the corpus, the FP32 index, the
+    peers' codes)."""
+    available = _available_memory()
+    if available is None or 12 * n * d <= available // 2:
+        return n
+    fits = max(100_000, (available // 2 // (12 * d)) // 100_000 * 100_000)
+    if fits < n:
+        logger.warning("speed table: %d vectors would not fit in memory; measuring %d", n, fits)
+    return min(n, fits)
