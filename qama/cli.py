@@ -330,7 +330,7 @@ def cmd_search(args: argparse.Namespace) -> int:
             raise ValueError(f"{args.index}: the index does not name its model; pass --model")
         queries = encode(load_model(model), list(args.text), progress=False)
         labels = list(args.text)
-    scores, rows = index.search(queries, args.k, oversample=args.oversample, rescore=args.rescore)
+    scores, rows = index.search(queries, args.k, oversample=args.oversample, rescore=args.rescore, mode=args.mode)
     results = [
         {
             "query": label,
@@ -384,6 +384,8 @@ def _index_milvus(args: argparse.Namespace, encoder, corpus, ids: list[str], tit
 
 def _search_milvus(args: argparse.Namespace) -> int:
     """``qama search --backend milvus``: the same output as for an index folder."""
+    if args.mode != "hamming":
+        raise ValueError(f"--mode {args.mode} needs a local index (--index); Milvus searches Hamming codes")
     import json
 
     import numpy as np
@@ -571,6 +573,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-k", type=int, default=10, help="documents per query (default: 10)")
     p.add_argument("--oversample", type=int, default=4, help="rescore oversample*k Hamming candidates; 0: none")
     p.add_argument("--rescore", default="auto", choices=["auto", "asymmetric", "vectors"])
+    p.add_argument(
+        "--mode",
+        default="hamming",
+        choices=["hamming", "adc"],
+        help="hamming (default): Hamming search, then --oversample rescoring; adc: every code scored "
+        "asymmetrically against the float query (no Hamming stage; --oversample, --rescore unused; --index only)",
+    )
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=cmd_search)
     return parser

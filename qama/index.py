@@ -42,6 +42,7 @@ from safetensors.numpy import load as st_load
 from safetensors.numpy import save as st_save
 
 from qama._io import atomic_open, save_npy, write_json
+from qama.adc import FastScanCodes, adc_search
 from qama.codes import Plan
 from qama.quantize import Quantizer
 from qama.search import (
@@ -400,13 +401,15 @@ class QamaIndex:
         return hamming_search(self.codes, query_codes, k)
 
     def search(
-        self, queries: np.ndarray, k: int = 10, oversample: int = 0, rescore: str = "auto"
+        self, queries: np.ndarray, k: int = 10, oversample: int = 0, rescore: str = "auto", mode: str = "hamming"
     ) -> tuple[np.ndarray, np.ndarray]:
         """Top-``k`` rows for ``(nq, d)`` float query embeddings: ``(scores, rows)``.
 
         ``oversample=0``: Hamming search only (scores are negated distances). ``oversample=f``:
         ``f × k`` Hamming candidates rescored by ``rescore``: ``"vectors"`` (stored float32
         vectors), ``"asymmetric"`` (query · dequantised code) or ``"auto"`` (vectors if stored).
+        ``mode="adc"``: no Hamming stage, every code scored asymmetrically (the full scan of
+        :func:`qama.adc.adc_search`; ``oversample`` and ``rescore`` are not used).
         """
         queries = np.asarray(queries, dtype=np.float32)
         if queries.ndim != 2 or queries.shape[1] < self.plan.dim:
@@ -415,6 +418,10 @@ class QamaIndex:
             )
         if oversample < 0:
             raise ValueError(f"oversample must be >= 0, got {oversample}")
+        if mode not in ("hamming", "adc"):
+            raise ValueError(f"mode must be 'hamming' or 'adc', got {mode!r}")
+        if mode == "adc":
+            return adc_search(self.codes, self.encoder, queries, k, fast=self._adc_codes())
         if rescore not in ("auto", "vectors", "asymmetric"):
             raise ValueError(f"rescore must be 'auto', 'vectors' or 'asymmetric', got {rescore!r}")
         if rescore == "vectors" and self.vectors is None:
@@ -431,6 +438,15 @@ class QamaIndex:
                 raise IndexMismatchError(f"queries have {queries.shape[1]} dimensions, vectors {self.manifest['dim']}")
             scores = exact_scores(queries, self.vectors, cand)  # type: ignore[arg-type]
         return top_by_score(scores, cand, k)
+
+    def _adc_codes(self) -> FastScanCodes:
+        """The codes in faiss's fast-scan layout for ``mode="adc"``, built at the first such search of a
+        generation and kept in memory (``code_size`` bytes per row)."""
+        key = (self.manifest["generation"], len(self.codes), id(self.encoder))
+        cached = getattr(self, "_adc_cache", None)
+        if cached is None or cached[0] != key:
+            cached = self._adc_cache = (key, FastScanCodes(self.codes, self.plan))
+        return cached[1]
 
     # ------------------------------------------------------------------ updates
     def add(
