@@ -18,6 +18,12 @@ __all__ = ["knn_hamming_words", "knn_hamming_rows"]
 
 _NONE = np.int32(1 << 30)  # distance of an empty slot
 CANDIDATE_BYTES = 64 * 2**20  # memory for the selection buffers of one query chunk
+ROWS_PER_THREAD = 65536  # the row kernel splits a few queries' scan over threads from 2 x this many rows
+#: Threads the row kernel splits one scan over by default. 1: a parallel region waits for every thread
+#: to check in, which on a machine with more running jobs than cores cost 5-10 ms a query (measured,
+#: 2 cores, load 6-8) against 3 ms for the whole 80 MB scan on one core; set 2 or more on a machine of
+#: one's own (the split measured 2.6-4 ms at that load, see benchmarks/RESULTS_search.md).
+SPLIT_THREADS = 1
 
 
 @nb.njit(inline="always")
@@ -126,40 +132,57 @@ def knn_hamming_words(query_codes: np.ndarray, codes: np.ndarray, k: int, block:
     return out_d, out_i
 
 
+@nb.njit(inline="always")
+def _rows_chunk(q, db, k, lo, hi, best_d, best_i) -> None:
+    """The ``k`` best of rows ``lo:hi`` for each query into ``best_*`` (``(nq, k)``)."""
+    nq, w = q.shape
+    dist = np.empty(hi - lo, np.int32)
+    buf_d = np.empty(2 * k, np.int32)
+    buf_i = np.empty(2 * k, np.int64)
+    for qi in range(nq):
+        for j in range(lo, hi):
+            d = np.int32(0)
+            for t in range(w):
+                d += np.int32(_popcount64(q[qi, t] ^ db[j, t]))
+            dist[j - lo] = d
+        cnt, _ = _select(dist, lo, k, buf_d, buf_i, 0, _NONE)
+        if cnt > k:
+            _cut(buf_d, buf_i, cnt, k)
+            cnt = k
+        best_d[qi, :cnt] = buf_d[:cnt]
+        best_i[qi, :cnt] = buf_i[:cnt]
+
+
 @nb.njit(parallel=True, fastmath=True, boundscheck=False, cache=True)
 def _knn_rows(q: np.ndarray, db: np.ndarray, k: int, nchunks: int) -> tuple[np.ndarray, np.ndarray]:
-    nq, w = q.shape
+    nq = q.shape[0]
     n = db.shape[0]
     best_d = np.full((nchunks, nq, k), _NONE, np.int32)
     best_i = np.full((nchunks, nq, k), -1, np.int64)
     for c in nb.prange(nchunks):
-        lo, hi = c * n // nchunks, (c + 1) * n // nchunks
-        dist = np.empty(hi - lo, np.int32)
-        buf_d = np.empty(2 * k, np.int32)
-        buf_i = np.empty(2 * k, np.int64)
-        for qi in range(nq):
-            for j in range(lo, hi):
-                d = np.int32(0)
-                for t in range(w):
-                    d += np.int32(_popcount64(q[qi, t] ^ db[j, t]))
-                dist[j - lo] = d
-            cnt, _ = _select(dist, lo, k, buf_d, buf_i, 0, _NONE)
-            if cnt > k:
-                _cut(buf_d, buf_i, cnt, k)
-                cnt = k
-            best_d[c, qi, :cnt] = buf_d[:cnt]
-            best_i[c, qi, :cnt] = buf_i[:cnt]
+        _rows_chunk(q, db, k, c * n // nchunks, (c + 1) * n // nchunks, best_d[c], best_i[c])
+    return best_d, best_i
+
+
+@nb.njit(fastmath=True, boundscheck=False, cache=True)
+def _knn_rows_serial(q: np.ndarray, db: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    best_d = np.full((1, q.shape[0], k), _NONE, np.int32)
+    best_i = np.full((1, q.shape[0], k), -1, np.int64)
+    _rows_chunk(q, db, k, 0, db.shape[0], best_d[0], best_i[0])
     return best_d, best_i
 
 
 def knn_hamming_rows(query_codes: np.ndarray, codes: np.ndarray, k: int, nchunks: int = 0):
     """:func:`knn_hamming_words` for a few queries: the rows are read in place, row-major (no block
-    transposition), split into ``nchunks`` contiguous ranges scanned in parallel (default: two per
-    numba thread), so that one query uses every core. Same output contract."""
+    transposition), split into ``nchunks`` contiguous ranges scanned in parallel (default: one per
+    numba thread up to :data:`SPLIT_THREADS`, at least :data:`ROWS_PER_THREAD` rows each), so
+    that one query can use every core. Same output contract."""
     q64 = np.ascontiguousarray(query_codes).view(np.uint64)
     db64 = np.ascontiguousarray(codes).view(np.uint64)
-    nchunks = nchunks or max(1, min(len(codes) // 4096, 2 * nb.get_num_threads()))
-    best_d, best_i = _knn_rows(q64, db64, k, nchunks)
+    if nchunks <= 0:
+        nchunks = max(1, min(len(codes) // ROWS_PER_THREAD, nb.get_num_threads(), SPLIT_THREADS))
+    # One chunk runs without a parallel region: no waiting for idle threads to check in.
+    best_d, best_i = _knn_rows_serial(q64, db64, k) if nchunks == 1 else _knn_rows(q64, db64, k, nchunks)
     nq = best_d.shape[1]
     d = best_d.transpose(1, 0, 2).reshape(nq, -1)
     i = best_i.transpose(1, 0, 2).reshape(nq, -1)

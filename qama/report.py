@@ -177,13 +177,15 @@ def _ablation_stage(config: ExperimentConfig, data: _Inputs, out: Path, bar: tqd
 
 def speed_table(n: int, d: int, n_queries: int, plan_name: str = "hybrid", singles: int = 50) -> list[dict]:
     """Queries per second on ``n`` synthetic unit vectors: FP32 flat inner product (faiss) against
-    Hamming search on the plan's codes, with and without asymmetric rescoring of 100 candidates.
+    Hamming search on the plan's codes, with and without asymmetric rescoring of 100 candidates,
+    and the asymmetric full scan (``qama search --mode adc``).
 
     Synthetic data: the figures are speed only, as ratios of one run on one machine.
     """
     import faiss
 
     from qama.codes import make_plan
+    from qama.adc import FastScanCodes, adc_search
     from qama.search import ThresholdEncoder, hamming_search, search_rescored
 
     rng = np.random.default_rng(0)
@@ -199,6 +201,7 @@ def speed_table(n: int, d: int, n_queries: int, plan_name: str = "hybrid", singl
     qcodes[:, : plan.code_size] = encoder.encode(queries)
     flat = faiss.IndexFlatIP(d)
     flat.add(corpus)
+    fast = FastScanCodes(codes, plan)  # what an index builds at its first adc search
     k = 10
 
     def per_query(fn) -> float:
@@ -229,6 +232,11 @@ def speed_table(n: int, d: int, n_queries: int, plan_name: str = "hybrid", singl
             lambda i: search_rescored(
                 codes, encoder, queries[i : i + 1], k, oversample=10, query_codes=qcodes[i : i + 1]
             ),
+        ),
+        f"{plan_name} asymmetric full scan (adc)": (
+            width,
+            lambda: adc_search(codes, encoder, queries, k, fast=fast),
+            lambda i: adc_search(codes, encoder, queries[i : i + 1], k, fast=fast),
         ),
     }
     rows = []
@@ -504,7 +512,7 @@ def run_report(
             f"top-10, faiss threads {_faiss_threads()}"
         )
         bar.set_description("speed table")
-        key = _key([config.speed_vectors, config.speed_queries, d, platform.node(), "aligned rows"])
+        key = _key([config.speed_vectors, config.speed_queries, d, platform.node(), "aligned rows", "adc"])
         speed = _cached(out / "stages" / "speed.json", key) or _save(
             out / "stages" / "speed.json", key, speed_table(config.speed_vectors, d, config.speed_queries)
         )
