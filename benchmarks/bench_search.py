@@ -138,9 +138,9 @@ def speed(n: int, nq: int, singles: int, peers: bool = True) -> None:
     )
     if peers:
         t0 = time.perf_counter()
-        for name, (nbytes, index) in peer_indexes(corpus, corpus[:100_000]).items():
+        for name, (nbytes, index) in peer_indexes(corpus, corpus[:50_000]).items():
             methods[name] = (nbytes, lambda q, index=index: index.search(queries[q], k))
-        print(f"faiss PQ64x8 + RaBitQ: train on 100k, add {n:,}: {time.perf_counter() - t0:.1f} s")
+        print(f"faiss PQ64x8 + RaBitQ: train on 50k, add {n:,}: {time.perf_counter() - t0:.1f} s")
     del corpus
     words = codes80.view(np.uint64)
     _sum_rows(words[:1000], 2)
@@ -376,7 +376,7 @@ def adc_quality() -> None:
         flat.add(corpus)
         s, i = flat.search(q, k)
         results.append(("FP32 (faiss IndexFlatIP)", 4 * corpus.shape[1], ev.from_ranking(i, s)))
-        for spec in ("hybrid", "2bit", "1bit"):
+        for spec in ("hybrid", "2bit", "1.5bit", "1bit"):
             plan = make_plan(spec, corpus.shape[1])
             enc = ThresholdEncoder.fit(corpus, plan)
             codes = enc.encode(corpus)
