@@ -3,9 +3,10 @@
 faiss's flat binary search pops one 64-bit word of one pair at a time. Here each block of ``B``
 corpus rows is transposed once into word-major order, so that for one query the inner loop runs
 over consecutive rows of one word: XOR + popcount on 8 rows at a time (AVX-512), which pays off
-when many queries share the block (a batch). Blocks run in parallel; each keeps, per query, the
-``k`` best rows by (distance, row id) in a max-heap, and the blocks' lists are merged at the end, so ties are
-broken by ascending row id exactly.
+when many queries share the block (a batch). Chunks of consecutive blocks run in parallel; each
+keeps, per query, the ``k`` best rows by (distance, row id) (a threshold and a buffer cut back to
+its ``k`` best when full), and the chunks' lists are merged at the end, so ties are broken by
+ascending row id exactly.
 """
 
 from __future__ import annotations
@@ -13,10 +14,16 @@ from __future__ import annotations
 import numba as nb
 import numpy as np
 
-__all__ = ["knn_hamming_words"]
+__all__ = ["knn_hamming_words", "knn_hamming_rows"]
 
 _NONE = np.int32(1 << 30)  # distance of an empty slot
-CANDIDATE_BYTES = 64 * 2**20  # memory for the blocks' candidate lists of one query chunk
+CANDIDATE_BYTES = 64 * 2**20  # memory for the selection buffers of one query chunk
+ROWS_PER_THREAD = 65536  # the row kernel splits a few queries' scan over threads from 2 x this many rows
+#: Threads the row kernel splits one scan over by default. 1: a parallel region waits for every thread
+#: to check in, which on a machine with more running jobs than cores cost 5-10 ms a query (measured,
+#: 2 cores, load 6-8) against 3 ms for the whole 80 MB scan on one core; set 2 or more on a machine of
+#: one's own (the split measured 2.6-4 ms at that load, see benchmarks/RESULTS_search.md).
+SPLIT_THREADS = 1
 
 
 @nb.njit(inline="always")
@@ -28,53 +35,80 @@ def _popcount64(x: np.uint64) -> np.uint64:
 
 
 @nb.njit(parallel=True, fastmath=True, boundscheck=False, cache=True)
-def _knn_blocks(q: np.ndarray, db: np.ndarray, k: int, block: int) -> tuple[np.ndarray, np.ndarray]:
+def _knn_blocks(q: np.ndarray, db: np.ndarray, k: int, block: int, nchunks: int) -> tuple[np.ndarray, np.ndarray]:
     nq, w = q.shape
     n = db.shape[0]
     nblocks = (n + block - 1) // block
-    best_d = np.full((nblocks, nq, k), _NONE, np.int32)
-    best_i = np.full((nblocks, nq, k), -1, np.int64)
-    for b in nb.prange(nblocks):
-        lo = b * block
-        m = min(n, lo + block) - lo
-        words = np.empty((w, m), np.uint64)  # (w, m): the block, word-major
-        for j in range(m):
-            for t in range(w):
-                words[t, j] = db[lo + j, t]
-        dist = np.empty(m, np.int32)
+    best_d = np.full((nchunks, nq, k), _NONE, np.int32)
+    best_i = np.full((nchunks, nq, k), -1, np.int64)
+    for c in nb.prange(nchunks):  # a chunk: consecutive blocks, one selection state per query
+        buf_d = np.empty((nq, 2 * k), np.int32)
+        buf_i = np.empty((nq, 2 * k), np.int64)
+        cnt = np.zeros(nq, np.int64)
+        thr = np.full(nq, _NONE, np.int32)
+        words = np.empty((w, block), np.uint64)
+        dist = np.empty(block, np.int32)
+        for b in range(c * nblocks // nchunks, (c + 1) * nblocks // nchunks):
+            lo = b * block
+            m = min(n, lo + block) - lo
+            for j in range(m):  # (w, m): the block, word-major
+                for t in range(w):
+                    words[t, j] = db[lo + j, t]
+            for qi in range(nq):
+                dist[:m] = 0
+                for t in range(w):
+                    qt = q[qi, t]
+                    row = words[t]
+                    for j in range(m):
+                        dist[j] += np.int32(_popcount64(qt ^ row[j]))
+                cnt[qi], thr[qi] = _select(dist[:m], lo, k, buf_d[qi], buf_i[qi], cnt[qi], thr[qi])
         for qi in range(nq):
-            dist[:] = 0
-            for t in range(w):
-                qt = q[qi, t]
-                row = words[t]
-                for j in range(m):
-                    dist[j] += np.int32(_popcount64(qt ^ row[j]))
-            kd, ki = best_d[b, qi], best_i[b, qi]  # a max-heap on (distance, id): the root is the worst kept
-            for j in range(m):
-                if dist[j] < kd[0]:  # rows come in ascending id: a tie never displaces an earlier row
-                    _replace_root(kd, ki, dist[j], lo + j)  # type: ignore[arg-type]  # numba: int64
+            if cnt[qi] > k:
+                _cut(buf_d[qi], buf_i[qi], cnt[qi], k)
+                cnt[qi] = k
+            best_d[c, qi, : cnt[qi]] = buf_d[qi, : cnt[qi]]
+            best_i[c, qi, : cnt[qi]] = buf_i[qi, : cnt[qi]]
     return best_d, best_i
 
 
 @nb.njit(inline="always")
-def _replace_root(kd: np.ndarray, ki: np.ndarray, d: np.int32, i: np.int64) -> None:
-    """Put (d, i) at the root of the max-heap and sift it down."""
-    k = kd.shape[0]
-    pos = 0
-    while True:
-        child = 2 * pos + 1
-        if child >= k:
-            break
-        if child + 1 < k and (kd[child + 1] > kd[child] or (kd[child + 1] == kd[child] and ki[child + 1] > ki[child])):
-            child += 1
-        if kd[child] > d or (kd[child] == d and ki[child] > i):
-            kd[pos] = kd[child]
-            ki[pos] = ki[child]
-            pos = child
-        else:
-            break
-    kd[pos] = d
-    ki[pos] = i
+def _select(dist: np.ndarray, lo: int, k: int, buf_d: np.ndarray, buf_i: np.ndarray, cnt: int, thr: np.int32):
+    """Add the rows of ``dist`` (ids ``lo + j``, above every id seen so far) to a selection of the ``k``
+    best rows by (distance, id): ``buf_*`` (``2 k`` slots) hold ``cnt`` entries, unordered, and rows
+    must beat the threshold ``thr`` to be appended; a full buffer is cut back to its ``k`` best and
+    the threshold becomes the ``k``-th distance (a later tie never displaces a kept row). About one
+    comparison per row, unlike a heap's sift per improvement. Returns the new ``(cnt, thr)``; the
+    caller cuts a final buffer of more than ``k`` entries."""
+    for j in range(dist.shape[0]):
+        d = dist[j]
+        if d < thr:
+            buf_d[cnt] = d
+            buf_i[cnt] = lo + j
+            cnt += 1
+            if cnt == 2 * k:
+                thr = _cut(buf_d, buf_i, cnt, k)
+                cnt = k
+    return cnt, thr
+
+
+@nb.njit(inline="always")
+def _cut(buf_d: np.ndarray, buf_i: np.ndarray, cnt: int, k: int) -> np.int32:
+    """Keep the ``k`` best of the first ``cnt`` entries (in arrival order), return the ``k``-th distance."""
+    kth = np.partition(buf_d[:cnt].copy(), k - 1)[k - 1]
+    ties = k
+    for j in range(cnt):
+        if buf_d[j] < kth:
+            ties -= 1
+    out = 0
+    for j in range(cnt):
+        d = buf_d[j]
+        if d < kth or (d == kth and ties > 0):
+            if d == kth:
+                ties -= 1
+            buf_d[out] = d
+            buf_i[out] = buf_i[j]
+            out += 1
+    return kth
 
 
 def knn_hamming_words(query_codes: np.ndarray, codes: np.ndarray, k: int, block: int = 8192):
@@ -83,15 +117,74 @@ def knn_hamming_words(query_codes: np.ndarray, codes: np.ndarray, k: int, block:
     q64 = np.ascontiguousarray(query_codes).view(np.uint64)
     db64 = np.ascontiguousarray(codes).view(np.uint64)
     nblocks = -(-len(codes) // block)
-    # Per-block candidate lists take nblocks * queries * k * 12 bytes: bound them by query chunks.
-    chunk = max(1, CANDIDATE_BYTES // (nblocks * k * 12))
+    nchunks = min(nblocks, 2 * nb.get_num_threads())
+    # Selection buffers take nchunks * queries * k * 36 bytes: bound them by query chunks.
+    chunk = max(1, CANDIDATE_BYTES // (nchunks * k * 36))
     out_d = np.empty((len(q64), k), np.int32)
     out_i = np.empty((len(q64), k), np.int64)
     for s in range(0, len(q64), chunk):
-        best_d, best_i = _knn_blocks(q64[s : s + chunk], db64, k, block)
+        best_d, best_i = _knn_blocks(q64[s : s + chunk], db64, k, block, nchunks)
         nq = best_d.shape[1]
         d = best_d.transpose(1, 0, 2).reshape(nq, -1)
         i = best_i.transpose(1, 0, 2).reshape(nq, -1)
         order = np.lexsort((np.where(i < 0, np.iinfo(np.int64).max, i), d), axis=-1)[:, :k]
         out_d[s : s + nq], out_i[s : s + nq] = np.take_along_axis(d, order, 1), np.take_along_axis(i, order, 1)
     return out_d, out_i
+
+
+@nb.njit(inline="always")
+def _rows_chunk(q, db, k, lo, hi, best_d, best_i) -> None:
+    """The ``k`` best of rows ``lo:hi`` for each query into ``best_*`` (``(nq, k)``)."""
+    nq, w = q.shape
+    dist = np.empty(hi - lo, np.int32)
+    buf_d = np.empty(2 * k, np.int32)
+    buf_i = np.empty(2 * k, np.int64)
+    for qi in range(nq):
+        for j in range(lo, hi):
+            d = np.int32(0)
+            for t in range(w):
+                d += np.int32(_popcount64(q[qi, t] ^ db[j, t]))
+            dist[j - lo] = d
+        cnt, _ = _select(dist, lo, k, buf_d, buf_i, 0, _NONE)
+        if cnt > k:
+            _cut(buf_d, buf_i, cnt, k)
+            cnt = k
+        best_d[qi, :cnt] = buf_d[:cnt]
+        best_i[qi, :cnt] = buf_i[:cnt]
+
+
+@nb.njit(parallel=True, fastmath=True, boundscheck=False, cache=True)
+def _knn_rows(q: np.ndarray, db: np.ndarray, k: int, nchunks: int) -> tuple[np.ndarray, np.ndarray]:
+    nq = q.shape[0]
+    n = db.shape[0]
+    best_d = np.full((nchunks, nq, k), _NONE, np.int32)
+    best_i = np.full((nchunks, nq, k), -1, np.int64)
+    for c in nb.prange(nchunks):
+        _rows_chunk(q, db, k, c * n // nchunks, (c + 1) * n // nchunks, best_d[c], best_i[c])
+    return best_d, best_i
+
+
+@nb.njit(fastmath=True, boundscheck=False, cache=True)
+def _knn_rows_serial(q: np.ndarray, db: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    best_d = np.full((1, q.shape[0], k), _NONE, np.int32)
+    best_i = np.full((1, q.shape[0], k), -1, np.int64)
+    _rows_chunk(q, db, k, 0, db.shape[0], best_d[0], best_i[0])
+    return best_d, best_i
+
+
+def knn_hamming_rows(query_codes: np.ndarray, codes: np.ndarray, k: int, nchunks: int = 0):
+    """:func:`knn_hamming_words` for a few queries: the rows are read in place, row-major (no block
+    transposition), split into ``nchunks`` contiguous ranges scanned in parallel (default: one per
+    numba thread up to :data:`SPLIT_THREADS`, at least :data:`ROWS_PER_THREAD` rows each), so
+    that one query can use every core. Same output contract."""
+    q64 = np.ascontiguousarray(query_codes).view(np.uint64)
+    db64 = np.ascontiguousarray(codes).view(np.uint64)
+    if nchunks <= 0:
+        nchunks = max(1, min(len(codes) // ROWS_PER_THREAD, nb.get_num_threads(), SPLIT_THREADS))
+    # One chunk runs without a parallel region: no waiting for idle threads to check in.
+    best_d, best_i = _knn_rows_serial(q64, db64, k) if nchunks == 1 else _knn_rows(q64, db64, k, nchunks)
+    nq = best_d.shape[1]
+    d = best_d.transpose(1, 0, 2).reshape(nq, -1)
+    i = best_i.transpose(1, 0, 2).reshape(nq, -1)
+    order = np.lexsort((np.where(i < 0, np.iinfo(np.int64).max, i), d), axis=-1)[:, :k]
+    return np.take_along_axis(d, order, 1), np.take_along_axis(i, order, 1)

@@ -122,11 +122,12 @@ def open_index(path: str | os.PathLike, adapter: QamaAdapter | str | os.PathLike
 
 
 def search_index(
-    index: QamaIndex, query_emb: np.ndarray, k: int = 10, oversample: int = 4
+    index: QamaIndex, query_emb: np.ndarray, k: int = 10, oversample: int = 4, mode: str = "hamming"
 ) -> list[list[tuple[str, float]]]:
     """Top-``k`` ``(doc_id, score)`` per query: Hamming candidates (``oversample × k``) rescored
-    (stored vectors if kept, else query · dequantised code); ``oversample=0`` is Hamming only."""
-    scores, rows = index.search(np.atleast_2d(query_emb), k, oversample=oversample)
+    (stored vectors if kept, else query · dequantised code); ``oversample=0`` is Hamming only;
+    ``mode="adc"``: every code scored asymmetrically (no Hamming stage)."""
+    scores, rows = index.search(np.atleast_2d(query_emb), k, oversample=oversample, mode=mode)
     return [
         [(index.ids[int(r)], float(s)) for s, r in zip(srow, rrow, strict=True) if r >= 0]
         for srow, rrow in zip(scores, rows, strict=True)

@@ -244,7 +244,7 @@ def cmd_search(args: argparse.Namespace) -> int:
             args.k = n
         recorded = backend.manifest.get("meta", {}).get("model")
         queries, labels = query_embeddings(args.text, args.queries, args.model, recorded, str(uri))
-        results = search_hits(backend, queries, labels, args.k, args.oversample, args.rescore)
+        results = search_hits(backend, queries, labels, args.k, args.oversample, args.rescore, args.mode)
     if args.json is not None:
         write_json(args.json, results)
     else:
@@ -387,6 +387,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-k", type=int, default=10, help="documents per query (default: 10)")
     p.add_argument("--oversample", type=int, default=4, help="rescore oversample*k Hamming candidates; 0: none")
     p.add_argument("--rescore", default="auto", choices=RESCORE_MODES, help="how candidates are rescored")
+    mode_help = "hamming (default): Hamming search, then --oversample rescoring; adc: every code scored "
+    mode_help += "asymmetrically against the float query (no Hamming stage; an index folder only)"
+    p.add_argument("--mode", default="hamming", choices=["hamming", "adc"], help=mode_help)
     p.add_argument("--json", type=Path, nargs="?", const=Path("-"), help=json_help + " (default: -)")
     p.set_defaults(func=cmd_search)
     return parser

@@ -48,6 +48,7 @@ from qama._validate import (
     check_queries,
     read_json_file,
 )
+from qama.adc import FastScanCodes, adc_search
 from qama.codes import Plan
 from qama.encoders import Encoder, encoder_kind, open_encoder, state_bytes, state_from_bytes
 from qama.errors import IndexCorruptError, IndexLockedError, IndexMismatchError
@@ -360,17 +361,23 @@ class QamaIndex:
         return hamming_search(self.codes, query_codes, k)
 
     def search(
-        self, queries: np.ndarray, k: int = 10, oversample: int = 0, rescore: str = "auto"
+        self, queries: np.ndarray, k: int = 10, oversample: int = 0, rescore: str = "auto", mode: str = "hamming"
     ) -> tuple[np.ndarray, np.ndarray]:
         """Top-``k`` rows for ``(nq, d)`` float query embeddings: ``(scores, rows)``.
 
         :func:`qama.search.search_rescored` over this index: ``oversample=0`` is Hamming search only
         (scores are negated distances); ``oversample=f``: ``f × k`` Hamming candidates rescored by
         ``rescore``: ``"vectors"`` (stored float32 vectors), ``"asymmetric"`` (query · dequantised
-        code) or ``"auto"`` (vectors if stored).
+        code) or ``"auto"`` (vectors if stored). ``mode="adc"``: no Hamming stage, every code scored
+        asymmetrically (the full scan of :func:`qama.adc.adc_search`; ``oversample`` and ``rescore``
+        are not used).
         """
         queries = check_queries(queries, int(self.manifest["dim"]), IndexMismatchError)  # exact dimension, finite
         k, oversample = check_k(k, len(queries)), check_oversample(oversample)
+        if mode not in ("hamming", "adc"):
+            raise ValueError(f"mode must be 'hamming' or 'adc', got {mode!r}")
+        if mode == "adc":
+            return adc_search(self.codes, self.encoder, queries, k, fast=self._adc_codes())
         if rescore == "vectors" and self.vectors is None:
             raise ValueError(f"{self.path}: this index keeps no vectors; rebuild it with keep_vectors=True")
         if self.vectors is not None and rescore != "asymmetric" and queries.shape[1] != self.vectors.shape[1]:
@@ -378,6 +385,15 @@ class QamaIndex:
         first = self.search_codes  # the exact scan, with query codes checked and padded to the row size
         codes, vectors = self.codes, self.vectors
         return search_rescored(codes, self.encoder, queries, k, oversample, vectors, rescore=rescore, candidates=first)
+
+    def _adc_codes(self) -> FastScanCodes:
+        """The codes in faiss's fast-scan layout for ``mode="adc"``, built at the first such search of a
+        generation and kept in memory (``code_size`` bytes per row)."""
+        key = (self.manifest["generation"], len(self.codes), id(self.encoder))
+        cached = getattr(self, "_adc_cache", None)
+        if cached is None or cached[0] != key:
+            cached = self._adc_cache = (key, FastScanCodes(self.codes, self.plan))
+        return cached[1]
 
     # ------------------------------------------------------------------ updates
     def add(

@@ -462,7 +462,8 @@ def run_report(
             f"top-10, faiss threads {_faiss_threads()}"
         )
         bar.set_description("speed table")
-        key = _key([config.speed_vectors, config.speed_queries, d, platform.node(), "aligned rows", config.peers])
+        setting = [config.speed_vectors, config.speed_queries, d, platform.node(), "aligned rows", "adc"]
+        key = _key([*setting, config.peers])
         speed = _cached(out / "stages" / "speed.json", key) or _save(
             out / "stages" / "speed.json",
             key,

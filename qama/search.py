@@ -17,11 +17,11 @@ unaligned rows faiss's XOR + popcount scan (``faiss.knn_hamming``). Speeds:
 *Asymmetric* scoring keeps the query in float: the score of a document is ``query · x̂``, ``x̂`` the
 document's dequantised vector. Through an :class:`Encoder` it is computed as
 ``Σ_j w_j · centroids[j, level_j]`` (``w = encoder.query_weights(query)``), for candidate rows only:
-only their codes are unpacked, never the whole corpus. :func:`search_rescored` is the one two-stage
-search every store runs (Hamming candidates ``oversample × k`` → asymmetric or full-precision
-rescoring → top-k; ``oversample=0``: Hamming only) and :func:`funnel_search` the Matryoshka funnel
-(a code prefix picks candidates, full codes rerank). The encoders live in :mod:`qama.encoders`
-(re-exported here under their old import path).
+only their codes are read, ``code_size`` look-ups each in per-query byte tables (:mod:`qama.adc`).
+:func:`search_rescored` is the one two-stage search every store runs (Hamming candidates
+``oversample × k`` → asymmetric or full-precision rescoring → top-k; ``oversample=0``: Hamming only)
+and :func:`funnel_search` the Matryoshka funnel (a code prefix picks candidates, full codes rerank).
+The encoders live in :mod:`qama.encoders` (re-exported here under their old import path).
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ import faiss
 import numpy as np
 
 from qama._validate import check_k, check_oversample, n_candidates
-from qama.codes import hamming, hamming_distances, unpack
+from qama.codes import hamming, hamming_distances
 from qama.encoders import AdapterEncoder, Encoder, ThresholdEncoder  # re-exported: their old home
 
 __all__ = [
@@ -108,7 +108,8 @@ def hamming_search(codes: np.ndarray, query_codes: np.ndarray, k: int) -> tuple[
 
     A batch of queries over rows of whole 64-bit words (the index's aligned rows) runs the blocked
     kernel of :mod:`qama._kernels` (about 1.9x faiss's scan at 1M x 80 bytes, 1,000 queries); a
-    few queries, or unaligned rows, run faiss's popcount scan. Either reads ``codes`` in place (a
+    few queries on aligned rows run its row kernel (the rows split over the cores: one query uses
+    them all); unaligned rows run faiss's popcount scan. Either reads ``codes`` in place (a
     C-contiguous memory map is not copied). Returns int32 distances and int64 ids, ``(nq, k)``
     each; ties by ascending id.
     """
@@ -120,10 +121,11 @@ def hamming_search(codes: np.ndarray, query_codes: np.ndarray, k: int) -> tuple[
     if n == 0 or nq == 0:
         return dist, ids
     kk = min(k, n)
-    if nq >= BATCH_KERNEL_MIN_QUERIES and codes.shape[1] % 8 == 0:
-        from qama._kernels import knn_hamming_words
+    if codes.shape[1] % 8 == 0:
+        from qama._kernels import knn_hamming_rows, knn_hamming_words
 
-        dist[:, :kk], ids[:, :kk] = knn_hamming_words(query_codes, codes, kk)
+        kernel = knn_hamming_words if nq >= BATCH_KERNEL_MIN_QUERIES else knn_hamming_rows
+        dist[:, :kk], ids[:, :kk] = kernel(query_codes, codes, kk)
     else:
         d, i = faiss.knn_hamming(np.ascontiguousarray(query_codes), np.ascontiguousarray(codes), kk)
         dist[:, :kk], ids[:, :kk] = _order_ties(d, i)
@@ -152,9 +154,11 @@ def asymmetric_scores(weights: np.ndarray, codes: np.ndarray, candidates: np.nda
     """Asymmetric scores ``Σ_j w_j · centroids[j, level_j]`` of candidate rows.
 
     ``weights``: ``(nq, n_values)`` from ``encoder.query_weights``; ``codes``: the corpus codes
-    (rows may be aligned wider than ``code_size``; only candidate rows are read and unpacked);
+    (rows may be aligned wider than ``code_size``; only candidate rows are read);
     ``candidates``: ``(nq, m)`` row ids, ``-1`` for none. Returns ``(nq, m)`` float32, ``-inf``
-    where the candidate is ``-1``.
+    where the candidate is ``-1``. Computed without unpacking, ``code_size`` look-ups per row in
+    per-query byte tables (:func:`qama.adc.lut_scores`; the unpacking reference is
+    :func:`qama.adc.asymmetric_scores_reference`).
     """
     plan = encoder.plan
     nq, m = candidates.shape
@@ -165,19 +169,16 @@ def asymmetric_scores(weights: np.ndarray, codes: np.ndarray, candidates: np.nda
             for i in range(0, nq, block)
         ]
         return np.concatenate(parts)
-    valid = candidates >= 0
-    rows = np.where(valid, candidates, 0).reshape(-1)
     if len(codes) == 0:
         return np.full((nq, m), -np.inf, dtype=np.float32)
-    levels = unpack(np.asarray(codes[rows]), plan).reshape(nq, m, plan.n_values)  # (nq, m, n_values)
-    cent = np.asarray(encoder.centroids, dtype=np.float32)
-    values = cent[np.arange(plan.n_values), levels]  # (nq, m, n_values) dequantised values
-    scores = np.einsum("qmv,qv->qm", values, np.asarray(weights, dtype=np.float32))
-    norms2 = getattr(encoder, "level_norms2", None)
-    if norms2 is not None:  # a cosine: divide by the length of each reconstructed document
-        lengths = np.sqrt(np.asarray(norms2, dtype=np.float32)[np.arange(plan.n_values), levels].sum(axis=-1))
-        scores = scores / np.maximum(lengths, 1e-12)
-    return np.where(valid, scores, -np.inf).astype(np.float32)
+    if not isinstance(codes, np.ndarray):  # a store that reads rows on demand: only the candidates' rows
+        valid = candidates >= 0
+        wanted, inverse = np.unique(np.where(valid, candidates, 0), return_inverse=True)
+        codes = np.asarray(codes[wanted], dtype=np.uint8)
+        candidates = np.where(valid, inverse.reshape(candidates.shape), -1)
+    from qama.adc import lut_scores
+
+    return lut_scores(weights, codes, candidates, encoder)
 
 
 def exact_scores(queries: np.ndarray, vectors: np.ndarray, candidates: np.ndarray) -> np.ndarray:

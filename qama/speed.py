@@ -61,6 +61,7 @@ def speed_table(
     """
     import faiss
 
+    from qama.adc import FastScanCodes, adc_search
     from qama.codes import make_plan
     from qama.encoders import ThresholdEncoder
     from qama.search import hamming_search, search_rescored
@@ -98,6 +99,11 @@ def speed_table(
             lambda q: search_rescored(codes, encoder, queries[q], k, oversample=10, query_codes=qcodes[q]),
         ),
     }
+    fast = FastScanCodes(codes, plan)  # what an index builds at its first adc search
+    methods[f"{plan_name} asymmetric full scan (adc)"] = (
+        width,
+        lambda q: adc_search(codes, encoder, queries[q], k, fast=fast),
+    )
     if peers:
         from qama.peers import speed_methods
 

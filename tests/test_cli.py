@@ -166,6 +166,12 @@ def test_index_then_search(small, tmp_path, capsys):
     hits = json.loads(capsys.readouterr().out)
     assert [h["hits"][0]["id"] for h in hits] == ["d0", "d1", "d2"]  # each document finds itself
     assert all(len(h["hits"]) == 2 for h in hits)
+    # the asymmetric full scan (adapter codes: cosine scores) finds them too
+    args = ["-q", "search", "--index", str(tmp_path / "idx"), "--queries", str(tmp_path / "q.npy"), "-k", "2"]
+    assert main([*args, "--mode", "adc", "--json"]) == 0
+    hits = json.loads(capsys.readouterr().out)
+    assert [h["hits"][0]["id"] for h in hits] == ["d0", "d1", "d2"]
+    assert all(len(h["hits"]) == 2 and -1.01 <= h["hits"][0]["score"] <= 1.01 for h in hits)
 
 
 @pytest.mark.parametrize(

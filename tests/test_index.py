@@ -234,3 +234,43 @@ def test_pickled_or_garbage_npy_refused(index: QamaIndex) -> None:
     with pytest.raises(IndexCorruptError):
         QamaIndex.open(index.path)
     shutil.rmtree(index.path)
+
+
+
+def _adc_reference(index: QamaIndex, q: np.ndarray, k: int):
+    from qama.search import asymmetric_scores, top_by_score
+
+    full = np.tile(np.arange(len(index)), (len(q), 1))
+    return top_by_score(asymmetric_scores(index.encoder.query_weights(q), index.codes, full, index.encoder), full, k)
+
+
+class _NormedEncoder(ThresholdEncoder):
+    """Scores are cosines (``level_norms2``), as an adapter's are: the index keeps the rows' lengths."""
+
+    @property
+    def level_norms2(self) -> np.ndarray:
+        return self.centroids**2
+
+
+def test_adc_mode_scores_every_code(tmp_path: Path, index: QamaIndex, emb: np.ndarray) -> None:
+    q = emb[:6] + 0.05
+    for k in (7, 200):
+        s, i = index.search(q, k, mode="adc")
+        rs, ri = _adc_reference(index, q, k)
+        np.testing.assert_array_equal(i, ri)
+        np.testing.assert_array_equal(s, rs)
+    assert (i[:, 120:] == -1).all()
+    with pytest.raises(ValueError, match="mode"):
+        index.search(q, 3, mode="pq")
+    # with cosine scores the index keeps the rows' lengths; they follow add and delete
+    normed = QamaIndex.create(tmp_path / "normed", _NormedEncoder.fit(emb, make_plan("hybrid", 32)), emb,
+                              [f"doc{j}" for j in range(len(emb))])
+    for change in (None, lambda: normed.add(-emb[:9], [f"new{j}" for j in range(9)]),
+                   lambda: normed.delete(["doc0", "new3", "doc50"])):
+        if change:
+            change()
+        s, i = normed.search(q, 10, mode="adc")
+        rs, ri = _adc_reference(normed, q, 10)
+        np.testing.assert_array_equal(i, ri)
+        np.testing.assert_array_equal(s, rs)
+    assert len(normed) == 126

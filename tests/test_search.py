@@ -254,3 +254,22 @@ def test_adapter_asymmetric_score_is_the_cosine_of_the_reconstruction() -> None:
     again = AdapterEncoder(adapter, "hybrid", state=enc.state)
     assert again.checksum == enc.checksum
     np.testing.assert_allclose(asymmetric_scores(again.query_weights(q), codes, cand, again), got, rtol=1e-6)
+
+
+@pytest.mark.parametrize(("n", "k", "nchunks"), [(1000, 10, 0), (300, 7, 3), (5, 10, 2), (777, 50, 1), (64, 3, 64)])
+def test_row_kernel_matches_reference_exactly_with_ties(n: int, k: int, nchunks: int) -> None:
+    """The few-queries kernel (rows split into ranges scanned in parallel): the reference's answer."""
+    from qama._kernels import knn_hamming_rows
+
+    rng = np.random.default_rng(n + 1)
+    codes = rng.integers(0, 4, (n, 16), dtype=np.uint8)
+    for nq in (1, 3):
+        queries = rng.integers(0, 4, (nq, 16), dtype=np.uint8)
+        d, i = knn_hamming_rows(queries, codes, min(k, n), nchunks)
+        ref_d, ref_i = hamming_search_reference(codes, queries, min(k, n))
+        np.testing.assert_array_equal(d, ref_d)
+        np.testing.assert_array_equal(i, ref_i)
+        full_d, full_i = hamming_search(codes, queries, k)  # few queries on aligned rows
+        np.testing.assert_array_equal(full_d[:, : min(k, n)], ref_d)
+        np.testing.assert_array_equal(full_i[:, : min(k, n)], ref_i)
+        assert (full_i[:, n:] == -1).all()

@@ -92,12 +92,13 @@ class Backend(Protocol):
         ...
 
     def search(
-        self, queries: np.ndarray, k: int = 10, oversample: int = 0, rescore: str = "auto"
+        self, queries: np.ndarray, k: int = 10, oversample: int = 0, rescore: str = "auto", mode: str = "hamming"
     ) -> tuple[np.ndarray, np.ndarray]:
         """Top-``k`` for ``(nq, d)`` float queries: float32 scores (descending) and object ids.
 
         ``oversample=0``: Hamming only (scores are negated distances); ``oversample=f``: ``f × k``
-        Hamming candidates rescored (``"asymmetric"``, ``"vectors"`` or ``"auto"``).
+        Hamming candidates rescored (``"asymmetric"``, ``"vectors"`` or ``"auto"``). ``mode="adc"``:
+        every code scored asymmetrically, no Hamming stage (index folders only).
         """
         ...
 
@@ -200,10 +201,11 @@ def search_hits(
     k: int = 10,
     oversample: int = 4,
     rescore: str = "auto",
+    mode: str = "hamming",
 ) -> list[dict[str, Any]]:
     """:meth:`Backend.search` as records: ``[{"query": label, "hits": [{"id", "title", "score"}]}]``,
     one per query (what ``qama search`` prints); missing neighbours are left out."""
-    scores, ids = backend.search(queries, k, oversample=oversample, rescore=rescore)
+    scores, ids = backend.search(queries, k, oversample=oversample, rescore=rescore, mode=mode)
     return [
         {
             "query": label,
@@ -330,14 +332,14 @@ class FaissBackend:
         return dist, self._doc_ids(rows)
 
     def search(
-        self, queries: np.ndarray, k: int = 10, oversample: int = 0, rescore: str = "auto"
+        self, queries: np.ndarray, k: int = 10, oversample: int = 0, rescore: str = "auto", mode: str = "hamming"
     ) -> tuple[np.ndarray, np.ndarray]:
         if k <= 0:
             raise ValueError(f"k must be positive, got {k}")
         if self.index is None:
             dist, ids = missing_results(len(queries), k)
             return np.full(dist.shape, -np.inf, dtype=np.float32), ids
-        scores, rows = self.index.search(queries, k, oversample=oversample, rescore=rescore)
+        scores, rows = self.index.search(queries, k, oversample=oversample, rescore=rescore, mode=mode)
         return scores, self._doc_ids(rows)
 
     def title(self, doc_id: str) -> str | None:

@@ -487,7 +487,7 @@ class MilvusBackend:
         return out
 
     def search(
-        self, queries: np.ndarray, k: int = 10, oversample: int = 0, rescore: str = "auto"
+        self, queries: np.ndarray, k: int = 10, oversample: int = 0, rescore: str = "auto", mode: str = "hamming"
     ) -> tuple[np.ndarray, np.ndarray]:
         """Top-``k``: :func:`qama.search.search_rescored` with the server as its first stage.
 
@@ -495,6 +495,8 @@ class MilvusBackend:
         float vectors (``"vectors"``; ``"auto"`` picks vectors when the collection keeps them) are
         fetched and rescored here. ``oversample=0``: the server's Hamming top-``k`` only.
         """
+        if mode != "hamming":
+            raise ValueError(f"mode {mode!r} needs a local index folder; a Milvus collection searches Hamming codes")
         queries = check_queries(queries, int(self.manifest["dim"]), IndexMismatchError)  # exact dimension, finite
         k, oversample = check_k(k, len(queries)), check_oversample(oversample)
         if rescore == "vectors" and not self.keep_vectors:
