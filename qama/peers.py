@@ -129,6 +129,9 @@ def build_peer(name: str, corpus: np.ndarray, train: np.ndarray | None = None) -
         if d % M:
             raise ValueError(f"{name}: faiss IndexPQ needs M dividing the dimension ({d} % {M} != 0)")
         index = faiss.IndexPQ(d, M, 8, faiss.METRIC_INNER_PRODUCT)
+        if len(train) < 39 * 256:  # faiss would print one warning per sub-quantiser; say it once
+            logger.info("%s: training on %d vectors (faiss advises at least %d)", name, len(train), 39 * 256)
+            index.pq.cp.min_points_per_centroid = 1  # only silences that warning; the clustering is the same
         index.train(train)
         index.add(corpus)
 
