@@ -269,9 +269,17 @@ def plot_peers(ax, main: list[dict]) -> None:
             series.setdefault((e["format"], e["rescore"]), []).append(
                 (e["bytes_per_vector"], 100 * e["mean_retention"])
             )
-    for (fmt, rescore), pts in series.items():
+    colours = iter(["tab:purple", "tab:brown", "tab:pink", "tab:olive", "tab:gray", "tab:cyan", "black"])
+    for (fmt, rescore), pts in series.items():  # colours apart from those of qama's own series
         label = PEER_FORMATS[fmt] + (f" + rescore {rescore}x" if rescore else "")
-        ax.plot(*zip(*sorted(pts), strict=True), marker=markers[fmt], linestyle="--", linewidth=1, label=label)
+        ax.plot(
+            *zip(*sorted(pts), strict=True),
+            marker=markers[fmt],
+            linestyle="--",
+            linewidth=1,
+            color=next(colours, None),
+            label=label,
+        )
 
 
 def _name(e: dict) -> str:
