@@ -132,6 +132,9 @@ def build_peer(name: str, corpus: np.ndarray, train: np.ndarray | None = None) -
         if d % M:
             raise ValueError(f"{name}: faiss IndexPQ needs M dividing the dimension ({d} % {M} != 0)")
         index = faiss.IndexPQ(d, M, 8, faiss.METRIC_INNER_PRODUCT)
+        if len(train) < 39 * 256:  # faiss would print one warning per sub-quantiser; say it once
+            logger.info("%s: training on %d vectors (faiss advises at least %d)", name, len(train), 39 * 256)
+            index.pq.cp.min_points_per_centroid = 1  # only silences that warning; the clustering is the same
         index.train(train)
         index.add(corpus)
 
@@ -268,9 +271,17 @@ def plot_peers(ax, main: list[dict]) -> None:
             series.setdefault((e["format"], e["rescore"]), []).append(
                 (e["bytes_per_vector"], 100 * e["mean_retention"])
             )
-    for (fmt, rescore), pts in series.items():
+    colours = iter(["tab:purple", "tab:brown", "tab:pink", "tab:olive", "tab:gray", "tab:cyan", "black"])
+    for (fmt, rescore), pts in series.items():  # colours apart from those of qama's own series
         label = PEER_FORMATS[fmt] + (f" + rescore {rescore}x" if rescore else "")
-        ax.plot(*zip(*sorted(pts), strict=True), marker=markers[fmt], linestyle="--", linewidth=1, label=label)
+        ax.plot(
+            *zip(*sorted(pts), strict=True),
+            marker=markers[fmt],
+            linestyle="--",
+            linewidth=1,
+            color=next(colours, None),
+            label=label,
+        )
 
 
 def _name(e: dict) -> str:
