@@ -18,7 +18,7 @@ import numpy as np
 
 from qama._validate import file_mode
 
-__all__ = ["atomic_open", "write_json", "save_npy", "load_npy", "JsonFields"]
+__all__ = ["atomic_open", "write_json", "write_text", "check_output_files", "save_npy", "load_npy", "JsonFields"]
 
 
 @contextmanager
@@ -45,6 +45,11 @@ def check_output_files(*paths: str | os.PathLike | None) -> None:
         if p.is_dir() or (p.exists() and not p.is_file()):
             kind = "a folder" if p.is_dir() else "not a regular file"
             raise ValueError(f"{p}: is {kind}; give the path of a file to write")
+
+
+def write_text(path: str | os.PathLike, text: str) -> None:
+    with atomic_open(path, "w") as f:
+        f.write(text)
 
 
 def write_json(path: str | os.PathLike, obj: Any) -> None:

@@ -5,6 +5,7 @@ The bounds are defined once here and used by the command line and the Python API
 * :data:`MAX_OVERSAMPLE`, :data:`MAX_CANDIDATES`: rescoring reads at most ``MAX_CANDIDATES``
   Hamming candidates per query; ``k`` itself is clamped to the size of the index;
 * :data:`MAX_RESULT_SLOTS`: ``queries × k`` result slots an API call may ask for;
+* :data:`MAX_BATCH_SIZE`, :data:`MAX_NPROBE`: texts embedded at once, Milvus lists searched per query;
 * :data:`RELEVANCE_RANGE`: qrels relevance scores (an evaluator's memory grows with the largest);
 * :data:`MAX_JSON_BYTES`: a ``manifest.json``, ``config.json`` or ``meta.json`` is read only when it
   is a regular file of at most this size (never a link to ``/dev/zero``, never an endless stream).
@@ -29,14 +30,18 @@ from typing import Any
 import numpy as np
 
 __all__ = [
+    "MAX_BATCH_SIZE",
     "MAX_CANDIDATES",
     "MAX_JSON_BYTES",
+    "MAX_NPROBE",
     "MAX_OVERSAMPLE",
     "MAX_RESULT_SLOTS",
     "RELEVANCE_RANGE",
     "Field",
+    "check_batch_size",
     "check_fields",
     "check_k",
+    "check_nprobe",
     "check_oversample",
     "check_plain_name",
     "check_plan_syntax",
@@ -57,6 +62,10 @@ MAX_RESULT_SLOTS = 1 << 24
 RELEVANCE_RANGE = (-1000, 1000)
 #: Largest JSON metadata file read (manifest, adapter config, embeddings' meta.json).
 MAX_JSON_BYTES = 64 * 1024**2
+#: Most texts embedded at once (``--batch-size``).
+MAX_BATCH_SIZE = 65536
+#: Most Milvus inverted lists searched per query (``--nprobe``).
+MAX_NPROBE = 65536
 
 
 # ---------------------------------------------------------------------------- files
@@ -161,6 +170,23 @@ def check_oversample(oversample: Any, minimum: int = 0) -> int:
             f"(at most {MAX_CANDIDATES} candidates per query are rescored)"
         )
     return oversample
+
+
+def _check_count(value: Any, maximum: int, name: str) -> int:
+    value = _int(value, name)
+    if not 1 <= value <= maximum:
+        raise ValueError(f"{name} must be in 1..{maximum}, got {value}")
+    return value
+
+
+def check_batch_size(batch_size: Any) -> int:
+    """An embedding batch size in ``1..MAX_BATCH_SIZE`` (``--batch-size``)."""
+    return _check_count(batch_size, MAX_BATCH_SIZE, "--batch-size")
+
+
+def check_nprobe(nprobe: Any) -> int:
+    """A number of Milvus inverted lists searched per query in ``1..MAX_NPROBE`` (``--nprobe``)."""
+    return _check_count(nprobe, MAX_NPROBE, "--nprobe")
 
 
 def n_candidates(k: int, oversample: int, n: int | None) -> int:

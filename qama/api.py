@@ -23,9 +23,11 @@ and ``qama.api.evaluate`` are their deprecated old names.
 
 from __future__ import annotations
 
+import logging
 import os
 import warnings
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -37,7 +39,20 @@ from qama.embeddings import DEFAULT_MODEL
 from qama.index import QamaIndex
 from qama.table import Row
 
-__all__ = ["embed", "fit", "encode", "build_index", "open_index", "search_index", "evaluate_dataset"]
+__all__ = [
+    "embed",
+    "fit",
+    "encode",
+    "build_index",
+    "open_index",
+    "search_index",
+    "evaluate_dataset",
+    "load_adapter",
+    "index_corpus",
+    "search_store",
+]
+
+logger = logging.getLogger(__name__)
 
 
 def embed(texts: Sequence[str], model: str = DEFAULT_MODEL, batch_size: int = 64, progress: bool = True) -> np.ndarray:
@@ -114,6 +129,108 @@ def build_index(
         overwrite=overwrite,
         meta={"model": adapter.config.model_name or None},  # the model queries must be embedded with
     )
+
+
+def load_adapter(
+    path: str | os.PathLike | None, model: str | None = None, plans: Sequence[str] | None = None
+) -> QamaAdapter | None:
+    """The adapter folder ``path`` (``None`` or empty: no adapter, ``None``), checked before any work:
+    trained on embeddings of ``model`` (``None``: unknown; :meth:`QamaAdapter.check_model`) and, with
+    ``plans``, each plan fits one of its sizes (:func:`qama._validate.check_plans_fit`)."""
+    from qama._validate import check_plans_fit
+
+    if not path:
+        return None
+    adapter = QamaAdapter.load(path)
+    adapter.check_model(model, str(path))
+    if plans is not None:
+        check_plans_fit(plans, adapter.config.nested_dims, str(path))
+    return adapter
+
+
+def index_corpus(
+    uri: str | os.PathLike,
+    corpus_emb: np.ndarray,
+    ids: Sequence[str],
+    titles: Sequence[str] | None = None,
+    plan: str = "hybrid",
+    adapter: QamaAdapter | str | os.PathLike | None = None,
+    query_sample: np.ndarray | None = None,
+    replace_query_thresholds: bool = False,
+    model: str | None = None,
+    shard: str | None = None,
+    backend: str | None = None,
+    keep_vectors: bool = False,
+    progress: bool = True,
+    **options: Any,
+) -> int:
+    """Encode a corpus into the store at ``uri`` (an index folder or a Milvus collection, created
+    when missing: :func:`qama.backends.open_backend`, which takes ``backend`` and ``options``), as
+    ``qama index`` does; returns the number of documents in the store.
+
+    The encoder is fitted on the whole corpus (:func:`qama.encoders.fit_encoder`, with ``adapter``,
+    ``query_sample`` and ``replace_query_thresholds``); with ``shard`` (``"I/N"``) only part ``I`` of
+    ``N`` is added (:func:`qama.backends.shard_range`), so that ``N`` workers fill one store.
+    ``model``: the model of the embeddings, recorded for query texts (default: the adapter's)."""
+    from tqdm.auto import tqdm
+
+    from qama.backends import backend_kind, open_backend, parse_shard, shard_range
+    from qama.encoders import fit_encoder
+
+    adapter = QamaAdapter.load(adapter) if isinstance(adapter, (str, os.PathLike)) else adapter
+    if adapter is not None and model is None:  # the store answers texts with the adapter's model
+        name = adapter.config.model_name
+        model = name if name and not Path(name).exists() else None
+    encoder = fit_encoder(corpus_emb, plan, adapter, query_sample, replace_query_thresholds)
+    if shard:  # this worker's part of the corpus (the encoder above is fitted on all of it)
+        part = shard_range(len(ids), *parse_shard(shard))
+        rows = slice(part.start, part.stop)
+        corpus_emb, ids, titles = corpus_emb[rows], ids[rows], None if titles is None else titles[rows]
+        logger.info("shard %s: documents %d-%d", shard, part.start, part.stop - 1)
+    if backend_kind(uri, backend) == "milvus":
+        options["dim"] = corpus_emb.shape[1]
+    meta = {"model": model}
+    titles = titles if titles is not None and any(titles) else None  # no titles at all: none stored
+    with open_backend(uri, backend, encoder, True, keep_vectors=keep_vectors, meta=meta, **options) as store:
+        with tqdm(total=len(corpus_emb), desc="encoding", unit="doc", disable=not progress) as bar:
+            store.add(corpus_emb, ids, titles=titles, progress=bar.update)
+        n = store.count()
+        logger.info("%r: %d documents", store, n)
+    return n
+
+
+def search_store(
+    uri: str | os.PathLike,
+    texts: Sequence[str] = (),
+    npy: str | os.PathLike | None = None,
+    model: str | None = None,
+    k: int = 10,
+    oversample: int = 4,
+    rescore: str = "auto",
+    backend: str | None = None,
+    adapter: QamaAdapter | str | os.PathLike | None = None,
+    mode: str = "hamming",
+    **options: Any,
+) -> list[dict[str, Any]]:
+    """Search the store at ``uri`` (:func:`qama.backends.open_backend`, which takes ``backend``,
+    ``adapter`` and ``options``) as ``qama search`` does: the records of :func:`qama.backends.search_hits`
+    for query ``texts`` embedded with the store's model (``model`` must not contradict it) or for the
+    ``.npy`` file ``npy`` (:func:`qama.embeddings.query_embeddings`). An empty store raises; a ``k``
+    larger than the store is clamped to its size, with a warning. ``mode="adc"``: the asymmetric full
+    scan (an index folder only)."""
+    from qama.backends import open_backend, search_hits
+    from qama.embeddings import query_embeddings
+
+    with open_backend(uri, backend, adapter=adapter, **options) as store:
+        n = store.count()
+        if n == 0:
+            raise ValueError(f"{uri}: the index is empty")
+        if k > n:
+            logger.warning("k=%d is larger than the index (%d documents): returning all of them", k, n)
+            k = n
+        recorded = store.manifest.get("meta", {}).get("model")
+        queries, labels = query_embeddings(list(texts), npy, model, recorded, str(uri))
+        return search_hits(store, queries, labels, k, oversample, rescore, mode)
 
 
 def open_index(path: str | os.PathLike, adapter: QamaAdapter | str | os.PathLike | None = None) -> QamaIndex:

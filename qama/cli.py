@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -24,8 +23,12 @@ __all__ = ["main"]
 
 logger = logging.getLogger("qama")
 
-MAX_BATCH_SIZE = 65536  # texts embedded at once (--batch-size)
-MAX_NPROBE = 65536  # Milvus inverted lists searched per query (--nprobe)
+
+def _resolve_model(args: argparse.Namespace) -> None:
+    """``args.model`` and ``args.recorded_model``, before any work: :func:`qama.embeddings.resolve_model`."""
+    from qama.embeddings import resolve_model
+
+    args.model, args.recorded_model = resolve_model(args.embeddings, args.model, args.batch_size)
 
 
 def _load_inputs(args: argparse.Namespace):
@@ -33,44 +36,14 @@ def _load_inputs(args: argparse.Namespace):
     from qama.data import load_dataset
     from qama.embeddings import dataset_embeddings
 
-    _resolve_model(args)
     dataset = load_dataset(args.dataset, split=args.split, cache_dir=args.cache_dir)
     logger.info("%r", dataset)
     corpus, queries = dataset_embeddings(dataset, args.model, args.embeddings, args.cache_dir, args.batch_size)
     return dataset, corpus, queries
 
 
-def _resolve_model(args: argparse.Namespace) -> None:
-    """``args.model``: the model that embeds texts (``--model``, else the one ``meta.json`` beside
-    ``--embeddings`` names, else the default); ``args.recorded_model``: the model the embeddings are
-    known to come from (``None``: unknown). A ``--model`` that contradicts ``meta.json`` is refused."""
-    from qama.embeddings import embeddings_model
-
-    if not 1 <= args.batch_size <= MAX_BATCH_SIZE:
-        raise ValueError(f"--batch-size must be in 1..{MAX_BATCH_SIZE}, got {args.batch_size}")
-    if not hasattr(args, "recorded_model"):
-        args.model, args.recorded_model = embeddings_model(args.embeddings, args.model)
-
-
-def _load_adapter(args: argparse.Namespace, plans=None):
-    """``--adapter`` (None without one), checked before any work against the embeddings' model
-    (``meta.json``, :func:`_resolve_model`) and, with ``plans``, that each plan fits one of its sizes."""
-    from qama._validate import check_plans_fit
-    from qama.adapter import QamaAdapter
-
-    _resolve_model(args)
-    if not args.adapter:
-        return None
-    adapter = QamaAdapter.load(args.adapter)
-    adapter.check_model(args.recorded_model, str(args.adapter))
-    if plans is not None:
-        check_plans_fit(plans, adapter.config.nested_dims, str(args.adapter))
-    return adapter
-
-
 def _query_sample(args: argparse.Namespace, dataset, corpus, queries):
-    """The query-like embeddings of ``--query-sample`` (see :func:`qama.embeddings.query_sample`), or None;
-    without a dataset (``qama index --corpus``) only an explicit source."""
+    """The query-like embeddings of ``--query-sample`` (:func:`qama.embeddings.query_sample`), or None."""
     from qama.embeddings import query_sample
 
     sample, what = query_sample(
@@ -82,29 +55,25 @@ def _query_sample(args: argparse.Namespace, dataset, corpus, queries):
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from qama._io import atomic_open, check_output_files, write_json
+    from qama._io import check_output_files, write_json, write_text
     from qama._validate import check_eval_options
-    from qama.api import evaluate_dataset
-    from qama.table import eval_markdown
+    from qama.api import evaluate_dataset, load_adapter
+    from qama.table import eval_json, eval_markdown
 
-    start = time.perf_counter()
     check_output_files(args.json, args.markdown)
     check_eval_options(args.plans, args.oversample, args.dims)
-    adapter = _load_adapter(args, args.plans)
+    _resolve_model(args)
+    adapter = load_adapter(args.adapter, args.recorded_model, args.plans)
     dataset, corpus, queries = _load_inputs(args)
     sample = _query_sample(args, dataset, corpus, queries)
     explicit = args.query_sample != "auto"  # auto: the adapter keeps its own query thresholds
     rows = evaluate_dataset(dataset, corpus, queries, adapter, args.plans, args.oversample, args.dims, sample, explicit)
-    table, breakdown = eval_markdown(rows)
+    table, _ = eval_markdown(rows)
     print(table, end="")
     if args.json:
-        rows_json = [r.to_dict() for r in rows]
-        out = {"dataset": dataset.name, "split": dataset.split, "rows": rows_json, "breakdown": breakdown}
-        write_json(args.json, out)
+        write_json(args.json, eval_json(rows, dataset.name, dataset.split))
     if args.markdown:
-        with atomic_open(args.markdown, "w") as f:
-            f.write(table)
-    logger.info("evaluated %d formats in %.1f s", len(rows), time.perf_counter() - start)
+        write_text(args.markdown, table)
     return 0
 
 
@@ -126,11 +95,11 @@ def cmd_train(args: argparse.Namespace) -> int:
     from qama.train import check_out_dir, fit
 
     check_out_dir(args.out, args.overwrite)  # before loading or training anything
+    _resolve_model(args)
     dataset, corpus, queries = _load_inputs(args)
     cfg, pairs = _training_setup(args, dataset, corpus, queries)
     sample = _query_sample(args, dataset, corpus, queries)
     fit(corpus, cfg, pairs=pairs, out_dir=args.out, overwrite=args.overwrite, query_sample=sample)
-    logger.info("adapter saved to %s", args.out)
     return 0
 
 
@@ -142,6 +111,7 @@ def cmd_ablate(args: argparse.Namespace) -> int:
     from qama.train import ablate
 
     check_output_files(args.json)
+    _resolve_model(args)
     dataset, corpus, queries = _load_inputs(args)
     evaluator = Evaluator(dataset)
     cfg, pairs = _training_setup(args, dataset, corpus, queries)
@@ -157,94 +127,62 @@ def cmd_report(args: argparse.Namespace) -> int:
     from qama.config import experiment_config
     from qama.report import check_report_folder, run_report
 
+    peers = [] if args.no_peers else args.peers
     config = experiment_config(
-        args.config, args.preset, args.datasets, args.model, args.steps, not args.no_ablation, args.speed_vectors
+        args.config, args.preset, args.datasets, args.model, args.steps, not args.no_ablation, args.speed_vectors, peers
     )
-    if args.peers is not None or args.no_peers:
-        from qama.peers import check_peers
-
-        config.peers = [] if args.no_peers else check_peers(args.peers)
     check_report_folder(args.out)
     results = run_report(config, args.out, command="qama " + " ".join(sys.argv[1:]), progress=not args.quiet)
     print(f"report written to {args.out / 'report.md'} ({results['seconds']:.0f} s)")
     return 0
 
 
-def _store(args: argparse.Namespace, folder: Path | None, flag: str) -> tuple[str | Path, str, dict[str, Any]]:
+def _store(args: argparse.Namespace, folder: Path | None, flag: str, faiss: dict[str, Any]):
     """``(uri, backend, options)`` of the store named by ``--backend/--uri`` or the index ``folder``."""
+    from qama._validate import check_nprobe
     from qama.backends import store_target
 
-    if not 1 <= args.nprobe <= MAX_NPROBE:
-        raise ValueError(f"--nprobe must be in 1..{MAX_NPROBE}, got {args.nprobe}")
-    milvus = {"collection": args.collection, "index_type": args.index_type, "nprobe": args.nprobe}
-    return store_target(args.uri, folder, args.backend, milvus, flag)
+    milvus = {"collection": args.collection, "index_type": args.index_type, "nprobe": check_nprobe(args.nprobe)}
+    return store_target(args.uri, folder, args.backend, milvus, flag, faiss)
 
 
 def cmd_index(args: argparse.Namespace) -> int:
-    from tqdm.auto import tqdm
-
-    from qama.backends import open_backend, parse_shard, shard_range
-    from qama.encoders import fit_encoder
+    from qama.api import index_corpus, load_adapter
+    from qama.backends import check_new_store
+    from qama.embeddings import jsonl_corpus_embeddings
 
     if (args.corpus is None) == (args.dataset is None):
         raise ValueError("give either --dataset or --corpus")
-    uri, kind, options = _store(args, args.out, "--out")
-    if kind == "faiss":  # before any work: the folder must be new, empty, or an index to --overwrite
-        from qama.index import check_new_index_folder
-
-        check_new_index_folder(Path(uri), args.overwrite)
-        options = {"adapter_path": args.adapter, "overwrite": args.overwrite}
-    adapter = _load_adapter(args)
-    if adapter is not None and args.recorded_model is None:  # the index answers texts with the adapter's model
-        name = adapter.config.model_name
-        args.recorded_model = name if name and not Path(name).exists() else None
+    uri, kind, options = _store(args, args.out, "--out", {"adapter_path": args.adapter, "overwrite": args.overwrite})
+    check_new_store(uri, kind, args.overwrite)  # before any work: an index folder must be new, empty, or --overwrite
+    _resolve_model(args)
+    adapter = load_adapter(args.adapter, args.recorded_model)
     if args.corpus:
-        from qama.embeddings import jsonl_corpus_embeddings
-
+        dataset = queries = None
         ids, titles, corpus = jsonl_corpus_embeddings(args.corpus, args.embeddings, args.model, args.batch_size)
     else:
         dataset, corpus, queries = _load_inputs(args)
         ids, titles = dataset.doc_ids, dataset.titles
-    sample = _query_sample(args, None, corpus, None) if args.corpus else _query_sample(args, dataset, corpus, queries)
-    # auto keeps the query thresholds the adapter brought; an explicit sample replaces them
-    encoder = fit_encoder(corpus, args.plan, adapter, sample, args.query_sample != "auto")
-    if args.shard:  # this worker's part of the corpus (the encoder above is fitted on all of it)
-        part = shard_range(len(ids), *parse_shard(args.shard))
-        rows = slice(part.start, part.stop)
-        corpus, ids, titles = corpus[rows], ids[rows], titles[rows]
-        logger.info("shard %s: documents %d-%d", args.shard, part.start, part.stop - 1)
-    meta = {"model": args.recorded_model}
-    if kind == "milvus":
-        options["dim"] = corpus.shape[1]
-    with open_backend(uri, kind, encoder, True, keep_vectors=args.keep_vectors, meta=meta, **options) as backend:
-        with tqdm(total=len(corpus), desc="encoding", unit="doc", disable=args.quiet) as bar:
-            backend.add(corpus, ids, titles=titles if any(titles) else None, progress=bar.update)
-        logger.info("%r: %d documents", backend, backend.count())
+    sample = _query_sample(args, dataset, corpus, queries)  # auto keeps the adapter's query thresholds
+    index_corpus(
+        uri, corpus, ids, titles, args.plan, adapter, sample, args.query_sample != "auto", args.recorded_model,
+        args.shard, kind, args.keep_vectors, not args.quiet, **options,
+    )  # fmt: skip
     return 0
 
 
 def cmd_search(args: argparse.Namespace) -> int:
     from qama._io import write_json
     from qama._validate import check_oversample
-    from qama.backends import hits_text, open_backend, search_hits
-    from qama.embeddings import query_embeddings
+    from qama.api import search_store
+    from qama.backends import hits_text
 
-    if args.k <= 0:  # before any work; a k larger than the index is clamped below
+    if args.k <= 0:  # before any work; a k larger than the index is clamped by search_store
         raise ValueError(f"k must be positive, got {args.k}")
     check_oversample(args.oversample)
-    uri, kind, options = _store(args, args.index, "--index")
-    if kind == "faiss":
-        options = {"verify": True}
-    with open_backend(uri, kind, adapter=args.adapter, **options) as backend:
-        n = backend.count()
-        if n == 0:
-            raise ValueError(f"{uri}: the index is empty")
-        if args.k > n:
-            logger.warning("k=%d is larger than the index (%d documents): returning all of them", args.k, n)
-            args.k = n
-        recorded = backend.manifest.get("meta", {}).get("model")
-        queries, labels = query_embeddings(args.text, args.queries, args.model, recorded, str(uri))
-        results = search_hits(backend, queries, labels, args.k, args.oversample, args.rescore, args.mode)
+    uri, kind, options = _store(args, args.index, "--index", {"verify": True})
+    search = (args.text, args.queries, args.model, args.k, args.oversample, args.rescore, kind, args.adapter, args.mode)
+    results = search_store(uri, *search, **options)
     if args.json is not None:
         write_json(args.json, results)
     else:
@@ -341,13 +279,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--speed-vectors", type=int, help="synthetic vectors of the speed table (0: skip)")
     g = p.add_mutually_exclusive_group()
     g.add_argument("--no-peers", action="store_true", help="leave out the other libraries' formats (qama.peers)")
-    g.add_argument(
-        "--peers",
-        nargs="+",
-        metavar="PEER",
-        help="only these peers: pq<M>, rabitq<B>, st-ubinary, st-ubinary-rescore, st-int8 "
-        "(default: pq48 pq64 pq96 rabitq1 rabitq2 rabitq4 st-ubinary st-ubinary-rescore st-int8)",
-    )
+    peers_help = "only these peers: pq<M>, rabitq<B>, st-ubinary, st-ubinary-rescore, st-int8 (default: all)"
+    g.add_argument("--peers", nargs="+", metavar="PEER", help=peers_help)
     p.add_argument("--out", type=Path, required=True, help="report folder (re-running resumes)")
     p.set_defaults(func=cmd_report, datasets=None)
 
@@ -387,9 +320,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-k", type=int, default=10, help="documents per query (default: 10)")
     p.add_argument("--oversample", type=int, default=4, help="rescore oversample*k Hamming candidates; 0: none")
     p.add_argument("--rescore", default="auto", choices=RESCORE_MODES, help="how candidates are rescored")
-    mode_help = "hamming (default): Hamming search, then --oversample rescoring; adc: every code scored "
-    mode_help += "asymmetrically against the float query (no Hamming stage; an index folder only)"
-    p.add_argument("--mode", default="hamming", choices=["hamming", "adc"], help=mode_help)
+    p.add_argument("--mode", default="hamming", choices=["hamming", "adc"], help="adc: score every code asymmetrically")
     p.add_argument("--json", type=Path, nargs="?", const=Path("-"), help=json_help + " (default: -)")
     p.set_defaults(func=cmd_search)
     return parser

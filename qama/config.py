@@ -186,9 +186,10 @@ def experiment_config(
     steps: int | None = None,
     ablation: bool = True,
     speed_vectors: int | None = None,
+    peers: list[str] | None = None,
 ) -> ExperimentConfig:
     """The config of ``qama report``: a TOML file or a preset (its datasets replaced by ``datasets``
-    when given), else ``datasets`` with ``model``; then the overrides ``steps``, ``ablation``,
+    when given), else ``datasets`` with ``model``; then the overrides ``steps``, ``ablation``, ``peers``,
     ``speed_vectors``. Without ``model`` (or a config file naming one), the model that the
     ``meta.json`` of the datasets' precomputed embeddings names is the report's model (a preset's
     model gives way to it); a model that contradicts it is refused."""
@@ -209,6 +210,10 @@ def experiment_config(
     out.ablation = out.ablation and ablation
     if speed_vectors is not None:
         out.speed_vectors = speed_vectors
+    if peers is not None:  # [] leaves them out
+        from qama.peers import check_peers
+
+        out.peers = check_peers(peers) if peers else []
     check_experiment_config(out)  # the values given on the command line too
     return out
 

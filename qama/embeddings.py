@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from qama._io import load_npy, save_npy, write_json
+from qama._validate import check_batch_size
 from qama.data import Dataset, default_cache_dir
 
 if TYPE_CHECKING:
@@ -34,6 +35,7 @@ __all__ = [
     "title_pairs",
     "PSEUDO_QUERY_MODES",
     "query_sample",
+    "resolve_model",
     "load_embeddings",
     "check_embeddings",
 ]
@@ -403,6 +405,15 @@ def embeddings_model(embeddings: str | os.PathLike | None, model: str | None) ->
     return made_by or model or DEFAULT_MODEL, made_by or model
 
 
+def resolve_model(
+    embeddings: str | os.PathLike | None, model: str | None, batch_size: int = 64
+) -> tuple[str | None, str | None]:
+    """``(model, recorded)`` of a command that embeds texts in batches of ``batch_size``, checked
+    before any work: the batch size is in ``1..MAX_BATCH_SIZE`` (:func:`qama._validate.check_batch_size`),
+    then the models are read as :func:`embeddings_model` does (a ``model`` that contradicts the
+    ``meta.json`` of ``embeddings`` is refused)."""
+    check_batch_size(batch_size)
+    return embeddings_model(embeddings, model)
 def jsonl_corpus_embeddings(
     path: str | os.PathLike,
     embeddings: str | os.PathLike | None = None,

@@ -208,6 +208,11 @@ def eval_markdown(rows: list[Row]) -> tuple[str, list[dict]]:
     return table, breakdown
 
 
+def eval_json(rows: list[Row], dataset: str, split: str) -> dict:
+    """What ``qama eval --json`` writes: the dataset, its split, the rows and their :func:`loss_breakdown`."""
+    return {"dataset": dataset, "split": split, "rows": [r.to_dict() for r in rows], "breakdown": loss_breakdown(rows)}
+
+
 def ablation_markdown(
     results: dict[str, dict[str, float]], columns: list[str], fmt: Callable[[float | None], str] | None = None
 ) -> list[str]:

@@ -50,3 +50,55 @@ def test_module_names_are_modules_and_old_api_names_warn(tmp_path):
     index = qama.build_index(tmp_path / "idx", adapter, docs, [f"d{i}" for i in range(50)], plan="2bit")
     with pytest.warns(DeprecationWarning, match="qama.search_index"):
         assert qama.api.search(index, docs[:1], k=1)[0][0][0] == "d0"
+
+
+def test_load_adapter_checks_model_and_plans_before_any_work(tmp_path):
+    rng = np.random.default_rng(4)
+    docs = rng.standard_normal((200, 32)).astype(np.float32)
+    qama.fit(docs, out=tmp_path / "ad", steps=1, batch_size=64, progress=False, model_name="org/model-a")
+    assert qama.api.load_adapter(None) is None and qama.api.load_adapter("") is None
+    adapter = qama.api.load_adapter(tmp_path / "ad", "model-a", ["2bit"])  # org/name and name are one model
+    assert adapter is not None and adapter.dim == 32
+    assert qama.api.load_adapter(tmp_path / "ad", None) is not None  # an unknown model is not checked
+    with pytest.raises(ValueError, match="trained on embeddings of org/model-a, these are of org/model-b"):
+        qama.api.load_adapter(tmp_path / "ad", "org/model-b")
+    with pytest.raises(ValueError, match=r"^--plans: '64:2' fits none of the sizes of .*ad \(8, 16, 32\)"):
+        qama.api.load_adapter(tmp_path / "ad", None, ["64:2"])
+
+
+def test_index_corpus_and_search_store(tmp_path, caplog):
+    rng = np.random.default_rng(5)
+    docs = rng.standard_normal((120, 32)).astype(np.float32)
+    docs /= np.linalg.norm(docs, axis=1, keepdims=True)
+    ids, titles = [f"d{i}" for i in range(120)], [f"title {i}" for i in range(120)]
+    # no adapter: untrained thresholds; shard 1/2 adds the second half only
+    n = qama.api.index_corpus(tmp_path / "ix", docs, ids, titles, "2bit", shard="1/2", model="org/m", progress=False)
+    assert n == 60
+    np.save(tmp_path / "q.npy", docs[60:62])
+    hits = qama.api.search_store(tmp_path / "ix", npy=tmp_path / "q.npy", k=3, verify=True)
+    assert [h["query"] for h in hits] == ["0", "1"]
+    assert [h["hits"][0]["id"] for h in hits] == ["d60", "d61"] and hits[0]["hits"][0]["title"] == "title 60"
+    with caplog.at_level("WARNING"):
+        assert len(qama.api.search_store(tmp_path / "ix", npy=tmp_path / "q.npy", k=500)[0]["hits"]) == 60
+    assert "k=500 is larger than the index (60 documents)" in caplog.text
+    with pytest.raises(ValueError, match="embedded with org/m; queries embedded with --model other/x"):
+        qama.api.search_store(tmp_path / "ix", ["a query"], model="other/x")
+    # an adapter: the store records the adapter's model; empty titles are not stored
+    adapter = qama.fit(docs, steps=1, batch_size=64, progress=False, model_name="org/adapted")
+    qama.api.index_corpus(tmp_path / "ix2", docs, ids, [""] * 120, "2bit", adapter, progress=False)
+    index = qama.open_index(tmp_path / "ix2", adapter)
+    assert index.manifest["meta"]["model"] == "org/adapted" and len(index) == 120
+    hits = qama.api.search_store(tmp_path / "ix2", npy=tmp_path / "q.npy", k=1, adapter=adapter)
+    assert hits[0]["hits"][0]["title"] is None
+    assert qama.api.index_corpus(tmp_path / "ix3", docs, ids, None, "2bit", shard="0/200", progress=False) == 0
+    with pytest.raises(ValueError, match="ix3: the index is empty"):
+        qama.api.search_store(tmp_path / "ix3", npy=tmp_path / "q.npy")
+
+
+def test_eval_json_is_what_qama_eval_writes():
+    from qama.table import Row, eval_json
+
+    rows = [Row("fp32", None, 32, 32.0, 128, metrics={"ndcg@10": 0.5})]
+    out = eval_json(rows, "tiny", "test")
+    assert list(out) == ["dataset", "split", "rows", "breakdown"]
+    assert out["rows"] == [rows[0].to_dict()] and out["breakdown"] == []

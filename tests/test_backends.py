@@ -224,6 +224,24 @@ def test_backend_kind_and_shards() -> None:
         assert [r for p in parts for r in p] == list(range(n_docs))
 
 
+def test_store_target_options_and_the_new_store_check(tmp_path: Path) -> None:
+    from qama._validate import MAX_NPROBE, check_nprobe
+    from qama.backends import check_new_store, store_target
+
+    faiss = {"verify": True}
+    assert store_target(None, tmp_path, None, {"nprobe": 8}, faiss=faiss) == (tmp_path, "faiss", {"verify": True})
+    assert store_target("a.db", None, None, {"nprobe": 8}, faiss=faiss)[2] == {"nprobe": 8}
+    assert check_nprobe(MAX_NPROBE) == MAX_NPROBE
+    with pytest.raises(ValueError, match=rf"^--nprobe must be in 1\.\.{MAX_NPROBE}, got 0$"):
+        check_nprobe(0)
+    check_new_store(tmp_path / "new", "faiss")  # new and empty folders are fine, a Milvus URI is not checked here
+    check_new_store(tmp_path, None)
+    check_new_store("http://milvus:19530")
+    (tmp_path / "stray.txt").write_text("x")
+    with pytest.raises(FileExistsError, match="the folder is not empty and holds no qama index"):
+        check_new_store(tmp_path, "faiss", overwrite=True)
+
+
 def test_milvus_collection_of_an_adapter_reopens_with_the_adapter(milvus_uri: str, data) -> None:  # noqa: F811
     from qama.adapter import AdapterConfig, QamaAdapter
     from qama.search import AdapterEncoder

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
@@ -176,3 +178,19 @@ def test_a_model_that_cannot_be_had_offline_fails_at_once(monkeypatch):
     monkeypatch.setattr(E, "_hub_reachable", lambda timeout=3.0: False)
     with pytest.raises(OSError, match="cannot load org/no-such-model: not a local folder, not in the Hugging Face"):
         E.load_model("org/no-such-model")
+
+
+def test_resolve_model_checks_the_batch_size_then_reads_meta_json(tmp_path):
+    from qama._validate import MAX_BATCH_SIZE
+    from qama.embeddings import DEFAULT_MODEL, resolve_model
+
+    (tmp_path / "meta.json").write_text(json.dumps({"model": "org/m"}))
+    assert resolve_model(tmp_path, None, MAX_BATCH_SIZE) == ("org/m", "org/m")
+    assert resolve_model(tmp_path / "corpus.npy", "m") == ("org/m", "org/m")  # a .npy: its folder's meta.json
+    assert resolve_model(None, None) == (DEFAULT_MODEL, DEFAULT_MODEL)
+    (tmp_path / "sub").mkdir()
+    assert resolve_model(tmp_path / "sub", None) == (DEFAULT_MODEL, None)  # no meta.json: nothing recorded
+    with pytest.raises(ValueError, match=rf"^--batch-size must be in 1\.\.{MAX_BATCH_SIZE}, got 0$"):
+        resolve_model(tmp_path, "other/x", 0)  # the bound is checked first
+    with pytest.raises(EmbeddingError, match="the embeddings are of org/m, but --model is other/x"):
+        resolve_model(tmp_path, "other/x")

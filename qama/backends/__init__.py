@@ -40,6 +40,7 @@ __all__ = [
     "FaissBackend",
     "open_backend",
     "backend_kind",
+    "check_new_store",
     "parse_shard",
     "shard_range",
     "search_hits",
@@ -134,10 +135,16 @@ def backend_kind(uri: str | os.PathLike, backend: str | None = None) -> str:
 
 
 def store_target(
-    uri: str | None, folder: str | os.PathLike | None, backend: str | None, milvus: dict[str, Any], flag: str = "path"
+    uri: str | None,
+    folder: str | os.PathLike | None,
+    backend: str | None,
+    milvus: dict[str, Any],
+    flag: str = "path",
+    faiss: dict[str, Any] | None = None,
 ) -> tuple[str | Path, str, dict[str, Any]]:
     """``(uri, kind, options)`` of the store a command names: a Milvus ``uri`` (with the ``milvus``
-    options), else the index ``folder`` (``flag`` names its option in the error when it is missing)."""
+    options), else the index ``folder`` (with the ``faiss`` options; ``flag`` names its option in the
+    error when it is missing)."""
     kind = backend_kind(uri or folder or "", backend)
     if kind == "milvus":
         if uri is None:
@@ -145,7 +152,16 @@ def store_target(
         return uri, kind, dict(milvus)
     if folder is None:
         raise ValueError(f"give {flag} (an index folder), or --backend milvus --uri URI")
-    return Path(folder), kind, {}
+    return Path(folder), kind, dict(faiss or {})
+
+
+def check_new_store(uri: str | os.PathLike, backend: str | None = None, overwrite: bool = False) -> None:
+    """Before any work on a store to create: an index folder must be new, empty, or an index to
+    ``overwrite`` (:func:`qama.index.check_new_index_folder`); a Milvus collection is checked when opened."""
+    if backend_kind(uri, backend) == "faiss":
+        from qama.index import check_new_index_folder
+
+        check_new_index_folder(Path(uri), overwrite)
 
 
 def open_backend(
