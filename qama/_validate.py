@@ -231,22 +231,28 @@ def check_eval_options(plans: Sequence[Any], oversamples: Sequence[Any] | None, 
         check_plan_syntax(p, "--plans")
 
 
+def misfit(plan: str, sizes: Sequence[int]) -> str | None:
+    """Why ``plan`` fits none of the nested ``sizes`` (the last size's reason), or ``None`` when one fits."""
+    from qama.codes import make_plan
+
+    reason = None
+    for m in sizes:
+        try:
+            make_plan(plan, int(m))
+            return None
+        except ValueError as e:
+            reason = str(e)
+    return reason
+
+
 def check_plans_fit(plans: Sequence[str], sizes: Sequence[int], where: str) -> None:
     """Every plan asked for must fit at least one of the sizes evaluated (a plan that fits none
     would leave no row, silently)."""
-    from qama.codes import make_plan
-
     for p in plans:
-        errors = []
-        for m in sizes:
-            try:
-                make_plan(p, int(m))
-                break
-            except ValueError as e:
-                errors.append(str(e))
-        else:
+        reason = misfit(p, sizes)
+        if reason is not None:
             sizes_text = ", ".join(map(str, sizes))
-            raise ValueError(f"--plans: {p!r} fits none of the sizes of {where} ({sizes_text}): {errors[-1]}")
+            raise ValueError(f"--plans: {p!r} fits none of the sizes of {where} ({sizes_text}): {reason}")
 
 
 def check_plan_syntax(spec: Any, what: str = "plan") -> str:

@@ -49,7 +49,7 @@ from safetensors.torch import save as st_save
 from torch import nn
 
 from qama._io import JsonFields, atomic_open, write_json
-from qama._validate import check_regular_file, read_json_file
+from qama._validate import check_regular_file, misfit, read_json_file
 from qama.codes import DEFAULT_PLANS, Plan, make_plan
 from qama.quantize import MAX_THRESHOLDS, Quantizer
 
@@ -151,15 +151,9 @@ def check_config_types(cfg: AdapterConfig) -> None:
         raise ValueError(f"plans must be a list of plan names or specs, got {cfg.plans!r:.60}")
     sizes = tuple(cfg.nested_dims) or (cfg.dim,)
     for p in cfg.plans:
-        errors = []
-        for m in sizes:
-            try:
-                make_plan(p, int(m))
-                break
-            except ValueError as e:
-                errors.append(str(e))
-        else:
-            raise ValueError(f"plans: {p!r} fits none of the sizes {', '.join(map(str, sizes))} ({errors[-1]})")
+        reason = misfit(p, sizes)
+        if reason is not None:
+            raise ValueError(f"plans: {p!r} fits none of the sizes {', '.join(map(str, sizes))} ({reason})")
 
 
 def weight_bytes(cfg: AdapterConfig) -> int:
