@@ -193,21 +193,18 @@ def title_pairs(
                 logger.warning("%s is missing: assuming the embeddings come from %s, like the titles", meta, model_name)
         else:
             made_by = (read_embeddings_meta(meta.parent) or {}).get("model") or ""
-            if made_by and _short_name(made_by) != _short_name(model_name):
+            if made_by and not same_model(made_by, model_name):
                 problem = f"{meta}: embeddings of {made_by}, but the titles would be embedded with {model_name}"
-    if problem is not None:
-        if mode == "titles":
-            raise EmbeddingError(f"title pseudo-queries: {problem}")
-        logger.info("training without title pseudo-queries: %s", problem)
-        return None
-    try:
-        rows, titles = embed_titles(dataset, model_name, cache_dir, batch_size, progress)
-    except OSError as e:  # the model cannot be loaded here (offline, unknown name, not on this machine)
-        if mode == "titles":
-            raise EmbeddingError(f"title pseudo-queries: cannot embed the titles with {model_name} ({e})") from None
-        logger.info("no title pseudo-queries: cannot load %s (%s)", model_name, e)
-        return None
-    return titles, corpus[rows]
+    if problem is None:
+        try:
+            rows, titles = embed_titles(dataset, model_name, cache_dir, batch_size, progress)
+            return titles, corpus[rows]
+        except OSError as e:  # the model cannot be loaded here (offline, unknown name, not on this machine)
+            problem = f"cannot embed the titles with {model_name} ({e})"
+    if mode == "titles":
+        raise EmbeddingError(f"title pseudo-queries: {problem}") from None
+    logger.info("training without title pseudo-queries: %s", problem)
+    return None
 
 
 def query_sample(
