@@ -313,9 +313,9 @@ def quality() -> None:
         return
     from qama.data import load_dataset
     from qama.embeddings import load_embeddings
-    from qama.evaluate import Evaluator
-    from qama.rescore import threshold_rescore_rows
-    from qama.table import baseline_rows, set_retention, to_markdown
+    from qama.evaluation.metrics import Evaluator
+    from qama.evaluation.rows import baseline_rows, set_retention, threshold_rescore_rows
+    from qama.evaluation.tables import to_markdown
 
     ds = load_dataset(SCIFACT_DATA)
     corpus, queries = load_embeddings(SCIFACT_EMB, ds)
@@ -352,7 +352,7 @@ def adc_quality() -> None:
     from qama.adc import adc_search
     from qama.data import load_dataset
     from qama.embeddings import load_embeddings
-    from qama.evaluate import Evaluator
+    from qama.evaluation.metrics import Evaluator
 
     k = 100  # the run keeps 100 documents per query (Recall@100)
     print("\n### Asymmetric full scan vs faiss PQ / RaBitQ, nDCG@10 (all-MiniLM-L6-v2, untrained quantile thresholds)\n")

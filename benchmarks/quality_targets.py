@@ -37,8 +37,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from train_targets import load, title_pseudo_queries  # noqa: E402
 
-from qama.rescore import adapter_rows, calibrated_threshold_rows  # noqa: E402
-from qama.table import baseline_rows, set_retention  # noqa: E402
+from qama.evaluation.rows import adapter_rows, baseline_rows, calibrated_threshold_rows, set_retention  # noqa: E402
 from qama.train import NCE_WEIGHT_TITLES, TrainConfig, fit  # noqa: E402
 
 #: (row label, format, plan, dims, rescore, target)

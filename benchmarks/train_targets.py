@@ -38,7 +38,7 @@ from qama.adapter import AdapterConfig, QamaAdapter  # noqa: E402
 from qama.codes import hamming_distances  # noqa: E402
 from qama.data import load_dataset  # noqa: E402
 from qama.embeddings import DEFAULT_MODEL, load_embeddings, title_pairs  # noqa: E402
-from qama.evaluate import Evaluator  # noqa: E402
+from qama.evaluation.metrics import Evaluator  # noqa: E402
 from qama.train import (  # noqa: E402
     ABLATIONS,
     ALL_TERMS,

@@ -3,13 +3,13 @@
 Text embeddings made 10-30x smaller, searched with XOR + popcount. The pipeline, one module each:
 data (:mod:`qama.data`) -> embeddings (:mod:`qama.embeddings`) -> adapter (:mod:`qama.adapter`,
 :mod:`qama.train`) -> codes (:mod:`qama.codes`, :mod:`qama.quantize`) -> index and search
-(:mod:`qama.index`, :mod:`qama.search`) -> evaluation (:mod:`qama.evaluate`, :mod:`qama.table`).
+(:mod:`qama.index`, :mod:`qama.search`) -> evaluation (:mod:`qama.evaluation`).
 One call per step: :func:`embed`, :func:`fit`, :func:`encode`, :func:`build_index`,
 :func:`open_index`, :func:`search_index`, :func:`evaluate_dataset` (:mod:`qama.api`).
 Every other name is reached by module: ``qama.search.hamming_search``, ``qama.codes.pack``.
 """
 
-from qama import evaluate as evaluate  # the modules (the API functions are search_index, evaluate_dataset)
+from qama import evaluation as evaluation  # the modules (the API functions are evaluate_dataset, search_index)
 from qama import search as search
 from qama.api import build_index, embed, encode, evaluate_dataset, fit, open_index, search_index
 from qama.codes import Plan, make_plan

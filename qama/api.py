@@ -17,8 +17,8 @@ With real text, :func:`embed` gives the embeddings (``all-MiniLM-L6-v2`` by defa
 :func:`evaluate_dataset` scores a dataset in BEIR layout (see its docstring).
 
 The search and evaluation functions are ``search_index`` and ``evaluate_dataset`` so that the
-names ``qama.search`` and ``qama.evaluate`` stay the modules of those names; ``qama.api.search``
-and ``qama.api.evaluate`` are their deprecated old names.
+name ``qama.search`` stays the module of that name (evaluation is the package :mod:`qama.evaluation`);
+``qama.api.search`` and ``qama.api.evaluate`` are their deprecated old names.
 """
 
 from __future__ import annotations
@@ -36,8 +36,8 @@ from qama.adapter import QamaAdapter
 from qama.codes import ALL_PLANS
 from qama.data import Dataset
 from qama.embeddings import DEFAULT_MODEL
+from qama.evaluation.rows import Row
 from qama.index import QamaIndex
-from qama.table import Row
 
 __all__ = [
     "embed",
@@ -271,13 +271,12 @@ def evaluate_dataset(
     and replaces the adapter's own query thresholds unless ``recalibrate_adapter=False``.
 
     >>> rows = qama.evaluate_dataset("../shared/datasets/scifact", corpus, queries, "my_adapter")  # doctest: +SKIP
-    >>> print(qama.table.to_markdown(rows))  # doctest: +SKIP
+    >>> print(qama.evaluation.tables.to_markdown(rows))  # doctest: +SKIP
     """
     from qama._validate import check_eval_options, check_plans_fit
     from qama.data import load_dataset
-    from qama.evaluate import Evaluator
-    from qama.rescore import adapter_rows, calibrated_threshold_rows
-    from qama.table import baseline_rows, default_dims, set_retention
+    from qama.evaluation.metrics import Evaluator
+    from qama.evaluation.rows import adapter_rows, baseline_rows, calibrated_threshold_rows, default_dims, set_retention
 
     check_eval_options(plans, rescore, dims)  # before any work: a plan that does not read would leave no row
     ds = dataset if isinstance(dataset, Dataset) else load_dataset(dataset)
@@ -306,6 +305,6 @@ def search(*args: Any, **kwargs: Any) -> list[list[tuple[str, float]]]:
 
 
 def evaluate(*args: Any, **kwargs: Any) -> list[Row]:
-    """Deprecated name of :func:`evaluate_dataset` (``qama.evaluate`` is the module :mod:`qama.evaluate`)."""
+    """Deprecated name of :func:`evaluate_dataset` (the evaluation modules are in :mod:`qama.evaluation`)."""
     warnings.warn("qama.api.evaluate is now qama.evaluate_dataset", DeprecationWarning, stacklevel=2)
     return evaluate_dataset(*args, **kwargs)

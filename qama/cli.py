@@ -58,7 +58,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from qama._io import check_output_files, write_json, write_text
     from qama._validate import check_eval_options
     from qama.api import evaluate_dataset, load_adapter
-    from qama.table import eval_json, eval_markdown
+    from qama.evaluation.tables import eval_json, eval_markdown
 
     check_output_files(args.json, args.markdown)
     check_eval_options(args.plans, args.oversample, args.dims)
@@ -105,9 +105,9 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_ablate(args: argparse.Namespace) -> int:
     from qama._io import check_output_files, write_json
-    from qama.evaluate import Evaluator
-    from qama.rescore import ablation_columns, ablation_scorer
-    from qama.table import ablation_markdown
+    from qama.evaluation.metrics import Evaluator
+    from qama.evaluation.rows import ablation_scorer
+    from qama.evaluation.tables import ablation_columns, ablation_markdown
     from qama.train import ablate
 
     check_output_files(args.json)
@@ -125,7 +125,7 @@ def cmd_ablate(args: argparse.Namespace) -> int:
 
 def cmd_report(args: argparse.Namespace) -> int:
     from qama.config import experiment_config
-    from qama.report import check_report_folder, run_report
+    from qama.evaluation.study import check_report_folder, run_report
 
     peers = [] if args.no_peers else args.peers
     config = experiment_config(
@@ -278,7 +278,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-ablation", action="store_true", help="skip the ablations")
     p.add_argument("--speed-vectors", type=int, help="synthetic vectors of the speed table (0: skip)")
     g = p.add_mutually_exclusive_group()
-    g.add_argument("--no-peers", action="store_true", help="leave out the other libraries' formats (qama.peers)")
+    g.add_argument("--no-peers", action="store_true", help="leave out other libraries' formats (qama.evaluation.peers)")
     peers_help = "only these peers: pq<M>, rabitq<B>, st-ubinary, st-ubinary-rescore, st-int8 (default: all)"
     g.add_argument("--peers", nargs="+", metavar="PEER", help=peers_help)
     p.add_argument("--out", type=Path, required=True, help="report folder (re-running resumes)")

@@ -39,7 +39,7 @@ else:  # pragma: no cover
 from qama._validate import check_regular_file
 from qama.codes import DEFAULT_PLANS
 from qama.embeddings import DEFAULT_MODEL, PSEUDO_QUERY_MODES
-from qama.peers import DEFAULT_PEERS, check_peers
+from qama.evaluation.peers import DEFAULT_PEERS, check_peers
 from qama.train import TrainConfig
 
 __all__ = ["DatasetSpec", "ExperimentConfig", "load_config", "preset_path", "PRESETS"]
@@ -70,7 +70,7 @@ class ExperimentConfig:
     ablation_steps: int | None = 150  # training steps of each ablation run (None: those of [train])
     speed_vectors: int = 1_000_000  # synthetic corpus size of the speed table (0: skip; fewer if memory is short)
     speed_queries: int = 1000  # batch of queries of the speed table
-    peers: list[str] = field(default_factory=lambda: list(DEFAULT_PEERS))  # other libraries' formats (qama.peers)
+    peers: list[str] = field(default_factory=lambda: list(DEFAULT_PEERS))  # other libraries' formats (evaluation.peers)
 
     def __post_init__(self) -> None:
         if not self.datasets:
@@ -211,7 +211,7 @@ def experiment_config(
     if speed_vectors is not None:
         out.speed_vectors = speed_vectors
     if peers is not None:  # [] leaves them out
-        from qama.peers import check_peers
+        from qama.evaluation.peers import check_peers
 
         out.peers = check_peers(peers) if peers else []
     check_experiment_config(out)  # the values given on the command line too

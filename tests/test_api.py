@@ -43,7 +43,7 @@ def test_fit_with_pairs_turns_the_info_nce_term_on():
 
 
 def test_module_names_are_modules_and_old_api_names_warn(tmp_path):
-    assert callable(qama.search.hamming_search) and qama.evaluate.Evaluator is not None
+    assert callable(qama.search.hamming_search) and qama.evaluation.metrics.Evaluator is not None
     rng = np.random.default_rng(3)
     docs = rng.standard_normal((50, 32)).astype(np.float32)
     adapter = qama.fit(docs, steps=1, batch_size=32, progress=False)
@@ -96,7 +96,8 @@ def test_index_corpus_and_search_store(tmp_path, caplog):
 
 
 def test_eval_json_is_what_qama_eval_writes():
-    from qama.table import Row, eval_json
+    from qama.evaluation.rows import Row
+    from qama.evaluation.tables import eval_json
 
     rows = [Row("fp32", None, 32, 32.0, 128, metrics={"ndcg@10": 0.5})]
     out = eval_json(rows, "tiny", "test")

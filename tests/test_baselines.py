@@ -7,13 +7,13 @@ import json
 import numpy as np
 import pytest
 
-from qama import baselines
 from qama.cli import main
 from qama.codes import hamming_distances, make_plan, unpack
 from qama.data import load_dataset
 from qama.embeddings import load_embeddings
-from qama.evaluate import Evaluator
-from qama.table import baseline_rows, set_retention
+from qama.evaluation import baselines
+from qama.evaluation.metrics import Evaluator
+from qama.evaluation.rows import baseline_rows, set_retention
 from tests.conftest import shared_dataset
 
 RNG = np.random.default_rng(1)

@@ -9,7 +9,7 @@ import pytest
 
 from qama.data import load_dataset
 from qama.embeddings import load_embeddings
-from qama.evaluate import Evaluator, evaluate_run, run_from_scores
+from qama.evaluation.metrics import Evaluator, evaluate_run, run_from_scores
 from tests.conftest import shared_dataset
 
 

@@ -154,8 +154,8 @@ def _beir_folder(root: Path) -> Path:
 
 def _qama_ndcg(adapter, base_model, folder: Path, plan: str, dim: int) -> dict[str, float]:
     from qama.data import load_dataset
-    from qama.evaluate import Evaluator
-    from qama.table import code_row
+    from qama.evaluation.metrics import Evaluator
+    from qama.evaluation.rows import code_row
 
     ds = load_dataset(folder)
     x = base_model.encode(ds.doc_texts, normalize_embeddings=True)

@@ -51,7 +51,7 @@ def test_other_names_still_download(tmp_path, monkeypatch):
 
 
 def test_report_without_a_dataset_studies_cranfield(tmp_path, monkeypatch):
-    import qama.report
+    import qama.evaluation.study
 
     seen = {}
 
@@ -59,7 +59,7 @@ def test_report_without_a_dataset_studies_cranfield(tmp_path, monkeypatch):
         seen["config"] = config
         return {"seconds": 0.0}
 
-    monkeypatch.setattr(qama.report, "run_report", fake_run)
+    monkeypatch.setattr(qama.evaluation.study, "run_report", fake_run)
     assert main(["-q", "report", "--out", str(tmp_path / "r")]) == 0
     assert [d.path for d in seen["config"].datasets] == ["cranfield"] and "pq64" in seen["config"].peers
     assert main(["-q", "report", "--no-peers", "--out", str(tmp_path / "r")]) == 0

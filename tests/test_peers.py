@@ -1,4 +1,4 @@
-"""Peers (qama.peers): rows computed by faiss / sentence-transformers themselves, in the report's
+"""Peers (qama.evaluation.peers): rows computed by faiss / sentence-transformers themselves, in the report's
 tables, plot, summary and speed table."""
 
 from __future__ import annotations
@@ -12,9 +12,9 @@ import pytest
 
 from qama.config import ExperimentConfig
 from qama.data import load_dataset
-from qama.evaluate import Evaluator
-from qama.peers import build_peer, check_peers, peer_rows, summary
-from qama.report import run_report
+from qama.evaluation.metrics import Evaluator
+from qama.evaluation.peers import build_peer, check_peers, peer_rows, summary
+from qama.evaluation.study import run_report
 
 PNG = b"\x89PNG\r\n\x1a\n"
 

@@ -8,7 +8,7 @@ import shutil
 import pytest
 
 from qama.config import ExperimentConfig, load_config, preset_path
-from qama.report import run_report
+from qama.evaluation.study import run_report
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -86,7 +86,7 @@ def test_presets_load():
 def test_report_trains_with_title_pseudo_queries_when_it_has_them():
     import numpy as np
 
-    from qama.report import _Inputs, _train_config
+    from qama.evaluation.study import _Inputs, _train_config
     from qama.train import NCE_WEIGHT_TITLES
 
     config = ExperimentConfig(datasets=[{"path": "x"}], train={"steps": 3})

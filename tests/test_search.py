@@ -173,8 +173,8 @@ def test_funnel_search(corpus: np.ndarray) -> None:
 def test_rescoring_on_scifact_recovers_quality() -> None:
     from qama.data import load_dataset
     from qama.embeddings import load_embeddings
-    from qama.evaluate import Evaluator
-    from qama.rescore import rescore_rows
+    from qama.evaluation.metrics import Evaluator
+    from qama.evaluation.rows import rescore_rows
 
     data, emb = SHARED / "datasets" / "scifact", SHARED / "embeddings" / "all-MiniLM-L6-v2" / "scifact"
     if not (emb / "corpus.npy").is_file() or not (data / "corpus.jsonl").is_file():

@@ -238,7 +238,7 @@ def test_scifact_start_and_short_fit_improve_nested_codes() -> None:
     from qama.codes import hamming_distances
     from qama.data import load_dataset
     from qama.embeddings import load_embeddings
-    from qama.evaluate import Evaluator
+    from qama.evaluation.metrics import Evaluator
 
     shared = Path(__file__).resolve().parents[2] / "shared"
     if not (shared / "embeddings" / "all-MiniLM-L6-v2" / "scifact" / "corpus.npy").is_file():

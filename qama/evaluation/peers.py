@@ -205,9 +205,9 @@ def build_peer(
 
 
 def peer_rows(corpus: np.ndarray, queries: np.ndarray, evaluator, names: Iterable[str] = DEFAULT_PEERS) -> list:
-    """One :class:`qama.table.Row` per peer at the corpus's full dimension (``queries``: the judged
+    """One :class:`qama.evaluation.rows.Row` per peer at the corpus's full dimension (``queries``: the judged
     ones, rows ``evaluator.rows``). A peer that does not fit the dimension is left out, with a warning."""
-    from qama.table import TOP_K, Row
+    from qama.evaluation.rows import TOP_K, Row
 
     rows = []
     for name in check_peers(names):
@@ -246,7 +246,7 @@ def speed_methods(
     corpus: np.ndarray, queries: np.ndarray, k: int, names: Iterable[str], train_size: int = 100_000
 ) -> dict[str, tuple[int, Callable[[slice], object]]]:
     """``{label: (bytes per vector, search the queries of a slice)}`` of each peer over ``corpus``,
-    for :func:`qama.speed.speed_table`. Quantisers are fitted on the first ``train_size`` vectors.
+    for :func:`qama.evaluation.speed.speed_table`. Quantisers are fitted on the first ``train_size`` vectors.
     ``st-int8`` is left out: faiss has no int8 scan (sentence-transformers searches int8 with usearch),
     so its time would be that of FP32. RaBitQ is timed with faiss's default 4-bit query quantisation
     (its float-query scan, which the quality rows use, costs about 2 µs per row and query here)."""
@@ -267,28 +267,6 @@ def speed_methods(
 
         methods[label] = (peer.bytes_per_vector, run)
     return methods
-
-
-def plot_peers(ax, main: list[dict]) -> None:
-    """Peers on the storage-quality plot: one line per peer family (and query side), bytes vs retention."""
-    markers = {"faiss-pq": "D", "faiss-rabitq": "P", "st-ubinary": "v", "st-int8": "*"}
-    series: dict[tuple, list[tuple[float, float]]] = {}
-    for e in main:
-        if is_peer(e["format"]) and e["mean_retention"] == e["mean_retention"]:
-            series.setdefault((e["format"], e["rescore"]), []).append(
-                (e["bytes_per_vector"], 100 * e["mean_retention"])
-            )
-    colours = iter(["tab:purple", "tab:brown", "tab:pink", "tab:olive", "tab:gray", "tab:cyan", "black"])
-    for (fmt, rescore), pts in series.items():  # colours apart from those of qama's own series
-        label = PEER_FORMATS[fmt] + (f" + rescore {rescore}x" if rescore else "")
-        ax.plot(
-            *zip(*sorted(pts), strict=True),
-            marker=markers[fmt],
-            linestyle="--",
-            linewidth=1,
-            color=next(colours, None),
-            label=label,
-        )
 
 
 def _name(e: dict) -> str:

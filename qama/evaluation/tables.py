@@ -1,124 +1,26 @@
-"""The evaluation table: one row per storage format, with its size and its retrieval quality.
-
-Rows are what ``qama eval`` prints and writes as JSON (``{"rows": [...]}``) and Markdown. The
-baselines come from :mod:`qama.baselines`; trained adapters and rescoring add rows of the same shape.
+"""The tables of an evaluation, from its rows (:mod:`qama.evaluation.rows`): the Markdown and JSON
+of ``qama eval`` with its loss breakdown, the ablation table, and the study's main table (one row
+per storage format across datasets).
 """
 
 from __future__ import annotations
 
-import logging
-from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable
 
 import numpy as np
 
-from qama import baselines
-from qama.codes import DEFAULT_PLANS, Plan, make_plan, plans_fitting
-from qama.evaluate import Evaluator
-from qama.search import float_search, hamming_search
+from qama.evaluation.rows import Row
 
-__all__ = ["Row", "float_row", "plan_row", "code_row", "baseline_rows", "set_retention", "to_markdown", "default_dims"]
-
-logger = logging.getLogger(__name__)
-
-TOP_K = 100  # documents retrieved per query: enough for nDCG@10, Recall@100, MRR@10
-BASELINE_PLANS = DEFAULT_PLANS  # the plans of the threshold baselines
-
-
-@dataclass
-class Row:
-    format: str  # fp32, fp16, int8, threshold, qama
-    plan: str | None  # null for float formats; 2bit, 1.5bit, 1bit, 0.5bit, hybrid or a custom plan
-    dims: int
-    bits_per_dim: float  # stored bits per dimension
-    bytes_per_vector: int
-    rescore: int | None = None  # oversampling factor of a rescoring stage, if any
-    metrics: dict[str, float] = field(default_factory=dict)
-    retention: float | None = None  # nDCG@10 as a fraction of FP32 at full dimension
-    dataset: str | None = None
-
-    @property
-    def mb_per_million(self) -> float:
-        """Decimal megabytes for one million vectors."""
-        return self.bytes_per_vector * 1e6 / 1e6
-
-    def to_dict(self) -> dict:
-        d = asdict(self)
-        metrics = d.pop("metrics")
-        d.update(metrics)
-        d["mb_per_million"] = self.mb_per_million
-        return d
-
-
-def default_dims(d: int) -> list[int]:
-    """Full size, half and quarter (the Matryoshka sizes of the paper: 384/192/96 for d=384)."""
-    return [m for m in (d, d // 2, d // 4) if m > 0]
-
-
-def float_row(
-    fmt: str, corpus: np.ndarray, queries: np.ndarray, dims: int, evaluator: Evaluator, bytes_per_dim: int | None = None
-) -> Row:
-    """Score a float format: ``corpus``/``queries`` already at ``dims`` dimensions in that format."""
-    bytes_per_dim = bytes_per_dim or {"fp32": 4, "fp16": 2, "int8": 1}[fmt]
-    scores, ids = float_search(corpus, queries, TOP_K)
-    return Row(fmt, None, dims, 8.0 * bytes_per_dim, dims * bytes_per_dim, metrics=evaluator.from_ranking(ids, scores))
-
-
-def plan_row(
-    fmt: str,
-    plan: Plan,
-    evaluator: Evaluator,
-    ids: np.ndarray,
-    scores: np.ndarray,
-    rescore: int | None = None,
-    name: str | None = None,
-) -> Row:
-    """The row of a code format under ``plan`` (named ``name``, default the plan's) from a ranking:
-    ``ids`` and their ``scores`` (higher is better) per query; ``rescore``: its oversampling factor."""
-    metrics = evaluator.from_ranking(ids, scores)
-    return Row(fmt, name or plan.name, plan.dim, plan.bits_per_dim, plan.code_size, rescore=rescore, metrics=metrics)
-
-
-def code_row(
-    fmt: str, plan_name: str, dims: int, codes: np.ndarray, query_codes: np.ndarray, evaluator: Evaluator
-) -> Row:
-    """Score packed codes by Hamming distance (symmetric: queries are codes too)."""
-    dist, ids = hamming_search(codes, query_codes, TOP_K)
-    return plan_row(fmt, make_plan(plan_name, dims), evaluator, ids, -dist.astype(float), name=plan_name)
-
-
-def baseline_rows(
-    corpus: np.ndarray,
-    queries: np.ndarray,
-    evaluator: Evaluator,
-    dims_list: Iterable[int] | None = None,
-    plans: Iterable[str] = BASELINE_PLANS,
-) -> list[Row]:
-    """FP32, FP16, int8 and simple threshold quantisation at every size in ``dims_list``.
-
-    ``queries`` holds the judged queries only (rows ``evaluator.rows``).
-    """
-    rows = []
-    for dims in dims_list or default_dims(corpus.shape[1]):
-        c, q = baselines.truncate(corpus, dims), baselines.truncate(queries, dims)
-        rows.append(float_row("fp32", c, q, dims, evaluator))
-        rows.append(float_row("fp16", *baselines.fp16(c, q), dims, evaluator))
-        rows.append(float_row("int8", *baselines.int8(c, q), dims, evaluator))
-        for plan in plans_fitting(plans, dims):
-            rows.append(code_row("threshold", plan.name, dims, *baselines.threshold_codes(c, q, plan), evaluator))
-    return rows
-
-
-def set_retention(rows: list[Row]) -> None:
-    """Retention of every row against the FP32 row of largest dimension (of the same dataset)."""
-    refs: dict[str | None, Row] = {}
-    for r in rows:
-        if r.format == "fp32" and r.plan is None and r.rescore is None:
-            if r.dataset not in refs or r.dims > refs[r.dataset].dims:
-                refs[r.dataset] = r
-    for r in rows:
-        ref = refs.get(r.dataset)
-        r.retention = r.metrics["ndcg@10"] / ref.metrics["ndcg@10"] if ref and ref.metrics["ndcg@10"] else None
+__all__ = [
+    "to_markdown",
+    "loss_breakdown",
+    "breakdown_markdown",
+    "eval_markdown",
+    "eval_json",
+    "ablation_columns",
+    "ablation_markdown",
+    "main_table",
+]
 
 
 _COLUMNS = [
@@ -222,3 +124,38 @@ def ablation_markdown(
         cells = (fmt(figures.get(c)) if fmt else f"{figures.get(c, float('nan')):.4f}" for c in columns)
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return lines
+
+
+def ablation_columns(results: dict[str, dict[str, float]]) -> list[str]:
+    """The ``"plan@dims"`` columns of an ablation table: by plan, then the largest size first."""
+    return sorted({c for f in results.values() for c in f}, key=lambda c: (c.split("@")[0], -int(c.split("@")[1])))
+
+
+def main_table(rows_by_dataset: dict[str, list[Row]]) -> list[dict]:
+    """One row per storage format: nDCG@10 per dataset, their mean and the mean retention."""
+    table: dict[tuple, dict] = {}
+    for name, rows in rows_by_dataset.items():
+        for r in rows:
+            key = (r.format, r.plan, r.dims, r.rescore)
+            entry = table.setdefault(
+                key,
+                {
+                    "format": r.format,
+                    "plan": r.plan,
+                    "dims": r.dims,
+                    "rescore": r.rescore,
+                    "bits_per_dim": r.bits_per_dim,
+                    "bytes_per_vector": r.bytes_per_vector,
+                    "mb_per_million": r.mb_per_million,
+                    "ndcg@10": {},
+                    "retention": {},
+                },
+            )
+            entry["ndcg@10"][name] = r.metrics["ndcg@10"]
+            entry["retention"][name] = r.retention
+    out = []
+    for entry in table.values():
+        entry["mean_ndcg@10"] = float(np.mean(list(entry["ndcg@10"].values())))
+        entry["mean_retention"] = float(np.mean([v for v in entry["retention"].values() if v is not None]))
+        out.append(entry)
+    return out

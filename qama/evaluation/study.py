@@ -28,11 +28,12 @@ from tqdm.auto import tqdm
 
 from qama._io import atomic_open, write_json
 from qama.config import ExperimentConfig
-from qama.rescore import ablation_columns
-from qama.speed import speed_size, speed_table
-from qama.table import Row, ablation_markdown, baseline_rows, set_retention
+from qama.evaluation.plots import plot_all
+from qama.evaluation.rows import Row, baseline_rows, set_retention
+from qama.evaluation.speed import speed_size, speed_table
+from qama.evaluation.tables import ablation_columns, ablation_markdown, main_table
 
-__all__ = ["run_report", "speed_table", "plot_all", "main_table"]
+__all__ = ["run_report", "check_report_folder"]
 
 logger = logging.getLogger(__name__)
 
@@ -95,7 +96,7 @@ class _Inputs:
 def _load(config: ExperimentConfig, spec) -> _Inputs:
     from qama.data import load_dataset
     from qama.embeddings import dataset_embeddings, title_pairs
-    from qama.evaluate import Evaluator
+    from qama.evaluation.metrics import Evaluator
 
     dataset = load_dataset(spec.path, split=spec.split)
     corpus, queries = dataset_embeddings(dataset, config.model, spec.embeddings)
@@ -128,7 +129,7 @@ def _pairs_key(data: _Inputs) -> list:
 
 def _dataset_stage(config: ExperimentConfig, spec, data: _Inputs, out: Path, bar: tqdm) -> list[Row]:
     from qama.adapter import QamaAdapter
-    from qama.rescore import adapter_rows
+    from qama.evaluation.rows import adapter_rows
     from qama.train import fit
 
     name, corpus, judged, evaluator = data.name, data.corpus, data.judged, data.evaluator
@@ -160,8 +161,8 @@ def _dataset_stage(config: ExperimentConfig, spec, data: _Inputs, out: Path, bar
             key,
             [r.to_dict() for r in adapter_rows(adapter, corpus, judged, evaluator, config.plans, config.rescore)],
         )
-    if config.peers:  # other libraries' formats, at the full dimension (qama.peers)
-        from qama.peers import peer_rows
+    if config.peers:  # other libraries' formats, at the full dimension (qama.evaluation.peers)
+        from qama.evaluation.peers import peer_rows
 
         key = _key([spec, config.peers, corpus.shape, float(corpus[:64].sum()), "peers"])
         path = out / "stages" / f"{name}-peers.json"
@@ -179,7 +180,7 @@ def _dataset_stage(config: ExperimentConfig, spec, data: _Inputs, out: Path, bar
 
 
 def _ablation_stage(config: ExperimentConfig, data: _Inputs, out: Path, bar: tqdm) -> dict[str, dict[str, float]]:
-    from qama.rescore import ablation_scorer
+    from qama.evaluation.rows import ablation_scorer
     from qama.train import ABLATIONS, ALL_TERMS, ablate
 
     corpus = data.corpus
@@ -197,142 +198,6 @@ def _ablation_stage(config: ExperimentConfig, data: _Inputs, out: Path, bar: tqd
         )
         bar.update(1)
     return results
-
-
-def main_table(rows_by_dataset: dict[str, list[Row]]) -> list[dict]:
-    """One row per storage format: nDCG@10 per dataset, their mean and the mean retention."""
-    table: dict[tuple, dict] = {}
-    for name, rows in rows_by_dataset.items():
-        for r in rows:
-            key = (r.format, r.plan, r.dims, r.rescore)
-            entry = table.setdefault(
-                key,
-                {
-                    "format": r.format,
-                    "plan": r.plan,
-                    "dims": r.dims,
-                    "rescore": r.rescore,
-                    "bits_per_dim": r.bits_per_dim,
-                    "bytes_per_vector": r.bytes_per_vector,
-                    "mb_per_million": r.mb_per_million,
-                    "ndcg@10": {},
-                    "retention": {},
-                },
-            )
-            entry["ndcg@10"][name] = r.metrics["ndcg@10"]
-            entry["retention"][name] = r.retention
-    out = []
-    for entry in table.values():
-        entry["mean_ndcg@10"] = float(np.mean(list(entry["ndcg@10"].values())))
-        entry["mean_retention"] = float(np.mean([v for v in entry["retention"].values() if v is not None]))
-        out.append(entry)
-    return out
-
-
-# ---------------------------------------------------------------------------- plots
-def config_rescore(main: list[dict]) -> list[int]:
-    """The rescoring factors present in the main table (1 when there are none)."""
-    return sorted({e["rescore"] for e in main if e["rescore"]}) or [1]
-
-
-def plot_all(main: list[dict], out: Path) -> list[Path]:
-    """Retention vs bits/dim, retention vs dims, and the storage–quality frontier, as PNG files."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError as e:
-        raise ImportError("plots need matplotlib: pip install 'qama[report]'") from e
-
-    out.mkdir(parents=True, exist_ok=True)
-    sym = [e for e in main if e["rescore"] is None]
-    qama = [e for e in sym if e["format"] == "qama" and e["plan"] is not None]
-    thr = [e for e in sym if e["format"] == "threshold"]
-    floats = [e for e in sym if e["plan"] is None and e["format"] in ("fp32", "fp16", "int8")]
-    paths = []
-
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for dims in sorted({e["dims"] for e in qama}, reverse=True):
-        pts = sorted((e["bits_per_dim"], 100 * e["mean_retention"]) for e in qama if e["dims"] == dims)
-        ax.plot(*zip(*pts, strict=True), marker="o", label=f"QAMA {dims} dims")
-    for dims in sorted({e["dims"] for e in thr}, reverse=True):
-        pts = sorted((e["bits_per_dim"], 100 * e["mean_retention"]) for e in thr if e["dims"] == dims)
-        ax.scatter(*zip(*pts, strict=True), marker="x", label=f"threshold (untrained) {dims} dims")
-    ax.set(
-        xlabel="stored bits per dimension",
-        ylabel="nDCG@10 retention vs FP32 (%)",
-        title="Retention vs bits per dimension (symmetric Hamming)",
-    )
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    paths.append(out / "retention_vs_bits.png")
-    fig.tight_layout()
-    fig.savefig(paths[-1], dpi=120)
-    plt.close(fig)
-
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for fmt, plan, label in [("fp32", None, "FP32 truncated"), ("qama", None, "QAMA adapter FP32")] + [
-        ("qama", p, f"QAMA {p}") for p in sorted({e["plan"] for e in qama})
-    ]:
-        pts = sorted((e["dims"], 100 * e["mean_retention"]) for e in sym if e["format"] == fmt and e["plan"] == plan)
-        if pts:
-            line = ax.plot(*zip(*pts, strict=True), marker="o", label=label, linestyle="--" if fmt == "fp32" else "-")
-            rescored = sorted(
-                (e["dims"], 100 * e["mean_retention"])
-                for e in main
-                if e["format"] == fmt
-                and e["plan"] == plan
-                and plan is not None
-                and e["rescore"]
-                and e["rescore"] == max(config_rescore(main))
-            )
-            if rescored:  # the same plan rescored: same colour, dotted
-                ax.plot(
-                    *zip(*rescored, strict=True),
-                    marker="x",
-                    linestyle=":",
-                    color=line[0].get_color(),
-                    label=f"{label} + rescore {max(config_rescore(main))}x",
-                )
-    ax.set(xlabel="dimensions (nested prefix)", ylabel="nDCG@10 retention vs FP32 (%)", title="Retention vs dimensions")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, ncol=2)
-    paths.append(out / "retention_vs_dims.png")
-    fig.tight_layout()
-    fig.savefig(paths[-1], dpi=120)
-    plt.close(fig)
-
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    groups = {
-        "float (fp32/fp16/int8)": floats,
-        "threshold (untrained)": thr,
-        "QAMA": qama,
-        "QAMA + rescoring": [e for e in main if e["format"] == "qama" and e["rescore"] and e["plan"]],
-    }
-    for (label, entries), marker in zip(groups.items(), "s^ox", strict=True):
-        if entries:
-            ax.scatter(
-                [e["bytes_per_vector"] for e in entries],
-                [100 * e["mean_retention"] for e in entries],
-                marker=marker,
-                label=label,
-                alpha=0.8,
-            )
-    from qama.peers import plot_peers
-
-    plot_peers(ax, main)
-    ax.set_xscale("log")
-    ax.set(
-        xlabel="bytes per vector (log scale)", ylabel="nDCG@10 retention vs FP32 (%)", title="Storage–quality frontier"
-    )
-    ax.grid(alpha=0.3, which="both")
-    ax.legend(fontsize=8)
-    paths.append(out / "storage_quality.png")
-    fig.tight_layout()
-    fig.savefig(paths[-1], dpi=120)
-    plt.close(fig)
-    return paths
 
 
 # ---------------------------------------------------------------------------- report.md
@@ -405,7 +270,7 @@ def _markdown(results: dict[str, Any]) -> str:
 
 
 def _summary(results: dict[str, Any]) -> list[str]:
-    from qama.peers import summary
+    from qama.evaluation.peers import summary
 
     return summary(results["main"], results.get("speed"))
 

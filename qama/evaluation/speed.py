@@ -55,7 +55,7 @@ def speed_table(
 ) -> list[dict]:
     """Queries per second on ``n`` synthetic unit vectors: FP32 flat inner product (faiss) against
     Hamming search on the plan's codes, with and without asymmetric rescoring (4x and 100
-    candidates), and the ``peers`` (:func:`qama.peers.speed_methods`).
+    candidates), and the ``peers`` (:func:`qama.evaluation.peers.speed_methods`).
 
     Synthetic data: the figures are speed only, as ratios of one run on one machine.
     """
@@ -105,7 +105,7 @@ def speed_table(
         lambda q: adc_search(codes, encoder, queries[q], k, fast=fast),
     )
     if peers:
-        from qama.peers import speed_methods
+        from qama.evaluation.peers import speed_methods
 
         methods.update(speed_methods(corpus, queries, k, peers))
     return time_methods(methods, n_queries, singles)
