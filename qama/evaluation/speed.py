@@ -1,8 +1,8 @@
 """Speed tables: queries per second of search methods, in batch and one query at a time.
 
 :func:`time_methods` times any set of methods on the same queries and reports each against the
-first (the FP32 reference); :func:`speed_table` is the table of ``qama report`` (synthetic vectors),
-and ``benchmarks/bench_search.py`` times its own methods with :func:`time_methods`. The figures are
+first (the FP32 reference); :func:`speed_table` is the table of ``qama report`` (synthetic vectors).
+``benchmarks/bench_search.py`` times its larger set of methods with its own loop. The figures are
 ratios of one run on one machine: ``benchmarks/RESULTS_search.md``.
 """
 
