@@ -54,11 +54,11 @@ ROWS = [
 PLANS = ("2bit", "1.5bit", "1bit", "hybrid")
 
 
-def run(name: str, seed: int) -> dict:
-    """Every figure of one dataset and seed."""
+def run(name: str, seed: int, settings: dict | None = None) -> dict:
+    """Every figure of one dataset and seed; ``settings`` override TrainConfig's defaults."""
     ev, corpus, queries = load(name)
     titles, docs = title_pseudo_queries(name, corpus)
-    cfg = TrainConfig(progress=False, seed=seed, w_nce=NCE_WEIGHT_TITLES)
+    cfg = TrainConfig(progress=False, seed=seed, w_nce=NCE_WEIGHT_TITLES, **(settings or {}))
     t0 = time.perf_counter()
     adapter = fit(corpus, cfg, pairs=(titles, docs))
     seconds = time.perf_counter() - t0
@@ -82,6 +82,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2, help="torch threads of each fit")
     parser.add_argument("--save", type=Path, help="write the raw results here (JSON) instead of the table")
     parser.add_argument("--load", type=Path, nargs="+", help="compose the table from files written by --save")
+    parser.add_argument(
+        "--set", nargs="+", default=[], metavar="NAME=JSON", help="TrainConfig settings to try instead of the defaults"
+    )
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "RESULTS_training.md")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -97,7 +100,8 @@ def main() -> None:
                 }
                 results[(item["name"], item["seed"])] = {**item, "ret": ret}
     else:
-        results = {(n, s): run(n, s) for n in args.datasets for s in args.seeds}
+        settings = {k: json.loads(v) for k, v in (item.split("=", 1) for item in args.set)}
+        results = {(n, s): run(n, s, settings) for n in args.datasets for s in args.seeds}
     if args.save:
         items = [
             {"name": n, "seed": s, **r, "ret": {_key(k): v for k, v in r["ret"].items()}}
