@@ -95,14 +95,18 @@ def ndcg(ev: Evaluator, scores: np.ndarray) -> float:
     return ev.from_scores(scores)["ndcg@10"]
 
 
-def score(adapter: QamaAdapter, plan: str, dim: int, corpus: np.ndarray, queries: np.ndarray) -> np.ndarray:
-    """``(n_queries, n_docs)`` scores: cosine of the prefixes ("fp") or minus the Hamming distance."""
+def score(
+    adapter: QamaAdapter, plan: str, dim: int, corpus: np.ndarray, queries: np.ndarray, calibrated: bool = False
+) -> np.ndarray:
+    """``(n_queries, n_docs)`` scores: cosine of the prefixes ("fp") or minus the Hamming distance
+    (with ``calibrated``, queries coded by the adapter's query thresholds)."""
     if plan == "fp":
         zc, zq = adapter.transform(corpus, dim), adapter.transform(queries, dim)
         zc /= np.linalg.norm(zc, axis=1, keepdims=True)
         zq /= np.linalg.norm(zq, axis=1, keepdims=True)
         return zq @ zc.T
-    return -hamming_distances(adapter.encode(queries, plan, dim), adapter.encode(corpus, plan, dim)).astype(np.float32)
+    q_codes = adapter.encode(queries, plan, dim, queries=calibrated)
+    return -hamming_distances(q_codes, adapter.encode(corpus, plan, dim)).astype(np.float32)
 
 
 def table(
