@@ -240,11 +240,11 @@ def test_manifest_naming_a_file_outside_the_folder(built, tmp_path):
     other = tmp_path / "other"
     other.mkdir()
     m = json.loads((ix / MANIFEST).read_text())
-    name = m["files"]["codes"]["name"]
+    name = m["segments"][0]["files"]["codes"]["name"]
     shutil.copy(ix / name, other / name)
-    m["files"]["codes"]["name"] = f"../other/{name}"
+    m["segments"][0]["files"]["codes"]["name"] = f"../other/{name}"
     (ix / MANIFEST).write_text(json.dumps(m))
-    with pytest.raises(IndexCorruptError, match=r"files.codes: file name '../other/codes-000001.npy' is not a plain"):
+    with pytest.raises(IndexCorruptError, match=r"segments\[0\].files.codes: file name '../other/codes-000001-1.npy'"):
         QamaIndex.open(ix)
 
 
@@ -300,7 +300,15 @@ def test_meta_json_model_travels_with_the_embeddings(tiny, tmp_path, capsys, mon
     "edit, message",
     [
         (lambda m: m.update(plan="hybrid"), "field 'plan' must be an object, got \"hybrid\" (str)"),
-        (lambda m: m["files"].update(codes="codes-000001.npy"), "field 'files.codes' must be an object"),
+        (lambda m: m["files"].update(encoder="encoder-000001.safetensors"), "field 'files.encoder' must be an object"),
+        (
+            lambda m: m["segments"][0]["files"].update(codes="codes-000001-1.npy"),
+            "field 'segments[0].files.codes' must be an object",
+        ),
+        (lambda m: m.update(segments={}), "field 'segments' must be a list, got {}"),
+        (lambda m: m["segments"].append(None), "field 'segments[1]' must be an object, got null"),
+        (lambda m: m["segments"][0].update(count=41), "the segments hold 41 rows, but field 'count' is 40"),
+        (lambda m: m.update(version=3), "index format version 3, this qama reads versions 1, 2"),
         (
             lambda m: m["plan"]["segments"].__setitem__(0, None),
             "field 'plan.segments[0]' must be [dims, bits], got None",
@@ -309,7 +317,10 @@ def test_meta_json_model_travels_with_the_embeddings(tiny, tmp_path, capsys, mon
         (lambda m: m.update(count="40"), "field 'count' must be an integer, got \"40\" (str)"),
         (lambda m: m.update(count=True), "field 'count' must be an integer, got true (bool)"),
         (lambda m: m["encoder"].update(kind=3), "field 'encoder.kind' must be a string"),
-        (lambda m: m["files"]["codes"].update(bytes=-1), "field 'files.codes.bytes' must be in 0..inf, got -1"),
+        (
+            lambda m: m["segments"][0]["files"]["codes"].update(bytes=-1),
+            "field 'segments[0].files.codes.bytes' must be in 0..inf, got -1",
+        ),
         (lambda m: m["plan"]["segments"].__setitem__(0, [16, 3]), "field 'plan': unsupported precision 3.0 bits"),
         (lambda m: m["meta"].update(model=5), "field 'meta.model' must be a string, got 5 (int)"),
     ],
