@@ -9,7 +9,7 @@ import dataclasses
 import json
 import os
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
@@ -18,7 +18,16 @@ import numpy as np
 
 from qama._validate import file_mode
 
-__all__ = ["atomic_open", "write_json", "write_text", "check_output_files", "save_npy", "load_npy", "JsonFields"]
+__all__ = [
+    "atomic_open",
+    "write_json",
+    "write_text",
+    "check_output_files",
+    "save_npy",
+    "save_npy_chunks",
+    "load_npy",
+    "JsonFields",
+]
 
 
 @contextmanager
@@ -65,6 +74,24 @@ def write_json(path: str | os.PathLike, obj: Any) -> None:
 def save_npy(path: str | os.PathLike, array: np.ndarray) -> None:
     with atomic_open(path, "wb") as f:
         np.save(f, np.ascontiguousarray(array), allow_pickle=False)
+
+
+def save_npy_chunks(path: str | os.PathLike, shape: tuple[int, ...], dtype: Any, chunks: Iterable[np.ndarray]) -> None:
+    """Write a ``.npy`` of ``shape`` and ``dtype`` (the file :func:`save_npy` writes) from ``chunks``
+    of its rows in order, atomically, holding one chunk in memory at a time."""
+    dtype = np.dtype(dtype)
+    header = {"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False, "shape": tuple(shape)}
+    rows = 0
+    with atomic_open(path, "wb") as f:
+        np.lib.format.write_array_header_1_0(f, header)
+        for chunk in chunks:
+            chunk = np.ascontiguousarray(chunk, dtype=dtype)
+            if chunk.shape[1:] != tuple(shape[1:]):
+                raise ValueError(f"{path}: a chunk of shape {chunk.shape} for an array of shape {tuple(shape)}")
+            f.write(chunk.tobytes())
+            rows += len(chunk)
+        if rows != shape[0]:
+            raise ValueError(f"{path}: chunks of {rows} rows for an array of shape {tuple(shape)}")
 
 
 def load_npy(path: str | os.PathLike, mmap: bool = False, error: Callable[[str], Exception] = ValueError) -> np.ndarray:

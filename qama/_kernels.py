@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import numba as nb
 import numpy as np
+from numba.typed import List
 
-__all__ = ["knn_hamming_words", "knn_hamming_rows"]
+__all__ = ["knn_hamming_words", "knn_hamming_words_segments", "knn_hamming_rows"]
 
 _NONE = np.int32(1 << 30)  # distance of an empty slot
 CANDIDATE_BYTES = 64 * 2**20  # memory for the selection buffers of one query chunk
@@ -50,25 +51,62 @@ def _knn_blocks(q: np.ndarray, db: np.ndarray, k: int, block: int, nchunks: int)
         dist = np.empty(block, np.int32)
         for b in range(c * nblocks // nchunks, (c + 1) * nblocks // nchunks):
             lo = b * block
-            m = min(n, lo + block) - lo
-            for j in range(m):  # (w, m): the block, word-major
-                for t in range(w):
-                    words[t, j] = db[lo + j, t]
-            for qi in range(nq):
-                dist[:m] = 0
-                for t in range(w):
-                    qt = q[qi, t]
-                    row = words[t]
-                    for j in range(m):
-                        dist[j] += np.int32(_popcount64(qt ^ row[j]))
-                cnt[qi], thr[qi] = _select(dist[:m], lo, k, buf_d[qi], buf_i[qi], cnt[qi], thr[qi])
-        for qi in range(nq):
-            if cnt[qi] > k:
-                _cut(buf_d[qi], buf_i[qi], cnt[qi], k)
-                cnt[qi] = k
-            best_d[c, qi, : cnt[qi]] = buf_d[qi, : cnt[qi]]
-            best_i[c, qi, : cnt[qi]] = buf_i[qi, : cnt[qi]]
+            _scan_block(q, db, lo, min(n, lo + block) - lo, lo, k, words, dist, buf_d, buf_i, cnt, thr)
+        _flush(buf_d, buf_i, cnt, k, best_d[c], best_i[c])
     return best_d, best_i
+
+
+@nb.njit(parallel=True, fastmath=True, boundscheck=False, cache=True)
+def _knn_blocks_segments(q, dbs, block_part, block_lo, starts, k, block, nchunks):
+    """:func:`_knn_blocks` over the blocks of several arrays (``dbs``, a typed list) in one parallel
+    region: block ``b`` is rows ``block_lo[b]:`` of ``dbs[block_part[b]]``, ids from ``starts[part]``."""
+    nq, w = q.shape
+    nblocks = block_part.shape[0]
+    best_d = np.full((nchunks, nq, k), _NONE, np.int32)
+    best_i = np.full((nchunks, nq, k), -1, np.int64)
+    for c in nb.prange(nchunks):
+        buf_d = np.empty((nq, 2 * k), np.int32)
+        buf_i = np.empty((nq, 2 * k), np.int64)
+        cnt = np.zeros(nq, np.int64)
+        thr = np.full(nq, _NONE, np.int32)
+        words = np.empty((w, block), np.uint64)
+        dist = np.empty(block, np.int32)
+        for b in range(c * nblocks // nchunks, (c + 1) * nblocks // nchunks):
+            db = dbs[block_part[b]]
+            lo = block_lo[b]
+            m = min(db.shape[0], lo + block) - lo
+            _scan_block(q, db, lo, m, starts[block_part[b]] + lo, k, words, dist, buf_d, buf_i, cnt, thr)
+        _flush(buf_d, buf_i, cnt, k, best_d[c], best_i[c])
+    return best_d, best_i
+
+
+@nb.njit(inline="always")
+def _scan_block(q, db, lo, m, id0, k, words, dist, buf_d, buf_i, cnt, thr) -> None:
+    """Rows ``lo:lo+m`` of ``db`` (ids ``id0 + j``), transposed word-major into ``words``, added to each
+    query's selection (``buf_*``, ``cnt``, ``thr``: see :func:`_select`)."""
+    nq, w = q.shape
+    for j in range(m):  # (w, m): the block, word-major
+        for t in range(w):
+            words[t, j] = db[lo + j, t]
+    for qi in range(nq):
+        dist[:m] = 0
+        for t in range(w):
+            qt = q[qi, t]
+            row = words[t]
+            for j in range(m):
+                dist[j] += np.int32(_popcount64(qt ^ row[j]))
+        cnt[qi], thr[qi] = _select(dist[:m], id0, k, buf_d[qi], buf_i[qi], cnt[qi], thr[qi])
+
+
+@nb.njit(inline="always")
+def _flush(buf_d, buf_i, cnt, k, best_d, best_i) -> None:
+    """Each query's selection cut to its ``k`` best, into ``best_*`` (``(nq, k)``)."""
+    for qi in range(cnt.shape[0]):
+        if cnt[qi] > k:
+            _cut(buf_d[qi], buf_i[qi], cnt[qi], k)
+            cnt[qi] = k
+        best_d[qi, : cnt[qi]] = buf_d[qi, : cnt[qi]]
+        best_i[qi, : cnt[qi]] = buf_i[qi, : cnt[qi]]
 
 
 @nb.njit(inline="always")
@@ -114,16 +152,38 @@ def _cut(buf_d: np.ndarray, buf_i: np.ndarray, cnt: int, k: int) -> np.int32:
 def knn_hamming_words(query_codes: np.ndarray, codes: np.ndarray, k: int, block: int = 8192):
     """Top-``k`` ``(distances int32, ids int64)`` of ``(nq, w)`` queries over ``(n, w)`` uint8 codes,
     ``w`` a multiple of 8, ordered by (distance, id); slots beyond ``n`` hold id -1."""
-    q64 = np.ascontiguousarray(query_codes).view(np.uint64)
     db64 = np.ascontiguousarray(codes).view(np.uint64)
     nblocks = -(-len(codes) // block)
     nchunks = min(nblocks, 2 * nb.get_num_threads())
-    # Selection buffers take nchunks * queries * k * 36 bytes: bound them by query chunks.
+    return _by_query_chunks(query_codes, k, nchunks, lambda q: _knn_blocks(q, db64, k, block, nchunks))
+
+
+def knn_hamming_words_segments(query_codes: np.ndarray, parts: list[np.ndarray], k: int, block: int = 8192):
+    """:func:`knn_hamming_words` over the concatenation of ``parts`` (an index's segments, read in place,
+    not concatenated): one parallel region for all of them (a region per part would each wait for the
+    threads to check in). Ids count from the first row of the first part."""
+    sizes = [len(p) for p in parts]
+    starts = np.cumsum([0, *sizes[:-1]]).astype(np.int64)
+    dbs = List()
+    for p in parts:
+        dbs.append(np.asarray(np.ascontiguousarray(p)).view(np.uint64))
+    block_part = np.concatenate([np.full(-(-n // block), j, np.int64) for j, n in enumerate(sizes)])
+    block_lo = np.concatenate([np.arange(0, n, block, dtype=np.int64) for n in sizes])
+    nchunks = max(1, min(len(block_part), 2 * nb.get_num_threads()))
+    return _by_query_chunks(
+        query_codes, k, nchunks, lambda q: _knn_blocks_segments(q, dbs, block_part, block_lo, starts, k, block, nchunks)
+    )
+
+
+def _by_query_chunks(query_codes: np.ndarray, k: int, nchunks: int, kernel) -> tuple[np.ndarray, np.ndarray]:
+    """Run ``kernel`` over chunks of the queries (its selection buffers take ``nchunks * queries * k * 36``
+    bytes: bounded by :data:`CANDIDATE_BYTES`) and merge its chunks' lists by (distance, id)."""
+    q64 = np.ascontiguousarray(query_codes).view(np.uint64)
     chunk = max(1, CANDIDATE_BYTES // (nchunks * k * 36))
     out_d = np.empty((len(q64), k), np.int32)
     out_i = np.empty((len(q64), k), np.int64)
     for s in range(0, len(q64), chunk):
-        best_d, best_i = _knn_blocks(q64[s : s + chunk], db64, k, block, nchunks)
+        best_d, best_i = kernel(q64[s : s + chunk])
         nq = best_d.shape[1]
         d = best_d.transpose(1, 0, 2).reshape(nq, -1)
         i = best_i.transpose(1, 0, 2).reshape(nq, -1)

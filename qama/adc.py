@@ -30,9 +30,12 @@ padding bits (zero) and aligned rows' extra bytes are never read.
 
 from __future__ import annotations
 
+from typing import Any
+
 import numba as nb
 import numpy as np
 
+from qama._segments import RowSegments
 from qama.codes import Plan, unpack
 
 __all__ = [
@@ -185,6 +188,12 @@ def _score_candidates(bw, const, codes, cand, nbw, nconst, use_norm, nchunks):
 
 def _check(codes: np.ndarray, plan: Plan) -> np.ndarray:
     codes = np.asarray(codes)
+    return _check_rows(codes, plan)
+
+
+def _check_rows(codes: Any, plan: Plan) -> Any:
+    """``codes`` (an array or :class:`~qama._segments.RowSegments`) if they are uint8 rows of at least
+    ``code_size`` bytes, else ``ValueError``."""
     if codes.dtype != np.uint8 or codes.ndim != 2 or codes.shape[1] < plan.code_size:
         raise ValueError(
             f"expected uint8 codes of shape (n, >= {plan.code_size}) for plan {plan.name!r}, "
@@ -309,10 +318,10 @@ class FastScanCodes:
     (``code_size`` bytes per row, in blocks of 32 rows), built once per corpus.
     """
 
-    def __init__(self, codes: np.ndarray, plan: Plan) -> None:
+    def __init__(self, codes: np.ndarray | RowSegments, plan: Plan) -> None:
         import faiss
 
-        codes = _check(codes, plan)
+        codes = _check_rows(codes if isinstance(codes, RowSegments) else np.asarray(codes), plan)
         cs = plan.code_size
         self.n, self.code_size = len(codes), cs
         pq = faiss.IndexPQ(8 * cs, 2 * cs, 4, faiss.METRIC_INNER_PRODUCT)
@@ -320,7 +329,10 @@ class FastScanCodes:
         patterns = np.stack([(c >> (3 - i)) & 1 for i in range(4)], axis=1).astype(np.float32)  # MSB first
         faiss.copy_array_to_vector(np.tile(patterns, (2 * cs, 1)).ravel(), pq.pq.centroids)
         pq.is_trained = True
-        rows = np.ascontiguousarray(codes[:, :cs])
+        rows = np.empty((self.n, cs), dtype=np.uint8)
+        parts = codes.parts if isinstance(codes, RowSegments) else [codes]
+        for start, part in zip(np.cumsum([0, *map(len, parts)]).tolist(), parts, strict=False):
+            rows[start : start + len(part)] = part[:, :cs]  # segment by segment
         swapped = ((rows & 0x0F) << 4) | (rows >> 4)  # faiss puts sub-quantizer 2b in the low nibble of byte b
         faiss.copy_array_to_vector(swapped.ravel(), pq.codes)
         pq.ntotal = self.n
@@ -343,7 +355,7 @@ MIN_CANDIDATES = 100
 
 
 def adc_search(
-    codes: np.ndarray,
+    codes: np.ndarray | RowSegments,
     encoder,
     queries: np.ndarray,
     k: int,
@@ -365,14 +377,16 @@ def adc_search(
     highest approximate score, which are scored exactly; the result is the exact scan's whenever
     its top ``k`` is among them. ``exact=True`` scores every row exactly (numba, rows split into
     ``block``-row blocks scanned in parallel; ``lengths``: :func:`doc_lengths` of ``codes`` if
-    already computed, else computed here).
+    already computed, else computed here). ``codes`` may be a :class:`~qama._segments.RowSegments`
+    (an index of several segments): the first pass reads the candidates' rows only, the exact scan
+    concatenates the segments.
     """
     if k <= 0:
         raise ValueError(f"k must be positive, got {k}")
     if rerank < 1:
         raise ValueError(f"rerank must be at least 1, got {rerank}")
     plan = encoder.plan
-    codes = _check(codes, plan)
+    codes = _check_rows(codes if isinstance(codes, RowSegments) else np.asarray(codes), plan)
     queries = np.asarray(queries, dtype=np.float32)
     nq, n = len(queries), len(codes)
     out_s = np.full((nq, k), -np.inf, dtype=np.float32)
@@ -389,9 +403,10 @@ def adc_search(
                 f"fast-scan codes of {fast.n} rows x {fast.code_size} bytes for {n} codes of {plan.name!r}"
             )
         cand = fast.candidates(bw, min(n, max(rerank * k, MIN_CANDIDATES)))
-        from qama.search import top_by_score
+        from qama.search import asymmetric_scores, top_by_score
 
-        return top_by_score(lut_scores(weights, codes, cand, encoder), cand, k)
+        return top_by_score(asymmetric_scores(weights, codes, cand, encoder), cand, k)  # candidate rows only
+    codes = np.asarray(codes)  # the exact scan reads one array
     use_len = getattr(encoder, "level_norms2", None) is not None
     if not use_len:
         lengths = np.ones(1, np.float32)

@@ -42,13 +42,14 @@ def _load_inputs(args: argparse.Namespace):
     return dataset, corpus, queries
 
 
-def _query_sample(args: argparse.Namespace, dataset, corpus, queries):
-    """The query-like embeddings of ``--query-sample`` (:func:`qama.embeddings.query_sample`), or None."""
+def _query_sample(args: argparse.Namespace, dataset, corpus, queries, embed_titles=None):
+    """The query-like embeddings of ``--query-sample`` (:func:`qama.embeddings.query_sample`), or None;
+    ``embed_titles``: the command's :func:`qama.embeddings.title_embedder`, when it has one."""
     from qama.embeddings import query_sample
 
     sample, what = query_sample(
         dataset, corpus, queries, args.query_sample, args.model, args.embeddings, args.cache_dir, args.batch_size,
-        not args.quiet,
+        not args.quiet, embed_titles,
     )  # fmt: skip
     logger.info("query thresholds: %s", what)
     return sample
@@ -77,14 +78,14 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
-def _training_setup(args: argparse.Namespace, dataset, corpus, queries):
+def _training_setup(args: argparse.Namespace, dataset, corpus, queries, embed_titles=None):
     """The :class:`~qama.train.TrainConfig` and InfoNCE ``pairs`` of ``qama train`` / ``qama ablate``."""
     from qama.train import training_setup
 
     cfg, pairs = training_setup(
         dataset, corpus, queries, args.pseudo_queries, args.pairs, args.nce_weight, args.model, args.embeddings,
-        args.cache_dir, args.batch_size, not args.quiet, steps=args.steps, expansion=args.expansion, seed=args.seed,
-        nested_dims=args.nested_dims, batch_size=args.train_batch_size,
+        args.cache_dir, args.batch_size, not args.quiet, embed_titles, steps=args.steps, expansion=args.expansion,
+        seed=args.seed, nested_dims=args.nested_dims, batch_size=args.train_batch_size,
         drop_mean_direction=False if args.keep_mean_direction else None,
     )  # fmt: skip
     cfg.model_name = args.recorded_model or ""  # the model of the embeddings, when known (meta.json)
@@ -92,13 +93,16 @@ def _training_setup(args: argparse.Namespace, dataset, corpus, queries):
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from qama.embeddings import title_embedder
     from qama.train import check_out_dir, fit
 
     check_out_dir(args.out, args.overwrite)  # before loading or training anything
     _resolve_model(args)
     dataset, corpus, queries = _load_inputs(args)
-    cfg, pairs = _training_setup(args, dataset, corpus, queries)
-    sample = _query_sample(args, dataset, corpus, queries)
+    # The titles feed the training pairs and the query sample: embedded once for both.
+    titles = title_embedder(dataset, args.model, args.cache_dir, args.batch_size, not args.quiet)
+    cfg, pairs = _training_setup(args, dataset, corpus, queries, titles)
+    sample = _query_sample(args, dataset, corpus, queries, titles)
     fit(corpus, cfg, pairs=pairs, out_dir=args.out, overwrite=args.overwrite, query_sample=sample)
     return 0
 

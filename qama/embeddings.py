@@ -13,6 +13,7 @@ import logging
 import os
 import socket
 import urllib.parse
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -32,6 +33,7 @@ __all__ = [
     "encode",
     "embed_dataset",
     "embed_titles",
+    "title_embedder",
     "title_pairs",
     "PSEUDO_QUERY_MODES",
     "query_sample",
@@ -158,6 +160,35 @@ def embed_titles(
     return rows, _embed_cached(model, model_name, root, f"{dataset.name}-titles", texts, batch_size, progress)
 
 
+#: ``() -> (doc_rows, title_emb)``: the titles of a dataset embedded (see :func:`title_embedder`).
+TitleEmbedder = Callable[[], tuple[np.ndarray, np.ndarray]]
+
+
+def title_embedder(
+    dataset: Dataset,
+    model_name: str = DEFAULT_MODEL,
+    cache_dir: Path | None = None,
+    batch_size: int = 64,
+    progress: bool = True,
+) -> TitleEmbedder:
+    """:func:`embed_titles` of these arguments, run at the first call and kept (its error too): the
+    steps of one command that use the titles (training pairs, the query sample) share it, so the
+    titles are embedded, and the model loaded, once."""
+    kept: list[tuple[np.ndarray, np.ndarray] | OSError] = []
+
+    def embed() -> tuple[np.ndarray, np.ndarray]:
+        if not kept:
+            try:
+                kept.append(embed_titles(dataset, model_name, cache_dir, batch_size, progress))
+            except OSError as e:  # the model cannot be loaded: the next use fails the same way, at once
+                kept.append(e)
+        if isinstance(kept[0], OSError):
+            raise kept[0]
+        return kept[0]
+
+    return embed
+
+
 PSEUDO_QUERY_MODES = ("auto", "titles", "none")
 
 
@@ -170,9 +201,10 @@ def title_pairs(
     cache_dir: Path | None = None,
     batch_size: int = 64,
     progress: bool = True,
+    embed: TitleEmbedder | None = None,
 ) -> tuple[np.ndarray, np.ndarray] | None:
     """Title pseudo-queries for training: ``(title_emb, corpus[rows])`` over the documents that have
-    a title (:func:`embed_titles`), or None.
+    a title (:func:`embed_titles`, or ``embed``: a :func:`title_embedder` shared with other uses), or None.
 
     ``mode``: ``"titles"`` requires them (an error when no document has a title, or when the
     ``meta.json`` of ``embeddings_dir`` names a model other than ``model_name``); ``"auto"`` uses
@@ -197,7 +229,9 @@ def title_pairs(
                 problem = f"{meta}: embeddings of {made_by}, but the titles would be embedded with {model_name}"
     if problem is None:
         try:
-            rows, titles = embed_titles(dataset, model_name, cache_dir, batch_size, progress)
+            if embed is None:
+                embed = title_embedder(dataset, model_name, cache_dir, batch_size, progress)
+            rows, titles = embed()
             return titles, corpus[rows]
         except OSError as e:  # the model cannot be loaded here (offline, unknown name, not on this machine)
             problem = f"cannot embed the titles with {model_name} ({e})"
@@ -217,11 +251,13 @@ def query_sample(
     cache_dir: Path | None = None,
     batch_size: int = 64,
     progress: bool = True,
+    embed: TitleEmbedder | None = None,
 ) -> tuple[np.ndarray | None, str]:
     """Query-like embeddings whose quantiles code the queries, and a description of them.
 
     ``source``, first match wins: ``"none"``; ``"auto"`` / ``"titles"``: the documents' titles
-    embedded with ``model_name`` (as :func:`title_pairs`: ``auto`` falls back to none);
+    embedded with ``model_name`` (as :func:`title_pairs`: ``auto`` falls back to none; ``embed``: a
+    :func:`title_embedder` shared with other uses of the titles);
     a ``.npy`` file of ``(m, d)`` query embeddings; a text file of queries, one a line (embedded
     with ``model_name``); else the name of a qrels split of ``dataset`` (its judged queries from
     ``queries``, the rows of ``dataset.query_ids``), e.g. ``train``. Only query texts are used,
@@ -231,7 +267,7 @@ def query_sample(
     if source == "none" or (source == "auto" and dataset is None):
         return None, "none (queries coded with the documents' thresholds)"
     if source in ("auto", "titles") and dataset is not None:
-        pairs = title_pairs(dataset, corpus, source, model_name, embeddings_dir, cache_dir, batch_size, progress)
+        pairs = title_pairs(dataset, corpus, source, model_name, embeddings_dir, cache_dir, batch_size, progress, embed)
         if pairs is None:
             return None, "none (no titles to use)"
         return pairs[0], f"{len(pairs[0])} document titles"

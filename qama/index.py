@@ -1,19 +1,34 @@
 """A persistent qama index: a folder of memory-mapped codes, document ids, the encoder and a manifest.
 
-Layout of an index folder (``G`` is the generation that wrote a file)::
+The rows are stored in *segments*: a create writes one, each :meth:`QamaIndex.add` appends one
+holding only the new rows (it writes nothing of the rows already there). Layout of an index folder
+(``G`` is the generation that wrote a file, ``J`` the number of the segment within that commit)::
 
-    manifest.json               format, version, generation, plan, row size, count, encoder, files
-    codes-G.npy                 (n, row_size) uint8 codes, rows padded with zero bytes to 64 bits
-    ids-G.npy, ids-G.off.npy    document ids: UTF-8 bytes and (n + 1) int64 offsets
-    titles-G.npy, ...off.npy    optional titles, same layout
-    vectors-G.npy               optional (n, d) float32 full-precision embeddings, for rescoring
+    manifest.json               format, version, generation, plan, row size, count, encoder, files,
+                                segments (in row order: each its count and files)
+    codes-G-J.npy               a segment's (n, row_size) uint8 codes, rows padded with zero bytes to 64 bits
+    ids-G-J.npy, ids-G-J.off.npy      its document ids: UTF-8 bytes and (n + 1) int64 offsets
+    titles-G-J.npy, ...off.npy  optional titles, same layout
+    vectors-G-J.npy             optional (n, d) float32 full-precision embeddings, for rescoring
     encoder-G.safetensors       untrained thresholds and centroids (when no adapter is referenced)
 
 Every file in the manifest is listed with its size in bytes and its SHA-256. A commit (create,
-:meth:`QamaIndex.add`, :meth:`QamaIndex.delete`) writes the new generation's files next to the old
-ones, then atomically replaces ``manifest.json`` (write, fsync, rename), then removes the files no
-manifest references. A crash before the rename leaves the previous index intact and searchable;
-a crash after it leaves only stray files, removed by the next commit. One writer at a time.
+:meth:`QamaIndex.add`, :meth:`QamaIndex.delete`, :meth:`QamaIndex.compact`) writes the new
+generation's files next to the old ones, then atomically replaces ``manifest.json`` (write, fsync,
+rename), then removes the files the previous manifest listed and the new one does not. A crash
+before the rename leaves the previous index intact and searchable; a crash after it leaves only
+stray files, removed by the next commit. One writer at a time.
+
+Segments keep appends cheap: an append of ``m`` rows writes ``m`` rows (and the manifest). When an
+append would leave more than :data:`MAX_SEGMENTS` segments, the newest ones are merged with it into
+one (from the newest backwards, while the next older segment is no larger than the run: the big old
+segments are not rewritten for small appends). A delete rewrites only the segments holding deleted
+rows. Searches read the segments in turn: the exact Hamming scan takes each segment's top ``k`` and
+merges them (:class:`~qama._segments.RowSegments`), the same rows and distances as one segment.
+
+A version-1 manifest (qama before segments: one set of files, listed under ``files``) is read as a
+version-2 index of one segment; its files are kept as that segment, and the first commit writes a
+version-2 manifest (which earlier qama refuses with a message naming the version).
 
 Opening checks everything a wrong answer could come from and raises :class:`IndexCorruptError`
 or :class:`IndexMismatchError` (both ``ValueError``) with the file and the problem: a missing,
@@ -38,7 +53,8 @@ from typing import Any
 
 import numpy as np
 
-from qama._io import atomic_open, save_npy, write_json
+from qama._io import atomic_open, save_npy_chunks, write_json
+from qama._segments import RowSegments
 from qama._validate import (
     Field,
     check_fields,
@@ -59,7 +75,9 @@ __all__ = [
     "IndexLockedError",
     "IndexMismatchError",
     "QamaIndex",
+    "RowSegments",
     "StringColumn",
+    "StringSegments",
     "check_new_index_folder",
     "writer_lock",
 ]
@@ -72,12 +90,22 @@ except ImportError:  # pragma: no cover - Windows
     fcntl = None  # type: ignore[assignment]
 
 FORMAT = "qama-index"
-VERSION = 1
+VERSION = 2  # 2: rows in segments (``segments``); 1: one set of files (``files``), still read
+READ_VERSIONS = (1, 2)
 MANIFEST = "manifest.json"
 ALIGN = 8  # bytes: rows padded to whole 64-bit words
 LOCK = "writer.lock"
 OPEN_ATTEMPTS = 20  # re-reads of a manifest that writers keep replacing while it is being opened
-_GENERATED = re.compile(r"^(codes|ids|titles|vectors|encoder)-(\d{6})\.(npy|off\.npy|safetensors)$")
+#: Segments an append leaves at most: more, and the newest are merged (a search scans each in turn).
+MAX_SEGMENTS = 8
+#: The files of one segment (``titles`` and ``vectors`` in every segment or in none).
+SEGMENT_KEYS = ("codes", "ids", "ids.off", "titles", "titles.off", "vectors")
+WRITE_CHUNK_BYTES = 64 * 2**20  # rows copied into a segment file at a time (merges and deletes)
+# The names this version writes: a segment's files (generation, segment number) and the encoder's.
+# Only such names of the generation being written are removed as strays of a crashed commit.
+_GENERATED = re.compile(
+    r"^(?:(?:codes|ids|titles|vectors)-(?P<seg>\d{6})-\d{1,6}\.(?:npy|off\.npy)|encoder-(?P<enc>\d{6})\.safetensors)$"
+)
 
 
 def _sha256(path: Path, block: int = 1 << 22) -> str:
@@ -119,12 +147,36 @@ class StringColumn:
         return StringColumn.from_strings([keep[i] for i in rows])
 
 
+class StringSegments:
+    """A string column stored in segments (one :class:`StringColumn` each), read as one column."""
+
+    def __init__(self, parts: Sequence[StringColumn]) -> None:
+        self.parts = list(parts)
+        self.starts = np.zeros(len(self.parts) + 1, dtype=np.int64)
+        self.starts[1:] = np.cumsum([len(p) for p in self.parts])
+
+    def __len__(self) -> int:
+        return int(self.starts[-1])
+
+    def __getitem__(self, row: int) -> str:
+        row = int(row)
+        if not 0 <= row < len(self):
+            raise IndexError(f"row {row} is out of range for {len(self)} rows")
+        s = int(np.searchsorted(self.starts, row, side="right")) - 1
+        return self.parts[s][row - int(self.starts[s])]
+
+    def to_list(self) -> list[str]:
+        return [s for part in self.parts for s in part.to_list()]
+
+
 class QamaIndex:
     """A searchable, persistent set of qama codes with their document ids.
 
     Build one with :meth:`create`, reopen it with :meth:`open`. ``search`` takes float query
     embeddings; ``search_codes`` takes query codes. Rows are numbered ``0..len-1`` in insertion
     order (deletions renumber the rows after them); :meth:`doc_id` maps a row to its document id.
+    ``codes`` and ``vectors`` are :class:`~qama._segments.RowSegments` (the segments' memory maps
+    read as one array), ``ids`` and ``titles`` :class:`StringSegments`.
     """
 
     def __init__(
@@ -132,10 +184,10 @@ class QamaIndex:
         path: Path,
         manifest: dict[str, Any],
         encoder: Encoder,
-        codes: np.ndarray,
-        ids: StringColumn,
-        titles: StringColumn | None,
-        vectors: np.ndarray | None,
+        codes: RowSegments,
+        ids: StringSegments,
+        titles: StringSegments | None,
+        vectors: RowSegments | None,
     ) -> None:
         self.path = path
         self.manifest = manifest
@@ -154,13 +206,19 @@ class QamaIndex:
     def row_size(self) -> int:
         return int(self.manifest["row_size"])
 
+    @property
+    def segment_counts(self) -> list[int]:
+        """The number of rows of each segment, in row order."""
+        return [int(seg["count"]) for seg in self.manifest["segments"]]
+
     def __len__(self) -> int:
         return len(self.codes)
 
     def __repr__(self) -> str:
         return (
             f"QamaIndex({str(self.path)!r}, n={len(self)}, plan={self.plan.spec()!r}, "
-            f"row_size={self.row_size}, vectors={self.vectors is not None}, generation={self.manifest['generation']})"
+            f"row_size={self.row_size}, vectors={self.vectors is not None}, "
+            f"segments={len(self.manifest['segments'])}, generation={self.manifest['generation']})"
         )
 
     def doc_id(self, row: int) -> str | None:
@@ -171,8 +229,12 @@ class QamaIndex:
         return None if row < 0 or self.titles is None else self.titles[int(row)]
 
     def disk_bytes(self) -> dict[str, int]:
-        """Bytes on disk of each file of the current generation (and the manifest)."""
+        """Bytes on disk of each kind of file of the current generation, summed over the segments
+        (``codes``, ``ids``, ``ids.off``, …, ``encoder``), and of the manifest."""
         out = {key: int(f["bytes"]) for key, f in self.manifest["files"].items()}
+        for seg in self.manifest["segments"]:
+            for key, f in seg["files"].items():
+                out[key] = out.get(key, 0) + int(f["bytes"])
         out["manifest"] = (self.path / MANIFEST).stat().st_size
         return out
 
@@ -220,6 +282,7 @@ class QamaIndex:
             "encoder": enc_meta,
             "meta": dict(meta or {}),
             "files": {},
+            "segments": [],
         }
         path.mkdir(parents=True, exist_ok=True)
         # Creating is exclusive: the lock is held from the check to the commit, so of two creators of
@@ -231,38 +294,21 @@ class QamaIndex:
                 try:
                     old = read_json_file(path / MANIFEST, "manifest")
                     manifest["generation"] = int(old["generation"])
-                    previous = {str(f["name"]) for f in old["files"].values()}
+                    previous = _owned_names(old)
                 except (ValueError, KeyError, TypeError, AttributeError, OSError):
                     pass
             codes = _encode_rows(encoder, embeddings, row_size, progress, chunk)
-            cls._write_new(
-                path, manifest, encoder, codes, ids, titles, embeddings if keep_vectors else None, previous
-            )
+            writer = _Commit(path, manifest, previous)
+            # Thresholds are stored whole; an adapter's centroids depend on the corpus they were fitted on.
+            writer.write_bytes("encoder", ".safetensors", state_bytes(encoder))
+            vectors = np.ascontiguousarray(embeddings, dtype=np.float32) if keep_vectors else None
+            strings = StringColumn.from_strings
+            columns = [strings(list(ids))], None if titles is None else [strings(list(titles))]
+            manifest["segments"] = [writer.write_segment(codes, *columns, vectors)]
+            manifest["count"] = len(codes)
+            writer.commit()
         logger.info("wrote index %s: %d documents, %d bytes per code", path, len(codes), row_size)
         return cls.open(path, encoder=encoder, verify=False)
-
-    @staticmethod
-    def _write_new(
-        path: Path,
-        manifest: dict[str, Any],
-        encoder: Encoder,
-        codes: np.ndarray,
-        ids: Sequence[str],
-        titles: Sequence[str] | None,
-        vectors: np.ndarray | None,
-        previous: set[str],
-    ) -> None:
-        writer = _Commit(path, manifest, previous)
-        # Thresholds are stored whole; an adapter's centroids depend on the corpus they were fitted on.
-        writer.write_bytes("encoder", ".safetensors", state_bytes(encoder))
-        writer.write_array("codes", codes)
-        writer.write_strings("ids", StringColumn.from_strings(list(ids)))
-        if titles is not None:
-            writer.write_strings("titles", StringColumn.from_strings(list(titles)))
-        if vectors is not None:
-            writer.write_array("vectors", np.ascontiguousarray(vectors, dtype=np.float32))
-        manifest["count"] = len(codes)
-        writer.commit()
 
     @classmethod
     def open(cls, path: str | os.PathLike, encoder: Encoder | None = None, verify: bool = True) -> QamaIndex:
@@ -287,9 +333,11 @@ class QamaIndex:
 
     @classmethod
     def _open_version(cls, path: Path, manifest: dict[str, Any], encoder: Encoder | None, verify: bool) -> QamaIndex:
-        files = manifest["files"]
-        for key, f in files.items():
+        for key, f in manifest["files"].items():
             _check_file(path, key, f, verify)
+        for seg in manifest["segments"]:
+            for key, f in seg["files"].items():
+                _check_file(path, key, f, verify)
         plan = Plan.from_dict(manifest["plan"])
         if manifest["code_size"] != plan.code_size or manifest["row_size"] != plan.row_size(ALIGN):
             raise IndexCorruptError(
@@ -298,16 +346,24 @@ class QamaIndex:
             )
         state = lambda: _stored_state(path, manifest)  # noqa: E731
         encoder = open_encoder(manifest["encoder"], plan, state, str(path), encoder, what="index")
-        n = int(manifest["count"])
-        codes = _load_array(path, files["codes"], np.uint8, (n, plan.row_size(ALIGN)), "codes")
-        ids = _load_strings(path, files, "ids", n)
-        titles = _load_strings(path, files, "titles", n) if "titles" in files else None
-        vectors = (
-            _load_array(path, files["vectors"], np.float32, (n, int(manifest["dim"])), "vectors")
-            if "vectors" in files
-            else None
+        codes, ids, titles, vectors = [], [], [], []
+        for seg in manifest["segments"]:
+            files, n = seg["files"], int(seg["count"])
+            codes.append(_load_array(path, files["codes"], np.uint8, (n, plan.row_size(ALIGN)), "codes"))
+            ids.append(_load_strings(path, files, "ids", n))
+            if "titles" in files:
+                titles.append(_load_strings(path, files, "titles", n))
+            if "vectors" in files:
+                vectors.append(_load_array(path, files["vectors"], np.float32, (n, int(manifest["dim"])), "vectors"))
+        return cls(
+            path,
+            manifest,
+            encoder,
+            RowSegments(codes),
+            StringSegments(ids),
+            StringSegments(titles) if titles else None,
+            RowSegments(vectors) if vectors else None,
         )
-        return cls(path, manifest, encoder, codes, ids, titles, vectors)
 
     @classmethod
     def open_with_adapter(cls, path: str | os.PathLike, adapter: Any = None, verify: bool = True) -> QamaIndex:
@@ -403,7 +459,9 @@ class QamaIndex:
         titles: Sequence[str] | None = None,
         progress: Callable[[int], None] | None = None,
     ) -> None:
-        """Append documents (new ids only) and commit a new generation."""
+        """Append documents (new ids only) and commit a new generation: the new rows are written as
+        a new segment, nothing of the rows already there is rewritten (unless the append merges the
+        newest segments, see :data:`MAX_SEGMENTS`). An append of no rows commits nothing."""
         embeddings = np.asarray(embeddings)
         _check_new_docs(embeddings, ids, titles, self.plan.dim)
         if embeddings.shape[1] != self.manifest["dim"]:
@@ -412,6 +470,8 @@ class QamaIndex:
             )
         if (titles is None) != (self.titles is None) and len(self):
             raise ValueError("titles must be given for every document or for none")
+        if len(ids) == 0:
+            return
         new_codes = _encode_rows(self.encoder, embeddings, self.row_size, progress, 65536)
         with writer_lock(self.path):
             self._catch_up()
@@ -424,21 +484,51 @@ class QamaIndex:
         dup = [i for i in ids if i in existing]
         if dup:
             raise ValueError(f"{len(dup)} document id(s) already in the index, e.g. {dup[:3]}")
+        if (titles is None) != (self.titles is None) and len(self):  # (a writer may have committed since)
+            raise ValueError("titles must be given for every document or for none")
         manifest = json.loads(json.dumps(self.manifest))
         writer = _Commit(self.path, manifest)
-        writer.write_array("codes", np.concatenate([self.codes, new_codes]))
-        writer.write_strings("ids", StringColumn.from_strings(self.ids.to_list() + list(ids)))
-        if titles is not None:
-            old = self.titles.to_list() if self.titles is not None else []
-            writer.write_strings("titles", StringColumn.from_strings(old + list(titles)))
-        if self.vectors is not None:
-            writer.write_array("vectors", np.concatenate([self.vectors, embeddings.astype(np.float32)]))
-        manifest["count"] = len(self) + len(embeddings)
+        live = [j for j, seg in enumerate(manifest["segments"]) if seg["count"] > 0]  # an empty index's segment goes
+        counts = [manifest["segments"][j]["count"] for j in live] + [len(new_codes)]
+        lo = _merge_from(counts, MAX_SEGMENTS)
+        merged = live[lo:]  # the newest segments, merged with the new rows into one (usually none)
+        # (titles and vectors: given for the new rows iff the merged segments have them)
+        old_titles = [] if self.titles is None else [self.titles.parts[j] for j in merged]
+        old_vectors = [] if self.vectors is None else [self.vectors.parts[j] for j in merged]
+        segment = writer.write_segment(
+            [*(self.codes.parts[j] for j in merged), new_codes],
+            [*(self.ids.parts[j] for j in merged), StringColumn.from_strings(list(ids))],
+            None if titles is None else [*old_titles, StringColumn.from_strings(list(titles))],
+            None if self.vectors is None else [*old_vectors, np.ascontiguousarray(embeddings, dtype=np.float32)],
+        )
+        if merged:
+            logger.info("%s: merged the %d newest segments with the appended rows", self.path, len(merged))
+        manifest["segments"] = [manifest["segments"][j] for j in live[:lo]] + [segment]
+        manifest["count"] = sum(seg["count"] for seg in manifest["segments"])
         writer.commit()
         self._reload()
 
+    def compact(self) -> None:
+        """Merge every segment into one and commit (searches then scan a single array)."""
+        with writer_lock(self.path):
+            self._catch_up()
+            if len(self.manifest["segments"]) == 1:
+                return
+            manifest = json.loads(json.dumps(self.manifest))
+            writer = _Commit(self.path, manifest)
+            segment = writer.write_segment(
+                self.codes.parts,
+                self.ids.parts,
+                None if self.titles is None else self.titles.parts,
+                None if self.vectors is None else self.vectors.parts,
+            )
+            manifest["segments"] = [segment]
+            writer.commit()
+            self._reload()
+
     def delete(self, ids: Iterable[str]) -> int:
-        """Remove documents by id and commit; returns how many were removed. Unknown ids raise KeyError."""
+        """Remove documents by id and commit; returns how many were removed. Unknown ids raise KeyError.
+        Only the segments that held removed documents are rewritten."""
         with writer_lock(self.path):
             self._catch_up()
             return self._delete(set(ids))
@@ -448,20 +538,34 @@ class QamaIndex:
         missing = wanted.difference(all_ids)
         if missing:
             raise KeyError(f"{len(missing)} document id(s) not in the index, e.g. {sorted(missing)[:3]}")
-        keep = np.array([i not in wanted for i in all_ids], dtype=bool)
-        rows = np.flatnonzero(keep)
         manifest = json.loads(json.dumps(self.manifest))
         writer = _Commit(self.path, manifest)
-        writer.write_array("codes", np.asarray(self.codes[rows]))
-        writer.write_strings("ids", self.ids.take(rows))
-        if self.titles is not None:
-            writer.write_strings("titles", self.titles.take(rows))
-        if self.vectors is not None:
-            writer.write_array("vectors", np.asarray(self.vectors[rows]))
-        manifest["count"] = int(len(rows))
+        segments = []
+        for j, seg in enumerate(manifest["segments"]):
+            lo, hi = int(self.codes.starts[j]), int(self.codes.starts[j + 1])
+            keep = np.array([i not in wanted for i in all_ids[lo:hi]], dtype=bool)
+            if keep.all():
+                segments.append(seg)  # untouched: its files stay
+                continue
+            rows = np.flatnonzero(keep)
+            if len(rows):  # an emptied segment is dropped
+                segments.append(self._write_rows(writer, j, rows))
+        if not segments:  # every document deleted: one empty segment keeps the columns (titles, vectors)
+            segments.append(self._write_rows(writer, 0, np.zeros(0, dtype=np.int64)))
+        manifest["segments"] = segments
+        manifest["count"] = sum(seg["count"] for seg in segments)
         writer.commit()
         self._reload()
-        return len(all_ids) - len(rows)
+        return len(all_ids) - int(manifest["count"])
+
+    def _write_rows(self, writer: _Commit, j: int, rows: np.ndarray) -> dict[str, Any]:
+        """Write ``rows`` of segment ``j`` as a new segment; its manifest entry."""
+        return writer.write_segment(
+            [_Take(self.codes.parts[j], rows)],
+            [self.ids.parts[j].take(rows)],
+            None if self.titles is None else [self.titles.parts[j].take(rows)],
+            None if self.vectors is None else [_Take(self.vectors.parts[j], rows)],
+        )
 
     def _catch_up(self) -> None:
         """Under the writer lock: build on the newest committed version, not the one opened earlier."""
@@ -557,6 +661,58 @@ def _encode_rows(
     return codes
 
 
+@dataclass(frozen=True)
+class _Take:
+    """Rows ``rows`` of ``array`` (a memory map), copied a chunk at a time when written."""
+
+    array: np.ndarray
+    rows: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return (len(self.rows), *self.array.shape[1:])
+
+    def __getitem__(self, chunk: slice) -> np.ndarray:
+        return np.asarray(self.array[self.rows[chunk]])
+
+
+def _row_chunks(parts: Sequence[Any], row_bytes: int) -> Iterator[np.ndarray]:
+    """The rows of ``parts`` (arrays, memory maps, :class:`_Take`) in order, about
+    :data:`WRITE_CHUNK_BYTES` at a time."""
+    step = max(1, WRITE_CHUNK_BYTES // max(1, row_bytes))
+    for part in parts:
+        for i in range(0, len(part), step):
+            yield np.asarray(part[i : i + step])
+
+
+def _merge_from(counts: list[int], limit: int) -> int:
+    """Where the run of segments (of these row ``counts``, oldest first) that an append merges into
+    one starts, so that at most ``limit`` remain; ``len(counts)`` (no merge) when they are not more.
+
+    From the newest backwards, at least two, and an older segment joins while it holds no more rows
+    than the run: sizes stay roughly geometric, so a row is rewritten a few times over the life of
+    an index, and a large old segment is not rewritten for a small append.
+    """
+    if len(counts) <= limit:
+        return len(counts)
+    lo, run = len(counts) - 1, counts[-1]
+    while lo > 0 and (len(counts) - lo < 2 or counts[lo - 1] <= run):
+        lo -= 1
+        run += counts[lo]
+    return min(lo, limit - 1)
+
+
+def _owned_names(manifest: dict[str, Any]) -> set[str]:
+    """The names of the files a manifest (version 1 or 2) lists: the files its index owns."""
+    names = {str(f["name"]) for f in manifest["files"].values()}
+    for seg in manifest.get("segments", []):
+        names.update(str(f["name"]) for f in seg["files"].values())
+    return names
+
+
 class _Commit:
     """Writes one generation's files, then swaps the manifest."""
 
@@ -564,34 +720,67 @@ class _Commit:
         self.path = path
         self.manifest = manifest
         # The files the commit may remove: the previous generation's (named by its manifest).
-        self.previous = {str(f["name"]) for f in manifest["files"].values()} if previous is None else previous
+        self.previous = _owned_names(manifest) if previous is None else previous
         manifest["generation"] = int(manifest["generation"]) + 1
+        manifest["version"] = VERSION
         self.tag = f"{manifest['generation']:06d}"
+        self.n_segments = 0
 
-    def _record(self, key: str, name: str) -> None:
+    def _entry(self, name: str) -> dict[str, Any]:
         p = self.path / name
-        self.manifest["files"][key] = {"name": name, "bytes": p.stat().st_size, "sha256": _sha256(p)}
+        return {"name": name, "bytes": p.stat().st_size, "sha256": _sha256(p)}
 
     def write_bytes(self, key: str, suffix: str, data: bytes) -> None:
         name = f"{key}-{self.tag}{suffix}"
         with atomic_open(self.path / name, "wb") as f:
             f.write(data)
-        self._record(key, name)
+        self.manifest["files"][key] = self._entry(name)
 
-    def write_array(self, key: str, array: np.ndarray) -> None:
-        name = f"{key}-{self.tag}.npy"
-        save_npy(self.path / name, array)
-        self._record(key, name)
+    def _write_rows(self, name: str, parts: Sequence[Any]) -> dict[str, Any]:
+        """One ``.npy`` of the rows of ``parts`` in order (written a chunk at a time); its manifest entry."""
+        first = parts[0]
+        tail = tuple(first.shape[1:])
+        dtype = first.array.dtype if isinstance(first, _Take) else first.dtype
+        row_bytes = int(np.prod(tail, dtype=np.int64)) * dtype.itemsize
+        shape = (sum(len(p) for p in parts), *tail)
+        save_npy_chunks(self.path / name, shape, dtype, _row_chunks(parts, row_bytes))
+        return self._entry(name)
 
-    def write_strings(self, key: str, column: StringColumn) -> None:
-        self.write_array(key, column.data)
-        name = f"{key}-{self.tag}.off.npy"
-        save_npy(self.path / name, column.offsets)
-        self._record(f"{key}.off", name)
+    def _write_strings(self, files: dict[str, Any], key: str, stem: str, parts: Sequence[StringColumn]) -> None:
+        files[key] = self._write_rows(f"{key}-{stem}.npy", [p.data for p in parts])
+        starts = np.cumsum([0, *(int(p.offsets[-1]) for p in parts)])
+        offsets = [np.zeros(1, np.int64), *(p.offsets[1:] + start for p, start in zip(parts, starts, strict=False))]
+        files[f"{key}.off"] = self._write_rows(f"{key}-{stem}.off.npy", offsets)
+
+    def write_segment(
+        self,
+        codes: Sequence[Any] | np.ndarray,
+        ids: Sequence[StringColumn],
+        titles: Sequence[StringColumn] | None,
+        vectors: Sequence[Any] | np.ndarray | None,
+    ) -> dict[str, Any]:
+        """Write a segment of the rows of ``codes`` (a list of parts: arrays, memory maps,
+        :class:`_Take`; or one array), ``ids`` and ``titles`` (lists of :class:`StringColumn`) and
+        ``vectors`` (like ``codes``), in order; its manifest entry ``{count, files}``."""
+        self.n_segments += 1
+        stem = f"{self.tag}-{self.n_segments}"
+        codes_parts = [codes] if isinstance(codes, np.ndarray) else list(codes)
+        files: dict[str, Any] = {"codes": self._write_rows(f"codes-{stem}.npy", codes_parts)}
+        count = sum(len(p) for p in codes_parts)
+        for key, column in (("ids", ids), ("titles", titles)):
+            if column is None:
+                continue
+            if sum(len(p) for p in column) != count:
+                raise ValueError(f"{sum(len(p) for p in column)} {key} for {count} rows")
+            self._write_strings(files, key, stem, column)
+        if vectors is not None:
+            vector_parts = [vectors] if isinstance(vectors, np.ndarray) else list(vectors)
+            files["vectors"] = self._write_rows(f"vectors-{stem}.npy", vector_parts)
+        return {"count": count, "files": files}
 
     def commit(self) -> None:
         write_json(self.path / MANIFEST, self.manifest)  # the atomic switch to the new generation
-        live = {f["name"] for f in self.manifest["files"].values()}
+        live = _owned_names(self.manifest)
         # Only files this index wrote are removed: the previous generation's, and strays of an earlier
         # attempt at this same generation (a crash before its manifest was renamed into place). A file
         # of any other name stays, whatever it looks like.
@@ -599,11 +788,12 @@ class _Commit:
             if p.name in live or not p.is_file() or p.is_symlink():
                 continue
             m = _GENERATED.match(p.name)
-            if p.name in self.previous or (m is not None and m.group(2) == self.tag):
+            if p.name in self.previous or (m is not None and self.tag in (m.group("seg"), m.group("enc"))):
                 p.unlink(missing_ok=True)
 
 
 def _read_manifest(path: Path) -> dict[str, Any]:
+    """The manifest of the index at ``path``, checked, as version 2 (a version-1 manifest is read as one segment)."""
     mpath = path / MANIFEST
     if not mpath.exists():
         raise IndexCorruptError(f"{path}: not a qama index (no {MANIFEST})")
@@ -613,13 +803,22 @@ def _read_manifest(path: Path) -> dict[str, Any]:
         raise IndexCorruptError(f"{mpath}: incomplete manifest (needs {', '.join(required)})")
     if manifest["format"] != FORMAT:
         raise IndexCorruptError(f"{mpath}: not a qama index manifest (format {manifest['format']!r})")
-    if manifest["version"] != VERSION:
-        raise IndexCorruptError(f"{mpath}: index format version {manifest['version']}, this qama reads {VERSION}")
+    version = manifest["version"]
+    if type(version) is not int or version not in READ_VERSIONS:
+        raise IndexCorruptError(
+            f"{mpath}: index format version {version!r}, this qama reads versions "
+            f"{', '.join(map(str, READ_VERSIONS))} (a newer qama wrote it?)"
+        )
     check_manifest(manifest, mpath)
-    for key in ("codes", "ids", "ids.off"):
-        if key not in manifest["files"]:
-            raise IndexCorruptError(f"{mpath}: the manifest lists no {key} file")
-    return manifest
+    return _from_v1(manifest) if version == 1 else manifest
+
+
+def _from_v1(manifest: dict[str, Any]) -> dict[str, Any]:
+    """A version-1 manifest (one set of files under ``files``) as version 2: those files are its one segment."""
+    files = manifest["files"]
+    segment = {"count": manifest["count"], "files": {k: f for k, f in files.items() if k in SEGMENT_KEYS}}
+    rest = {k: f for k, f in files.items() if k not in SEGMENT_KEYS}
+    return {**manifest, "version": VERSION, "files": rest, "segments": [segment]}
 
 
 #: Types and ranges of the manifest's fields (qama._validate.check_fields).
@@ -640,6 +839,7 @@ ENCODER_SCHEMA = {
     "path": Field("str", optional=True, nullable=True),
 }
 FILE_SCHEMA = {"name": Field("str"), "bytes": Field("int", lo=0), "sha256": Field("str")}
+SEGMENT_SCHEMA = {"count": Field("int", lo=0), "files": Field("dict")}
 
 
 def check_manifest(manifest: dict[str, Any], mpath: Path) -> None:
@@ -656,13 +856,45 @@ def check_manifest(manifest: dict[str, Any], mpath: Path) -> None:
         Plan.from_dict(manifest["plan"])
     except (ValueError, TypeError) as e:
         raise IndexCorruptError(f"{mpath}: field 'plan': {e}") from None
-    for key, f in manifest["files"].items():
-        check_fields(f, FILE_SCHEMA, str(mpath), f"files.{key}.", IndexCorruptError)
-        check_plain_name(f["name"], f"{mpath}: files.{key}", IndexCorruptError)
+    _check_files(manifest["files"], "files", mpath)
     meta_schema = {"model": Field("str", optional=True, nullable=True)}  # the model that embedded the documents
     check_fields(manifest.get("meta", {}), meta_schema, str(mpath), "meta.", IndexCorruptError)
     if manifest["encoder"]["kind"] == "thresholds" and "encoder" not in manifest["files"]:
         raise IndexCorruptError(f"{mpath}: the manifest lists no encoder file (the index's thresholds)")
+    if manifest["version"] == 1:  # one set of files: the rows' files are listed with the encoder's
+        _check_segment_files(manifest["files"], "the manifest", mpath)
+        return
+    check_fields(manifest, {"segments": Field("list")}, str(mpath), error=IndexCorruptError)
+    segments = manifest["segments"]
+    if not segments:
+        raise IndexCorruptError(f"{mpath}: field 'segments' lists no segment (an index has at least one)")
+    for j, seg in enumerate(segments):
+        check_fields(seg, SEGMENT_SCHEMA, str(mpath), f"segments[{j}].", IndexCorruptError)
+        _check_files(seg["files"], f"segments[{j}].files", mpath)
+        unknown = sorted(set(seg["files"]) - set(SEGMENT_KEYS))
+        if unknown:
+            raise IndexCorruptError(f"{mpath}: field 'segments[{j}].files': unknown file {unknown[0]!r}")
+        _check_segment_files(seg["files"], f"segment {j}", mpath)
+        if set(seg["files"]) != set(segments[0]["files"]):
+            raise IndexCorruptError(
+                f"{mpath}: segment {j} has the files {', '.join(sorted(seg['files']))}, segment 0 has "
+                f"{', '.join(sorted(segments[0]['files']))} (titles and vectors are kept for every segment or none)"
+            )
+    total = sum(seg["count"] for seg in segments)
+    if total != manifest["count"]:
+        raise IndexCorruptError(f"{mpath}: the segments hold {total} rows, but field 'count' is {manifest['count']}")
+
+
+def _check_files(files: dict[str, Any], where: str, mpath: Path) -> None:
+    for key, f in files.items():
+        check_fields(f, FILE_SCHEMA, str(mpath), f"{where}.{key}.", IndexCorruptError)
+        check_plain_name(f["name"], f"{mpath}: {where}.{key}", IndexCorruptError)
+
+
+def _check_segment_files(files: dict[str, Any], what: str, mpath: Path) -> None:
+    for key in ("codes", "ids", "ids.off"):
+        if key not in files:
+            raise IndexCorruptError(f"{mpath}: {what} lists no {key} file")
 
 
 def _check_file(path: Path, key: str, f: dict[str, Any], verify: bool) -> None:

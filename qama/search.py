@@ -33,12 +33,14 @@ from typing import Any
 import faiss
 import numpy as np
 
+from qama._segments import RowSegments
 from qama._validate import check_k, check_oversample, n_candidates
 from qama.codes import hamming, hamming_distances
 from qama.encoders import AdapterEncoder, Encoder, ThresholdEncoder  # re-exported: their old home
 
 __all__ = [
     "MISSING_DISTANCE",
+    "RowSegments",
     "Encoder",
     "ThresholdEncoder",
     "AdapterEncoder",
@@ -82,7 +84,7 @@ def float_search(corpus: np.ndarray, queries: np.ndarray, k: int) -> tuple[np.nd
     return scores, ids
 
 
-def _check_codes(codes: np.ndarray, query_codes: np.ndarray) -> None:
+def _check_codes(codes: np.ndarray | RowSegments, query_codes: np.ndarray) -> None:
     if (
         codes.dtype != np.uint8
         or query_codes.dtype != np.uint8
@@ -103,18 +105,29 @@ def _order_ties(dist: np.ndarray, ids: np.ndarray) -> tuple[np.ndarray, np.ndarr
     return np.take_along_axis(dist, order, axis=1), np.take_along_axis(ids, order, axis=1)
 
 
-def hamming_search(codes: np.ndarray, query_codes: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+def hamming_search(codes: np.ndarray | RowSegments, query_codes: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """Exact top-``k`` Hamming search of ``(nq, w)`` query codes over ``(n, w)`` uint8 codes.
 
     A batch of queries over rows of whole 64-bit words (the index's aligned rows) runs the blocked
     kernel of :mod:`qama._kernels` (about 1.9x faiss's scan at 1M x 80 bytes, 1,000 queries); a
     few queries on aligned rows run its row kernel (the rows split over the cores: one query uses
     them all); unaligned rows run faiss's popcount scan. Either reads ``codes`` in place (a
-    C-contiguous memory map is not copied). Returns int32 distances and int64 ids, ``(nq, k)``
-    each; ties by ascending id.
+    C-contiguous memory map is not copied). ``codes`` may be a :class:`RowSegments` (an index of
+    several segments): each segment is scanned in place for its own top ``k`` and the lists are
+    merged, the same answer as over the concatenation. Returns int32 distances and int64 ids,
+    ``(nq, k)`` each; ties by ascending id.
     """
     _check_k(k, len(query_codes))
     _check_codes(codes, query_codes)
+    if isinstance(codes, RowSegments):
+        if len(codes.parts) > 1:
+            return _hamming_search_segments(codes, query_codes, k)
+        codes = codes.parts[0]
+    return _hamming_search_array(codes, query_codes, k)
+
+
+def _hamming_search_array(codes: np.ndarray, query_codes: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`hamming_search` over one array (checked by the caller)."""
     nq, n = len(query_codes), len(codes)
     dist = np.full((nq, k), MISSING_DISTANCE, dtype=np.int32)
     ids = np.full((nq, k), -1, dtype=np.int64)
@@ -129,6 +142,43 @@ def hamming_search(codes: np.ndarray, query_codes: np.ndarray, k: int) -> tuple[
     else:
         d, i = faiss.knn_hamming(np.ascontiguousarray(query_codes), np.ascontiguousarray(codes), kk)
         dist[:, :kk], ids[:, :kk] = _order_ties(d, i)
+    return dist, ids
+
+
+def _hamming_search_segments(codes: RowSegments, query_codes: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`hamming_search` over segments. A batch over aligned rows: the blocked kernel over all the
+    segments at once. Otherwise each segment's top ``k`` (row numbers shifted by its first row), then
+    the ``k`` best of their union by (distance, row). Exact either way, ties by ascending row."""
+    nq = len(query_codes)
+    dist = np.full((nq, k), MISSING_DISTANCE, dtype=np.int32)
+    ids = np.full((nq, k), -1, dtype=np.int64)
+    parts = [p for p in codes.parts if len(p)]
+    if codes.shape[1] % 8 == 0 and nq >= BATCH_KERNEL_MIN_QUERIES and parts:
+        from qama._kernels import knn_hamming_words_segments
+
+        kk = min(k, len(codes))
+        dist[:, :kk], ids[:, :kk] = knn_hamming_words_segments(query_codes, parts, kk)
+        return dist, ids
+    found_d, found_i = [], []
+    for start, part in zip(codes.starts.tolist(), codes.parts, strict=False):
+        if len(part) and nq:
+            d, i = _hamming_search_array(part, query_codes, min(k, len(part)))  # every slot a row: no -1
+            found_d.append(d)
+            found_i.append(i + start)
+    if not found_d:
+        return dist, ids
+    d, i = np.concatenate(found_d, axis=1), np.concatenate(found_i, axis=1)
+    kk = min(k, d.shape[1])
+    if codes.shape[1] * 8 < 1 << 22 and len(codes) < 1 << 40:
+        # one int64 key per hit, distance above row: a selection, then a sort of the k kept
+        key = (d.astype(np.int64) << 40) | i
+        if kk < key.shape[1]:
+            key = np.partition(key, kk - 1, axis=1)[:, :kk]
+        key.sort(axis=1)
+        dist[:, :kk], ids[:, :kk] = (key >> 40).astype(np.int32), key & ((1 << 40) - 1)
+    else:  # pragma: no cover - rows of 512 KiB or more: distances do not fit the key
+        d, i = _order_ties(d, i)
+        dist[:, :kk], ids[:, :kk] = d[:, :kk], i[:, :kk]
     return dist, ids
 
 
@@ -150,7 +200,9 @@ def hamming_search_reference(
     return dist, ids
 
 
-def asymmetric_scores(weights: np.ndarray, codes: np.ndarray, candidates: np.ndarray, encoder: Encoder) -> np.ndarray:
+def asymmetric_scores(
+    weights: np.ndarray, codes: np.ndarray | RowSegments, candidates: np.ndarray, encoder: Encoder
+) -> np.ndarray:
     """Asymmetric scores ``Σ_j w_j · centroids[j, level_j]`` of candidate rows.
 
     ``weights``: ``(nq, n_values)`` from ``encoder.query_weights``; ``codes``: the corpus codes
@@ -171,7 +223,9 @@ def asymmetric_scores(weights: np.ndarray, codes: np.ndarray, candidates: np.nda
         return np.concatenate(parts)
     if len(codes) == 0:
         return np.full((nq, m), -np.inf, dtype=np.float32)
-    if not isinstance(codes, np.ndarray):  # a store that reads rows on demand: only the candidates' rows
+    if isinstance(codes, RowSegments) and len(codes.parts) == 1:
+        codes = codes.parts[0]  # one segment: its memory map is read in place
+    if not isinstance(codes, np.ndarray):  # segments, or a store that reads rows on demand: the candidates' rows
         valid = candidates >= 0
         wanted, inverse = np.unique(np.where(valid, candidates, 0), return_inverse=True)
         codes = np.asarray(codes[wanted], dtype=np.uint8)
@@ -258,7 +312,7 @@ def search_rescored(
             query_codes = np.pad(query_codes, ((0, 0), (0, width - query_codes.shape[1])))
         candidates = lambda qc, m: hamming_search(codes, qc, m)  # noqa: E731
     # candidates: oversample × k, at most MAX_CANDIDATES and the rows there are (when codes is an array)
-    n = len(codes) if isinstance(codes, np.ndarray) else None
+    n = len(codes) if isinstance(codes, (np.ndarray, RowSegments)) else None
     dist, cand = candidates(query_codes, k if oversample == 0 else n_candidates(k, oversample, n))
     if oversample == 0:
         return np.where(cand >= 0, -dist.astype(np.float32), -np.inf).astype(np.float32), cand

@@ -695,17 +695,19 @@ def training_setup(
     cache_dir: Path | None = None,
     embed_batch_size: int = 64,
     progress: bool = True,
+    embed_titles: Callable[[], tuple[np.ndarray, np.ndarray]] | None = None,
     **settings: Any,
 ) -> tuple[TrainConfig, tuple[np.ndarray, np.ndarray] | None]:
     """The :class:`TrainConfig` and InfoNCE ``pairs`` of a :class:`~qama.data.Dataset`'s corpus
     (``qama train`` / ``qama ablate``): title pseudo-queries (``pseudo_queries``, see
-    :func:`qama.embeddings.title_pairs`) and the qrels pairs of ``pairs_split``, weighted by
-    :func:`info_nce_setup`. ``settings``: :class:`TrainConfig` fields (``None`` = the default)."""
+    :func:`qama.embeddings.title_pairs`; ``embed_titles``: a :func:`qama.embeddings.title_embedder`
+    shared with the command's other uses of the titles) and the qrels pairs of ``pairs_split``,
+    weighted by :func:`info_nce_setup`. ``settings``: :class:`TrainConfig` fields (``None`` = the default)."""
     from qama.data import load_dataset
     from qama.embeddings import title_pairs
 
     titles = title_pairs(
-        dataset, corpus, pseudo_queries, model_name, embeddings_dir, cache_dir, embed_batch_size, progress
+        dataset, corpus, pseudo_queries, model_name, embeddings_dir, cache_dir, embed_batch_size, progress, embed_titles
     )
     labelled = None
     if pairs_split:

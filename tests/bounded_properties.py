@@ -112,8 +112,11 @@ def run(work: Path, examples: int) -> None:
     from qama.search import ThresholdEncoder
 
     good_ix = work / "ix-good"
-    QamaIndex.create(good_ix, ThresholdEncoder.fit(emb, make_plan("hybrid", 16)), emb, [f"d{i}" for i in range(40)])
+    encoder = ThresholdEncoder.fit(emb, make_plan("hybrid", 16))
+    index = QamaIndex.create(good_ix, encoder, emb[:30], [f"d{i}" for i in range(30)])
+    index.add(emb[30:], [f"d{i}" for i in range(30, 40)])  # two segments
     manifest = json.loads((good_ix / MANIFEST).read_text())
+    segment_files = [f"segments/{j}/files/{k}" for j, seg in enumerate(manifest["segments"]) for k in seg["files"]]
     manifest_fields = [
         *manifest,
         "plan/name",
@@ -124,6 +127,9 @@ def run(work: Path, examples: int) -> None:
         *(f"encoder/{k}" for k in manifest["encoder"]),
         *(f"files/{k}" for k in manifest["files"]),
         *(f"files/{k}/{f}" for k in manifest["files"] for f in ("name", "bytes", "sha256")),
+        *(f"segments/{j}{f}" for j in range(len(manifest["segments"])) for f in ("", "/count", "/files")),
+        *segment_files,
+        *(f"{key}/{f}" for key in segment_files for f in ("name", "bytes", "sha256")),
     ]
 
     @settings(max_examples=examples, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))

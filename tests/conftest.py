@@ -1,10 +1,12 @@
-"""Shared fixtures: tiny BEIR-layout datasets with embeddings, the shared benchmark data, a milvus-lite server."""
+"""Shared fixtures: tiny BEIR-layout datasets with embeddings, the shared benchmark data, one milvus-lite
+server for the session."""
 
 from __future__ import annotations
 
 import importlib.util
 import json
-from collections.abc import Iterator
+import uuid
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -76,16 +78,42 @@ def require_milvus() -> None:
             pytest.skip(f"{module} is not installed: pip install 'qama[milvus]'")
 
 
-@pytest.fixture(scope="module")
-def milvus_uri(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """``http://127.0.0.1:PORT`` of a fresh milvus-lite server; it stops after the module (or in 10 min)."""
-    require_milvus()
-    from qama.backends.milvus import LocalMilvusServer
+#: Starts of the shared milvus-lite server tried before the tests that need it fail.
+MILVUS_START_ATTEMPTS = 3
 
-    folder: Path = tmp_path_factory.mktemp("milvus")
-    server = LocalMilvusServer(folder / "test.db", lifetime=600)
-    uri = server.start(wait=60)
+
+def collection_name(prefix: str = "t") -> str:
+    """A collection name no other test uses: every test shares one Milvus server (:func:`milvus_uri`)."""
+    return f"{prefix}_{uuid.uuid4().hex[:12]}"
+
+
+def start_milvus_server(folder: Callable[[], Path], attempts: int = MILVUS_START_ATTEMPTS):
+    """A started :class:`~qama.backends.milvus.LocalMilvusServer` (database in a new ``folder()`` each
+    try). milvus-lite sometimes aborts at start on a loaded machine ("exited with status -6 at start"):
+    a failed start is retried with a new port and database, and after ``attempts`` the error names each."""
+    from qama.backends.milvus import LocalMilvusServer, MilvusUnavailableError
+
+    failures = []
+    for attempt in range(1, attempts + 1):
+        server = LocalMilvusServer(folder() / "test.db", lifetime=3 * 3600)
+        try:
+            server.start(wait=60)
+            return server
+        except MilvusUnavailableError as e:
+            server.stop()
+            failures.append(f"attempt {attempt}: {e}")
+    tries = "; ".join(failures)
+    raise MilvusUnavailableError(f"milvus-lite did not start for the tests in {attempts} attempts ({tries})")
+
+
+@pytest.fixture(scope="session")
+def milvus_uri(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """``http://127.0.0.1:PORT`` of one milvus-lite server for the whole session (started by
+    :func:`start_milvus_server`; it stops at the end, or after 3 hours); tests keep apart by
+    collection names (:func:`collection_name`)."""
+    require_milvus()
+    server = start_milvus_server(lambda: tmp_path_factory.mktemp("milvus"))
     try:
-        yield uri
+        yield server.uri
     finally:
         server.stop()

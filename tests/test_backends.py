@@ -7,7 +7,6 @@ distances exactly, ids as sets within groups of equal distance (backends order t
 from __future__ import annotations
 
 import time
-import uuid
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +16,7 @@ from qama.backends import Backend, backend_kind, open_backend, parse_shard, shar
 from qama.codes import hamming_distances, make_plan
 from qama.index import IndexMismatchError
 from qama.search import MISSING_DISTANCE, ThresholdEncoder, asymmetric_scores
-from tests.conftest import require_milvus
+from tests.conftest import collection_name, require_milvus
 
 N, D = 300, 64  # hybrid at 64 dimensions: 104 bits, 13-byte codes (not a multiple of 8 bytes)
 
@@ -38,8 +37,7 @@ def _open(kind: str, request: pytest.FixtureRequest, tmp_path: Path, encoder, **
         return open_backend(tmp_path / "index", "faiss", encoder, create=True, **options)
     require_milvus()
     uri = request.getfixturevalue("milvus_uri")
-    name = "t_" + uuid.uuid4().hex[:12]
-    return open_backend(uri, "milvus", encoder, create=True, collection=name, dim=D, **options)
+    return open_backend(uri, "milvus", encoder, create=True, collection=collection_name(), dim=D, **options)
 
 
 @pytest.fixture(params=["faiss", "milvus"])
@@ -162,15 +160,16 @@ def test_reopen_uses_the_stored_encoder(make, data, tmp_path: Path, request: pyt
 # ---------------------------------------------------------------------- Milvus only
 def test_milvus_upsert_is_idempotent_and_code_size_is_checked(milvus_uri: str, data) -> None:  # noqa: F811
     enc = data["encoder"]
-    with open_backend(milvus_uri, "milvus", enc, create=True, collection="idem") as b:
+    idem = collection_name("idem")
+    with open_backend(milvus_uri, "milvus", enc, create=True, collection=idem) as b:
         b.add(data["emb"][:50], data["ids"][:50])
         b.add(data["emb"][:80], data["ids"][:80])  # a re-run of an interrupted load
         assert b.count() == 80
     small = ThresholdEncoder.fit(data["emb"], make_plan("1bit", D))
     with pytest.raises(IndexMismatchError, match="13-byte codes"):
-        open_backend(milvus_uri, "milvus", small, collection="idem")
+        open_backend(milvus_uri, "milvus", small, collection=idem)
     with pytest.raises(FileNotFoundError, match="no qama collection"):
-        open_backend(milvus_uri, "milvus", enc, collection="absent")
+        open_backend(milvus_uri, "milvus", enc, collection=collection_name("absent"))
 
 
 def test_milvus_unreachable_is_a_clear_error() -> None:
@@ -250,11 +249,33 @@ def test_milvus_collection_of_an_adapter_reopens_with_the_adapter(milvus_uri: st
     adapter.init_linear(data["emb"])
     adapter.calibrate(data["emb"])
     enc = AdapterEncoder(adapter, "hybrid", fit_emb=data["emb"])
-    with open_backend(milvus_uri, "milvus", enc, create=True, collection="adapted") as b:
+    adapted = collection_name("adapted")
+    with open_backend(milvus_uri, "milvus", enc, create=True, collection=adapted) as b:
         b.add(data["emb"][:30], data["ids"][:30])
     with pytest.raises(IndexMismatchError, match="built with a trained adapter .*pass the adapter"):
-        open_backend(milvus_uri, "milvus", collection="adapted")
-    with open_backend(milvus_uri, "milvus", collection="adapted", adapter=adapter) as again:
+        open_backend(milvus_uri, "milvus", collection=adapted)
+    with open_backend(milvus_uri, "milvus", collection=adapted, adapter=adapter) as again:
         assert again.encoder.checksum == enc.checksum and again.count() == 30
         dist, ids = again.search_codes(enc.encode(data["emb"][:3]), 1)
         assert list(dist[:, 0]) == [0, 0, 0] and list(ids[:, 0]) == data["ids"][:3]
+
+
+def test_the_tests_milvus_server_start_is_retried(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A milvus-lite that aborts at start (seen under load) is started again; three failures name each."""
+    from qama.backends.milvus import LocalMilvusServer, MilvusUnavailableError
+    from tests.conftest import start_milvus_server
+
+    outcomes = ["milvus-lite exited with status -6 at start", None]
+    folders = iter(tmp_path / str(i) for i in range(10))
+
+    def start(self: LocalMilvusServer, wait: float = 30.0) -> str:
+        outcome = outcomes.pop(0) if outcomes else "milvus-lite exited with status -6 at start"
+        if outcome:
+            raise MilvusUnavailableError(outcome)
+        return self.uri
+
+    monkeypatch.setattr(LocalMilvusServer, "start", start)
+    server = start_milvus_server(lambda: next(folders))
+    assert server.db_file == tmp_path / "1" / "test.db"  # the second attempt, with its own database
+    with pytest.raises(MilvusUnavailableError, match=r"in 3 attempts \(attempt 1: milvus-lite exited .*; attempt 3: "):
+        start_milvus_server(lambda: next(folders))

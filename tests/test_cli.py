@@ -79,6 +79,40 @@ def test_train_with_pairs_feeds_the_qrels_to_info_nce(small, tmp_path):
     assert json.loads((tmp_path / "w" / "config.json").read_text())["training"]["w_nce"] == 0.3
 
 
+def test_train_embeds_the_titles_once(small, tmp_path, monkeypatch):
+    """The titles feed both the InfoNCE pairs and the query sample of ``qama train``: the model is loaded
+    once and the titles encoded once (#13: they were embedded for each, the model loaded twice)."""
+    import qama.embeddings
+
+    root, emb = small
+    docs = [json.loads(line) for line in (root / "corpus.jsonl").read_text().splitlines()]
+    for i, doc in enumerate(docs):
+        doc["title"] = f"title {i}" if i % 2 == 0 else ""
+    (root / "corpus.jsonl").write_text("".join(json.dumps(doc) + "\n" for doc in docs))
+    (emb / "meta.json").write_text(json.dumps({"model": "org/model"}))  # titles in auto mode: the same model
+    corpus = np.load(emb / "corpus.npy")
+    calls = {"load_model": 0, "encode": 0}
+
+    class Model:
+        max_seq_length = 128
+
+    def load_model(name, device=None):
+        calls["load_model"] += 1
+        return Model()
+
+    def encode(model, texts, batch_size=64, progress=True):
+        calls["encode"] += 1
+        return corpus[: len(texts)]
+
+    monkeypatch.setattr(qama.embeddings, "load_model", load_model)
+    monkeypatch.setattr(qama.embeddings, "encode", encode)
+    extra = ("--steps", "2", "--train-batch-size", "64", "--cache-dir", str(tmp_path / "cache"))
+    assert _train(root, emb, tmp_path / "ad", *extra) == 0
+    assert calls == {"load_model": 1, "encode": 1}
+    config = json.loads((tmp_path / "ad" / "config.json").read_text())
+    assert config["data"]["n_pairs"] == 150 and config["data"]["n_query_sample"] == 150  # both used the titles
+
+
 def test_train_with_title_pseudo_queries(small, tmp_path, monkeypatch, capsys):
     """--pseudo-queries titles pairs each titled document with its title's embedding (embedded with
     --model); precomputed embeddings whose meta.json names another model are refused (skipped by auto)."""

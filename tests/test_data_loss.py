@@ -37,20 +37,30 @@ def test_index_refuses_a_folder_of_user_files_and_leaves_them(tmp_path):
     assert {p.name: p.read_bytes() for p in (tmp_path / "mydir").iterdir()} == before
 
 
+def _names(manifest: dict) -> set[str]:
+    """The files a manifest lists (the encoder's and every segment's)."""
+    names = {f["name"] for f in manifest["files"].values()}
+    return names | {f["name"] for seg in manifest["segments"] for f in seg["files"].values()}
+
+
 def test_commit_removes_only_the_files_the_index_wrote(tmp_path):
     index = QamaIndex.create(tmp_path / "ix", _encoder(), EMB[:10], IDS[:10])
     mine = tmp_path / "ix" / "vectors-202401.npy"
     np.save(mine, np.ones(2))
     lookalike = tmp_path / "ix" / "codes-000007.npy"  # a generation name the index never wrote
     lookalike.write_bytes(b"user data")
-    old = {f["name"] for f in index.manifest["files"].values()}
+    lookalike2 = tmp_path / "ix" / "ids-000009-1.off.npy"  # the names of segment files too
+    lookalike2.write_bytes(b"user data")
+    old = _names(index.manifest)
     index.add(EMB[10:20], IDS[10:20])
-    index.delete(["d3"])
-    assert mine.is_file() and lookalike.read_bytes() == b"user data"
-    live = {f["name"] for f in index.manifest["files"].values()}
+    index.delete(["d3"])  # rewrites the first segment: its files go, the appended segment's stay
+    assert mine.is_file() and lookalike.read_bytes() == b"user data" and lookalike2.read_bytes() == b"user data"
+    live = _names(index.manifest)
     assert old - live and not any((tmp_path / "ix" / name).exists() for name in old - live)  # superseded: gone
+    assert len(index.manifest["segments"]) == 2 and live & old == {index.manifest["files"]["encoder"]["name"]}
     again = QamaIndex.create(tmp_path / "ix", _encoder(), EMB[:5], IDS[:5], overwrite=True)
-    assert len(again) == 5 and mine.is_file() and lookalike.is_file()
+    assert len(again) == 5 and mine.is_file() and lookalike.is_file() and lookalike2.is_file()
+    assert not any((tmp_path / "ix" / name).exists() for name in live - _names(again.manifest))
 
 
 def test_index_cli_refuses_before_any_work(tmp_path, tiny):

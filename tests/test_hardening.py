@@ -126,7 +126,9 @@ def index_dir(tmp_path_factory):
     emb = rng.standard_normal((200, 16)).astype(np.float32)
     path = tmp_path_factory.mktemp("idx") / "index"
     enc = ThresholdEncoder.fit(emb, make_plan("hybrid", 16))
-    QamaIndex.create(path, enc, emb, [f"d{i}" for i in range(200)], [f"t{i}" for i in range(200)], keep_vectors=True)
+    ids, titles = [f"d{i}" for i in range(200)], [f"t{i}" for i in range(200)]
+    index = QamaIndex.create(path, enc, emb[:150], ids[:150], titles[:150], keep_vectors=True)
+    index.add(emb[150:], ids[150:], titles[150:])  # two segments: any file of either
     return path
 
 

@@ -240,11 +240,11 @@ def test_manifest_naming_a_file_outside_the_folder(built, tmp_path):
     other = tmp_path / "other"
     other.mkdir()
     m = json.loads((ix / MANIFEST).read_text())
-    name = m["files"]["codes"]["name"]
+    name = m["segments"][0]["files"]["codes"]["name"]
     shutil.copy(ix / name, other / name)
-    m["files"]["codes"]["name"] = f"../other/{name}"
+    m["segments"][0]["files"]["codes"]["name"] = f"../other/{name}"
     (ix / MANIFEST).write_text(json.dumps(m))
-    with pytest.raises(IndexCorruptError, match=r"files.codes: file name '../other/codes-000001.npy' is not a plain"):
+    with pytest.raises(IndexCorruptError, match=r"segments\[0\].files.codes: file name '../other/codes-000001-1.npy'"):
         QamaIndex.open(ix)
 
 
@@ -300,7 +300,15 @@ def test_meta_json_model_travels_with_the_embeddings(tiny, tmp_path, capsys, mon
     "edit, message",
     [
         (lambda m: m.update(plan="hybrid"), "field 'plan' must be an object, got \"hybrid\" (str)"),
-        (lambda m: m["files"].update(codes="codes-000001.npy"), "field 'files.codes' must be an object"),
+        (lambda m: m["files"].update(encoder="encoder-000001.safetensors"), "field 'files.encoder' must be an object"),
+        (
+            lambda m: m["segments"][0]["files"].update(codes="codes-000001-1.npy"),
+            "field 'segments[0].files.codes' must be an object",
+        ),
+        (lambda m: m.update(segments={}), "field 'segments' must be a list, got {}"),
+        (lambda m: m["segments"].append(None), "field 'segments[1]' must be an object, got null"),
+        (lambda m: m["segments"][0].update(count=41), "the segments hold 41 rows, but field 'count' is 40"),
+        (lambda m: m.update(version=3), "index format version 3, this qama reads versions 1, 2"),
         (
             lambda m: m["plan"]["segments"].__setitem__(0, None),
             "field 'plan.segments[0]' must be [dims, bits], got None",
@@ -309,7 +317,10 @@ def test_meta_json_model_travels_with_the_embeddings(tiny, tmp_path, capsys, mon
         (lambda m: m.update(count="40"), "field 'count' must be an integer, got \"40\" (str)"),
         (lambda m: m.update(count=True), "field 'count' must be an integer, got true (bool)"),
         (lambda m: m["encoder"].update(kind=3), "field 'encoder.kind' must be a string"),
-        (lambda m: m["files"]["codes"].update(bytes=-1), "field 'files.codes.bytes' must be in 0..inf, got -1"),
+        (
+            lambda m: m["segments"][0]["files"]["codes"].update(bytes=-1),
+            "field 'segments[0].files.codes.bytes' must be in 0..inf, got -1",
+        ),
         (lambda m: m["plan"]["segments"].__setitem__(0, [16, 3]), "field 'plan': unsupported precision 3.0 bits"),
         (lambda m: m["meta"].update(model=5), "field 'meta.model' must be a string, got 5 (int)"),
     ],
@@ -427,38 +438,33 @@ def test_output_file_that_is_a_folder_is_refused_before_work(tiny, tmp_path, cap
 
 
 # ---------------------------------------------------------------------- neighbours: the Milvus backend
-def test_milvus_never_adopts_a_collection_it_did_not_create(tmp_path):
-    from tests.milvus_fixtures import require_milvus
+def test_milvus_never_adopts_a_collection_it_did_not_create(request):
+    from tests.milvus_fixtures import collection_name, require_milvus
 
     require_milvus()
     from pymilvus import DataType, MilvusClient
 
     from qama.backends import open_backend
-    from qama.backends.milvus import LocalMilvusServer
     from qama.codes import make_plan
     from qama.search import ThresholdEncoder
 
-    server = LocalMilvusServer(tmp_path / "m.db", lifetime=300)
-    uri = server.start(wait=60)
-    try:
-        client = MilvusClient(uri=uri)
-        schema = client.create_schema(auto_id=False, enable_dynamic_field=False)
-        schema.add_field("pk", DataType.INT64, is_primary=True)
-        schema.add_field("vec", DataType.FLOAT_VECTOR, dim=4)
-        index = client.prepare_index_params()
-        index.add_index("vec", index_type="FLAT", metric_type="L2")
-        client.create_collection("mine", schema=schema, index_params=index)
-        client.insert("mine", [{"pk": i, "vec": [float(i)] * 4} for i in range(5)])
-        emb = np.random.default_rng(0).standard_normal((20, 16)).astype(np.float32)
-        enc = ThresholdEncoder.fit(emb, make_plan("2bit", 16))
-        with pytest.raises(FileExistsError, match=r"collection 'mine' exists and has no qama manifest"):
-            open_backend(uri, "milvus", enc, create=True, collection="mine", timeout=3)
-        assert not client.has_collection("mine_qama")
-        client.load_collection("mine")
-        assert len(client.query("mine", filter="pk >= 0", output_fields=["pk"])) == 5
-        client.close()
-    finally:
-        server.stop()
+    uri, mine = request.getfixturevalue("milvus_uri"), collection_name("mine")
+    client = MilvusClient(uri=uri)
+    schema = client.create_schema(auto_id=False, enable_dynamic_field=False)
+    schema.add_field("pk", DataType.INT64, is_primary=True)
+    schema.add_field("vec", DataType.FLOAT_VECTOR, dim=4)
+    index = client.prepare_index_params()
+    index.add_index("vec", index_type="FLAT", metric_type="L2")
+    client.create_collection(mine, schema=schema, index_params=index)
+    client.insert(mine, [{"pk": i, "vec": [float(i)] * 4} for i in range(5)])
+    emb = np.random.default_rng(0).standard_normal((20, 16)).astype(np.float32)
+    enc = ThresholdEncoder.fit(emb, make_plan("2bit", 16))
+    with pytest.raises(FileExistsError, match=rf"collection '{mine}' exists and has no qama manifest"):
+        open_backend(uri, "milvus", enc, create=True, collection=mine, timeout=3)
+    assert not client.has_collection(f"{mine}_qama")
+    client.load_collection(mine)
+    assert len(client.query(mine, filter="pk >= 0", output_fields=["pk"])) == 5
+    client.close()
 
 
 # ---------------------------------------------------------------------- neighbours: the API and the report config
@@ -580,43 +586,38 @@ def test_api_records_the_adapter_model_and_checks_plans(tmp_path, tiny):
         qama.api.evaluate_dataset(tiny, emb, emb[:6], adapter, rescore=(10**6,))
 
 
-def test_milvus_manifest_fields_are_checked(tmp_path):
-    from tests.milvus_fixtures import require_milvus
+def test_milvus_manifest_fields_are_checked(request):
+    from tests.milvus_fixtures import collection_name, require_milvus
 
     require_milvus()
     from pymilvus import MilvusClient
 
     from qama.backends import open_backend
-    from qama.backends.milvus import LocalMilvusServer
     from qama.codes import make_plan
     from qama.search import ThresholdEncoder
 
-    server = LocalMilvusServer(tmp_path / "m.db", lifetime=300)
-    uri = server.start(wait=60)
-    try:
-        emb = np.random.default_rng(0).standard_normal((20, 16)).astype(np.float32)
-        enc = ThresholdEncoder.fit(emb, make_plan("2bit", 16))
-        with open_backend(uri, "milvus", enc, create=True, collection="c", dim=16) as b:
-            b.add(emb, [f"d{i}" for i in range(20)])
-        client = MilvusClient(uri=uri)
-        row = client.get("c_qama", ids=["manifest.0"], output_fields=["value"])[0]
-        good = json.loads(row["value"])
-        cases = [
-            ({**good, "plan": "hybrid"}, "field 'plan' must be an object"),
-            ({**good, "keep_vectors": "no"}, "field 'keep_vectors' must be true or false"),
-            ({**good, "encoder": {**good["encoder"], "kind": 3}}, "field 'encoder.kind' must be a string"),
-            ({**good, "plan": {"name": "x", "segments": [None]}}, "field 'plan': segment None is not [dims, bits]"),
-        ]
-        for manifest, message in cases:
-            client.upsert("c_qama", [{"key": "manifest.0", "value": json.dumps(manifest), "v": [0.0, 0.0]}])
-            with pytest.raises(ValueError, match=re.escape(message)):
-                open_backend(uri, "milvus", collection="c", timeout=5)
-        client.upsert("c_qama", [{"key": "manifest.n", "value": "99999999999", "v": [0.0, 0.0]}])
-        with pytest.raises(ValueError, match=r"malformed qama manifest \(manifest.n = '99999999999'\)"):
-            open_backend(uri, "milvus", collection="c", timeout=5)
-        client.close()
-    finally:
-        server.stop()
+    uri, c = request.getfixturevalue("milvus_uri"), collection_name("c")
+    emb = np.random.default_rng(0).standard_normal((20, 16)).astype(np.float32)
+    enc = ThresholdEncoder.fit(emb, make_plan("2bit", 16))
+    with open_backend(uri, "milvus", enc, create=True, collection=c, dim=16) as b:
+        b.add(emb, [f"d{i}" for i in range(20)])
+    client = MilvusClient(uri=uri)
+    row = client.get(f"{c}_qama", ids=["manifest.0"], output_fields=["value"])[0]
+    good = json.loads(row["value"])
+    cases = [
+        ({**good, "plan": "hybrid"}, "field 'plan' must be an object"),
+        ({**good, "keep_vectors": "no"}, "field 'keep_vectors' must be true or false"),
+        ({**good, "encoder": {**good["encoder"], "kind": 3}}, "field 'encoder.kind' must be a string"),
+        ({**good, "plan": {"name": "x", "segments": [None]}}, "field 'plan': segment None is not [dims, bits]"),
+    ]
+    for manifest, message in cases:
+        client.upsert(f"{c}_qama", [{"key": "manifest.0", "value": json.dumps(manifest), "v": [0.0, 0.0]}])
+        with pytest.raises(ValueError, match=re.escape(message)):
+            open_backend(uri, "milvus", collection=c, timeout=5)
+    client.upsert(f"{c}_qama", [{"key": "manifest.n", "value": "99999999999", "v": [0.0, 0.0]}])
+    with pytest.raises(ValueError, match=r"malformed qama manifest \(manifest.n = '99999999999'\)"):
+        open_backend(uri, "milvus", collection=c, timeout=5)
+    client.close()
 
 
 @pytest.mark.parametrize(

@@ -33,8 +33,13 @@ def index(tmp_path: Path, emb: np.ndarray, encoder: ThresholdEncoder) -> QamaInd
     return QamaIndex.create(tmp_path / "ix", encoder, emb, ids, titles=titles, keep_vectors=True)
 
 
+def _entry(manifest: dict, key: str) -> dict:
+    """The manifest entry of a file: the encoder's, or one of the (first) segment's."""
+    return manifest["files"][key] if key == "encoder" else manifest["segments"][0]["files"][key]
+
+
 def _file(index: QamaIndex, key: str) -> Path:
-    return index.path / index.manifest["files"][key]["name"]
+    return index.path / _entry(index.manifest, key)["name"]
 
 
 def test_create_and_reopen_give_identical_results(index: QamaIndex, emb: np.ndarray) -> None:
@@ -48,7 +53,7 @@ def test_create_and_reopen_give_identical_results(index: QamaIndex, emb: np.ndar
         np.testing.assert_array_equal(s1, s2)
     assert again.doc_id(0) == "doc0" and again.doc_id(119) == "doc119"
     assert again.title(5) == "title 5 é" and again.doc_id(-1) is None
-    assert isinstance(again.codes, np.memmap)
+    assert all(isinstance(part, np.memmap) for part in again.codes.parts)
     # Hamming search of the index equals the numpy reference over the encoder's codes
     d, i = again.search_codes(index.encoder.encode(q), 9)
     rd, ri = hamming_search_reference(index.encoder.encode(emb), index.encoder.encode(q), 9)
@@ -110,6 +115,7 @@ def test_add_and_delete(index: QamaIndex, emb: np.ndarray, encoder: ThresholdEnc
         again.delete(["nope"])
     # only the live generation's files remain
     live = {f["name"] for f in again.manifest["files"].values()} | {MANIFEST, LOCK}
+    live |= {f["name"] for seg in again.manifest["segments"] for f in seg["files"].values()}
     assert {p.name for p in again.path.iterdir()} == live
 
 
@@ -173,7 +179,7 @@ def test_wrong_code_size(index: QamaIndex, emb: np.ndarray) -> None:
     p = _file(index, "codes")
     np.save(p, np.zeros((120, 16), np.uint8))
     m = json.loads((index.path / MANIFEST).read_text())
-    m["files"]["codes"].update(bytes=p.stat().st_size, sha256=_sha256(p))
+    _entry(m, "codes").update(bytes=p.stat().st_size, sha256=_sha256(p))
     (index.path / MANIFEST).write_text(json.dumps(m))
     with pytest.raises(IndexCorruptError, match="codes of the wrong size"):
         QamaIndex.open(index.path)
@@ -229,7 +235,7 @@ def test_pickled_or_garbage_npy_refused(index: QamaIndex) -> None:
     p = _file(index, "ids.off")
     p.write_bytes(b"garbage" * 10)
     m = json.loads((index.path / MANIFEST).read_text())
-    m["files"]["ids.off"].update(bytes=p.stat().st_size, sha256=_sha256(p))
+    _entry(m, "ids.off").update(bytes=p.stat().st_size, sha256=_sha256(p))
     (index.path / MANIFEST).write_text(json.dumps(m))
     with pytest.raises(IndexCorruptError):
         QamaIndex.open(index.path)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import uuid
 
 import numpy as np
 import pytest
@@ -19,7 +18,7 @@ from qama.encoders import fit_encoder
 from qama.index import QamaIndex
 from qama.quantize import Quantizer, plan_values, quantile_thresholds
 from qama.search import AdapterEncoder, ThresholdEncoder, hamming_search
-from tests.conftest import require_milvus
+from tests.conftest import collection_name, require_milvus
 
 D = 32
 RNG = np.random.default_rng(3)
@@ -138,7 +137,7 @@ def test_milvus_collection_keeps_the_query_thresholds(request):
     require_milvus()
     uri = request.getfixturevalue("milvus_uri")
     encoder = ThresholdEncoder.fit(DOCS, make_plan("hybrid", D), query_sample=QUERIES)
-    name = "t_" + uuid.uuid4().hex[:12]
+    name = collection_name()
     ids = [f"d{i}" for i in range(len(DOCS))]
     with open_backend(uri, "milvus", encoder, create=True, collection=name, dim=D) as store:
         store.add(DOCS, ids)

@@ -11,6 +11,7 @@ import numpy as np
 
 from qama.backends import open_backend
 from qama.codes import hamming_distances
+from tests.conftest import collection_name
 
 
 def test_two_shard_workers_load_one_collection(milvus_uri: str, tmp_path: Path) -> None:  # noqa: F811
@@ -23,13 +24,14 @@ def test_two_shard_workers_load_one_collection(milvus_uri: str, tmp_path: Path) 
     corpus.write_text("".join(json.dumps({"_id": i, "title": f"t {i}", "text": "x"}) + "\n" for i in ids))
     np.save(tmp_path / "corpus.npy", emb)
     base = [sys.executable, "-m", "qama.cli", "-q", "index", "--corpus", str(corpus)]
-    base += ["--embeddings", str(tmp_path / "corpus.npy"), "--uri", milvus_uri, "--collection", "sharded"]
+    name = collection_name("sharded")
+    base += ["--embeddings", str(tmp_path / "corpus.npy"), "--uri", milvus_uri, "--collection", name]
     workers = [subprocess.Popen([*base, "--shard", f"{i}/2"], stderr=subprocess.PIPE, text=True) for i in range(2)]
     for w in workers:
         _, err = w.communicate(timeout=120)
         assert w.returncode == 0, err
 
-    with open_backend(milvus_uri, "milvus", collection="sharded") as b:
+    with open_backend(milvus_uri, "milvus", collection=name) as b:
         assert b.count() == n
         codes = b.encoder.encode(emb)  # both workers fitted the same thresholds on the whole corpus
         dist, got = b.search_codes(codes, 1)

@@ -1,0 +1,247 @@
+"""Index segments (format version 2): an append writes only its rows, a segmented index answers every
+search exactly as one segment of the same rows does, merges and deletes keep that, reopening works."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import qama.index as qi
+from qama._segments import RowSegments
+from qama.codes import make_plan
+from qama.index import LOCK, MANIFEST, IndexCorruptError, QamaIndex
+from qama.search import ThresholdEncoder, hamming_search, hamming_search_reference
+
+D = 32
+
+
+def _emb(n: int, seed: int = 0) -> np.ndarray:
+    x = np.random.default_rng(seed).standard_normal((n, D)).astype(np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+class _NormedEncoder(ThresholdEncoder):
+    """Cosine scores (``level_norms2``), as an adapter's: the full asymmetric scan divides by lengths."""
+
+    @property
+    def level_norms2(self) -> np.ndarray:
+        return self.centroids**2
+
+
+def _files(folder: Path) -> dict[str, tuple[int, int, int]]:
+    """name -> (inode, mtime, size) of every file but the lock."""
+    out = {}
+    for p in folder.iterdir():
+        if p.name != LOCK:
+            st = p.stat()
+            out[p.name] = (st.st_ino, st.st_mtime_ns, st.st_size)
+    return out
+
+
+def _written(before: dict, after: dict) -> dict[str, int]:
+    """The files created or replaced between two snapshots, with their sizes."""
+    return {name: st[2] for name, st in after.items() if before.get(name) != st}
+
+
+def _searches(index: QamaIndex, q: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Every way to search the index: Hamming, rescored by codes and by vectors, the full asymmetric
+    scan, the query codes' scan; k below, at and beyond the index's size."""
+    out = []
+    for k in (1, 7, len(index), len(index) + 5):
+        out.append(index.search(q, k))
+        out.append(index.search(q, k, oversample=4, rescore="asymmetric"))
+        out.append(index.search(q, k, oversample=3, rescore="vectors"))
+        out.append(index.search(q, k, mode="adc"))
+        out.append(index.search_codes(index.encoder.encode_queries(q), k))
+    return out
+
+
+def _same(a: list, b: list) -> None:
+    for j, ((s1, i1), (s2, i2)) in enumerate(zip(a, b, strict=True)):
+        np.testing.assert_array_equal(i1, i2, err_msg=f"search {j} of _searches")
+        np.testing.assert_array_equal(s1, s2, err_msg=f"search {j} of _searches")
+
+
+def test_an_append_writes_only_the_new_rows(tmp_path: Path) -> None:
+    emb = _emb(3000)
+    ids = [f"document-{i:05d}" for i in range(3000)]
+    titles = [f"title {i}" for i in range(3000)]
+    enc = ThresholdEncoder.fit(emb, make_plan("hybrid", D))
+    index = QamaIndex.create(tmp_path / "ix", enc, emb[:2000], ids[:2000], titles=titles[:2000], keep_vectors=True)
+    per_row = index.row_size + 4 * D + 2 * 8 + len(ids[0]) + len(titles[-1])  # codes, vectors, 2 offsets, strings
+    header = 128  # a .npy header
+    for lo, m in ((2000, 10), (2010, 100), (2110, 890)):
+        before = _files(index.path)
+        index.add(emb[lo : lo + m], ids[lo : lo + m], titles=titles[lo : lo + m])
+        written = _written(before, _files(index.path))
+        # nothing that was there is replaced or removed: only the new segment's six files and the manifest
+        assert set(before) - {MANIFEST} <= set(_files(index.path))
+        assert MANIFEST in written and len(written) == 7, sorted(written)
+        new = {k: v for k, v in written.items() if k != MANIFEST}
+        assert sum(new.values()) <= m * per_row + 6 * header + 2 * 8
+        assert index.segment_counts[-1] == m
+    assert index.segment_counts == [2000, 10, 100, 890] and len(index) == 3000
+    assert index.manifest["version"] == qi.VERSION == 2
+    # the same rows in one segment answer every search the same way
+    one = QamaIndex.create(tmp_path / "one", enc, emb, ids, titles=titles, keep_vectors=True)
+    q = _emb(9, seed=1)
+    _same(_searches(index, q), _searches(one, q))
+    again = QamaIndex.open(index.path)  # reopened, checksums verified
+    _same(_searches(again, q), _searches(one, q))
+    rows = (0, 1999, 2000, 2009, 2010, 2999)  # either side of each segment's boundary
+    assert [again.doc_id(r) for r in rows] == [ids[r] for r in rows]
+    assert again.title(2500) == titles[2500] and again.ids.to_list() == ids
+    np.testing.assert_array_equal(np.asarray(again.vectors), emb)
+
+
+@pytest.mark.parametrize("encoder_class", [ThresholdEncoder, _NormedEncoder])
+def test_segments_merges_deletes_and_compaction_answer_as_one_segment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, encoder_class: type[ThresholdEncoder]
+) -> None:
+    monkeypatch.setattr(qi, "MAX_SEGMENTS", 4)
+    monkeypatch.setattr(qi, "WRITE_CHUNK_BYTES", 200)  # merges and deletes copy rows a few at a time
+    emb = _emb(700)
+    ids = [f"d{i}" for i in range(700)]
+    titles = [f"t{i} é" for i in range(700)]
+    enc = encoder_class.fit(emb, make_plan("hybrid", D))
+    index = QamaIndex.create(tmp_path / "ix", enc, emb[:300], ids[:300], titles=titles[:300], keep_vectors=True)
+    q = np.concatenate([_emb(6, seed=2), emb[[5, 310, 650]]])
+    bounds = [300, 340, 360, 380, 390, 400, 500, 520, 700]
+    for lo, hi in zip(bounds, bounds[1:], strict=False):
+        index.add(emb[lo:hi], ids[lo:hi], titles=titles[lo:hi])
+        assert len(index.manifest["segments"]) <= 4 and sum(index.segment_counts) == hi
+        one = QamaIndex.create(tmp_path / f"one{hi}", enc, emb[:hi], ids[:hi], titles=titles[:hi], keep_vectors=True)
+        _same(_searches(index, q), _searches(one, q))
+    assert index.segment_counts == [300, 220, 180]  # 40, 20, 20, 10 merged; then 90, 10, 100, 20
+    # deletes rewrite only the segments that held the documents; an emptied segment goes
+    counts = index.segment_counts
+    starts = np.cumsum([0, *counts])
+    last = list(range(starts[-2], starts[-1]))
+    gone = {ids[3], ids[starts[1] + 1], *(ids[r] for r in last)}
+    before = _files(index.path)
+    assert index.delete(gone) == len(gone)
+    rewritten = {k for k in _written(before, _files(index.path)) if k != MANIFEST}
+    assert len(rewritten) == 2 * 6 and index.segment_counts == [counts[0] - 1, counts[1] - 1, *counts[2:-1]]
+    keep = [r for r in range(700) if ids[r] not in gone]
+    kept_ids, kept_titles = [ids[r] for r in keep], [titles[r] for r in keep]
+    one = QamaIndex.create(tmp_path / "one-kept", enc, emb[keep], kept_ids, titles=kept_titles, keep_vectors=True)
+    _same(_searches(index, q), _searches(one, q))
+    reopen = lambda: QamaIndex.open(index.path, encoder=enc)  # noqa: E731  (the subclass is not stored)
+    _same(_searches(reopen(), q), _searches(one, q))
+    index.compact()
+    assert index.segment_counts == [len(keep)] and index.ids.to_list() == [ids[r] for r in keep]
+    _same(_searches(reopen(), q), _searches(one, q))
+    assert {p.name for p in index.path.iterdir()} == qi._owned_names(index.manifest) | {MANIFEST, LOCK}
+    # delete everything: one empty segment keeps the columns; then an append starts afresh
+    index.delete(index.ids.to_list())
+    assert len(index) == 0 and index.titles is not None and index.vectors is not None
+    index.add(emb[:3], ids[:3], titles=titles[:3])
+    assert index.segment_counts == [3] and reopen().title(2) == titles[2]
+
+
+def test_merge_policy_keeps_few_segments_and_leaves_the_large_ones() -> None:
+    assert qi._merge_from([100, 10], 8) == 2  # no merge while there are at most 8
+    assert qi._merge_from([200] + [10] * 8, 8) == 1  # the eight small ones, not the large one
+    assert qi._merge_from([900, 80, 70, 60, 50, 40, 30, 20, 10], 8) == 1  # 20 + 10, then each older one joins
+    assert qi._merge_from([200, 80, 70, 60, 50, 40, 30, 20, 10], 8) == 0  # ... up to the first: all of it
+    assert qi._merge_from([5] * 9, 8) == 0  # equal sizes: everything
+    assert qi._merge_from([1] * 12, 8) == 0
+    assert qi._merge_from([100] * 11 + [1], 8) <= 7  # more than one over the limit: still at most 8 left
+    # 200 appends of 10 rows onto 2000: few segments, and every row rewritten a few times at most
+    counts, written = [2000], 0
+    for _ in range(200):
+        counts.append(10)
+        lo = qi._merge_from(counts, 8)
+        if lo < len(counts) - 1:
+            written += sum(counts[lo:])
+            counts[lo:] = [sum(counts[lo:])]
+        else:
+            written += 10
+        assert len(counts) <= 8
+    assert counts[0] == 2000 and written < 6 * 2000
+
+
+def test_row_segments_read_as_one_array() -> None:
+    rng = np.random.default_rng(0)
+    parts = [rng.integers(0, 256, (n, 8), dtype=np.uint8) for n in (5, 0, 7, 1)]
+    rows, whole = RowSegments(parts), np.concatenate(parts)
+    assert len(rows) == 13 and rows.shape == (13, 8) and rows.dtype == np.uint8
+    pick = np.array([[12, 0, 5], [6, 4, 11]])
+    np.testing.assert_array_equal(rows[pick], whole[pick])
+    np.testing.assert_array_equal(rows[3:9], whole[3:9])
+    np.testing.assert_array_equal(rows[-1], whole[-1])
+    np.testing.assert_array_equal(np.asarray(rows), whole)
+    with pytest.raises(IndexError):
+        rows[np.array([13])]
+    q = rng.integers(0, 256, (40, 8), dtype=np.uint8)  # the batch kernel, then the row kernel
+    for nq in (40, 3):
+        for k in (1, 4, 13, 20):
+            d, i = hamming_search(rows, q[:nq], k)
+            rd, ri = hamming_search_reference(whole, q[:nq], k)
+            np.testing.assert_array_equal(d, rd)
+            np.testing.assert_array_equal(i, ri)
+
+
+def test_version_1_index_is_read_as_one_segment_and_migrated_by_the_next_commit(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Written in the version-1 layout (what main before segments wrote), here by hand: it opens, and an
+    append keeps its files as the first segment and writes a version-2 manifest."""
+    emb = _emb(50)
+    ids = [f"d{i}" for i in range(50)]
+    enc = ThresholdEncoder.fit(emb, make_plan("2bit", D))
+    v2 = QamaIndex.create(tmp_path / "v2", enc, emb[:40], ids[:40], keep_vectors=True)
+    m = json.loads((v2.path / MANIFEST).read_text())
+    v1 = dict(m, version=1, files={**m["files"], **m["segments"][0]["files"]})
+    del v1["segments"]
+    (v2.path / MANIFEST).write_text(json.dumps(v1))
+    index = QamaIndex.open(v2.path)
+    assert index.segment_counts == [40] and len(index) == 40
+    old_files = _files(index.path)
+
+    def crash(*args: object, **kwargs: object) -> None:
+        raise KeyboardInterrupt("simulated crash")
+
+    monkeypatch.setattr(qi, "write_json", crash)  # a crash before the manifest's rename leaves version 1
+    with pytest.raises(KeyboardInterrupt):
+        index.add(emb[40:], ids[40:])
+    monkeypatch.undo()
+    assert json.loads((index.path / MANIFEST).read_text())["version"] == 1
+    index = QamaIndex.open(index.path)
+    index.add(emb[40:], ids[40:])
+    assert json.loads((index.path / MANIFEST).read_text())["version"] == 2
+    assert index.segment_counts == [40, 10]
+    assert all(_files(index.path)[name] == st for name, st in old_files.items() if name != MANIFEST)
+    assert set(_files(index.path)) == qi._owned_names(index.manifest) | {MANIFEST}  # the crash's strays are gone
+    one = QamaIndex.create(tmp_path / "one", enc, emb, ids, keep_vectors=True)
+    _same(_searches(QamaIndex.open(index.path), emb[:4]), _searches(one, emb[:4]))
+
+
+def test_segment_manifest_is_checked(tmp_path: Path) -> None:
+    emb = _emb(30)
+    enc = ThresholdEncoder.fit(emb, make_plan("2bit", D))
+    index = QamaIndex.create(tmp_path / "ix", enc, emb[:20], [f"d{i}" for i in range(20)], keep_vectors=True)
+    index.add(emb[20:], [f"d{i}" for i in range(20, 30)])
+    good = json.loads((index.path / MANIFEST).read_text())
+    cases = [
+        (lambda m: m.update(segments=[]), "field 'segments' lists no segment"),
+        (lambda m: m["segments"][1]["files"].pop("vectors"), "segment 1 has the files codes, ids, ids.off, segment 0"),
+        (lambda m: m["segments"][1]["files"].pop("ids.off"), "segment 1 lists no ids.off file"),
+        (lambda m: m["segments"][0]["files"].update(extra=m["files"]["encoder"]), "unknown file 'extra'"),
+        (lambda m: m["segments"][1].update(count=-1), "field 'segments[1].count' must be in 0..inf"),
+        (lambda m: m["segments"][0].update(count=10) or m["segments"][1].update(count=20), "codes of the wrong size"),
+    ]
+    for edit, message in cases:
+        m = json.loads(json.dumps(good))
+        edit(m)
+        (index.path / MANIFEST).write_text(json.dumps(m))
+        with pytest.raises(IndexCorruptError, match=re.escape(message)):
+            QamaIndex.open(index.path)
+    (index.path / MANIFEST).write_text(json.dumps(good))
+    (index.path / good["segments"][1]["files"]["codes"]["name"]).unlink()
+    with pytest.raises(IndexCorruptError, match=r"codes-000002-1.npy: missing codes file of the index"):
+        QamaIndex.open(index.path)
