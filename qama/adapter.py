@@ -90,7 +90,6 @@ class AdapterConfig(JsonFields):
     init: str = "pca_blocks"  # start of the linear skip: "identity", "pca" or "pca_blocks" (see init_linear)
     merge_hidden: int = 16  # hidden width of the 0.5-bit pair-merge FFN
     drop_mean_direction: bool = True  # the start projects out the corpus mean direction (see init_linear)
-    mean_coordinate: bool = True  # ... and pca_blocks keeps it once, as one full-size dimension (see init_linear)
     model_name: str = ""  # frozen model the adapter belongs to (informative)
     plans: tuple[str, ...] = DEFAULT_PLANS  # plans the adapter is meant for
 
@@ -144,9 +143,8 @@ def check_config_types(cfg: AdapterConfig) -> None:
         integer("nested_dims", m, 1, MAX_DIM)
     if not isinstance(cfg.init, str):
         raise ValueError(f"init must be a string, got {cfg.init!r:.60}")
-    for flag in ("drop_mean_direction", "mean_coordinate"):
-        if not isinstance(getattr(cfg, flag), bool):
-            raise ValueError(f"{flag} must be true or false, got {getattr(cfg, flag)!r:.60}")
+    if not isinstance(cfg.drop_mean_direction, bool):
+        raise ValueError(f"drop_mean_direction must be true or false, got {cfg.drop_mean_direction!r:.60}")
     if not isinstance(cfg.model_name, str):
         raise ValueError(f"model_name must be a string, got {cfg.model_name!r:.60}")
     if not isinstance(cfg.plans, (tuple, list)) or not all(isinstance(p, str) for p in cfg.plans):
@@ -269,11 +267,6 @@ class QamaAdapter(nn.Module):
         every coordinate of every query code. Measured without training (benchmarks/RESULTS_training.md):
         Cranfield 2-bit@384 94.5% -> 97.1%, 1-bit@384 85.7% -> 92.4%; SciFact hybrid@384 91.5% -> 94.2%,
         2-bit@96 78.5% -> 83.9%, at a cost of about one point of the FP32 prefixes.
-
-        With ``config.mean_coordinate`` (default) the ``"pca_blocks"`` start gives the dropped component
-        back once, at full size: the first dimension of the last level is ``√2·(u·x)`` (that level
-        re-projects axes the smaller levels already hold, so no information is lost by it; √2 matches
-        the twice-held leading axes). Only the full size sees it; the smaller prefixes stay without.
         """
         x = x.astype(np.float64)
         eye = np.eye(x.shape[1])
@@ -286,9 +279,6 @@ class QamaAdapter(nn.Module):
         if self.config.init != "identity":
             w = self._pca_start(x, seed)
         w = w @ drop
-        nested = self.config.nested_dims
-        if u is not None and self.config.mean_coordinate and self.config.init == "pca_blocks" and len(nested) > 1:
-            w[nested[-2]] = np.sqrt(2.0) * u
         with torch.no_grad():
             self.skip.weight.copy_(torch.from_numpy(w.astype(np.float32)))
             self.skip.bias.zero_()

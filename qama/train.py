@@ -101,7 +101,6 @@ class TrainConfig(JsonFields):
     init: str = "pca_blocks"  # linear start: "identity", "pca" or "pca_blocks" (QamaAdapter.init_linear)
     merge_hidden: int = 16  # hidden width of the 0.5-bit pair-merge FFN
     drop_mean_direction: bool = True  # start without the corpus mean direction (QamaAdapter.init_linear)
-    mean_coordinate: bool = True  # ... but with it as one full-size dimension (pca_blocks; QamaAdapter.init_linear)
     # optimisation
     steps: int = 300  # optimiser steps (about 1-2 min for 5k vectors on 2 idle cores)
     batch_size: int = 512  # corpus vectors per step
@@ -292,22 +291,18 @@ def compute_losses(
     unit: float,
     pairs: tuple[torch.Tensor, torch.Tensor] | None = None,
     teacher: torch.Tensor | None = None,
-    full_teacher: torch.Tensor | None = None,
 ) -> dict[str, torch.Tensor]:
     """Unweighted loss parts of one batch, by name (e.g. ``kl@192/2bit``, ``ortho``).
 
     ``unit`` is the typical standard deviation of the starting adapter's output, the scale of the
     regularisers. ``teacher`` ``(B, d)``: the embeddings whose cosines the student should keep
-    (default ``x``; :func:`fit` passes ``x`` without the corpus mean direction when the start drops it);
-    ``full_teacher``: the same for the continuous output at full size only (default ``teacher``;
-    :func:`fit` passes ``x`` itself when the start keeps the mean direction as a full-size dimension).
+    (default ``x``; :func:`fit` passes ``x`` without the corpus mean direction when the start drops it).
     Terms whose weight is 0 are not computed.
     """
     parts: dict[str, torch.Tensor] = {}
     nested = adapter.config.nested_dims if cfg.matryoshka else (adapter.dim,)
     z = adapter(x)  # (B, d)
     s_x = L.cosine_matrix(x if teacher is None else teacher)  # (B, B) teacher
-    s_full = s_x if full_teacher is None else L.cosine_matrix(full_teacher)  # (B, B) teacher of the full-size output
     temp = temperature_at(step, cfg)
     need_rank = cfg.w_rank > 0
     if need_rank:
@@ -319,13 +314,13 @@ def compute_losses(
         zq, zd = adapter(pairs[0]), adapter(pairs[1])
         targets = torch.arange(len(zq))
 
-    def similarity_terms(s_y: torch.Tensor, tag: str, s_t: torch.Tensor = s_x) -> None:
+    def similarity_terms(s_y: torch.Tensor, tag: str) -> None:
         if cfg.w_mse > 0:
-            parts[f"mse@{tag}"] = L.similarity_mse(s_t, s_y)
+            parts[f"mse@{tag}"] = L.similarity_mse(s_x, s_y)
         if cfg.w_kl > 0:
-            parts[f"kl@{tag}"] = L.symmetric_kl(s_t, s_y, cfg.kl_temperature)
+            parts[f"kl@{tag}"] = L.symmetric_kl(s_x, s_y, cfg.kl_temperature)
         if need_rank:
-            parts[f"rank@{tag}"] = L.rank_loss(s_t, s_y, j, k, cfg.rank_sharpness)
+            parts[f"rank@{tag}"] = L.rank_loss(s_x, s_y, j, k, cfg.rank_sharpness)
         if nn_idx is not None:
             scale = 1.0 if tag.endswith("fp") else 0.5  # Hamming similarities are compressed: sharper τ
             parts[f"nce@{tag}"] = L.info_nce(s_y, nn_idx, cfg.nce_temperature * scale)
@@ -336,7 +331,7 @@ def compute_losses(
         return torch.cat([b for b, _ in levels], 1)
 
     for m in nested:
-        similarity_terms(L.cosine_matrix(z[:, :m]), f"{m}/fp", s_full if m == adapter.dim else s_x)
+        similarity_terms(L.cosine_matrix(z[:, :m]), f"{m}/fp")
         if pairs is not None and cfg.w_nce > 0:
             parts[f"nce@{m}/fp"] = L.info_nce(
                 L.cosine_matrix(zq[:, :m], zd[:, :m]), targets, cfg.nce_temperature, False
@@ -513,7 +508,6 @@ def fit(
         init=cfg.init,
         merge_hidden=cfg.merge_hidden,
         drop_mean_direction=cfg.drop_mean_direction,
-        mean_coordinate=cfg.mean_coordinate,
         model_name=cfg.model_name,
     )
     metadata = {
@@ -539,9 +533,6 @@ def fit(
     def teacher_of(v: torch.Tensor) -> torch.Tensor:
         return v if u_t is None else v - (v @ u_t)[:, None] * u_t[None]
 
-    # With the mean direction kept as one full-size dimension, the full-size output keeps the model's own cosines.
-    keeps_mean = u is not None and cfg.mean_coordinate and cfg.init == "pca_blocks" and len(acfg.nested_dims) > 1
-
     params = [p for p in adapter.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     out = Path(out_dir) if out_dir is not None else None
@@ -566,7 +557,7 @@ def fit(
         for group in opt.param_groups:
             group["lr"] = cfg.lr * lr_factor(step, cfg)
         sched = loss_schedules(step, cfg.steps)
-        parts = compute_losses(adapter, xb, cfg, step, gen, unit, pb, teacher_of(xb), xb if keeps_mean else None)
+        parts = compute_losses(adapter, xb, cfg, step, gen, unit, pb, teacher_of(xb))
         total = cast(torch.Tensor, sum(weight_of(name, cfg, sched) * v for name, v in parts.items()))
         if not torch.isfinite(total):
             bad = [n for n, v in parts.items() if not torch.isfinite(v)]

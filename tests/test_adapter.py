@@ -65,7 +65,7 @@ def test_pca_blocks_start_nests_principal_subspaces() -> None:
 def test_start_drops_the_corpus_mean_direction(init: str) -> None:
     x = _embeddings(n=300) + 0.5  # a common offset: every vector leans toward (1, ..., 1)
     u = x.mean(0) / np.linalg.norm(x.mean(0))
-    adapter = QamaAdapter(AdapterConfig(dim=16, nested_dims=(4, 8, 16), init=init, mean_coordinate=False))
+    adapter = QamaAdapter(AdapterConfig(dim=16, nested_dims=(4, 8, 16), init=init))
     adapter.init_linear(x)
     w = adapter.skip.weight.detach().numpy()
     assert np.abs(w @ u).max() < 1e-5  # the mean direction maps to 0 ...
@@ -77,24 +77,6 @@ def test_start_drops_the_corpus_mean_direction(init: str) -> None:
     centred = QamaAdapter(AdapterConfig(dim=16, init="identity"))
     centred.init_linear(x - x.mean(0))  # no mean direction to drop: the identity start stays whole
     assert np.allclose(centred.skip.weight.detach().numpy(), np.eye(16), atol=1e-6)
-
-
-def test_pca_blocks_start_keeps_the_mean_direction_once_at_full_size() -> None:
-    x = _embeddings(n=300) + 0.5
-    u = x.mean(0).astype(np.float64) / np.linalg.norm(x.mean(0))
-    adapter = QamaAdapter(AdapterConfig(dim=16, nested_dims=(4, 8, 16), init="pca_blocks"))
-    adapter.init_linear(x)
-    w = adapter.skip.weight.detach().numpy().astype(np.float64)
-    assert np.abs(w[:8] @ u).max() < 1e-5  # the smaller prefixes go without it
-    assert np.allclose(w[8], np.sqrt(2) * u, atol=1e-6)  # the full size holds it in one dimension
-    assert np.abs(np.delete(w, 8, axis=0) @ u).max() < 1e-5
-    without = QamaAdapter(AdapterConfig(dim=16, nested_dims=(4, 8, 16), init="pca_blocks", mean_coordinate=False))
-    without.init_linear(x)
-    assert np.allclose(np.delete(without.skip.weight.detach().numpy(), 8, axis=0), np.delete(w, 8, axis=0), atol=1e-6)
-    # the component along u of any vector is read back from the full-size output
-    shifted = x + np.float32(0.25) * u.astype(np.float32)
-    moved = adapter.transform(shifted) - adapter.transform(x)
-    assert np.allclose(moved[:, 8], 0.25 * np.sqrt(2), atol=1e-5) and np.abs(np.delete(moved, 8, axis=1)).max() < 1e-5
 
 
 def test_thresholds_start_at_corpus_quantiles() -> None:

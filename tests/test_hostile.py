@@ -175,7 +175,6 @@ def test_adapter_without_weights_sha256_is_refused(adapter_dir):
         ("nested_dims", [4, 8.5, 16], "nested_dims must be an integer, got 8.5"),
         ("plans", ["bogus"], "plans: 'bogus' fits none of the sizes 4, 8, 16"),
         ("drop_mean_direction", "no", "drop_mean_direction must be true or false, got 'no'"),
-        ("mean_coordinate", 1, "mean_coordinate must be true or false, got 1"),
         ("dim", 16.0, "dim must be an integer, got 16.0"),
         ("expansion", 2.5, "expansion must be an integer, got 2.5"),
         ("merge_hidden", True, "merge_hidden must be an integer, got True"),
