@@ -70,8 +70,10 @@ def main() -> None:
     ids = [f"doc{i:08d}" for i in range(total)]
     encoder = ThresholdEncoder.fit(corpus[: min(args.n, 100_000)], make_plan(args.plan, args.dim))
     queries = synthetic(100, args.dim, 1)
-    print(f"qama from {Path(qama.__file__).parent}; {args.n:,} rows, {args.appends} appends of {args.step:,}, "
-          f"{args.plan} {args.dim}, vectors {'kept' if args.vectors else 'not kept'}")
+    print(
+        f"qama from {Path(qama.__file__).parent}; {args.n:,} rows, {args.appends} appends of {args.step:,}, "
+        f"{args.plan} {args.dim}, vectors {'kept' if args.vectors else 'not kept'}"
+    )
     with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
         t = time.perf_counter()
         index = QamaIndex.create(Path(tmp) / "ix", encoder, corpus[: args.n], ids[: args.n], keep_vectors=args.vectors)
@@ -89,8 +91,10 @@ def main() -> None:
             written.append(sum(changed.values()))
             print(f"| {a + 1} | {lo:,} | {times[-1]:.3f} | {written[-1] / 1e6:.1f} | {len(changed)} |")
         segments = len(index.manifest.get("segments", [None]))
-        print(f"\ntotal {sum(times):.2f} s, mean {statistics.mean(times):.3f} s, max {max(times):.3f} s, "
-              f"{sum(written) / 1e6:.0f} MB written; {segments} segment(s) at the end")
+        print(
+            f"\ntotal {sum(times):.2f} s, mean {statistics.mean(times):.3f} s, max {max(times):.3f} s, "
+            f"{sum(written) / 1e6:.0f} MB written; {segments} segment(s) at the end"
+        )
         batch, one = _search_times(index, queries)
         print(f"search, Hamming top-10: 100 queries {batch:.1f} ms, one query {one:.2f} ms (median)")
         result = {"times": times, "written": written, "segments": segments, "batch_ms": batch, "one_ms": one}

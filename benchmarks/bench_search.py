@@ -201,7 +201,11 @@ def speed(n: int, nq: int, singles: int, peers: bool = True) -> None:
             ("Hamming 4x + rescoring >= 3x faiss RaBitQ 1-bit, batch", r4[2] / rq1[2], 3.0),
             ("asymmetric full scan >= 2x faiss PQ64x8, batch", adc[2] / pq[2], 2.0),
             ("asymmetric full scan >= 2x faiss PQ64x8, single", pq[3] / adc[3], 2.0),
-            ("2-bit asymmetric full scan >= 2x faiss PQ64x8, batch", by["qama 2-bit codes, asymmetric full scan"][2] / pq[2], 2.0),
+            (
+                "2-bit asymmetric full scan >= 2x faiss PQ64x8, batch",
+                by["qama 2-bit codes, asymmetric full scan"][2] / pq[2],
+                2.0,
+            ),
         ]
     print("\n| target | measured | met |\n|---|---|---|")
     for name, value, goal in targets:
@@ -355,7 +359,9 @@ def adc_quality() -> None:
     from qama.evaluation.metrics import Evaluator
 
     k = 100  # the run keeps 100 documents per query (Recall@100)
-    print("\n### Asymmetric full scan vs faiss PQ / RaBitQ, nDCG@10 (all-MiniLM-L6-v2, untrained quantile thresholds)\n")
+    print(
+        "\n### Asymmetric full scan vs faiss PQ / RaBitQ, nDCG@10 (all-MiniLM-L6-v2, untrained quantile thresholds)\n"
+    )
     print("qama rows: thresholds and centroids fitted on the corpus (1-bit: median); `adc` = every code scored")
     print("asymmetrically (no Hamming stage); `Hamming 4x + asym` = 40 Hamming candidates rescored, top 10 of them")
     print("(R@100 of that row is over the 400-candidate variant). faiss PQ trained on the corpus.\n")
@@ -408,7 +414,9 @@ def main() -> None:
     p.add_argument("--n", type=int, default=1_000_000, help="synthetic corpus size")
     p.add_argument("--queries", type=int, default=1000, help="batch size")
     p.add_argument("--singles", type=int, default=20, help="single queries timed one at a time")
-    p.add_argument("--no-peers", action="store_true", help="speed: leave out faiss PQ and RaBitQ (training takes a while)")
+    p.add_argument(
+        "--no-peers", action="store_true", help="speed: leave out faiss PQ and RaBitQ (training takes a while)"
+    )
     p.add_argument("--memory-child", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.memory_child:
@@ -418,9 +426,10 @@ def main() -> None:
     print(f"faiss threads {faiss.omp_get_max_threads()}, OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}")
     print(f"faiss compile options: {faiss.get_compile_options()}")
     for s in args.sections:
-        {"speed": lambda: speed(args.n, args.queries, args.singles, not args.no_peers), "memory": lambda: memory(args.n)}.get(
-            s, {"approx": approx, "quality": quality, "adc_quality": adc_quality}.get(s, lambda: None)
-        )()
+        {
+            "speed": lambda: speed(args.n, args.queries, args.singles, not args.no_peers),
+            "memory": lambda: memory(args.n),
+        }.get(s, {"approx": approx, "quality": quality, "adc_quality": adc_quality}.get(s, lambda: None))()
 
 
 if __name__ == "__main__":

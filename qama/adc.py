@@ -424,9 +424,7 @@ def adc_search(
     return out_s, out_i
 
 
-def asymmetric_scores_reference(
-    weights: np.ndarray, codes: np.ndarray, candidates: np.ndarray, encoder
-) -> np.ndarray:
+def asymmetric_scores_reference(weights: np.ndarray, codes: np.ndarray, candidates: np.ndarray, encoder) -> np.ndarray:
     """The unpacking implementation (numpy; qama <= 0.x's ``asymmetric_scores``): levels of the
     candidate rows, centroids gathered, an einsum, divided by the reconstruction's length."""
     plan = encoder.plan

@@ -447,6 +447,8 @@ def resolve_model(
     ``meta.json`` of ``embeddings`` is refused)."""
     check_batch_size(batch_size)
     return embeddings_model(embeddings, model)
+
+
 def jsonl_corpus_embeddings(
     path: str | os.PathLike,
     embeddings: str | os.PathLike | None = None,

@@ -116,9 +116,7 @@ class Quantizer:
     def calibrate_queries(self, values: np.ndarray) -> None:
         """Set :attr:`query_thresholds` to quantiles of ``(n, n_values)`` query-like values (at least 2 rows)."""
         if values.ndim != 2 or values.shape[1] != self.plan.n_values or len(values) < 2:
-            raise ValueError(
-                f"a query sample needs values of shape (n >= 2, {self.plan.n_values}), got {values.shape}"
-            )
+            raise ValueError(f"a query sample needs values of shape (n >= 2, {self.plan.n_values}), got {values.shape}")
         if not np.isfinite(values).all():
             raise ValueError("the query sample contains NaN or inf values")
         self.query_thresholds = quantile_thresholds(values, self.plan.value_levels)

@@ -242,7 +242,6 @@ def test_pickled_or_garbage_npy_refused(index: QamaIndex) -> None:
     shutil.rmtree(index.path)
 
 
-
 def _adc_reference(index: QamaIndex, q: np.ndarray, k: int):
     from qama.search import asymmetric_scores, top_by_score
 
@@ -269,10 +268,14 @@ def test_adc_mode_scores_every_code(tmp_path: Path, index: QamaIndex, emb: np.nd
     with pytest.raises(ValueError, match="mode"):
         index.search(q, 3, mode="pq")
     # with cosine scores the index keeps the rows' lengths; they follow add and delete
-    normed = QamaIndex.create(tmp_path / "normed", _NormedEncoder.fit(emb, make_plan("hybrid", 32)), emb,
-                              [f"doc{j}" for j in range(len(emb))])
-    for change in (None, lambda: normed.add(-emb[:9], [f"new{j}" for j in range(9)]),
-                   lambda: normed.delete(["doc0", "new3", "doc50"])):
+    normed = QamaIndex.create(
+        tmp_path / "normed", _NormedEncoder.fit(emb, make_plan("hybrid", 32)), emb, [f"doc{j}" for j in range(len(emb))]
+    )
+    for change in (
+        None,
+        lambda: normed.add(-emb[:9], [f"new{j}" for j in range(9)]),
+        lambda: normed.delete(["doc0", "new3", "doc50"]),
+    ):
         if change:
             change()
         s, i = normed.search(q, 10, mode="adc")

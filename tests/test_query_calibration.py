@@ -112,9 +112,7 @@ def test_adapter_query_thresholds_saved_and_used(tmp_path):
     np.testing.assert_array_equal(loaded.encode(QUERIES, "hybrid", queries=True), coded)
     encoder = AdapterEncoder(loaded, "hybrid", fit_emb=DOCS)
     np.testing.assert_array_equal(encoder.encode_queries(QUERIES), coded)
-    np.testing.assert_array_equal(
-        AdapterEncoder(loaded, "hybrid", state=encoder.state).encode_queries(QUERIES), coded
-    )
+    np.testing.assert_array_equal(AdapterEncoder(loaded, "hybrid", state=encoder.state).encode_queries(QUERIES), coded)
 
 
 def test_adapter_saved_before_query_thresholds_still_loads(tmp_path):

@@ -590,6 +590,8 @@ def _refuse_foreign_collection(client: Any, collection: str, timeout: float, wai
                 "collection, or its creation was interrupted; qama leaves it as it is: choose another --collection"
             )
         time.sleep(0.2)
+
+
 class _FetchedRows:
     """Rows of the documents ``found`` by one search, read from the server when indexed: the ``codes``
     (``field="code"``) or ``vectors`` that :func:`qama.search.search_rescored` rescores with."""

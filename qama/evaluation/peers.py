@@ -114,9 +114,7 @@ def _from_st_results(results: list[list[dict]], k: int) -> tuple[np.ndarray, np.
     return scores, ids
 
 
-def build_peer(
-    name: str, corpus: np.ndarray, train: np.ndarray | None = None, rabitq_query_bits: int = 0
-) -> PeerIndex:
+def build_peer(name: str, corpus: np.ndarray, train: np.ndarray | None = None, rabitq_query_bits: int = 0) -> PeerIndex:
     """Build the peer ``name`` over ``corpus`` (``(n, d)`` float embeddings); ``train``: the vectors its
     quantiser is fitted on (default: the corpus itself, as a user would). ``rabitq_query_bits``:
     RaBitQ's query quantisation (0: float queries, as the quality rows use; faiss's default is 4,

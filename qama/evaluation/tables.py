@@ -49,6 +49,7 @@ def loss_breakdown(rows: list[Row]) -> list[dict]:
     the query costs); ``untrained`` = the codes / untrained quantile codes of the same plan and size
     (``threshold-qcal`` rows when present, else ``threshold``), ``None`` where there are none.
     """
+
     def ndcg(fmt: str, plan: str | None, dims: int, rescore: int | None = None) -> float | None:
         found = [r for r in rows if (r.format, r.plan, r.dims, r.rescore) == (fmt, plan, dims, rescore)]
         return found[0].metrics["ndcg@10"] if found else None
@@ -61,20 +62,25 @@ def loss_breakdown(rows: list[Row]) -> list[dict]:
         if r.format != "qama" or r.plan is None or r.rescore is not None:
             continue
         codes = r.metrics["ndcg@10"]
-        rescored = sorted((x.rescore, x.metrics["ndcg@10"]) for x in rows if x.format == "qama"
-                          and (x.plan, x.dims) == (r.plan, r.dims) and x.rescore is not None)
+        rescored = sorted(
+            (x.rescore, x.metrics["ndcg@10"])
+            for x in rows
+            if x.format == "qama" and (x.plan, x.dims) == (r.plan, r.dims) and x.rescore is not None
+        )
         untrained = ndcg("threshold-qcal", r.plan, r.dims)
         if untrained is None:
             untrained = ndcg("threshold", r.plan, r.dims)
-        out.append({
-            "dataset": r.dataset,
-            "plan": r.plan,
-            "dims": r.dims,
-            "transform": ratio(ndcg("qama", None, r.dims), ndcg("fp32", None, r.dims)),
-            "quantisation": ratio(codes, ndcg("qama", None, r.dims)),
-            "query_side": ratio(codes, rescored[0][1]) if rescored else None,
-            "untrained": ratio(codes, untrained),
-        })
+        out.append(
+            {
+                "dataset": r.dataset,
+                "plan": r.plan,
+                "dims": r.dims,
+                "transform": ratio(ndcg("qama", None, r.dims), ndcg("fp32", None, r.dims)),
+                "quantisation": ratio(codes, ndcg("qama", None, r.dims)),
+                "query_side": ratio(codes, rescored[0][1]) if rescored else None,
+                "untrained": ratio(codes, untrained),
+            }
+        )
     return out
 
 
