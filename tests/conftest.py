@@ -1,5 +1,5 @@
 """Shared fixtures: tiny BEIR-layout datasets with embeddings, the shared benchmark data, one milvus-lite
-server for the session."""
+server per test module."""
 
 from __future__ import annotations
 
@@ -83,7 +83,7 @@ MILVUS_START_ATTEMPTS = 3
 
 
 def collection_name(prefix: str = "t") -> str:
-    """A collection name no other test uses: every test shares one Milvus server (:func:`milvus_uri`)."""
+    """A collection name no other test uses: the tests of a module share one Milvus server (:func:`milvus_uri`)."""
     return f"{prefix}_{uuid.uuid4().hex[:12]}"
 
 
@@ -106,11 +106,14 @@ def start_milvus_server(folder: Callable[[], Path], attempts: int = MILVUS_START
     raise MilvusUnavailableError(f"milvus-lite did not start for the tests in {attempts} attempts ({tries})")
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def milvus_uri(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """``http://127.0.0.1:PORT`` of one milvus-lite server for the whole session (started by
-    :func:`start_milvus_server`; it stops at the end, or after 3 hours); tests keep apart by
-    collection names (:func:`collection_name`)."""
+    """``http://127.0.0.1:PORT`` of one milvus-lite server for the tests of a module (started by
+    :func:`start_milvus_server`; it stops after the module, or after 3 hours); tests keep apart by
+    collection names (:func:`collection_name`). Not one server for the whole session: its clients'
+    gRPC channels to one address, idle between modules, were refused for 30 s and more after the
+    server's "too_many_pings" GOAWAY (two failures in one CI run); a server per module gives each
+    module fresh channels."""
     require_milvus()
     server = start_milvus_server(lambda: tmp_path_factory.mktemp("milvus"))
     try:
