@@ -130,4 +130,12 @@ def never_worse_check(
                 theirs.mean(),
                 " -> training lost here: untrained codes are kept for this plan and size" if lost else "",
             )
+    lost_at = [f"{r.plan}@{r.dims}" for r in results if r.lost]
+    logger.log(
+        logging.WARNING if lost_at else logging.INFO,
+        "never-worse check: %s. It acts only on a clear loss on the held-out pseudo-queries; a change that shows "
+        "only on real queries (measured: up to 4 points at full size) is beyond it: `qama eval --adapter` on "
+        "judged queries measures the real change",
+        f"training lost at {', '.join(lost_at)}, served by untrained codes there" if lost_at else "no clear loss",
+    )
     return results

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 
 import numpy as np
 import pytest
@@ -192,15 +193,19 @@ def _clustered(n: int = 800, d: int = 32) -> tuple[np.ndarray, np.ndarray]:
     return docs, (titles / np.linalg.norm(titles, axis=1, keepdims=True)).astype(np.float32)
 
 
-def test_the_check_catches_a_training_that_loses_and_keeps_untrained_codes(tmp_path):
+def test_the_check_catches_a_training_that_loses_and_keeps_untrained_codes(tmp_path, caplog):
     from qama.api import build_index
     from qama.train import TrainConfig, fit
 
     docs, titles = _clustered()
     # a learning rate 1000x the default wrecks the codes: the check must see it on the held-out titles
     cfg = TrainConfig(steps=60, lr=0.3, batch_size=64, nested_dims=(16, 32), w_nce=1.0, progress=False)
-    adapter = fit(docs, cfg, pairs=(titles, docs), out_dir=tmp_path / "ad")
+    with caplog.at_level(logging.INFO, logger="qama.check"):
+        adapter = fit(docs, cfg, pairs=(titles, docs), out_dir=tmp_path / "ad")
     check = QamaAdapter.load(tmp_path / "ad").metadata["check"]
+    summary = [r for r in caplog.records if r.getMessage().startswith("never-worse check:")]
+    assert len(summary) == 1 and summary[0].levelno == logging.WARNING
+    assert f"training lost at {', '.join(check['lost'])}, served by untrained codes there" in summary[0].getMessage()
     assert check["held_out_pairs"] == 160  # 20% of the 800 pairs, never seen by the fit
     lost = {(r["plan"], r["dims"]) for r in check["results"] if r["lost"]}
     assert ("2bit", 32) in lost and set(check["lost"]) == {f"{p}@{d}" for p, d in lost}
