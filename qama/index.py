@@ -585,6 +585,11 @@ def check_new_index_folder(path: Path, overwrite: bool) -> None:
     if not path.is_dir():
         return
     if (path / MANIFEST).exists():
+        if not _is_index_manifest(path / MANIFEST):  # the user's own manifest.json: never replaced
+            raise FileExistsError(
+                f"{path / MANIFEST}: not the manifest of a qama index (no \"format\": \"{FORMAT}\"); "
+                "qama replaces nothing it did not write: write the index to a new or empty folder"
+            )
         if not overwrite:
             raise FileExistsError(
                 f"{path}: an index already exists here (--overwrite, or overwrite=True in Python, replaces it)"
@@ -596,6 +601,15 @@ def check_new_index_folder(path: Path, overwrite: bool) -> None:
             f"{path}: the folder is not empty and holds no qama index ({len(others)} entries, e.g. {others[0]!r}); "
             "write the index to a new or empty folder"
         )
+
+
+def _is_index_manifest(mpath: Path) -> bool:
+    """Whether ``mpath`` is a manifest qama wrote (a JSON object of this format), whatever its version."""
+    try:
+        manifest = read_json_file(mpath, "manifest")
+    except (ValueError, OSError):
+        return False
+    return isinstance(manifest, dict) and manifest.get("format") == FORMAT
 
 
 @contextmanager

@@ -124,3 +124,17 @@ def test_report_refuses_a_folder_that_is_not_a_report(tmp_path, tiny):
     rc = main(["-q", "report", "--dataset", str(tiny), "--embeddings", str(emb), "--out", str(out)])
     assert rc == 2
     assert (out / "config.json").read_text() == '{"mine": true}'
+
+
+def test_a_manifest_json_of_the_user_is_not_taken_for_an_index(tmp_path):
+    """A folder holding the user's own manifest.json (a common name) is not an index: refused with or
+    without --overwrite, and nothing in it replaced."""
+    folder = tmp_path / "project"
+    folder.mkdir()
+    (folder / "manifest.json").write_text('{"name": "my project"}')
+    (folder / "data.csv").write_text("precious\n")
+    before = {p.name: p.read_bytes() for p in folder.iterdir()}
+    for overwrite in (False, True):
+        with pytest.raises(FileExistsError, match=r"project/manifest.json: not the manifest of a qama index"):
+            QamaIndex.create(folder, _encoder(), EMB, IDS, overwrite=overwrite)
+    assert {p.name: p.read_bytes() for p in folder.iterdir() if p.name != "writer.lock"} == before
