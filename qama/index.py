@@ -106,6 +106,11 @@ WRITE_CHUNK_BYTES = 64 * 2**20  # rows copied into a segment file at a time (mer
 _GENERATED = re.compile(
     r"^(?:(?:codes|ids|titles|vectors)-(?P<seg>\d{6})-\d{1,6}\.(?:npy|off\.npy)|encoder-(?P<enc>\d{6})\.safetensors)$"
 )
+# The names of the files an index (version 1 or 2) writes, of any generation: only such names listed
+# under ``superseded`` are removed by a later commit.
+_OWN_NAME = re.compile(r"^(?:(?:codes|ids|titles|vectors)-\d{6,}(?:-\d{1,6})?\.(?:npy|off\.npy)|encoder-\d{6,}\.safetensors)$")
+# The temporary file of an atomic write (qama._io.atomic_open) killed midway: ``.NAME.RANDOM.tmp``.
+_TEMPORARY = re.compile(r"^\.(?P<name>.+)\.[A-Za-z0-9_]+\.tmp$")
 
 
 def _sha256(path: Path, block: int = 1 << 22) -> str:
@@ -294,7 +299,7 @@ class QamaIndex:
                 try:
                     old = read_json_file(path / MANIFEST, "manifest")
                     manifest["generation"] = int(old["generation"])
-                    previous = _owned_names(old)
+                    previous = _owned_names(old) | _superseded(old)
                 except (ValueError, KeyError, TypeError, AttributeError, OSError):
                     pass
             codes = _encode_rows(encoder, embeddings, row_size, progress, chunk)
@@ -727,14 +732,22 @@ def _owned_names(manifest: dict[str, Any]) -> set[str]:
     return names
 
 
+def _superseded(manifest: dict[str, Any]) -> set[str]:
+    """The files a commit superseded and meant to remove (``superseded``; still there if it was killed
+    before removing them): names of index files only."""
+    names = manifest.get("superseded", [])
+    return {n for n in names if isinstance(n, str) and _OWN_NAME.match(n)} if isinstance(names, list) else set()
+
+
 class _Commit:
     """Writes one generation's files, then swaps the manifest."""
 
     def __init__(self, path: Path, manifest: dict[str, Any], previous: set[str] | None = None) -> None:
         self.path = path
         self.manifest = manifest
-        # The files the commit may remove: the previous generation's (named by its manifest).
-        self.previous = _owned_names(manifest) if previous is None else previous
+        # The files the commit may remove: the previous generation's (named by its manifest), and those
+        # an earlier commit superseded but was killed before removing.
+        self.previous = _owned_names(manifest) | _superseded(manifest) if previous is None else previous
         manifest["generation"] = int(manifest["generation"]) + 1
         manifest["version"] = VERSION
         self.tag = f"{manifest['generation']:06d}"
@@ -793,16 +806,21 @@ class _Commit:
         return {"count": count, "files": files}
 
     def commit(self) -> None:
-        write_json(self.path / MANIFEST, self.manifest)  # the atomic switch to the new generation
         live = _owned_names(self.manifest)
+        # Recorded before the switch, so that if this process is killed before removing them, the
+        # next commit does (rather than leaving them for good).
+        self.manifest["superseded"] = sorted(n for n in self.previous - live if (self.path / n).is_file())
+        write_json(self.path / MANIFEST, self.manifest)  # the atomic switch to the new generation
         # Only files this index wrote are removed: the previous generation's, and strays of an earlier
         # attempt at this same generation (a crash before its manifest was renamed into place). A file
         # of any other name stays, whatever it looks like.
         for p in self.path.iterdir():
             if p.name in live or not p.is_file() or p.is_symlink():
                 continue
-            m = _GENERATED.match(p.name)
-            if p.name in self.previous or (m is not None and self.tag in (m.group("seg"), m.group("enc"))):
+            t = _TEMPORARY.match(p.name)  # a write of an earlier attempt at this commit, killed midway
+            m = _GENERATED.match(t.group("name") if t is not None else p.name)
+            ours = m is not None and self.tag in (m.group("seg"), m.group("enc"))
+            if p.name in self.previous or ours or (t is not None and t.group("name") == MANIFEST):
                 p.unlink(missing_ok=True)
 
 

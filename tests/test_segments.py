@@ -245,3 +245,35 @@ def test_segment_manifest_is_checked(tmp_path: Path) -> None:
     (index.path / good["segments"][1]["files"]["codes"]["name"]).unlink()
     with pytest.raises(IndexCorruptError, match=r"codes-000002-1.npy: missing codes file of the index"):
         QamaIndex.open(index.path)
+
+
+def test_a_crash_after_the_manifest_swap_leaves_nothing_behind_for_good(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Killed after the new manifest is in place but before the superseded files are removed (or while
+    a segment was being written): the index is the new one, and the next commit removes what the crash
+    left (the superseded segment's files, the temporary file of a killed write), not only its own strays."""
+    emb = _emb(40)
+    ids = [f"d{i}" for i in range(40)]
+    enc = ThresholdEncoder.fit(emb, make_plan("2bit", D))
+    index = QamaIndex.create(tmp_path / "ix", enc, emb[:20], ids[:20], titles=ids[:20])
+    index.add(emb[20:30], ids[20:30], titles=ids[20:30])
+
+    def killed(self: Path, missing_ok: bool = False) -> None:
+        raise KeyboardInterrupt("killed while removing the superseded files")
+
+    monkeypatch.setattr(Path, "unlink", killed)
+    with pytest.raises(KeyboardInterrupt):
+        index.delete(["d3"])  # rewrites segment 0: its files are superseded
+    monkeypatch.undo()
+    index = QamaIndex.open(index.path)
+    assert len(index) == 29 and "d3" not in index.ids.to_list()
+    left = {p.name for p in index.path.iterdir()} - qi._owned_names(index.manifest) - {MANIFEST, LOCK}
+    assert left  # the superseded files of segment 0
+    g = index.manifest["generation"] + 1  # a write of the next commit killed midway: its temporary file
+    (index.path / f".codes-{g:06d}-1.npy.k1ll3d.tmp").write_bytes(b"\0" * 1000)
+    (index.path / ".manifest.json.k1ll3d.tmp").write_text("{")
+    (index.path / "notes.txt").write_text("mine")  # and the user's file stays
+    index.add(emb[30:], ids[30:], titles=ids[30:])
+    assert {p.name for p in index.path.iterdir()} == qi._owned_names(index.manifest) | {MANIFEST, LOCK, "notes.txt"}
+    assert len(QamaIndex.open(index.path)) == 39
