@@ -912,6 +912,13 @@ def check_manifest(manifest: dict[str, Any], mpath: Path) -> None:
                 f"{mpath}: segment {j} has the files {', '.join(sorted(seg['files']))}, segment 0 has "
                 f"{', '.join(sorted(segments[0]['files']))} (titles and vectors are kept for every segment or none)"
             )
+    seen: dict[str, str] = {}  # a file is one column of one segment: listed twice, its rows would be read twice
+    places = [(f"files.{k}", f) for k, f in manifest["files"].items()]
+    places += [(f"segments[{j}].files.{k}", f) for j, seg in enumerate(segments) for k, f in seg["files"].items()]
+    for where, f in places:
+        if f["name"] in seen:
+            raise IndexCorruptError(f"{mpath}: file {f['name']!r} is listed twice ({seen[f['name']]} and {where})")
+        seen[f["name"]] = where
     total = sum(seg["count"] for seg in segments)
     if total != manifest["count"]:
         raise IndexCorruptError(f"{mpath}: the segments hold {total} rows, but field 'count' is {manifest['count']}")

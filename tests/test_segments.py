@@ -277,3 +277,19 @@ def test_a_crash_after_the_manifest_swap_leaves_nothing_behind_for_good(
     index.add(emb[30:], ids[30:], titles=ids[30:])
     assert {p.name for p in index.path.iterdir()} == qi._owned_names(index.manifest) | {MANIFEST, LOCK, "notes.txt"}
     assert len(QamaIndex.open(index.path)) == 39
+
+
+def test_a_manifest_listing_one_file_twice_is_refused(tmp_path: Path) -> None:
+    """Two segments naming the same files would read every document twice (duplicate ids, each hit
+    twice in the results): refused, naming both places."""
+    emb = _emb(30)
+    enc = ThresholdEncoder.fit(emb, make_plan("2bit", D))
+    index = QamaIndex.create(tmp_path / "ix", enc, emb[:20], [f"d{i}" for i in range(20)])
+    index.add(emb[20:], [f"d{i}" for i in range(20, 30)])
+    m = json.loads((index.path / MANIFEST).read_text())
+    m["segments"][1] = json.loads(json.dumps(m["segments"][0]))
+    m["count"] = 40
+    (index.path / MANIFEST).write_text(json.dumps(m))
+    name = m["segments"][0]["files"]["codes"]["name"]
+    with pytest.raises(IndexCorruptError, match=re.escape(f"file {name!r} is listed twice (segments[0].files.codes")):
+        QamaIndex.open(index.path)
