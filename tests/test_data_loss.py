@@ -138,3 +138,19 @@ def test_a_manifest_json_of_the_user_is_not_taken_for_an_index(tmp_path):
         with pytest.raises(FileExistsError, match=r"project/manifest.json: not the manifest of a qama index"):
             QamaIndex.create(folder, _encoder(), EMB, IDS, overwrite=overwrite)
     assert {p.name: p.read_bytes() for p in folder.iterdir() if p.name != "writer.lock"} == before
+
+
+def test_one_string_for_ids_is_refused_not_read_as_its_characters(tmp_path):
+    """``delete("ab")`` removed the documents "a" and "b" (a string is an iterable of characters), and
+    ``add(emb, "pqr")`` stored three one-letter ids: both refused, nothing committed."""
+    ids = ["a", "b", "ab", "c"]
+    index = QamaIndex.create(tmp_path / "ix", _encoder(), EMB[:4], ids, titles=ids)
+    for call in (lambda: index.delete("ab"), lambda: index.delete(b"ab")):
+        with pytest.raises(TypeError, match=r"ids must be a list of document ids, not one (str|bytes)"):
+            call()
+    with pytest.raises(TypeError, match=r"ids must be a list of document ids, not one str"):
+        index.add(EMB[4:7], "pqr", titles=["p", "q", "r"])
+    with pytest.raises(TypeError, match=r"titles must be a list of titles, not one str"):
+        index.add(EMB[4:7], ["p", "q", "r"], titles="pqr")
+    assert QamaIndex.open(index.path).ids.to_list() == ids
+    assert index.delete(["ab"]) == 1 and index.ids.to_list() == ["a", "b", "c"]
