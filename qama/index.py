@@ -127,6 +127,7 @@ class StringColumn:
 
     data: np.ndarray  # (total_bytes,) uint8
     offsets: np.ndarray  # (n + 1,) int64
+    source: str = ""  # the file the data was read from, named when it is not UTF-8
 
     @classmethod
     def from_strings(cls, strings: Sequence[str]) -> StringColumn:
@@ -140,12 +141,21 @@ class StringColumn:
 
     def __getitem__(self, row: int) -> str:
         start, end = int(self.offsets[row]), int(self.offsets[row + 1])
-        return bytes(self.data[start:end]).decode("utf-8")
+        return self._decode(bytes(self.data[start:end]), row)
 
     def to_list(self) -> list[str]:
         raw = bytes(self.data)
         off = self.offsets.tolist()
-        return [raw[off[i] : off[i + 1]].decode("utf-8") for i in range(len(self))]
+        return [self._decode(raw[off[i] : off[i + 1]], i) for i in range(len(self))]
+
+    def _decode(self, raw: bytes, row: int) -> str:
+        try:
+            return raw.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise IndexCorruptError(
+                f"{self.source or 'a string column'}: row {row} is not valid UTF-8 ({e.reason} at byte {e.start}; "
+                "the file was modified or corrupted)"
+            ) from None
 
     def take(self, rows: np.ndarray) -> StringColumn:
         keep = self.to_list()
@@ -982,7 +992,7 @@ def _load_strings(path: Path, files: dict[str, Any], key: str, n: int) -> String
         raise IndexCorruptError(f"{path / files[key]['name']}: malformed {key} column")
     if offsets[0] != 0 or offsets[-1] != len(data) or np.any(np.diff(offsets) < 0):
         raise IndexCorruptError(f"{path / files[off_key]['name']}: offsets do not describe the {key} data")
-    return StringColumn(data if len(data) else np.zeros(0, dtype=np.uint8), offsets)
+    return StringColumn(data if len(data) else np.zeros(0, dtype=np.uint8), offsets, str(path / files[key]["name"]))
 
 
 def _stored_state(path: Path, manifest: dict[str, Any]) -> dict[str, np.ndarray] | None:

@@ -293,3 +293,22 @@ def test_a_manifest_listing_one_file_twice_is_refused(tmp_path: Path) -> None:
     name = m["segments"][0]["files"]["codes"]["name"]
     with pytest.raises(IndexCorruptError, match=re.escape(f"file {name!r} is listed twice (segments[0].files.codes")):
         QamaIndex.open(index.path)
+
+
+def test_ids_that_are_not_utf8_give_an_index_error_naming_the_file(tmp_path: Path) -> None:
+    """An ids file whose bytes are not UTF-8 (its checksum made to match, or opened with verify=False):
+    an IndexCorruptError naming the file and the row, never a bare UnicodeDecodeError."""
+    emb = _emb(30)
+    enc = ThresholdEncoder.fit(emb, make_plan("2bit", D))
+    index = QamaIndex.create(tmp_path / "ix", enc, emb[:20], [f"d{i}" for i in range(20)])
+    index.add(emb[20:], [f"d{i}" for i in range(20, 30)])
+    name = index.manifest["segments"][1]["files"]["ids"]["name"]
+    raw = bytearray((index.path / name).read_bytes())
+    raw[-1] = 0xFF  # the last byte of the last id
+    (index.path / name).write_bytes(bytes(raw))
+    index = QamaIndex.open(index.path, verify=False)
+    message = re.escape(f"{name}: row 9 is not valid UTF-8")
+    for call in (lambda: index.doc_id(29), index.ids.to_list, lambda: index.delete(["d1"])):
+        with pytest.raises(IndexCorruptError, match=message):
+            call()
+    assert index.doc_id(28) == "d28"
