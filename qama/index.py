@@ -907,6 +907,11 @@ def check_manifest(manifest: dict[str, Any], mpath: Path) -> None:
         Plan.from_dict(manifest["plan"])
     except (ValueError, TypeError) as e:
         raise IndexCorruptError(f"{mpath}: field 'plan': {e}") from None
+    plan = Plan.from_dict(manifest["plan"])
+    if manifest["dim"] < plan.dim:  # the documents' embeddings: at least the dimensions the plan reads
+        raise IndexCorruptError(
+            f"{mpath}: field 'dim' is {manifest['dim']}, but the plan {plan.spec()} reads {plan.dim} dimensions"
+        )
     _check_files(manifest["files"], "files", mpath)
     meta_schema = {"model": Field("str", optional=True, nullable=True)}  # the model that embedded the documents
     check_fields(manifest.get("meta", {}), meta_schema, str(mpath), "meta.", IndexCorruptError)

@@ -312,3 +312,16 @@ def test_ids_that_are_not_utf8_give_an_index_error_naming_the_file(tmp_path: Pat
         with pytest.raises(IndexCorruptError, match=message):
             call()
     assert index.doc_id(28) == "d28"
+
+
+def test_a_manifest_dim_below_the_plan_is_refused_at_open(tmp_path: Path) -> None:
+    """A manifest whose 'dim' is smaller than its plan reads opened, and every search then failed with
+    an error about the queries; refused at open, naming the manifest."""
+    emb = _emb(30)
+    enc = ThresholdEncoder.fit(emb, make_plan("2bit", D))
+    index = QamaIndex.create(tmp_path / "ix", enc, emb, [f"d{i}" for i in range(30)])
+    m = json.loads((index.path / MANIFEST).read_text())
+    m["dim"] = 8
+    (index.path / MANIFEST).write_text(json.dumps(m))
+    with pytest.raises(IndexCorruptError, match=r"manifest.json: field 'dim' is 8, but the plan 32:2 reads 32 dimensions"):
+        QamaIndex.open(index.path)
