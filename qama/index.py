@@ -53,7 +53,7 @@ from typing import Any
 
 import numpy as np
 
-from qama._io import atomic_open, save_npy_chunks, write_json
+from qama._io import atomic_open, fsync_dir, save_npy_chunks, write_json
 from qama._segments import RowSegments
 from qama._validate import (
     Field,
@@ -829,7 +829,9 @@ class _Commit:
         # Recorded before the switch, so that if this process is killed before removing them, the
         # next commit does (rather than leaving them for good).
         self.manifest["superseded"] = sorted(n for n in self.previous - live if (self.path / n).is_file())
+        fsync_dir(self.path)  # the new files' renames on disk before a manifest names them
         write_json(self.path / MANIFEST, self.manifest)  # the atomic switch to the new generation
+        fsync_dir(self.path)  # ... and the new manifest on disk before the files it supersedes are removed
         # Only files this index wrote are removed: the previous generation's, and strays of an earlier
         # attempt at this same generation (a crash before its manifest was renamed into place). A file
         # of any other name stays, whatever it looks like.

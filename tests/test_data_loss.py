@@ -154,3 +154,42 @@ def test_one_string_for_ids_is_refused_not_read_as_its_characters(tmp_path):
         index.add(EMB[4:7], ["p", "q", "r"], titles="pqr")
     assert QamaIndex.open(index.path).ids.to_list() == ids
     assert index.delete(["ab"]) == 1 and index.ids.to_list() == ["a", "b", "c"]
+
+
+def test_a_commit_makes_its_renames_durable_before_removing_files(tmp_path, monkeypatch):
+    """Renames are durable only once their folder is fsynced: without that, a power cut after a commit
+    removed the superseded segment files could bring back the previous manifest, naming files that are
+    gone (an index that no longer opens). The folder is fsynced after the new segment files are in place
+    (before the manifest names them) and after the manifest's rename (before anything is removed)."""
+    import os
+    import stat
+
+    index = QamaIndex.create(tmp_path / "ix", _encoder(), EMB[:20], IDS[:20])
+    index.add(EMB[20:30], IDS[20:30])
+    events: list = []
+    real_fsync, real_replace, real_unlink = os.fsync, os.replace, Path.unlink
+
+    def fsync(fd):
+        if stat.S_ISDIR(os.fstat(fd).st_mode):
+            events.append("fsync folder")
+        real_fsync(fd)
+
+    def replace(src, dst):
+        real_replace(src, dst)
+        events.append(("rename", Path(dst).name))
+
+    def unlink(self, missing_ok=False):
+        events.append(("remove", self.name))
+        real_unlink(self, missing_ok=missing_ok)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "replace", replace)
+    monkeypatch.setattr(Path, "unlink", unlink)
+    index.delete(["d3"])  # rewrites segment 0: its files are removed after the commit
+    monkeypatch.undo()
+    manifest = events.index(("rename", "manifest.json"))
+    last_segment_file = max(i for i, e in enumerate(events[:manifest]) if e[0] == "rename")
+    first_removal = min(i for i, e in enumerate(events) if e[0] == "remove")
+    assert "fsync folder" in events[last_segment_file:manifest], events
+    assert "fsync folder" in events[manifest:first_removal], events
+    assert len(QamaIndex.open(index.path)) == 29
