@@ -108,7 +108,9 @@ _GENERATED = re.compile(
 )
 # The names of the files an index (version 1 or 2) writes, of any generation: only such names listed
 # under ``superseded`` are removed by a later commit.
-_OWN_NAME = re.compile(r"^(?:(?:codes|ids|titles|vectors)-\d{6,}(?:-\d{1,6})?\.(?:npy|off\.npy)|encoder-\d{6,}\.safetensors)$")
+_OWN_NAME = re.compile(
+    r"^(?:(?:codes|ids|titles|vectors)-\d{6,}(?:-\d{1,6})?\.(?:npy|off\.npy)|encoder-\d{6,}\.safetensors)$"
+)
 # The temporary file of an atomic write (qama._io.atomic_open) killed midway: ``.NAME.RANDOM.tmp``.
 _TEMPORARY = re.compile(r"^\.(?P<name>.+)\.[A-Za-z0-9_]+\.tmp$")
 
@@ -603,7 +605,7 @@ def check_new_index_folder(path: Path, overwrite: bool) -> None:
     if (path / MANIFEST).exists():
         if not _is_index_manifest(path / MANIFEST):  # the user's own manifest.json: never replaced
             raise FileExistsError(
-                f"{path / MANIFEST}: not the manifest of a qama index (no \"format\": \"{FORMAT}\"); "
+                f'{path / MANIFEST}: not the manifest of a qama index (no "format": "{FORMAT}"); '
                 "qama replaces nothing it did not write: write the index to a new or empty folder"
             )
         if not overwrite:

@@ -323,5 +323,6 @@ def test_a_manifest_dim_below_the_plan_is_refused_at_open(tmp_path: Path) -> Non
     m = json.loads((index.path / MANIFEST).read_text())
     m["dim"] = 8
     (index.path / MANIFEST).write_text(json.dumps(m))
-    with pytest.raises(IndexCorruptError, match=r"manifest.json: field 'dim' is 8, but the plan 32:2 reads 32 dimensions"):
+    message = r"manifest.json: field 'dim' is 8, but the plan 32:2 reads 32 dimensions"
+    with pytest.raises(IndexCorruptError, match=message):
         QamaIndex.open(index.path)
