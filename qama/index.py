@@ -613,12 +613,25 @@ def check_new_index_folder(path: Path, overwrite: bool) -> None:
                 f"{path}: an index already exists here (--overwrite, or overwrite=True in Python, replaces it)"
             )
         return
-    others = sorted(p.name for p in path.iterdir() if p.name != LOCK)
+    # A create killed before its manifest existed leaves its lock and its own files (generation 1): not
+    # the user's, so running it again is not refused (its commit removes them).
+    killed_create = (path / LOCK).is_file()
+    others = sorted(p.name for p in path.iterdir() if p.name != LOCK and not (killed_create and _first_stray(p.name)))
     if others:
         raise FileExistsError(
             f"{path}: the folder is not empty and holds no qama index ({len(others)} entries, e.g. {others[0]!r}); "
             "write the index to a new or empty folder"
         )
+
+
+def _first_stray(name: str) -> bool:
+    """Whether ``name`` is a file the first commit of an index (generation 1) writes, or a temporary file
+    of it or of a manifest."""
+    t = _TEMPORARY.match(name)
+    if t is not None and t.group("name") == MANIFEST:
+        return True
+    m = _GENERATED.match(t.group("name") if t is not None else name)
+    return m is not None and f"{1:06d}" in (m.group("seg"), m.group("enc"))
 
 
 def _is_index_manifest(mpath: Path) -> bool:

@@ -193,3 +193,31 @@ def test_a_commit_makes_its_renames_durable_before_removing_files(tmp_path, monk
     assert "fsync folder" in events[last_segment_file:manifest], events
     assert "fsync folder" in events[manifest:first_removal], events
     assert len(QamaIndex.open(index.path)) == 29
+
+
+def test_a_create_killed_midway_can_be_run_again(tmp_path, monkeypatch):
+    """A create killed before its manifest existed left its own files (segment, encoder, a temporary
+    file): the folder was then refused for good ('not empty and holds no qama index'), even with
+    --overwrite. Running it again now works and removes them; a file of the user's is still refused."""
+    import qama.index as qi
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt("killed before the manifest was written")
+
+    monkeypatch.setattr(qi, "write_json", killed)
+    with pytest.raises(KeyboardInterrupt):
+        QamaIndex.create(tmp_path / "ix", _encoder(), EMB, IDS, keep_vectors=True)
+    monkeypatch.undo()
+    (tmp_path / "ix" / ".vectors-000001-1.npy.k1ll3d.tmp").write_bytes(b"\0" * 100)
+    left = sorted(p.name for p in (tmp_path / "ix").iterdir())
+    assert "codes-000001-1.npy" in left and "manifest.json" not in left
+    index = QamaIndex.create(tmp_path / "ix", _encoder(), EMB, IDS)
+    assert len(index) == 50 and {p.name for p in index.path.iterdir()} == _names(index.manifest) | {
+        "manifest.json",
+        "writer.lock",
+    }
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "codes-000001-1.npy").write_bytes(b"mine")
+    (tmp_path / "other" / "notes.txt").write_text("mine")
+    with pytest.raises(FileExistsError, match=r"other: the folder is not empty and holds no qama index"):
+        QamaIndex.create(tmp_path / "other", _encoder(), EMB, IDS)
