@@ -692,6 +692,14 @@ def _check_new_docs(embeddings: np.ndarray, ids: Sequence[str], titles: Sequence
         raise ValueError("document ids must be unique")
     if not all(isinstance(i, str) for i in ids):
         raise ValueError("document ids must be strings")
+    for name, column in (("ids", ids), ("titles", titles or ())):  # checked before anything is written
+        for j, s in enumerate(column):
+            if not isinstance(s, str):
+                raise ValueError(f"{name}[{j}] must be a string, got {s!r:.40}")
+            try:
+                s.encode("utf-8")
+            except UnicodeEncodeError as e:
+                raise ValueError(f"{name}[{j}] cannot be stored as UTF-8 ({e.reason}: {s!r:.40})") from None
     bad = np.flatnonzero(~np.isfinite(np.asarray(embeddings, dtype=np.float32)).all(axis=1))
     if len(bad):  # NaN has no level: its code would be arbitrary, and the document found for nothing
         raise ValueError(f"embeddings: row {int(bad[0])} has NaN or inf values ({len(bad)} rows)")

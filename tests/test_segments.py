@@ -326,3 +326,22 @@ def test_a_manifest_dim_below_the_plan_is_refused_at_open(tmp_path: Path) -> Non
     message = r"manifest.json: field 'dim' is 8, but the plan 32:2 reads 32 dimensions"
     with pytest.raises(IndexCorruptError, match=message):
         QamaIndex.open(index.path)
+
+
+def test_ids_and_titles_that_cannot_be_stored_are_refused_before_any_write(tmp_path: Path) -> None:
+    """An id with a lone surrogate (not encodable as UTF-8) raised a bare UnicodeEncodeError after the
+    new segment's codes were written; a title that is not a string, an AttributeError. Both are now
+    refused before anything is written, naming the document."""
+    emb = _emb(10)
+    enc = ThresholdEncoder.fit(emb, make_plan("2bit", D))
+    index = QamaIndex.create(tmp_path / "ix", enc, emb[:5], [f"d{i}" for i in range(5)], titles=list("abcde"))
+    before = _files(index.path)
+    with pytest.raises(
+        ValueError, match=re.escape("ids[1] cannot be stored as UTF-8 (surrogates not allowed: 'x\\ud800')")
+    ):
+        index.add(emb[5:7], ["ok", "x\ud800"], titles=["f", "g"])
+    with pytest.raises(ValueError, match=re.escape("titles[0] must be a string, got None")):
+        index.add(emb[5:7], ["ok", "ok2"], titles=[None, "g"])  # type: ignore[list-item]
+    with pytest.raises(ValueError, match=re.escape("titles[1] cannot be stored as UTF-8")):
+        QamaIndex.create(tmp_path / "new", enc, emb[:2], ["a", "b"], titles=["t", "\udfff"])
+    assert _files(index.path) == before and not (tmp_path / "new").exists()
