@@ -221,3 +221,19 @@ def test_a_create_killed_midway_can_be_run_again(tmp_path, monkeypatch):
     (tmp_path / "other" / "notes.txt").write_text("mine")
     with pytest.raises(FileExistsError, match=r"other: the folder is not empty and holds no qama index"):
         QamaIndex.create(tmp_path / "other", _encoder(), EMB, IDS)
+
+
+def test_the_index_folder_store_refuses_one_string_for_ids(tmp_path):
+    """The index folder's backend turned ids into a list before the index could see them: add(emb, "pqr")
+    stored the ids "p", "q", "r" (the first add creates the index, a later one appends)."""
+    from qama.backends import open_backend
+
+    with open_backend(tmp_path / "ix", encoder=_encoder(), create=True) as backend:
+        with pytest.raises(TypeError, match=r"ids must be a list of document ids, not one str"):
+            backend.add(EMB[:3], "pqr")
+        backend.add(EMB[:3], ["a", "b", "c"])
+        with pytest.raises(TypeError, match=r"ids must be a list of document ids, not one str"):
+            backend.add(EMB[3:6], "pqr")
+        with pytest.raises(TypeError, match=r"ids must be a list of document ids, not one str"):
+            backend.delete("ab")
+        assert backend.count() == 3
