@@ -20,6 +20,7 @@ from qama._validate import file_mode
 
 __all__ = [
     "atomic_open",
+    "fsync_dir",
     "write_json",
     "write_text",
     "check_output_files",
@@ -46,6 +47,21 @@ def atomic_open(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO[Any]]:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def fsync_dir(path: str | os.PathLike) -> None:
+    """Make the renames and removals of entries of the folder ``path`` durable (a rename is on disk only
+    once its folder is fsynced). Where a folder cannot be opened or fsynced (Windows), nothing."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def check_output_files(*paths: str | os.PathLike | None) -> None:

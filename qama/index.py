@@ -53,7 +53,7 @@ from typing import Any
 
 import numpy as np
 
-from qama._io import atomic_open, save_npy_chunks, write_json
+from qama._io import atomic_open, fsync_dir, save_npy_chunks, write_json
 from qama._segments import RowSegments
 from qama._validate import (
     Field,
@@ -106,6 +106,13 @@ WRITE_CHUNK_BYTES = 64 * 2**20  # rows copied into a segment file at a time (mer
 _GENERATED = re.compile(
     r"^(?:(?:codes|ids|titles|vectors)-(?P<seg>\d{6})-\d{1,6}\.(?:npy|off\.npy)|encoder-(?P<enc>\d{6})\.safetensors)$"
 )
+# The names of the files an index (version 1 or 2) writes, of any generation: only such names listed
+# under ``superseded`` are removed by a later commit.
+_OWN_NAME = re.compile(
+    r"^(?:(?:codes|ids|titles|vectors)-\d{6,}(?:-\d{1,6})?\.(?:npy|off\.npy)|encoder-\d{6,}\.safetensors)$"
+)
+# The temporary file of an atomic write (qama._io.atomic_open) killed midway: ``.NAME.RANDOM.tmp``.
+_TEMPORARY = re.compile(r"^\.(?P<name>.+)\.[A-Za-z0-9_]+\.tmp$")
 
 
 def _sha256(path: Path, block: int = 1 << 22) -> str:
@@ -122,6 +129,7 @@ class StringColumn:
 
     data: np.ndarray  # (total_bytes,) uint8
     offsets: np.ndarray  # (n + 1,) int64
+    source: str = ""  # the file the data was read from, named when it is not UTF-8
 
     @classmethod
     def from_strings(cls, strings: Sequence[str]) -> StringColumn:
@@ -135,12 +143,21 @@ class StringColumn:
 
     def __getitem__(self, row: int) -> str:
         start, end = int(self.offsets[row]), int(self.offsets[row + 1])
-        return bytes(self.data[start:end]).decode("utf-8")
+        return self._decode(bytes(self.data[start:end]), row)
 
     def to_list(self) -> list[str]:
         raw = bytes(self.data)
         off = self.offsets.tolist()
-        return [raw[off[i] : off[i + 1]].decode("utf-8") for i in range(len(self))]
+        return [self._decode(raw[off[i] : off[i + 1]], i) for i in range(len(self))]
+
+    def _decode(self, raw: bytes, row: int) -> str:
+        try:
+            return raw.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise IndexCorruptError(
+                f"{self.source or 'a string column'}: row {row} is not valid UTF-8 ({e.reason} at byte {e.start}; "
+                "the file was modified or corrupted)"
+            ) from None
 
     def take(self, rows: np.ndarray) -> StringColumn:
         keep = self.to_list()
@@ -294,7 +311,7 @@ class QamaIndex:
                 try:
                     old = read_json_file(path / MANIFEST, "manifest")
                     manifest["generation"] = int(old["generation"])
-                    previous = _owned_names(old)
+                    previous = _owned_names(old) | _superseded(old)
                 except (ValueError, KeyError, TypeError, AttributeError, OSError):
                     pass
             codes = _encode_rows(encoder, embeddings, row_size, progress, chunk)
@@ -529,6 +546,7 @@ class QamaIndex:
     def delete(self, ids: Iterable[str]) -> int:
         """Remove documents by id and commit; returns how many were removed. Unknown ids raise KeyError.
         Only the segments that held removed documents are rewritten."""
+        _check_not_one_string(ids, "ids", "document ids")  # delete("ab") must not remove "a" and "b"
         with writer_lock(self.path):
             self._catch_up()
             return self._delete(set(ids))
@@ -585,17 +603,44 @@ def check_new_index_folder(path: Path, overwrite: bool) -> None:
     if not path.is_dir():
         return
     if (path / MANIFEST).exists():
+        if not _is_index_manifest(path / MANIFEST):  # the user's own manifest.json: never replaced
+            raise FileExistsError(
+                f'{path / MANIFEST}: not the manifest of a qama index (no "format": "{FORMAT}"); '
+                "qama replaces nothing it did not write: write the index to a new or empty folder"
+            )
         if not overwrite:
             raise FileExistsError(
                 f"{path}: an index already exists here (--overwrite, or overwrite=True in Python, replaces it)"
             )
         return
-    others = sorted(p.name for p in path.iterdir() if p.name != LOCK)
+    # A create killed before its manifest existed leaves its lock and its own files (generation 1): not
+    # the user's, so running it again is not refused (its commit removes them).
+    killed_create = (path / LOCK).is_file()
+    others = sorted(p.name for p in path.iterdir() if p.name != LOCK and not (killed_create and _first_stray(p.name)))
     if others:
         raise FileExistsError(
             f"{path}: the folder is not empty and holds no qama index ({len(others)} entries, e.g. {others[0]!r}); "
             "write the index to a new or empty folder"
         )
+
+
+def _first_stray(name: str) -> bool:
+    """Whether ``name`` is a file the first commit of an index (generation 1) writes, or a temporary file
+    of it or of a manifest."""
+    t = _TEMPORARY.match(name)
+    if t is not None and t.group("name") == MANIFEST:
+        return True
+    m = _GENERATED.match(t.group("name") if t is not None else name)
+    return m is not None and f"{1:06d}" in (m.group("seg"), m.group("enc"))
+
+
+def _is_index_manifest(mpath: Path) -> bool:
+    """Whether ``mpath`` is a manifest qama wrote (a JSON object of this format), whatever its version."""
+    try:
+        manifest = read_json_file(mpath, "manifest")
+    except (ValueError, OSError):
+        return False
+    return isinstance(manifest, dict) and manifest.get("format") == FORMAT
 
 
 @contextmanager
@@ -628,7 +673,15 @@ def _lock(fd: int, take: bool) -> None:
         msvcrt.locking(fd, msvcrt.LK_NBLCK if take else msvcrt.LK_UNLCK, 1)
 
 
+def _check_not_one_string(seq: Any, name: str, what: str) -> None:
+    """A string is a sequence of its characters: taken for a list, each would be an id (or title)."""
+    if isinstance(seq, (str, bytes)):
+        raise TypeError(f"{name} must be a list of {what}, not one {type(seq).__name__} ({seq!r:.40})")
+
+
 def _check_new_docs(embeddings: np.ndarray, ids: Sequence[str], titles: Sequence[str] | None, plan_dim: int) -> None:
+    _check_not_one_string(ids, "ids", "document ids")
+    _check_not_one_string(titles, "titles", "titles")
     if embeddings.ndim != 2 or embeddings.shape[1] < plan_dim:
         raise ValueError(f"embeddings must be (n, d) with d >= {plan_dim}, got {embeddings.shape}")
     if len(ids) != len(embeddings):
@@ -639,6 +692,14 @@ def _check_new_docs(embeddings: np.ndarray, ids: Sequence[str], titles: Sequence
         raise ValueError("document ids must be unique")
     if not all(isinstance(i, str) for i in ids):
         raise ValueError("document ids must be strings")
+    for name, column in (("ids", ids), ("titles", titles or ())):  # checked before anything is written
+        for j, s in enumerate(column):
+            if not isinstance(s, str):
+                raise ValueError(f"{name}[{j}] must be a string, got {s!r:.40}")
+            try:
+                s.encode("utf-8")
+            except UnicodeEncodeError as e:
+                raise ValueError(f"{name}[{j}] cannot be stored as UTF-8 ({e.reason}: {s!r:.40})") from None
     bad = np.flatnonzero(~np.isfinite(np.asarray(embeddings, dtype=np.float32)).all(axis=1))
     if len(bad):  # NaN has no level: its code would be arbitrary, and the document found for nothing
         raise ValueError(f"embeddings: row {int(bad[0])} has NaN or inf values ({len(bad)} rows)")
@@ -713,14 +774,22 @@ def _owned_names(manifest: dict[str, Any]) -> set[str]:
     return names
 
 
+def _superseded(manifest: dict[str, Any]) -> set[str]:
+    """The files a commit superseded and meant to remove (``superseded``; still there if it was killed
+    before removing them): names of index files only."""
+    names = manifest.get("superseded", [])
+    return {n for n in names if isinstance(n, str) and _OWN_NAME.match(n)} if isinstance(names, list) else set()
+
+
 class _Commit:
     """Writes one generation's files, then swaps the manifest."""
 
     def __init__(self, path: Path, manifest: dict[str, Any], previous: set[str] | None = None) -> None:
         self.path = path
         self.manifest = manifest
-        # The files the commit may remove: the previous generation's (named by its manifest).
-        self.previous = _owned_names(manifest) if previous is None else previous
+        # The files the commit may remove: the previous generation's (named by its manifest), and those
+        # an earlier commit superseded but was killed before removing.
+        self.previous = _owned_names(manifest) | _superseded(manifest) if previous is None else previous
         manifest["generation"] = int(manifest["generation"]) + 1
         manifest["version"] = VERSION
         self.tag = f"{manifest['generation']:06d}"
@@ -779,16 +848,23 @@ class _Commit:
         return {"count": count, "files": files}
 
     def commit(self) -> None:
-        write_json(self.path / MANIFEST, self.manifest)  # the atomic switch to the new generation
         live = _owned_names(self.manifest)
+        # Recorded before the switch, so that if this process is killed before removing them, the
+        # next commit does (rather than leaving them for good).
+        self.manifest["superseded"] = sorted(n for n in self.previous - live if (self.path / n).is_file())
+        fsync_dir(self.path)  # the new files' renames on disk before a manifest names them
+        write_json(self.path / MANIFEST, self.manifest)  # the atomic switch to the new generation
+        fsync_dir(self.path)  # ... and the new manifest on disk before the files it supersedes are removed
         # Only files this index wrote are removed: the previous generation's, and strays of an earlier
         # attempt at this same generation (a crash before its manifest was renamed into place). A file
         # of any other name stays, whatever it looks like.
         for p in self.path.iterdir():
             if p.name in live or not p.is_file() or p.is_symlink():
                 continue
-            m = _GENERATED.match(p.name)
-            if p.name in self.previous or (m is not None and self.tag in (m.group("seg"), m.group("enc"))):
+            t = _TEMPORARY.match(p.name)  # a write of an earlier attempt at this commit, killed midway
+            m = _GENERATED.match(t.group("name") if t is not None else p.name)
+            ours = m is not None and self.tag in (m.group("seg"), m.group("enc"))
+            if p.name in self.previous or ours or (t is not None and t.group("name") == MANIFEST):
                 p.unlink(missing_ok=True)
 
 
@@ -856,6 +932,11 @@ def check_manifest(manifest: dict[str, Any], mpath: Path) -> None:
         Plan.from_dict(manifest["plan"])
     except (ValueError, TypeError) as e:
         raise IndexCorruptError(f"{mpath}: field 'plan': {e}") from None
+    plan = Plan.from_dict(manifest["plan"])
+    if manifest["dim"] < plan.dim:  # the documents' embeddings: at least the dimensions the plan reads
+        raise IndexCorruptError(
+            f"{mpath}: field 'dim' is {manifest['dim']}, but the plan {plan.spec()} reads {plan.dim} dimensions"
+        )
     _check_files(manifest["files"], "files", mpath)
     meta_schema = {"model": Field("str", optional=True, nullable=True)}  # the model that embedded the documents
     check_fields(manifest.get("meta", {}), meta_schema, str(mpath), "meta.", IndexCorruptError)
@@ -880,6 +961,13 @@ def check_manifest(manifest: dict[str, Any], mpath: Path) -> None:
                 f"{mpath}: segment {j} has the files {', '.join(sorted(seg['files']))}, segment 0 has "
                 f"{', '.join(sorted(segments[0]['files']))} (titles and vectors are kept for every segment or none)"
             )
+    seen: dict[str, str] = {}  # a file is one column of one segment: listed twice, its rows would be read twice
+    places = [(f"files.{k}", f) for k, f in manifest["files"].items()]
+    places += [(f"segments[{j}].files.{k}", f) for j, seg in enumerate(segments) for k, f in seg["files"].items()]
+    for where, f in places:
+        if f["name"] in seen:
+            raise IndexCorruptError(f"{mpath}: file {f['name']!r} is listed twice ({seen[f['name']]} and {where})")
+        seen[f["name"]] = where
     total = sum(seg["count"] for seg in segments)
     if total != manifest["count"]:
         raise IndexCorruptError(f"{mpath}: the segments hold {total} rows, but field 'count' is {manifest['count']}")
@@ -934,7 +1022,7 @@ def _load_strings(path: Path, files: dict[str, Any], key: str, n: int) -> String
         raise IndexCorruptError(f"{path / files[key]['name']}: malformed {key} column")
     if offsets[0] != 0 or offsets[-1] != len(data) or np.any(np.diff(offsets) < 0):
         raise IndexCorruptError(f"{path / files[off_key]['name']}: offsets do not describe the {key} data")
-    return StringColumn(data if len(data) else np.zeros(0, dtype=np.uint8), offsets)
+    return StringColumn(data if len(data) else np.zeros(0, dtype=np.uint8), offsets, str(path / files[key]["name"]))
 
 
 def _stored_state(path: Path, manifest: dict[str, Any]) -> dict[str, np.ndarray] | None:

@@ -124,3 +124,116 @@ def test_report_refuses_a_folder_that_is_not_a_report(tmp_path, tiny):
     rc = main(["-q", "report", "--dataset", str(tiny), "--embeddings", str(emb), "--out", str(out)])
     assert rc == 2
     assert (out / "config.json").read_text() == '{"mine": true}'
+
+
+def test_a_manifest_json_of_the_user_is_not_taken_for_an_index(tmp_path):
+    """A folder holding the user's own manifest.json (a common name) is not an index: refused with or
+    without --overwrite, and nothing in it replaced."""
+    folder = tmp_path / "project"
+    folder.mkdir()
+    (folder / "manifest.json").write_text('{"name": "my project"}')
+    (folder / "data.csv").write_text("precious\n")
+    before = {p.name: p.read_bytes() for p in folder.iterdir()}
+    for overwrite in (False, True):
+        with pytest.raises(FileExistsError, match=r"project/manifest.json: not the manifest of a qama index"):
+            QamaIndex.create(folder, _encoder(), EMB, IDS, overwrite=overwrite)
+    assert {p.name: p.read_bytes() for p in folder.iterdir() if p.name != "writer.lock"} == before
+
+
+def test_one_string_for_ids_is_refused_not_read_as_its_characters(tmp_path):
+    """``delete("ab")`` removed the documents "a" and "b" (a string is an iterable of characters), and
+    ``add(emb, "pqr")`` stored three one-letter ids: both refused, nothing committed."""
+    ids = ["a", "b", "ab", "c"]
+    index = QamaIndex.create(tmp_path / "ix", _encoder(), EMB[:4], ids, titles=ids)
+    for call in (lambda: index.delete("ab"), lambda: index.delete(b"ab")):
+        with pytest.raises(TypeError, match=r"ids must be a list of document ids, not one (str|bytes)"):
+            call()
+    with pytest.raises(TypeError, match=r"ids must be a list of document ids, not one str"):
+        index.add(EMB[4:7], "pqr", titles=["p", "q", "r"])
+    with pytest.raises(TypeError, match=r"titles must be a list of titles, not one str"):
+        index.add(EMB[4:7], ["p", "q", "r"], titles="pqr")
+    assert QamaIndex.open(index.path).ids.to_list() == ids
+    assert index.delete(["ab"]) == 1 and index.ids.to_list() == ["a", "b", "c"]
+
+
+def test_a_commit_makes_its_renames_durable_before_removing_files(tmp_path, monkeypatch):
+    """Renames are durable only once their folder is fsynced: without that, a power cut after a commit
+    removed the superseded segment files could bring back the previous manifest, naming files that are
+    gone (an index that no longer opens). The folder is fsynced after the new segment files are in place
+    (before the manifest names them) and after the manifest's rename (before anything is removed)."""
+    import os
+    import stat
+
+    index = QamaIndex.create(tmp_path / "ix", _encoder(), EMB[:20], IDS[:20])
+    index.add(EMB[20:30], IDS[20:30])
+    events: list = []
+    real_fsync, real_replace, real_unlink = os.fsync, os.replace, Path.unlink
+
+    def fsync(fd):
+        if stat.S_ISDIR(os.fstat(fd).st_mode):
+            events.append("fsync folder")
+        real_fsync(fd)
+
+    def replace(src, dst):
+        real_replace(src, dst)
+        events.append(("rename", Path(dst).name))
+
+    def unlink(self, missing_ok=False):
+        events.append(("remove", self.name))
+        real_unlink(self, missing_ok=missing_ok)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "replace", replace)
+    monkeypatch.setattr(Path, "unlink", unlink)
+    index.delete(["d3"])  # rewrites segment 0: its files are removed after the commit
+    monkeypatch.undo()
+    manifest = events.index(("rename", "manifest.json"))
+    last_segment_file = max(i for i, e in enumerate(events[:manifest]) if e[0] == "rename")
+    first_removal = min(i for i, e in enumerate(events) if e[0] == "remove")
+    assert "fsync folder" in events[last_segment_file:manifest], events
+    assert "fsync folder" in events[manifest:first_removal], events
+    assert len(QamaIndex.open(index.path)) == 29
+
+
+def test_a_create_killed_midway_can_be_run_again(tmp_path, monkeypatch):
+    """A create killed before its manifest existed left its own files (segment, encoder, a temporary
+    file): the folder was then refused for good ('not empty and holds no qama index'), even with
+    --overwrite. Running it again now works and removes them; a file of the user's is still refused."""
+    import qama.index as qi
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt("killed before the manifest was written")
+
+    monkeypatch.setattr(qi, "write_json", killed)
+    with pytest.raises(KeyboardInterrupt):
+        QamaIndex.create(tmp_path / "ix", _encoder(), EMB, IDS, keep_vectors=True)
+    monkeypatch.undo()
+    (tmp_path / "ix" / ".vectors-000001-1.npy.k1ll3d.tmp").write_bytes(b"\0" * 100)
+    left = sorted(p.name for p in (tmp_path / "ix").iterdir())
+    assert "codes-000001-1.npy" in left and "manifest.json" not in left
+    index = QamaIndex.create(tmp_path / "ix", _encoder(), EMB, IDS)
+    assert len(index) == 50 and {p.name for p in index.path.iterdir()} == _names(index.manifest) | {
+        "manifest.json",
+        "writer.lock",
+    }
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "codes-000001-1.npy").write_bytes(b"mine")
+    (tmp_path / "other" / "notes.txt").write_text("mine")
+    with pytest.raises(FileExistsError, match=r"other: the folder is not empty and holds no qama index"):
+        QamaIndex.create(tmp_path / "other", _encoder(), EMB, IDS)
+
+
+def test_the_index_folder_store_refuses_one_string_for_ids(tmp_path):
+    """The index folder's backend turned ids into a list before the index could see them: add(emb, "pqr")
+    stored the ids "p", "q", "r" (the first add creates the index, a later one appends)."""
+    from qama.backends import open_backend
+
+    with open_backend(tmp_path / "ix", encoder=_encoder(), create=True) as backend:
+        with pytest.raises(TypeError, match=r"ids must be a list of document ids, not one str"):
+            backend.add(EMB[:3], "pqr")
+        backend.add(EMB[:3], ["a", "b", "c"])
+        with pytest.raises(TypeError, match=r"ids must be a list of document ids, not one str"):
+            backend.add(EMB[3:6], "pqr")
+        with pytest.raises(TypeError, match=r"ids must be a list of document ids, not one str"):
+            backend.delete("ab")
+        assert backend.count() == 3

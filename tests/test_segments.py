@@ -245,3 +245,103 @@ def test_segment_manifest_is_checked(tmp_path: Path) -> None:
     (index.path / good["segments"][1]["files"]["codes"]["name"]).unlink()
     with pytest.raises(IndexCorruptError, match=r"codes-000002-1.npy: missing codes file of the index"):
         QamaIndex.open(index.path)
+
+
+def test_a_crash_after_the_manifest_swap_leaves_nothing_behind_for_good(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Killed after the new manifest is in place but before the superseded files are removed (or while
+    a segment was being written): the index is the new one, and the next commit removes what the crash
+    left (the superseded segment's files, the temporary file of a killed write), not only its own strays."""
+    emb = _emb(40)
+    ids = [f"d{i}" for i in range(40)]
+    enc = ThresholdEncoder.fit(emb, make_plan("2bit", D))
+    index = QamaIndex.create(tmp_path / "ix", enc, emb[:20], ids[:20], titles=ids[:20])
+    index.add(emb[20:30], ids[20:30], titles=ids[20:30])
+
+    def killed(self: Path, missing_ok: bool = False) -> None:
+        raise KeyboardInterrupt("killed while removing the superseded files")
+
+    monkeypatch.setattr(Path, "unlink", killed)
+    with pytest.raises(KeyboardInterrupt):
+        index.delete(["d3"])  # rewrites segment 0: its files are superseded
+    monkeypatch.undo()
+    index = QamaIndex.open(index.path)
+    assert len(index) == 29 and "d3" not in index.ids.to_list()
+    left = {p.name for p in index.path.iterdir()} - qi._owned_names(index.manifest) - {MANIFEST, LOCK}
+    assert left  # the superseded files of segment 0
+    g = index.manifest["generation"] + 1  # a write of the next commit killed midway: its temporary file
+    (index.path / f".codes-{g:06d}-1.npy.k1ll3d.tmp").write_bytes(b"\0" * 1000)
+    (index.path / ".manifest.json.k1ll3d.tmp").write_text("{")
+    (index.path / "notes.txt").write_text("mine")  # and the user's file stays
+    index.add(emb[30:], ids[30:], titles=ids[30:])
+    assert {p.name for p in index.path.iterdir()} == qi._owned_names(index.manifest) | {MANIFEST, LOCK, "notes.txt"}
+    assert len(QamaIndex.open(index.path)) == 39
+
+
+def test_a_manifest_listing_one_file_twice_is_refused(tmp_path: Path) -> None:
+    """Two segments naming the same files would read every document twice (duplicate ids, each hit
+    twice in the results): refused, naming both places."""
+    emb = _emb(30)
+    enc = ThresholdEncoder.fit(emb, make_plan("2bit", D))
+    index = QamaIndex.create(tmp_path / "ix", enc, emb[:20], [f"d{i}" for i in range(20)])
+    index.add(emb[20:], [f"d{i}" for i in range(20, 30)])
+    m = json.loads((index.path / MANIFEST).read_text())
+    m["segments"][1] = json.loads(json.dumps(m["segments"][0]))
+    m["count"] = 40
+    (index.path / MANIFEST).write_text(json.dumps(m))
+    name = m["segments"][0]["files"]["codes"]["name"]
+    with pytest.raises(IndexCorruptError, match=re.escape(f"file {name!r} is listed twice (segments[0].files.codes")):
+        QamaIndex.open(index.path)
+
+
+def test_ids_that_are_not_utf8_give_an_index_error_naming_the_file(tmp_path: Path) -> None:
+    """An ids file whose bytes are not UTF-8 (its checksum made to match, or opened with verify=False):
+    an IndexCorruptError naming the file and the row, never a bare UnicodeDecodeError."""
+    emb = _emb(30)
+    enc = ThresholdEncoder.fit(emb, make_plan("2bit", D))
+    index = QamaIndex.create(tmp_path / "ix", enc, emb[:20], [f"d{i}" for i in range(20)])
+    index.add(emb[20:], [f"d{i}" for i in range(20, 30)])
+    name = index.manifest["segments"][1]["files"]["ids"]["name"]
+    raw = bytearray((index.path / name).read_bytes())
+    raw[-1] = 0xFF  # the last byte of the last id
+    (index.path / name).write_bytes(bytes(raw))
+    index = QamaIndex.open(index.path, verify=False)
+    message = re.escape(f"{name}: row 9 is not valid UTF-8")
+    for call in (lambda: index.doc_id(29), index.ids.to_list, lambda: index.delete(["d1"])):
+        with pytest.raises(IndexCorruptError, match=message):
+            call()
+    assert index.doc_id(28) == "d28"
+
+
+def test_a_manifest_dim_below_the_plan_is_refused_at_open(tmp_path: Path) -> None:
+    """A manifest whose 'dim' is smaller than its plan reads opened, and every search then failed with
+    an error about the queries; refused at open, naming the manifest."""
+    emb = _emb(30)
+    enc = ThresholdEncoder.fit(emb, make_plan("2bit", D))
+    index = QamaIndex.create(tmp_path / "ix", enc, emb, [f"d{i}" for i in range(30)])
+    m = json.loads((index.path / MANIFEST).read_text())
+    m["dim"] = 8
+    (index.path / MANIFEST).write_text(json.dumps(m))
+    message = r"manifest.json: field 'dim' is 8, but the plan 32:2 reads 32 dimensions"
+    with pytest.raises(IndexCorruptError, match=message):
+        QamaIndex.open(index.path)
+
+
+def test_ids_and_titles_that_cannot_be_stored_are_refused_before_any_write(tmp_path: Path) -> None:
+    """An id with a lone surrogate (not encodable as UTF-8) raised a bare UnicodeEncodeError after the
+    new segment's codes were written; a title that is not a string, an AttributeError. Both are now
+    refused before anything is written, naming the document."""
+    emb = _emb(10)
+    enc = ThresholdEncoder.fit(emb, make_plan("2bit", D))
+    index = QamaIndex.create(tmp_path / "ix", enc, emb[:5], [f"d{i}" for i in range(5)], titles=list("abcde"))
+    before = _files(index.path)
+    with pytest.raises(
+        ValueError, match=re.escape("ids[1] cannot be stored as UTF-8 (surrogates not allowed: 'x\\ud800')")
+    ):
+        index.add(emb[5:7], ["ok", "x\ud800"], titles=["f", "g"])
+    with pytest.raises(ValueError, match=re.escape("titles[0] must be a string, got None")):
+        index.add(emb[5:7], ["ok", "ok2"], titles=[None, "g"])  # type: ignore[list-item]
+    with pytest.raises(ValueError, match=re.escape("titles[1] cannot be stored as UTF-8")):
+        QamaIndex.create(tmp_path / "new", enc, emb[:2], ["a", "b"], titles=["t", "\udfff"])
+    assert _files(index.path) == before and not (tmp_path / "new").exists()
