@@ -146,6 +146,12 @@ def _int(value: Any, name: str) -> int:
     return int(value)
 
 
+def check_not_one_string(seq: Any, name: str, what: str) -> None:
+    """A string is a sequence of its characters: taken for a list, each would be an id (or title)."""
+    if isinstance(seq, (str, bytes)):
+        raise TypeError(f"{name} must be a list of {what}, not one {type(seq).__name__} ({seq!r:.40})")
+
+
 def check_k(k: Any, n_queries: int = 1) -> int:
     """A positive integer ``k`` whose ``n_queries × k`` results fit :data:`MAX_RESULT_SLOTS`."""
     k = _int(k, "k")

@@ -59,6 +59,7 @@ from qama._validate import (
     Field,
     check_fields,
     check_k,
+    check_not_one_string,
     check_oversample,
     check_plain_name,
     check_queries,
@@ -546,7 +547,7 @@ class QamaIndex:
     def delete(self, ids: Iterable[str]) -> int:
         """Remove documents by id and commit; returns how many were removed. Unknown ids raise KeyError.
         Only the segments that held removed documents are rewritten."""
-        _check_not_one_string(ids, "ids", "document ids")  # delete("ab") must not remove "a" and "b"
+        check_not_one_string(ids, "ids", "document ids")  # delete("ab") must not remove "a" and "b"
         with writer_lock(self.path):
             self._catch_up()
             return self._delete(set(ids))
@@ -673,15 +674,9 @@ def _lock(fd: int, take: bool) -> None:
         msvcrt.locking(fd, msvcrt.LK_NBLCK if take else msvcrt.LK_UNLCK, 1)
 
 
-def _check_not_one_string(seq: Any, name: str, what: str) -> None:
-    """A string is a sequence of its characters: taken for a list, each would be an id (or title)."""
-    if isinstance(seq, (str, bytes)):
-        raise TypeError(f"{name} must be a list of {what}, not one {type(seq).__name__} ({seq!r:.40})")
-
-
 def _check_new_docs(embeddings: np.ndarray, ids: Sequence[str], titles: Sequence[str] | None, plan_dim: int) -> None:
-    _check_not_one_string(ids, "ids", "document ids")
-    _check_not_one_string(titles, "titles", "titles")
+    check_not_one_string(ids, "ids", "document ids")
+    check_not_one_string(titles, "titles", "titles")
     if embeddings.ndim != 2 or embeddings.shape[1] < plan_dim:
         raise ValueError(f"embeddings must be (n, d) with d >= {plan_dim}, got {embeddings.shape}")
     if len(ids) != len(embeddings):

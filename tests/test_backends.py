@@ -117,6 +117,19 @@ def test_delete_then_search(make, data) -> None:
     check_knn(dist, ids, hamming_distances(qc, data["codes"][keep]), {d: i for i, d in enumerate(kept_ids)})
 
 
+def test_one_string_is_never_taken_for_a_list_of_ids(make, data) -> None:
+    """add(emb, "pqr") would store the ids "p", "q", "r" and delete("ab") remove "a" and "b": both stores refuse."""
+    b = make(data["encoder"])
+    b.add(data["emb"][:3], ["a", "b", "c"])
+    with pytest.raises(TypeError, match=r"ids must be a list of document ids, not one str \('pqr'\)"):
+        b.add(data["emb"][3:6], "pqr")
+    with pytest.raises(TypeError, match=r"titles must be a list of titles, not one str"):
+        b.add(data["emb"][3:6], ["p", "q", "r"], titles="xyz")
+    with pytest.raises(TypeError, match=r"ids must be a list of document ids, not one str \('ab'\)"):
+        b.delete("ab")
+    assert b.count() == 3
+
+
 @pytest.mark.parametrize("keep_vectors", [False, True])
 def test_rescored_search_equals_reference(make, data, keep_vectors: bool) -> None:
     """With every document a candidate, rescoring must give the exact top-k by score."""

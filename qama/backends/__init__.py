@@ -303,9 +303,10 @@ class FaissBackend:
         titles: Sequence[str] | None = None,
         progress: Callable[[int], None] | None = None,
     ) -> None:
-        from qama.index import QamaIndex, _check_not_one_string
+        from qama._validate import check_not_one_string
+        from qama.index import QamaIndex
 
-        _check_not_one_string(ids, "ids", "document ids")  # list("pqr") would be the ids "p", "q", "r"
+        check_not_one_string(ids, "ids", "document ids")  # list("pqr") would be the ids "p", "q", "r"
         if self.index is None:
             kwargs: dict[str, Any] = {"meta": self.meta} if self.meta is not None else {}
             self.index = QamaIndex.create(

@@ -48,7 +48,15 @@ from typing import Any, TypeVar
 import numpy as np
 from tqdm.auto import tqdm
 
-from qama._validate import MAX_JSON_BYTES, Field, check_fields, check_k, check_oversample, check_queries
+from qama._validate import (
+    MAX_JSON_BYTES,
+    Field,
+    check_fields,
+    check_k,
+    check_not_one_string,
+    check_oversample,
+    check_queries,
+)
 from qama.backends import missing_results
 from qama.codes import Plan
 from qama.encoders import Encoder, encoder_kind, open_encoder, state_bytes, state_from_bytes
@@ -355,6 +363,8 @@ class MilvusBackend:
         progress: Callable[[int], None] | None = None,
     ) -> None:
         """Encode and upsert documents in batches of ``batch_size`` (existing ids are replaced)."""
+        check_not_one_string(ids, "ids", "document ids")  # add(emb, "pqr") must not store the ids "p", "q", "r"
+        check_not_one_string(titles, "titles", "titles")
         embeddings = np.asarray(embeddings)
         if embeddings.ndim != 2 or embeddings.shape[1] < self.plan.dim:
             raise ValueError(f"embeddings must be (n, d) with d >= {self.plan.dim}, got {embeddings.shape}")
@@ -392,6 +402,8 @@ class MilvusBackend:
         progress: bool = False,
     ) -> None:
         """Upsert ``(n, code_size)`` packed codes under ``ids`` (the load path below :meth:`add`)."""
+        check_not_one_string(ids, "ids", "document ids")
+        check_not_one_string(titles, "titles", "titles")
         codes = np.ascontiguousarray(codes)
         cs = self.plan.code_size
         if codes.ndim != 2 or codes.dtype != np.uint8 or codes.shape[1] < cs:
@@ -428,6 +440,7 @@ class MilvusBackend:
             logger.debug("flush not supported here: %s", e)
 
     def delete(self, ids: Iterable[str]) -> int:
+        check_not_one_string(ids, "ids", "document ids")  # delete("ab") must not remove "a" and "b"
         wanted = list(dict.fromkeys(ids))
         found: set[str] = set()
         for batch in _batches(wanted, 4096):
