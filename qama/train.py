@@ -126,7 +126,6 @@ class TrainConfig(JsonFields):
     w_nce: float = 0.0  # InfoNCE: pairs when given (see NCE_WEIGHT_*), else the teacher's in-batch nearest neighbour
     quantized_weight: float = 0.5  # weight of the quantised-code terms next to the continuous ones
     matryoshka: bool = True  # apply the similarity losses at every nested size (False: full size only)
-    size_weight: float = 0.0  # a nested size m's similarity terms weigh (m / d) ** size_weight (0: all alike)
     kl_temperature: float = 0.2  # τ of the KL term (on row-standardised similarities: focuses on top neighbours)
     nce_temperature: float = 0.05  # τ of InfoNCE (on cosine / Hamming similarity)
     rank_triplets: int = 32  # sampled (j, k) pairs per anchor for the rank term
@@ -373,8 +372,8 @@ def compute_losses(
     return parts
 
 
-def weight_of(name: str, cfg: TrainConfig, sched: dict[str, float], dim: int) -> float:
-    """Weight of the loss part ``name`` (e.g. ``kl@96/2bit``) at the current schedule (``dim``: full size)."""
+def weight_of(name: str, cfg: TrainConfig, sched: dict[str, float]) -> float:
+    """Weight of the loss part ``name`` (e.g. ``kl@96/2bit``) at the current schedule."""
     term, _, tag = name.partition("@")
     w = {
         "mse": cfg.w_mse,
@@ -388,8 +387,6 @@ def weight_of(name: str, cfg: TrainConfig, sched: dict[str, float], dim: int) ->
     }[term]
     if tag and not tag.endswith("/fp"):
         w *= cfg.quantized_weight
-    if tag and cfg.size_weight:
-        w *= (int(tag.split("/")[0]) / dim) ** cfg.size_weight
     return w
 
 
@@ -561,7 +558,7 @@ def fit(
             group["lr"] = cfg.lr * lr_factor(step, cfg)
         sched = loss_schedules(step, cfg.steps)
         parts = compute_losses(adapter, xb, cfg, step, gen, unit, pb, teacher_of(xb))
-        total = cast(torch.Tensor, sum(weight_of(name, cfg, sched, adapter.dim) * v for name, v in parts.items()))
+        total = cast(torch.Tensor, sum(weight_of(name, cfg, sched) * v for name, v in parts.items()))
         if not torch.isfinite(total):
             bad = [n for n, v in parts.items() if not torch.isfinite(v)]
             raise TrainingError(f"loss became non-finite at step {step} (parts {bad}); lower lr or check the input")
