@@ -44,6 +44,17 @@ def zmargin(codes, qcodes, targets):
     return (mu - own) / sd
 
 
+def paired(a: np.ndarray, b: np.ndarray, scale: float = 1.0) -> tuple[float, float, float, float]:
+    """``(mean of a - b, its standard error, mean of a, mean of b)``, each times ``scale``."""
+    diff = a - b
+    return (
+        scale * diff.mean(),
+        scale * diff.std(ddof=1) / np.sqrt(len(diff)),
+        scale * a.mean(),
+        scale * b.mean(),
+    )
+
+
 def hardrank(codes, qcodes, targets, cand):
     # rank of target among its hard candidate set cand (m, K) incl. target; gain 1/log2(1+rank)
     g = np.zeros(len(qcodes))
@@ -96,30 +107,14 @@ def main() -> None:
                 ev, -hamming_distances(te_all.encode_queries(queries), te_all.encode(corpus)).astype(np.float32)
             )
             res = {"plan": pname, "dims": dims, "real": 100 * (real_a - real_u) / base}
+            tu = ThresholdEncoder.fit(corpus, plan, query_sample=qsample)
+            qa, qu = ad.encode(hq, plan, queries=True), tu.encode_queries(hq)
             for lab, C in (("full", corpus), ("body", corpus_b)):
-                ca, qa = ad.encode(C, plan), ad.encode(hq, plan, queries=True)
-                tu = ThresholdEncoder.fit(corpus, plan, query_sample=qsample)
-                cu, qu = tu.encode(C), tu.encode_queries(hq)
-                ga, gu = known_item_gains(ca, qa, hrows), known_item_gains(cu, qu, hrows)
-                diff = ga - gu
-                res[f"ki_{lab}"] = (
-                    100 * diff.mean(),
-                    100 * diff.std(ddof=1) / np.sqrt(len(diff)),
-                    100 * ga.mean(),
-                    100 * gu.mean(),
-                )
-                za, zu = zmargin(ca, qa, hrows), zmargin(cu, qu, hrows)
-                dz = za - zu
-                res[f"z_{lab}"] = (dz.mean(), dz.std(ddof=1) / np.sqrt(len(dz)))
+                ca, cu = ad.encode(C, plan), tu.encode(C)
+                res[f"ki_{lab}"] = paired(known_item_gains(ca, qa, hrows), known_item_gains(cu, qu, hrows), 100)
+                res[f"z_{lab}"] = paired(zmargin(ca, qa, hrows), zmargin(cu, qu, hrows))[:2]
                 if lab == "body":
-                    ha, hu = hardrank(ca, qa, hrows, cand), hardrank(cu, qu, hrows, cand)
-                    dh = ha - hu
-                    res["hard_body"] = (
-                        100 * dh.mean(),
-                        100 * dh.std(ddof=1) / np.sqrt(len(dh)),
-                        100 * ha.mean(),
-                        100 * hu.mean(),
-                    )
+                    res["hard_body"] = paired(hardrank(ca, qa, hrows, cand), hardrank(cu, qu, hrows, cand), 100)
             out.append(res)
             print(json.dumps(res), flush=True)
     json.dump(out, open(f"/tmp/check_proxies_{name}_{seed}.json", "w"))

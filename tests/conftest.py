@@ -71,6 +71,25 @@ def small(tmp_path: Path) -> tuple[Path, Path]:
     return root, emb
 
 
+def interrupted_fit(monkeypatch: pytest.MonkeyPatch, x: np.ndarray, cfg, out_dir: Path, at_call: int) -> None:
+    """Run :func:`qama.train.fit` into ``out_dir`` until its ``at_call``-th loss computation, which raises
+    ``KeyboardInterrupt`` (a kill in the middle of training); then training is left as it was."""
+    import qama.train as T
+
+    original, calls = T.compute_losses, {"n": 0}
+
+    def crash(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == at_call:
+            raise KeyboardInterrupt
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(T, "compute_losses", crash)
+    with pytest.raises(KeyboardInterrupt):
+        T.fit(x, cfg, out_dir=out_dir)
+    monkeypatch.setattr(T, "compute_losses", original)
+
+
 def require_milvus() -> None:
     """Skip the calling test, with the reason, unless pymilvus and milvus-lite are installed."""
     for module in ("pymilvus", "milvus_lite"):

@@ -534,23 +534,12 @@ def test_train_expansion_that_would_not_fit_in_memory(tiny, tmp_path, capsys):
 
 
 def test_malformed_checkpoint_meta_is_a_one_line_error(tmp_path, monkeypatch):
-    import qama.train as T
     from qama.train import TrainConfig, fit
+    from tests.conftest import interrupted_fit
 
     x = np.random.default_rng(0).standard_normal((64, 32)).astype(np.float32)
     cfg = TrainConfig(steps=6, batch_size=32, warmup_steps=2, progress=False, checkpoint_every=2)
-    original, calls = T.compute_losses, {"n": 0}
-
-    def crash(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 4:
-            raise KeyboardInterrupt
-        return original(*args, **kwargs)
-
-    monkeypatch.setattr(T, "compute_losses", crash)
-    with pytest.raises(KeyboardInterrupt):
-        fit(x, cfg, out_dir=tmp_path)
-    monkeypatch.setattr(T, "compute_losses", original)
+    interrupted_fit(monkeypatch, x, cfg, tmp_path, at_call=4)
     meta = tmp_path / "checkpoint" / "meta.json"
     for text, message in [
         ("[1]", r"checkpoint/meta.json: not a JSON object \(got \[1\]\)"),

@@ -12,6 +12,7 @@ import torch
 import qama.train as T
 from qama.adapter import DimensionError, QamaAdapter, mean_direction
 from qama.train import ALL_TERMS, TrainConfig, ablate, fit, loss_schedules, lr_factor
+from tests.conftest import interrupted_fit
 
 
 def _embeddings(n: int = 96, d: int = 32, seed: int = 0) -> np.ndarray:
@@ -49,20 +50,8 @@ def test_fit_changes_the_adapter_and_is_deterministic() -> None:
 def test_fit_saves_and_interrupted_run_resumes_to_the_same_adapter(tmp_path, monkeypatch) -> None:
     x = _embeddings()
     reference = _state(fit(x, TINY))
-    original = T.compute_losses
-    calls = {"n": 0}
-
-    def crash_at_fifth_step(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 5:
-            raise KeyboardInterrupt
-        return original(*args, **kwargs)
-
-    monkeypatch.setattr(T, "compute_losses", crash_at_fifth_step)
-    with pytest.raises(KeyboardInterrupt):
-        fit(x, TINY, out_dir=tmp_path / "ad")
+    interrupted_fit(monkeypatch, x, TINY, tmp_path / "ad", at_call=5)
     assert (tmp_path / "ad" / "checkpoint" / "meta.json").is_file()  # written after step 4
-    monkeypatch.setattr(T, "compute_losses", original)
     resumed = fit(x, TINY, out_dir=tmp_path / "ad")
     state = _state(resumed)
     assert all(np.allclose(state[k], reference[k], atol=1e-6) for k in reference)
@@ -74,19 +63,7 @@ def test_fit_saves_and_interrupted_run_resumes_to_the_same_adapter(tmp_path, mon
 
 def test_resume_refuses_a_checkpoint_of_another_config(tmp_path, monkeypatch) -> None:
     x = _embeddings()
-    original = T.compute_losses
-    calls = {"n": 0}
-
-    def crash(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 4:
-            raise KeyboardInterrupt
-        return original(*args, **kwargs)
-
-    monkeypatch.setattr(T, "compute_losses", crash)
-    with pytest.raises(KeyboardInterrupt):
-        fit(x, TINY, out_dir=tmp_path)
-    monkeypatch.setattr(T, "compute_losses", original)
+    interrupted_fit(monkeypatch, x, TINY, tmp_path, at_call=4)
     with pytest.raises(ValueError, match="was written with a different configuration; remove it to start anew"):
         fit(x, dataclasses.replace(TINY, lr=0.5), out_dir=tmp_path)
 
