@@ -43,12 +43,7 @@ def _knn_blocks(q: np.ndarray, db: np.ndarray, k: int, block: int, nchunks: int)
     best_d = np.full((nchunks, nq, k), _NONE, np.int32)
     best_i = np.full((nchunks, nq, k), -1, np.int64)
     for c in nb.prange(nchunks):  # a chunk: consecutive blocks, one selection state per query
-        buf_d = np.empty((nq, 2 * k), np.int32)
-        buf_i = np.empty((nq, 2 * k), np.int64)
-        cnt = np.zeros(nq, np.int64)
-        thr = np.full(nq, _NONE, np.int32)
-        words = np.empty((w, block), np.uint64)
-        dist = np.empty(block, np.int32)
+        buf_d, buf_i, cnt, thr, words, dist = _chunk_state(nq, k, w, block)
         for b in range(c * nblocks // nchunks, (c + 1) * nblocks // nchunks):
             lo = b * block
             _scan_block(q, db, lo, min(n, lo + block) - lo, lo, k, words, dist, buf_d, buf_i, cnt, thr)
@@ -65,12 +60,7 @@ def _knn_blocks_segments(q, dbs, block_part, block_lo, starts, k, block, nchunks
     best_d = np.full((nchunks, nq, k), _NONE, np.int32)
     best_i = np.full((nchunks, nq, k), -1, np.int64)
     for c in nb.prange(nchunks):
-        buf_d = np.empty((nq, 2 * k), np.int32)
-        buf_i = np.empty((nq, 2 * k), np.int64)
-        cnt = np.zeros(nq, np.int64)
-        thr = np.full(nq, _NONE, np.int32)
-        words = np.empty((w, block), np.uint64)
-        dist = np.empty(block, np.int32)
+        buf_d, buf_i, cnt, thr, words, dist = _chunk_state(nq, k, w, block)
         for b in range(c * nblocks // nchunks, (c + 1) * nblocks // nchunks):
             db = dbs[block_part[b]]
             lo = block_lo[b]
@@ -78,6 +68,20 @@ def _knn_blocks_segments(q, dbs, block_part, block_lo, starts, k, block, nchunks
             _scan_block(q, db, lo, m, starts[block_part[b]] + lo, k, words, dist, buf_d, buf_i, cnt, thr)
         _flush(buf_d, buf_i, cnt, k, best_d[c], best_i[c])
     return best_d, best_i
+
+
+@nb.njit(inline="always")
+def _chunk_state(nq, k, w, block):
+    """A chunk's selection state (per query: a buffer of ``2k`` (distance, id), its fill, its threshold)
+    and its scratch (a block transposed to word-major order, the block's distances)."""
+    return (
+        np.empty((nq, 2 * k), np.int32),
+        np.empty((nq, 2 * k), np.int64),
+        np.zeros(nq, np.int64),
+        np.full(nq, _NONE, np.int32),
+        np.empty((w, block), np.uint64),
+        np.empty(block, np.int32),
+    )
 
 
 @nb.njit(inline="always")
