@@ -34,7 +34,6 @@ SHARED = Path(
     or next((p / "shared" for p in _HERE.parents[2:4] if (p / "shared").is_dir()), _HERE.parents[2] / "shared")
 )
 SCIFACT_EMB = SHARED / "embeddings" / "all-MiniLM-L6-v2" / "scifact"
-SCIFACT_DATA = SHARED / "datasets" / "scifact"
 
 
 def synthetic(n: int, d: int, seed: int) -> np.ndarray:
@@ -311,20 +310,26 @@ def approx() -> None:
             print(f"| IndexBinaryHNSW M={m} | efSearch={ef} | {recall(ids):.3f} | {qps:,.0f} |")
 
 
+def judged_dataset(name: str):
+    """``(evaluator, corpus embeddings, judged queries' embeddings)`` of a shared dataset (all-MiniLM-L6-v2)."""
+    from qama.data import load_dataset
+    from qama.embeddings import load_embeddings
+    from qama.evaluation.metrics import Evaluator
+
+    ds = load_dataset(SHARED / "datasets" / name)
+    corpus, queries = load_embeddings(SHARED / "embeddings" / "all-MiniLM-L6-v2" / name, ds)
+    ev = Evaluator(ds)
+    return ev, corpus, queries[ev.rows]
+
+
 def quality() -> None:
     if not (SCIFACT_EMB / "corpus.npy").is_file():
         print(f"\n(quality skipped: {SCIFACT_EMB} not found)")
         return
-    from qama.data import load_dataset
-    from qama.embeddings import load_embeddings
-    from qama.evaluation.metrics import Evaluator
     from qama.evaluation.rows import baseline_rows, set_retention, threshold_rescore_rows
     from qama.evaluation.tables import to_markdown
 
-    ds = load_dataset(SCIFACT_DATA)
-    corpus, queries = load_embeddings(SCIFACT_EMB, ds)
-    ev = Evaluator(ds)
-    judged = queries[ev.rows]
+    ev, corpus, judged = judged_dataset("scifact")
     rows = [r for r in baseline_rows(corpus, judged, ev, [384]) if r.format in ("fp32", "threshold")]
     rows += threshold_rescore_rows(corpus, judged, ev, [384], ("2bit", "1bit", "hybrid"), (1, 4, 10), vectors=True)
     set_retention(rows)
@@ -354,9 +359,6 @@ def peer_indexes(corpus: np.ndarray, train: np.ndarray) -> dict[str, tuple[int, 
 def adc_quality() -> None:
     """nDCG@10 of the asymmetric full scan against faiss PQ64x8 and RaBitQ (SciFact, Cranfield)."""
     from qama.adc import adc_search
-    from qama.data import load_dataset
-    from qama.embeddings import load_embeddings
-    from qama.evaluation.metrics import Evaluator
 
     k = 100  # the run keeps 100 documents per query (Recall@100)
     print(
@@ -368,14 +370,12 @@ def adc_quality() -> None:
     print("| dataset | method | bytes/vec | nDCG@10 | R@100 | retention |\n|---|---|---|---|---|---|")
     agreement: list[str] = []
     for name in ("scifact", "cranfield"):
-        emb_dir, data_dir = SHARED / "embeddings" / "all-MiniLM-L6-v2" / name, SHARED / "datasets" / name
+        emb_dir = SHARED / "embeddings" / "all-MiniLM-L6-v2" / name
         if not (emb_dir / "corpus.npy").is_file():
             print(f"| {name} | (skipped: {emb_dir} not found) | | | | |")
             continue
-        ds = load_dataset(data_dir)
-        corpus, queries = load_embeddings(emb_dir, ds)
-        ev = Evaluator(ds)
-        q = np.ascontiguousarray(queries[ev.rows], dtype=np.float32)
+        ev, corpus, q = judged_dataset(name)
+        q = np.ascontiguousarray(q, dtype=np.float32)
         corpus = np.ascontiguousarray(corpus, dtype=np.float32)
         results: list[tuple[str, int, dict]] = []
         flat = faiss.IndexFlatIP(corpus.shape[1])
