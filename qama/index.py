@@ -17,7 +17,9 @@ Every file in the manifest is listed with its size in bytes and its SHA-256. A c
 generation's files next to the old ones, then atomically replaces ``manifest.json`` (write, fsync,
 rename), then removes the files the previous manifest listed and the new one does not. A crash
 before the rename leaves the previous index intact and searchable; a crash after it leaves only
-stray files, removed by the next commit. One writer at a time.
+stray files, removed by the next commit. A create then fsyncs the folder holding the index folder
+(and the parent of any folder it made), so that the new folder's own entry survives a power cut too.
+One writer at a time.
 
 Segments keep appends cheap: an append of ``m`` rows writes ``m`` rows (and the manifest). When an
 append would leave more than :data:`MAX_SEGMENTS` segments, the newest ones are merged with it into
@@ -375,6 +377,7 @@ class QamaIndex:
             "files": {},
             "segments": [],
         }
+        made = [p for p in (path, *path.parents) if not p.exists()]  # the folders this create makes
         path.mkdir(parents=True, exist_ok=True)
         # Creating is exclusive: the lock is held from the check to the commit, so of two creators of
         # one folder the second is refused (locked, or the index exists by the time it looks).
@@ -398,6 +401,11 @@ class QamaIndex:
             manifest["segments"] = [writer.write_segment(codes, *columns, vectors)]
             manifest["count"] = len(codes)
             writer.commit()
+            # The index folder's own entry, and those of the folders made for it, on disk before create
+            # returns (a new entry is durable only once its parent folder is fsynced; commit fsyncs the index
+            # folder itself): else a power cut could take the whole new index away.
+            for folder in dict.fromkeys([path, *made]):
+                fsync_dir(folder.parent)
         logger.info("wrote index %s: %d documents, %d bytes per code", path, len(codes), row_size)
         return cls.open(path, encoder=encoder, verify=False)
 

@@ -237,3 +237,36 @@ def test_the_index_folder_store_refuses_one_string_for_ids(tmp_path):
         with pytest.raises(TypeError, match=r"ids must be a list of document ids, not one str"):
             backend.delete("ab")
         assert backend.count() == 3
+
+
+def test_a_create_makes_the_new_folder_itself_durable(tmp_path, monkeypatch):
+    """A create fsynced the index folder (the renames of its files and manifest) but not the folder
+    holding it: after a power cut the new folder's entry, and with it the whole index, could be gone
+    although create had returned. The parent of every folder the create made is now fsynced after the
+    manifest is written (and the parent of an index folder that was there already)."""
+    import qama.index as qi
+
+    events: list = []
+    real_fsync_dir, real_write_json = qi.fsync_dir, qi.write_json
+
+    def fsync_dir(path):
+        events.append(("fsync", Path(path)))
+        real_fsync_dir(path)
+
+    def write_json(path, obj):
+        events.append(("write", Path(path).name))
+        real_write_json(path, obj)
+
+    monkeypatch.setattr(qi, "fsync_dir", fsync_dir)
+    monkeypatch.setattr(qi, "write_json", write_json)
+    ix = tmp_path / "a" / "b" / "ix"
+    QamaIndex.create(ix, _encoder(), EMB, IDS)
+    manifest = events.index(("write", "manifest.json"))
+    parents = [("fsync", p) for p in (ix.parent, tmp_path / "a", tmp_path)]
+    assert events[manifest:] == [("write", "manifest.json"), ("fsync", ix), *parents]
+    (tmp_path / "empty").mkdir()
+    for folder, overwrite in ((tmp_path / "empty", False), (ix, True)):
+        events.clear()
+        QamaIndex.create(folder, _encoder(), EMB, IDS, overwrite=overwrite)
+        manifest = events.index(("write", "manifest.json"))
+        assert events[manifest:] == [("write", "manifest.json"), ("fsync", folder), ("fsync", folder.parent)]
