@@ -384,13 +384,8 @@ class QamaIndex:
         with writer_lock(path):
             check_new_index_folder(path, overwrite)
             previous: set[str] = set()
-            if (path / MANIFEST).exists():  # overwrite: continue the generations so no live file is reused
-                try:
-                    old = read_json_file(path / MANIFEST, "manifest")
-                    manifest["generation"] = int(old["generation"])
-                    previous = _owned_names(old) | _superseded(old)
-                except (ValueError, KeyError, TypeError, AttributeError, OSError):
-                    pass
+            if (path / MANIFEST).exists():  # overwrite: the old index's files go once the new manifest is in place
+                manifest["generation"], previous = _replaced_index(path)
             codes = _encode_rows(encoder, embeddings, row_size, progress, chunk)
             writer = _Commit(path, manifest, previous)
             # Thresholds are stored whole; an adapter's centroids depend on the corpus they were fitted on.
@@ -879,6 +874,42 @@ def _superseded(manifest: dict[str, Any]) -> set[str]:
     before removing them): names of index files only."""
     names = manifest.get("superseded", [])
     return {n for n in names if isinstance(n, str) and _OWN_NAME.match(n)} if isinstance(names, list) else set()
+
+
+def _replaced_index(path: Path) -> tuple[int, set[str]]:
+    """For a create that overwrites the index at ``path``: the generation to continue from, and the old
+    index's files, for the new index's commit to remove once its manifest is in place.
+
+    The files are those the old manifest lists (every segment's, the encoder's, and ``superseded``),
+    each listing read on its own, so one damaged field (a ``generation`` that is not a number) loses
+    nothing else; and only names of the files an index writes (:data:`_OWN_NAME`): any other name a
+    damaged or edited manifest lists is left alone. The generation is the manifest's where it is a
+    whole number, and at least that of every file listed, so the new index's files replace none of the
+    old one's before its manifest is in place (a create killed midway leaves the old index whole)."""
+    try:
+        old = read_json_file(path / MANIFEST, "manifest")
+    except (ValueError, OSError):
+        old = None
+    old = old if isinstance(old, dict) else {}
+    groups = [old.get("files")]
+    segments = old.get("segments")
+    if isinstance(segments, list):
+        groups += [seg.get("files") for seg in segments if isinstance(seg, dict)]
+    names = [f.get("name") for g in groups if isinstance(g, dict) for f in g.values() if isinstance(f, dict)]
+    superseded = old.get("superseded")
+    names += superseded if isinstance(superseded, list) else []
+    listed = {n for n in names if isinstance(n, str) and _OWN_NAME.fullmatch(n)}
+    generation = old.get("generation")
+    if type(generation) is not int or generation < 0:
+        logger.warning(
+            "%s: field 'generation' is %.40r, not a whole number >= 0; the %d index files it lists are removed",
+            path / MANIFEST,
+            generation,
+            len(listed),
+        )
+        generation = 0
+    # codes-G-J.npy, ids-G-J.off.npy, encoder-G.safetensors, codes-G.npy (version 1): G after the first '-'
+    return max([generation, *(int(n.split("-")[1].split(".")[0]) for n in listed)]), listed
 
 
 class _Commit:
