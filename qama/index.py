@@ -17,7 +17,9 @@ Every file in the manifest is listed with its size in bytes and its SHA-256. A c
 generation's files next to the old ones, then atomically replaces ``manifest.json`` (write, fsync,
 rename), then removes the files the previous manifest listed and the new one does not. A crash
 before the rename leaves the previous index intact and searchable; a crash after it leaves only
-stray files, removed by the next commit. One writer at a time.
+stray files, removed by the next commit. A create then fsyncs the folder holding the index folder
+(and the parent of any folder it made), so that the new folder's own entry survives a power cut too.
+One writer at a time.
 
 Segments keep appends cheap: an append of ``m`` rows writes ``m`` rows (and the manifest). When an
 append would leave more than :data:`MAX_SEGMENTS` segments, the newest ones are merged with it into
@@ -187,6 +189,76 @@ class StringSegments:
         return [s for part in self.parts for s in part.to_list()]
 
 
+_MIX = tuple(np.uint64(c) for c in (0x9E3779B97F4A7C15, 0xBF58476D1CE4E5B9, 0x94D049BB133111EB))
+
+
+def _mix64(z: np.ndarray) -> np.ndarray:
+    """splitmix64's finaliser applied in place to the ``uint64`` array ``z`` (arithmetic modulo 2^64); ``z``."""
+    z += _MIX[0]
+    z ^= z >> np.uint64(30)
+    z *= _MIX[1]
+    z ^= z >> np.uint64(27)
+    z *= _MIX[2]
+    z ^= z >> np.uint64(31)
+    return z
+
+
+def _string_hashes(column: StringColumn, chunk_bytes: int = 1 << 20) -> np.ndarray:
+    """A 64-bit hash of each string of ``column``, from its UTF-8 bytes alone (not its row or column):
+    the mix of its length plus the sum of the mixes of ``position * 256 + byte`` over its bytes,
+    mixed again. Computed with numpy, rows of about ``chunk_bytes`` bytes at a time (a few times that
+    in temporary memory). Equal strings have equal hashes; a match of hashes must be confirmed on the bytes."""
+    offsets = column.offsets
+    n = len(column)
+    out = np.empty(n, dtype=np.uint64)
+    lo = 0
+    while lo < n:
+        hi = int(np.searchsorted(offsets, offsets[lo] + chunk_bytes, side="right")) - 1
+        hi = min(max(hi, lo + 1), n)  # at least one row, however long
+        start, end = int(offsets[lo]), int(offsets[hi])
+        starts, lengths = offsets[lo:hi] - start, np.diff(offsets[lo : hi + 1])
+        h = _mix64(~lengths.astype(np.uint64))  # (the lengths' keys apart from the bytes' small ones)
+        if end > start:
+            data = np.asarray(column.data[start:end]).astype(np.uint64)
+            position = (np.arange(end - start, dtype=np.int64) - np.repeat(starts, lengths)).astype(np.uint64)
+            keys = _mix64((position << np.uint64(8)) | data)
+            nonempty = lengths > 0
+            h[nonempty] += np.add.reduceat(keys, starts[nonempty])
+        out[lo:hi] = _mix64(h)
+        lo = hi
+    return out
+
+
+def _id_key(segment: dict[str, Any]) -> tuple[str, ...]:
+    """What identifies a segment's ids: the names and SHA-256 of its ids files, as its manifest entry lists them."""
+    files = segment["files"]
+    return tuple(str(files[k][field]) for k in ("ids", "ids.off") for field in ("name", "sha256"))
+
+
+class _IdRows:
+    """The rows of one segment's ids by value: the :func:`_string_hashes` of its ids, sorted, and the row
+    of each (12 bytes a row below 2^32 rows; a Python set of the ids would take 60-100)."""
+
+    def __init__(self, column: StringColumn) -> None:
+        hashes = _string_hashes(column)
+        order = np.argsort(hashes, kind="stable")
+        self.hashes = hashes[order]
+        self.rows = order.astype(np.uint32 if len(order) < 2**32 else np.int64)
+
+    def find(self, column: StringColumn, wanted: StringColumn, hashes: np.ndarray) -> list[tuple[int, int]]:
+        """``(i, row)`` for each ``wanted[i]`` equal to ``column[row]`` (``column``: the ids this table was
+        built from; ``hashes``: those of ``wanted``): rows of equal hash, confirmed by comparing the bytes."""
+        lo = np.searchsorted(self.hashes, hashes, side="left")
+        hi = np.searchsorted(self.hashes, hashes, side="right")
+        found = []
+        for i in np.flatnonzero(hi > lo).tolist():
+            target = bytes(wanted.data[int(wanted.offsets[i]) : int(wanted.offsets[i + 1])])
+            for row in self.rows[lo[i] : hi[i]].tolist():
+                if bytes(column.data[int(column.offsets[row]) : int(column.offsets[row + 1])]) == target:
+                    found.append((i, row))
+        return found
+
+
 class QamaIndex:
     """A searchable, persistent set of qama codes with their document ids.
 
@@ -214,6 +286,9 @@ class QamaIndex:
         self.ids = ids
         self.titles = titles
         self.vectors = vectors
+        # The id tables of the segments (:meth:`_rows_of_ids`), by the names and checksums of their ids
+        # files: built at the first lookup, kept while the segment is in the index and this object lives.
+        self._id_rows: dict[tuple[str, ...], _IdRows] = {}
 
     # ------------------------------------------------------------------ properties
     @property
@@ -302,19 +377,15 @@ class QamaIndex:
             "files": {},
             "segments": [],
         }
+        made = [p for p in (path, *path.parents) if not p.exists()]  # the folders this create makes
         path.mkdir(parents=True, exist_ok=True)
         # Creating is exclusive: the lock is held from the check to the commit, so of two creators of
         # one folder the second is refused (locked, or the index exists by the time it looks).
         with writer_lock(path):
             check_new_index_folder(path, overwrite)
             previous: set[str] = set()
-            if (path / MANIFEST).exists():  # overwrite: continue the generations so no live file is reused
-                try:
-                    old = read_json_file(path / MANIFEST, "manifest")
-                    manifest["generation"] = int(old["generation"])
-                    previous = _owned_names(old) | _superseded(old)
-                except (ValueError, KeyError, TypeError, AttributeError, OSError):
-                    pass
+            if (path / MANIFEST).exists():  # overwrite: the old index's files go once the new manifest is in place
+                manifest["generation"], previous = _replaced_index(path)
             codes = _encode_rows(encoder, embeddings, row_size, progress, chunk)
             writer = _Commit(path, manifest, previous)
             # Thresholds are stored whole; an adapter's centroids depend on the corpus they were fitted on.
@@ -325,6 +396,11 @@ class QamaIndex:
             manifest["segments"] = [writer.write_segment(codes, *columns, vectors)]
             manifest["count"] = len(codes)
             writer.commit()
+            # The index folder's own entry, and those of the folders made for it, on disk before create
+            # returns (a new entry is durable only once its parent folder is fsynced; commit fsyncs the index
+            # folder itself): else a power cut could take the whole new index away.
+            for folder in dict.fromkeys([path, *made]):
+                fsync_dir(folder.parent)
         logger.info("wrote index %s: %d documents, %d bytes per code", path, len(codes), row_size)
         return cls.open(path, encoder=encoder, verify=False)
 
@@ -498,8 +574,8 @@ class QamaIndex:
     def _add_codes(
         self, new_codes: np.ndarray, embeddings: np.ndarray, ids: Sequence[str], titles: Sequence[str] | None
     ) -> None:
-        existing = set(self.ids.to_list())
-        dup = [i for i in ids if i in existing]
+        found = sorted({i for i, _ in self._rows_of_ids(ids)})
+        dup = [ids[i] for i in found]
         if dup:
             raise ValueError(f"{len(dup)} document id(s) already in the index, e.g. {dup[:3]}")
         if (titles is None) != (self.titles is None) and len(self):  # (a writer may have committed since)
@@ -586,13 +662,37 @@ class QamaIndex:
             None if self.vectors is None else [_Take(self.vectors.parts[j], rows)],
         )
 
+    def _rows_of_ids(self, ids: Sequence[str]) -> list[tuple[int, int]]:
+        """``(i, row)`` for each of ``ids`` that the index holds (``ids[i]`` is the id of ``row``), read from
+        the segments' id tables: the hashes of ``ids`` are looked up, and a match confirmed on the bytes.
+
+        A segment's table is built (every id of it hashed) the first time it is needed and kept while the
+        segment is in the index: after an append, only the segment that append wrote is new, so the next
+        lookup hashes its rows and the new ids, not the whole index. Tables of segments no longer in the
+        manifest are dropped here, so the memory follows the rows of the index."""
+        wanted = StringColumn.from_strings(list(ids))
+        hashes = _string_hashes(wanted)
+        tables: dict[tuple[str, ...], _IdRows] = {}
+        found: list[tuple[int, int]] = []
+        for j, seg in enumerate(self.manifest["segments"]):
+            key, column = _id_key(seg), self.ids.parts[j]
+            table = self._id_rows.get(key)
+            tables[key] = table = _IdRows(column) if table is None else table
+            start = int(self.ids.starts[j])
+            found += [(i, start + row) for i, row in table.find(column, wanted, hashes)]
+        self._id_rows = tables
+        return found
+
     def _catch_up(self) -> None:
         """Under the writer lock: build on the newest committed version, not the one opened earlier."""
         if _read_manifest(self.path)["generation"] != self.manifest["generation"]:
             self._reload()
 
     def _reload(self) -> None:
+        """Read the newest generation into this object; the id tables of the segments it kept are kept."""
         fresh = QamaIndex.open(self.path, encoder=self.encoder, verify=False)
+        live = {_id_key(seg) for seg in fresh.manifest["segments"]}
+        fresh._id_rows = {key: table for key, table in self._id_rows.items() if key in live}
         self.__dict__.update(fresh.__dict__)
 
 
@@ -774,6 +874,42 @@ def _superseded(manifest: dict[str, Any]) -> set[str]:
     before removing them): names of index files only."""
     names = manifest.get("superseded", [])
     return {n for n in names if isinstance(n, str) and _OWN_NAME.match(n)} if isinstance(names, list) else set()
+
+
+def _replaced_index(path: Path) -> tuple[int, set[str]]:
+    """For a create that overwrites the index at ``path``: the generation to continue from, and the old
+    index's files, for the new index's commit to remove once its manifest is in place.
+
+    The files are those the old manifest lists (every segment's, the encoder's, and ``superseded``),
+    each listing read on its own, so one damaged field (a ``generation`` that is not a number) loses
+    nothing else; and only names of the files an index writes (:data:`_OWN_NAME`): any other name a
+    damaged or edited manifest lists is left alone. The generation is the manifest's where it is a
+    whole number, and at least that of every file listed, so the new index's files replace none of the
+    old one's before its manifest is in place (a create killed midway leaves the old index whole)."""
+    try:
+        old = read_json_file(path / MANIFEST, "manifest")
+    except (ValueError, OSError):
+        old = None
+    old = old if isinstance(old, dict) else {}
+    groups = [old.get("files")]
+    segments = old.get("segments")
+    if isinstance(segments, list):
+        groups += [seg.get("files") for seg in segments if isinstance(seg, dict)]
+    names = [f.get("name") for g in groups if isinstance(g, dict) for f in g.values() if isinstance(f, dict)]
+    superseded = old.get("superseded")
+    names += superseded if isinstance(superseded, list) else []
+    listed = {n for n in names if isinstance(n, str) and _OWN_NAME.fullmatch(n)}
+    generation = old.get("generation")
+    if type(generation) is not int or generation < 0:
+        logger.warning(
+            "%s: field 'generation' is %.40r, not a whole number >= 0; the %d index files it lists are removed",
+            path / MANIFEST,
+            generation,
+            len(listed),
+        )
+        generation = 0
+    # codes-G-J.npy, ids-G-J.off.npy, encoder-G.safetensors, codes-G.npy (version 1): G after the first '-'
+    return max([generation, *(int(n.split("-")[1].split(".")[0]) for n in listed)]), listed
 
 
 class _Commit:

@@ -237,3 +237,74 @@ def test_the_index_folder_store_refuses_one_string_for_ids(tmp_path):
         with pytest.raises(TypeError, match=r"ids must be a list of document ids, not one str"):
             backend.delete("ab")
         assert backend.count() == 3
+
+
+def test_a_create_makes_the_new_folder_itself_durable(tmp_path, monkeypatch):
+    """A create fsynced the index folder (the renames of its files and manifest) but not the folder
+    holding it: after a power cut the new folder's entry, and with it the whole index, could be gone
+    although create had returned. The parent of every folder the create made is now fsynced after the
+    manifest is written (and the parent of an index folder that was there already)."""
+    import qama.index as qi
+
+    events: list = []
+    real_fsync_dir, real_write_json = qi.fsync_dir, qi.write_json
+
+    def fsync_dir(path):
+        events.append(("fsync", Path(path)))
+        real_fsync_dir(path)
+
+    def write_json(path, obj):
+        events.append(("write", Path(path).name))
+        real_write_json(path, obj)
+
+    monkeypatch.setattr(qi, "fsync_dir", fsync_dir)
+    monkeypatch.setattr(qi, "write_json", write_json)
+    ix = tmp_path / "a" / "b" / "ix"
+    QamaIndex.create(ix, _encoder(), EMB, IDS)
+    manifest = events.index(("write", "manifest.json"))
+    parents = [("fsync", p) for p in (ix.parent, tmp_path / "a", tmp_path)]
+    assert events[manifest:] == [("write", "manifest.json"), ("fsync", ix), *parents]
+    (tmp_path / "empty").mkdir()
+    for folder, overwrite in ((tmp_path / "empty", False), (ix, True)):
+        events.clear()
+        QamaIndex.create(folder, _encoder(), EMB, IDS, overwrite=overwrite)
+        manifest = events.index(("write", "manifest.json"))
+        assert events[manifest:] == [("write", "manifest.json"), ("fsync", folder), ("fsync", folder.parent)]
+
+
+@pytest.mark.parametrize("generation", ["3", None, -1, 2.5, [3], 3])
+def test_overwrite_removes_the_old_index_whatever_its_generation_says(tmp_path, generation, caplog):
+    """Overwriting an index whose manifest's ``generation`` was not a whole number (a damaged or edited
+    manifest) left every file of the old index in the folder: the generation was taken as 0 and no file
+    as the old index's. Now the files the old manifest lists are removed once the new manifest is in
+    place, and the new generation follows the highest one listed (no old file is replaced before then).
+    Only names an index writes: a name the manifest lists that qama never writes (``notes.txt``, here
+    listed as a file of the index), and a lookalike it does not list, are the user's and stay."""
+    import json
+    import logging
+
+    index = QamaIndex.create(tmp_path / "ix", _encoder(), EMB[:20], IDS[:20], keep_vectors=True)
+    index.add(EMB[20:30], IDS[20:30])
+    index.add(EMB[30:40], IDS[30:40])
+    folder = index.path
+    (folder / "notes.txt").write_text("mine")
+    (folder / "codes-000002.npy").write_bytes(b"user data")
+    m = json.loads((folder / "manifest.json").read_text())
+    assert m["generation"] == 3 and len(m["segments"]) == 3
+    m["generation"] = generation
+    m["files"]["notes"] = {"name": "notes.txt", "bytes": 4, "sha256": "0" * 64}
+    (folder / "manifest.json").write_text(json.dumps(m))
+    with caplog.at_level(logging.WARNING, logger="qama.index"):
+        again = QamaIndex.create(folder, _encoder(), EMB[:5], IDS[:5], overwrite=True)
+    assert again.manifest["generation"] == 4 and len(QamaIndex.open(folder)) == 5
+    kept = {"manifest.json", "writer.lock", "notes.txt", "codes-000002.npy"}
+    assert {p.name for p in folder.iterdir()} == _names(again.manifest) | kept
+    assert (folder / "notes.txt").read_text() == "mine" and (folder / "codes-000002.npy").read_bytes() == b"user data"
+    warned = [r.getMessage() for r in caplog.records]
+    if generation == 3:
+        assert warned == []
+    else:
+        assert warned == [
+            f"{folder / 'manifest.json'}: field 'generation' is {generation!r}, not a whole number >= 0; "
+            "the 13 index files it lists are removed"  # the encoder's, and 4 of each of the 3 segments
+        ]
