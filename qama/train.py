@@ -123,7 +123,6 @@ class TrainConfig(JsonFields):
     w_mse: float = 0.0  # similarity-matrix MSE (row-standardised; weighs all pairs alike, off by default)
     w_kl: float = 1.0  # symmetric KL of softmax(S/τ)
     w_rank: float = 0.0  # triplet rank preservation
-    w_qkl: float = 0.0  # with pairs: KL of the teacher's similarities of the pairs' queries to the batch's documents
     w_nce: float = 0.0  # InfoNCE: pairs when given (see NCE_WEIGHT_*), else the teacher's in-batch nearest neighbour
     quantized_weight: float = 0.5  # weight of the quantised-code terms next to the continuous ones
     matryoshka: bool = True  # apply the similarity losses at every nested size (False: full size only)
@@ -292,7 +291,6 @@ def compute_losses(
     unit: float,
     pairs: tuple[torch.Tensor, torch.Tensor] | None = None,
     teacher: torch.Tensor | None = None,
-    pair_teacher: torch.Tensor | None = None,
 ) -> dict[str, torch.Tensor]:
     """Unweighted loss parts of one batch, by name (e.g. ``kl@192/2bit``, ``ortho``).
 
@@ -312,12 +310,9 @@ def compute_losses(
         j = torch.randint(0, b, (b, cfg.rank_triplets), generator=gen)
         k = torch.randint(0, b, (b, cfg.rank_triplets), generator=gen)
     nn_idx = L.nearest_neighbours(s_x) if cfg.w_nce > 0 and pairs is None else None
-    if pairs is not None and (cfg.w_nce > 0 or cfg.w_qkl > 0):
+    if pairs is not None and cfg.w_nce > 0:
         zq, zd = adapter(pairs[0]), adapter(pairs[1])
         targets = torch.arange(len(zq))
-    qkl = pairs is not None and cfg.w_qkl > 0
-    if qkl:  # the teacher's cosines of the pairs' queries to the batch's documents (P, B)
-        s_qx = L.cosine_matrix(pairs[0] if pair_teacher is None else pair_teacher, x if teacher is None else teacher)
 
     def similarity_terms(s_y: torch.Tensor, tag: str) -> None:
         if cfg.w_mse > 0:
@@ -337,8 +332,6 @@ def compute_losses(
 
     for m in nested:
         similarity_terms(L.cosine_matrix(z[:, :m]), f"{m}/fp")
-        if qkl:
-            parts[f"qkl@{m}/fp"] = L.symmetric_kl(s_qx, L.cosine_matrix(zq[:, :m], z[:, :m]), cfg.kl_temperature)
         if pairs is not None and cfg.w_nce > 0:
             parts[f"nce@{m}/fp"] = L.info_nce(
                 L.cosine_matrix(zq[:, :m], zd[:, :m]), targets, cfg.nce_temperature, False
@@ -346,11 +339,7 @@ def compute_losses(
         if cfg.quantized_weight > 0:
             for spec in cfg.train_plans:
                 plan = make_plan(spec, m)
-                bits = code_bits(z, plan)
-                similarity_terms(L.hamming_similarity(bits), f"{m}/{spec}")
-                if qkl:
-                    s_q = L.hamming_similarity(code_bits(zq, plan, cfg.query_thresholds), bits)
-                    parts[f"qkl@{m}/{spec}"] = L.symmetric_kl(s_qx, s_q, cfg.kl_temperature)
+                similarity_terms(L.hamming_similarity(code_bits(z, plan)), f"{m}/{spec}")
                 if pairs is not None and cfg.w_nce > 0:  # queries' codes against their documents' codes
                     s_qd = L.hamming_similarity(code_bits(zq, plan, cfg.query_thresholds), code_bits(zd, plan))
                     parts[f"nce@{m}/{spec}"] = L.info_nce(s_qd, targets, cfg.nce_temperature * 0.5, False)
@@ -389,7 +378,6 @@ def weight_of(name: str, cfg: TrainConfig, sched: dict[str, float]) -> float:
     w = {
         "mse": cfg.w_mse,
         "kl": cfg.w_kl,
-        "qkl": cfg.w_qkl,
         "rank": cfg.w_rank,
         "nce": cfg.w_nce,
         "ortho": cfg.w_ortho,
@@ -497,7 +485,7 @@ def fit(
     if query_sample is not None:
         query_sample = check_training_input(query_sample, 2, d, "query sample")
     pair_t: tuple[torch.Tensor, torch.Tensor] | None = None
-    if pairs is not None and cfg.w_nce <= 0 and cfg.w_qkl <= 0:
+    if pairs is not None and cfg.w_nce <= 0:
         raise ValueError("pairs are used only by the InfoNCE term, which is off: set w_nce > 0")
     held: tuple[np.ndarray, np.ndarray] | None = None  # pairs held out of the fit for the check
     if pairs is not None:
@@ -569,8 +557,7 @@ def fit(
         for group in opt.param_groups:
             group["lr"] = cfg.lr * lr_factor(step, cfg)
         sched = loss_schedules(step, cfg.steps)
-        pt = None if pb is None else teacher_of(pb[0])
-        parts = compute_losses(adapter, xb, cfg, step, gen, unit, pb, teacher_of(xb), pt)
+        parts = compute_losses(adapter, xb, cfg, step, gen, unit, pb, teacher_of(xb))
         total = cast(torch.Tensor, sum(weight_of(name, cfg, sched) * v for name, v in parts.items()))
         if not torch.isfinite(total):
             bad = [n for n, v in parts.items() if not torch.isfinite(v)]
