@@ -42,14 +42,15 @@ def _load_inputs(args: argparse.Namespace):
     return dataset, corpus, queries
 
 
-def _query_sample(args: argparse.Namespace, dataset, corpus, queries, embed_titles=None):
+def _query_sample(args: argparse.Namespace, dataset, corpus, queries, embed_titles=None, untrained=False):
     """The query-like embeddings of ``--query-sample`` (:func:`qama.embeddings.query_sample`), or None;
-    ``embed_titles``: the command's :func:`qama.embeddings.title_embedder`, when it has one."""
+    ``embed_titles``: the command's :func:`qama.embeddings.title_embedder`, when it has one; ``untrained``:
+    codes without an adapter, for which ``auto`` falls back to the documents' sentences."""
     from qama.embeddings import query_sample
 
     sample, what = query_sample(
         dataset, corpus, queries, args.query_sample, args.model, args.embeddings, args.cache_dir, args.batch_size,
-        not args.quiet, embed_titles,
+        not args.quiet, embed_titles, untrained,
     )  # fmt: skip
     logger.info("query thresholds: %s", what)
     return sample
@@ -66,7 +67,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     _resolve_model(args)
     adapter = load_adapter(args.adapter, args.recorded_model, args.plans)
     dataset, corpus, queries = _load_inputs(args)
-    sample = _query_sample(args, dataset, corpus, queries)
+    sample = _query_sample(args, dataset, corpus, queries, untrained=adapter is None)
     explicit = args.query_sample != "auto"  # auto: the adapter keeps its own query thresholds
     rows = evaluate_dataset(dataset, corpus, queries, adapter, args.plans, args.oversample, args.dims, sample, explicit)
     table, _ = eval_markdown(rows)
@@ -167,7 +168,7 @@ def cmd_index(args: argparse.Namespace) -> int:
     else:
         dataset, corpus, queries = _load_inputs(args)
         ids, titles = dataset.doc_ids, dataset.titles
-    sample = _query_sample(args, dataset, corpus, queries)  # auto keeps the adapter's query thresholds
+    sample = _query_sample(args, dataset, corpus, queries, untrained=adapter is None)  # auto keeps an adapter's
     index_corpus(
         uri, corpus, ids, titles, args.plan, adapter, sample, args.query_sample != "auto", args.recorded_model,
         args.shard, kind, args.keep_vectors, not args.quiet, **options,
@@ -226,8 +227,9 @@ def _add_input_args(p: argparse.ArgumentParser, required: bool = True) -> None:
     p.add_argument("--model", default=None, help=model_help)
     p.add_argument("--embeddings", type=Path, help="folder with precomputed corpus.npy and queries.npy of --model")
     p.add_argument("--batch-size", type=int, default=64, help="embedding batch size")
-    sample_help = "query-like texts whose quantiles code the queries: auto (default: the titles, if any), titles, "
-    sample_help += "none, a qrels split of --dataset (its query texts), a .npy of embeddings or a text file"
+    sample_help = "query-like texts whose quantiles code the queries: auto (default: the titles, if any; without "
+    sample_help += "an adapter, else sentences), titles, sentences (one of each of up to 2,000 documents), none, "
+    sample_help += "a qrels split of --dataset (its query texts), a .npy of embeddings or a text file"
     p.add_argument("--query-sample", default="auto", metavar="SOURCE", help=sample_help)
     p.add_argument("--cache-dir", type=Path, default=None, help="cache folder (default: $QAMA_CACHE or ~/.cache/qama)")
 

@@ -11,6 +11,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import shutil
 import tarfile
 import tempfile
@@ -19,6 +20,8 @@ import urllib.request
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import numpy as np
 
 __all__ = [
     "DataError",
@@ -29,6 +32,7 @@ __all__ = [
     "read_jsonl_corpus",
     "embedded_dataset",
     "EMBEDDED",
+    "sentence_sample",
 ]
 
 logger = logging.getLogger(__name__)
@@ -85,6 +89,29 @@ class Dataset:
             f"Dataset({self.name!r}, docs={len(self.doc_ids)}, queries={len(self.query_ids)}, "
             f"judged[{self.split}]={len(self.qrels)})"
         )
+
+
+#: Most documents :func:`sentence_sample` draws a sentence from, and the fewest words of a drawn sentence.
+SENTENCE_SAMPLE_DOCS = 2000
+MIN_SENTENCE_WORDS = 5
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
+
+
+def sentence_sample(dataset: Dataset, max_docs: int = SENTENCE_SAMPLE_DOCS, seed: int = 0) -> list[str]:
+    """Short query-like texts of the corpus itself: one sentence of at least :data:`MIN_SENTENCE_WORDS`
+    words drawn at random from each of at most ``max_docs`` documents drawn at random (a document's
+    text split after ``.``, ``!`` or ``?``; documents with no such sentence give none). Same dataset and
+    seed, same sentences."""
+    rng = np.random.default_rng(seed)
+    rows = rng.permutation(len(dataset.doc_texts))
+    out: list[str] = []
+    for r in rows.tolist():
+        sentences = [t for t in _SENTENCE_END.split(dataset.doc_texts[r]) if len(t.split()) >= MIN_SENTENCE_WORDS]
+        if sentences:
+            out.append(sentences[int(rng.integers(len(sentences)))].strip())
+            if len(out) == max_docs:
+                break
+    return out
 
 
 def default_cache_dir() -> Path:

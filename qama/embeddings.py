@@ -21,7 +21,7 @@ import numpy as np
 
 from qama._io import load_npy, save_npy, write_json
 from qama._validate import check_batch_size
-from qama.data import Dataset, default_cache_dir
+from qama.data import Dataset, default_cache_dir, sentence_sample
 
 if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer
@@ -160,6 +160,23 @@ def embed_titles(
     return rows, _embed_cached(model, model_name, root, f"{dataset.name}-titles", texts, batch_size, progress)
 
 
+def embed_sentences(
+    dataset: Dataset,
+    model_name: str = DEFAULT_MODEL,
+    cache_dir: Path | None = None,
+    batch_size: int = 64,
+    progress: bool = True,
+) -> np.ndarray:
+    """Embeddings (cached) of :func:`qama.data.sentence_sample`: one sentence of each of up to 2,000
+    documents, short query-like texts of a corpus that has no titles. Raises :class:`EmbeddingError`
+    when no document has a sentence of five words or more."""
+    texts = sentence_sample(dataset)
+    if len(texts) < 2:
+        raise EmbeddingError(f"{dataset.name}: fewer than 2 documents have a sentence of five words or more")
+    root, stem = _cache_root(model_name, cache_dir), f"{dataset.name}-sentences"
+    return _embed_cached(load_model(model_name), model_name, root, stem, texts, batch_size, progress)
+
+
 #: ``() -> (doc_rows, title_emb)``: the titles of a dataset embedded (see :func:`title_embedder`).
 TitleEmbedder = Callable[[], tuple[np.ndarray, np.ndarray]]
 
@@ -216,17 +233,8 @@ def title_pairs(
     if mode == "none":
         return None
     problem = None if any(t.strip() for t in dataset.titles) else f"no document of {dataset.name} has a title"
-    meta = Path(embeddings_dir) / "meta.json" if embeddings_dir is not None else None
-    if problem is None and meta is not None:
-        if not meta.is_file():
-            if mode == "auto":
-                problem = f"{meta} is missing, so the model of the embeddings is unknown"
-            else:
-                logger.warning("%s is missing: assuming the embeddings come from %s, like the titles", meta, model_name)
-        else:
-            made_by = (read_embeddings_meta(meta.parent) or {}).get("model") or ""
-            if made_by and not same_model(made_by, model_name):
-                problem = f"{meta}: embeddings of {made_by}, but the titles would be embedded with {model_name}"
+    if problem is None:
+        problem = _model_problem(embeddings_dir, model_name, "titles", strict=mode == "auto")
     if problem is None:
         try:
             if embed is None:
@@ -241,6 +249,24 @@ def title_pairs(
     return None
 
 
+def _model_problem(embeddings_dir: str | os.PathLike | None, model_name: str, what: str, strict: bool) -> str | None:
+    """Why texts embedded with ``model_name`` cannot stand beside the corpus embeddings of ``embeddings_dir``
+    (None: they can): their ``meta.json`` names another model, or (``strict``) there is none, so the
+    model is unknown; without ``strict`` a missing ``meta.json`` is only logged."""
+    meta = Path(embeddings_dir) / "meta.json" if embeddings_dir is not None else None
+    if meta is None:
+        return None
+    if not meta.is_file():
+        if strict:
+            return f"{meta} is missing, so the model of the embeddings is unknown"
+        logger.warning("%s is missing: assuming the embeddings come from %s, like the %s", meta, model_name, what)
+        return None
+    made_by = (read_embeddings_meta(meta.parent) or {}).get("model") or ""
+    if made_by and not same_model(made_by, model_name):
+        return f"{meta}: embeddings of {made_by}, but the {what} would be embedded with {model_name}"
+    return None
+
+
 def query_sample(
     dataset: Dataset | None,
     corpus: np.ndarray,
@@ -252,25 +278,46 @@ def query_sample(
     batch_size: int = 64,
     progress: bool = True,
     embed: TitleEmbedder | None = None,
+    sentences_fallback: bool = False,
 ) -> tuple[np.ndarray | None, str]:
     """Query-like embeddings whose quantiles code the queries, and a description of them.
 
     ``source``, first match wins: ``"none"``; ``"auto"`` / ``"titles"``: the documents' titles
-    embedded with ``model_name`` (as :func:`title_pairs`: ``auto`` falls back to none; ``embed``: a
-    :func:`title_embedder` shared with other uses of the titles);
+    embedded with ``model_name`` (as :func:`title_pairs`: ``auto`` falls back to ``sentences`` when
+    ``sentences_fallback`` is set, else to none; ``embed``: a :func:`title_embedder` shared with other
+    uses of the titles); ``"sentences"``: :func:`embed_sentences`, one sentence drawn from each of up to
+    2,000 documents (what ``auto`` falls back to for untrained codes: measured in
+    ``benchmarks/RESULTS_training.md``, "Sentences as query-like texts");
     a ``.npy`` file of ``(m, d)`` query embeddings; a text file of queries, one a line (embedded
     with ``model_name``); else the name of a qrels split of ``dataset`` (its judged queries from
     ``queries``, the rows of ``dataset.query_ids``), e.g. ``train``. Only query texts are used,
     never their judgments. Calibrating on the evaluated split's own queries is allowed but logged:
     it measures an upper bound.
     """
+    asked = source  # the source named; "auto" may fall back to "sentences" below
     if source == "none" or (source == "auto" and dataset is None):
         return None, "none (queries coded with the documents' thresholds)"
     if source in ("auto", "titles") and dataset is not None:
         pairs = title_pairs(dataset, corpus, source, model_name, embeddings_dir, cache_dir, batch_size, progress, embed)
-        if pairs is None:
+        if pairs is not None:
+            return pairs[0], f"{len(pairs[0])} document titles"
+        if not (sentences_fallback and source == "auto"):
             return None, "none (no titles to use)"
-        return pairs[0], f"{len(pairs[0])} document titles"
+        source = "sentences"
+    if source == "sentences" and dataset is not None:
+        problem = _model_problem(embeddings_dir, model_name, "sentences", strict=asked == "auto")
+        if problem is None:
+            try:
+                emb = embed_sentences(dataset, model_name, cache_dir, batch_size, progress)
+                return emb, f"{len(emb)} sentences of the documents"
+            except OSError as e:
+                problem = f"cannot embed the sentences with {model_name} ({e})"
+            except EmbeddingError as e:  # no document has a sentence to draw
+                problem = str(e)
+        if asked == "auto":
+            logger.info("queries coded with the documents' thresholds: %s", problem)
+            return None, "none (no titles, and no sentences to use)"
+        raise EmbeddingError(f"query sample 'sentences': {problem}")
     path = Path(source)
     if path.suffix == ".npy":
         emb = check_embeddings(load_npy(path, error=EmbeddingError), None, str(path), dim=corpus.shape[1])

@@ -247,3 +247,84 @@ def test_auto_falls_back_when_the_titles_model_cannot_be_loaded(tmp_path, tiny, 
     assert main([*args, "--out", str(tmp_path / "ix")]) == 0
     assert QamaIndex.open(tmp_path / "ix").encoder.quantizer.query_thresholds is None
     assert main([*args, "--query-sample", "titles", "--out", str(tmp_path / "ix2")]) == 2
+
+
+def test_sentence_sample_draws_one_sentence_of_five_words_from_each_document():
+    from qama.data import Dataset, sentence_sample
+
+    texts = [
+        "Short one. This sentence has exactly five words! And this one has six words here?",
+        "too short. tiny",  # no sentence of five words: no sample
+        "A title without a stop The first sentence runs on. Second sentence of the text here.",
+        "",
+    ]
+    ds = Dataset("t", [f"d{i}" for i in range(4)], texts, [""] * 4, [], [], {})
+    allowed = [
+        {"This sentence has exactly five words!", "And this one has six words here?"},
+        set(),
+        {"A title without a stop The first sentence runs on.", "Second sentence of the text here."},
+        set(),
+    ]
+    got = sentence_sample(ds)
+    assert len(got) == 2
+    assert got == sentence_sample(ds)  # same dataset and seed, same sentences
+    assert all(any(s in a for a in allowed) for s in got)
+    assert len({s for s in got if s in allowed[0]}) == 1 and len({s for s in got if s in allowed[2]}) == 1
+    assert len(sentence_sample(ds, max_docs=1)) == 1
+    seen = {s for seed in range(20) for s in sentence_sample(ds, seed=seed)}
+    assert seen == allowed[0] | allowed[2]  # every eligible sentence can be drawn
+
+
+def test_cli_auto_codes_untrained_queries_by_sentences_when_no_document_has_a_title(tmp_path, small, monkeypatch):
+    """A corpus without titles: --query-sample auto calibrates untrained codes on sentences of the documents
+    (embedded once, with the model the embeddings' meta.json names), and leaves an adapter's queries alone."""
+    import json
+
+    import qama.embeddings
+
+    root, emb = small
+    docs = [json.loads(line) for line in (root / "corpus.jsonl").read_text().splitlines()]
+    for i, doc in enumerate(docs):
+        doc["text"] = f"Document number {i} begins here. It then says one more thing about {i}."
+    (root / "corpus.jsonl").write_text("".join(json.dumps(doc) + "\n" for doc in docs))
+    (emb / "meta.json").write_text(json.dumps({"model": "org/model"}))
+    sample = np.random.default_rng(5).normal(size=(len(docs), 32)).astype(np.float32) + 0.5
+    sample /= np.linalg.norm(sample, axis=1, keepdims=True)
+    texts_seen: list[list[str]] = []
+
+    class Model:
+        max_seq_length = 128
+
+    def encode(model, texts, batch_size=64, progress=True):
+        texts_seen.append(list(texts))
+        return sample[: len(texts)]
+
+    monkeypatch.setattr(qama.embeddings, "load_model", lambda name, device=None: Model())
+    monkeypatch.setattr(qama.embeddings, "encode", encode)
+    args = ["-q", "index", "--dataset", str(root), "--embeddings", str(emb), "--plan", "2bit"]
+    args += ["--cache-dir", str(tmp_path / "cache")]
+    assert main([*args, "--out", str(tmp_path / "ix")]) == 0
+    assert len(texts_seen) == 1 and len(texts_seen[0]) == len(docs)
+    assert all(t.startswith("Document number") or t.startswith("It then says") for t in texts_seen[0])
+    index = QamaIndex.open(tmp_path / "ix")
+    expected = quantile_thresholds(plan_values(sample, index.plan), index.plan.value_levels)
+    np.testing.assert_array_equal(index.encoder.quantizer.query_thresholds, expected)
+    assert main([*args, "--query-sample", "sentences", "--out", str(tmp_path / "ix2")]) == 0
+    np.testing.assert_array_equal(QamaIndex.open(tmp_path / "ix2").encoder.quantizer.query_thresholds, expected)
+    assert len(texts_seen) == 1  # the second time from the cache
+    (emb / "meta.json").unlink()  # the embeddings' model unknown: auto does not mix in texts of a guessed model
+    assert main([*args, "--out", str(tmp_path / "ix3")]) == 0
+    assert QamaIndex.open(tmp_path / "ix3").encoder.quantizer.query_thresholds is None
+    assert main([*args, "--query-sample", "sentences", "--out", str(tmp_path / "ix4")]) == 0  # asked for: used
+    assert QamaIndex.open(tmp_path / "ix4").encoder.quantizer.query_thresholds is not None
+    from qama.data import load_dataset
+    from qama.embeddings import EmbeddingError, query_sample
+
+    short = load_dataset(root)
+    short.doc_texts = ["too short."] * len(short.doc_texts)
+    corpus = np.load(emb / "corpus.npy")
+    message = "^query sample 'sentences': ds: fewer than 2 documents have a sentence of five words or more$"
+    with pytest.raises(EmbeddingError, match=message):
+        query_sample(short, corpus, None, "sentences", cache_dir=tmp_path / "cache")
+    got = query_sample(short, corpus, None, "auto", cache_dir=tmp_path / "cache", sentences_fallback=True)
+    assert got == (None, "none (no titles, and no sentences to use)")
