@@ -48,8 +48,10 @@ def _query_sample(args: argparse.Namespace, dataset, corpus, queries, embed_titl
     codes without an adapter, for which ``auto`` falls back to the documents' sentences."""
     from qama.embeddings import query_sample
 
+    folder = args.embeddings  # (--corpus takes the .npy file itself: its folder holds meta.json)
+    folder = folder.parent if folder is not None and folder.suffix == ".npy" else folder
     sample, what = query_sample(
-        dataset, corpus, queries, args.query_sample, args.model, args.embeddings, args.cache_dir, args.batch_size,
+        dataset, corpus, queries, args.query_sample, args.model, folder, args.cache_dir, args.batch_size,
         not args.quiet, embed_titles, untrained,
     )  # fmt: skip
     logger.info("query thresholds: %s", what)
@@ -163,11 +165,11 @@ def cmd_index(args: argparse.Namespace) -> int:
     _resolve_model(args)
     adapter = load_adapter(args.adapter, args.recorded_model)
     if args.corpus:
-        dataset = queries = None
-        ids, titles, corpus = jsonl_corpus_embeddings(args.corpus, args.embeddings, args.model, args.batch_size)
+        queries = None
+        dataset, corpus = jsonl_corpus_embeddings(args.corpus, args.embeddings, args.model, args.batch_size)
     else:
         dataset, corpus, queries = _load_inputs(args)
-        ids, titles = dataset.doc_ids, dataset.titles
+    ids, titles = dataset.doc_ids, dataset.titles
     sample = _query_sample(args, dataset, corpus, queries, untrained=adapter is None)  # auto keeps an adapter's
     index_corpus(
         uri, corpus, ids, titles, args.plan, adapter, sample, args.query_sample != "auto", args.recorded_model,

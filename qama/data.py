@@ -30,6 +30,7 @@ __all__ = [
     "download_beir",
     "default_cache_dir",
     "read_jsonl_corpus",
+    "jsonl_dataset",
     "embedded_dataset",
     "EMBEDDED",
     "sentence_sample",
@@ -356,6 +357,13 @@ def download_beir(name: str, cache_dir: Path, url: str | None = None, timeout: f
             shutil.rmtree(target)
         os.replace(inner, target)
     return target
+
+
+def jsonl_dataset(path: str | os.PathLike) -> Dataset:
+    """A plain JSONL corpus (:func:`read_jsonl_corpus`) as a :class:`Dataset` with no queries, named
+    after the file: what the query samples of ``qama index --corpus`` (its titles, its sentences) read."""
+    ids, titles, texts = read_jsonl_corpus(path)
+    return Dataset(Path(path).stem, ids, texts, titles, [], [], {}, split="", path=None)
 
 
 def read_jsonl_corpus(path: str | os.PathLike) -> tuple[list[str], list[str], list[str]]:

@@ -501,18 +501,18 @@ def jsonl_corpus_embeddings(
     embeddings: str | os.PathLike | None = None,
     model_name: str = DEFAULT_MODEL,
     batch_size: int = 64,
-) -> tuple[list[str], list[str], np.ndarray]:
-    """``(ids, titles, embeddings)`` of a plain JSONL corpus (:func:`qama.data.read_jsonl_corpus`):
-    its embeddings from the ``.npy`` file ``embeddings`` (one row per document), else embedded
-    with ``model_name``."""
-    from qama.data import read_jsonl_corpus
+) -> tuple[Dataset, np.ndarray]:
+    """``(dataset, embeddings)`` of a plain JSONL corpus (:func:`qama.data.jsonl_dataset`: its ids,
+    titles and texts, no queries): its embeddings from the ``.npy`` file ``embeddings`` (one row per
+    document), else embedded with ``model_name``."""
+    from qama.data import jsonl_dataset
 
-    ids, titles, texts = read_jsonl_corpus(path)
+    dataset = jsonl_dataset(path)
     if embeddings is not None:
-        corpus = check_embeddings(load_npy(embeddings), len(ids), str(embeddings))
+        corpus = check_embeddings(load_npy(embeddings), len(dataset.doc_ids), str(embeddings))
         check_meta_dimension(Path(embeddings).parent, corpus.shape[1], str(embeddings))
-        return ids, titles, corpus
-    return ids, titles, encode(load_model(model_name), texts, batch_size=batch_size)
+        return dataset, corpus
+    return dataset, encode(load_model(model_name), dataset.doc_texts, batch_size=batch_size)
 
 
 def query_embeddings(

@@ -328,3 +328,45 @@ def test_cli_auto_codes_untrained_queries_by_sentences_when_no_document_has_a_ti
         query_sample(short, corpus, None, "sentences", cache_dir=tmp_path / "cache")
     got = query_sample(short, corpus, None, "auto", cache_dir=tmp_path / "cache", sentences_fallback=True)
     assert got == (None, "none (no titles, and no sentences to use)")
+
+
+@pytest.mark.parametrize("with_titles", [True, False])
+def test_cli_index_of_a_jsonl_corpus_calibrates_queries_on_its_titles_or_sentences(tmp_path, monkeypatch, with_titles):
+    """`qama index --corpus FILE.jsonl` (no --dataset): auto codes the queries of untrained codes by the
+    corpus's titles, else by its sentences; a split name has no queries to take."""
+    import json
+
+    import qama.embeddings
+
+    rng = np.random.default_rng(1)
+    docs = [
+        {"_id": f"d{i}", "text": f"Document {i} opens with this sentence. Then it adds a second one here."}
+        | ({"title": f"title {i}"} if with_titles else {})
+        for i in range(50)
+    ]
+    corpus_file = tmp_path / "mine.jsonl"
+    corpus_file.write_text("".join(json.dumps(d) + "\n" for d in docs))
+    vectors = rng.normal(size=(50, 16)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    texts_seen: list[list[str]] = []
+
+    class Model:
+        max_seq_length = 128
+
+    def encode(model, texts, batch_size=64, progress=True):
+        texts_seen.append(list(texts))
+        return vectors[: len(texts)] if len(texts_seen) == 1 else np.roll(vectors, 1, axis=1)[: len(texts)]
+
+    monkeypatch.setattr(qama.embeddings, "load_model", lambda name, device=None: Model())
+    monkeypatch.setattr(qama.embeddings, "encode", encode)
+    args = ["-q", "index", "--corpus", str(corpus_file), "--plan", "2bit", "--cache-dir", str(tmp_path / "c")]
+    assert main([*args, "--out", str(tmp_path / "ix")]) == 0
+    assert texts_seen[0] == [f"{d.get('title', '')} {d['text']}".strip() for d in docs]  # the corpus
+    if with_titles:
+        assert texts_seen[1] == [f"title {i}" for i in range(50)]
+    else:
+        assert len(texts_seen[1]) == 50 and all(t.endswith("sentence.") or t.endswith("here.") for t in texts_seen[1])
+    index = QamaIndex.open(tmp_path / "ix")
+    expected = quantile_thresholds(plan_values(np.roll(vectors, 1, axis=1), index.plan), index.plan.value_levels)
+    np.testing.assert_array_equal(index.encoder.quantizer.query_thresholds, expected)
+    assert main([*args, "--query-sample", "train", "--out", str(tmp_path / "ix2")]) == 2
