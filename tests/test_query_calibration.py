@@ -249,6 +249,25 @@ def test_auto_falls_back_when_the_titles_model_cannot_be_loaded(tmp_path, tiny, 
     assert main([*args, "--query-sample", "titles", "--out", str(tmp_path / "ix2")]) == 2
 
 
+def _fake_model(monkeypatch, vectors) -> list[list[str]]:
+    """Stand in for the model in :mod:`qama.embeddings`: ``vectors(texts, call)`` embeds the ``call``-th
+    batch of texts (0-based); returns the list of the texts embedded, a list a call."""
+    import qama.embeddings
+
+    seen: list[list[str]] = []
+
+    class Model:
+        max_seq_length = 128
+
+    def encode(model, texts, batch_size=64, progress=True):
+        seen.append(list(texts))
+        return vectors(texts, len(seen) - 1)
+
+    monkeypatch.setattr(qama.embeddings, "load_model", lambda name, device=None: Model())
+    monkeypatch.setattr(qama.embeddings, "encode", encode)
+    return seen
+
+
 def test_sentence_sample_draws_one_sentence_of_five_words_from_each_document():
     from qama.data import Dataset, sentence_sample
 
@@ -280,8 +299,6 @@ def test_cli_auto_codes_untrained_queries_by_sentences_when_no_document_has_a_ti
     (embedded once, with the model the embeddings' meta.json names), and leaves an adapter's queries alone."""
     import json
 
-    import qama.embeddings
-
     root, emb = small
     docs = [json.loads(line) for line in (root / "corpus.jsonl").read_text().splitlines()]
     for i, doc in enumerate(docs):
@@ -290,17 +307,7 @@ def test_cli_auto_codes_untrained_queries_by_sentences_when_no_document_has_a_ti
     (emb / "meta.json").write_text(json.dumps({"model": "org/model"}))
     sample = np.random.default_rng(5).normal(size=(len(docs), 32)).astype(np.float32) + 0.5
     sample /= np.linalg.norm(sample, axis=1, keepdims=True)
-    texts_seen: list[list[str]] = []
-
-    class Model:
-        max_seq_length = 128
-
-    def encode(model, texts, batch_size=64, progress=True):
-        texts_seen.append(list(texts))
-        return sample[: len(texts)]
-
-    monkeypatch.setattr(qama.embeddings, "load_model", lambda name, device=None: Model())
-    monkeypatch.setattr(qama.embeddings, "encode", encode)
+    texts_seen = _fake_model(monkeypatch, lambda texts, call: sample[: len(texts)])
     args = ["-q", "index", "--dataset", str(root), "--embeddings", str(emb), "--plan", "2bit"]
     args += ["--cache-dir", str(tmp_path / "cache")]
     assert main([*args, "--out", str(tmp_path / "ix")]) == 0
@@ -336,8 +343,6 @@ def test_cli_index_of_a_jsonl_corpus_calibrates_queries_on_its_titles_or_sentenc
     corpus's titles, else by its sentences; a split name has no queries to take."""
     import json
 
-    import qama.embeddings
-
     rng = np.random.default_rng(1)
     docs = [
         {"_id": f"d{i}", "text": f"Document {i} opens with this sentence. Then it adds a second one here."}
@@ -348,17 +353,7 @@ def test_cli_index_of_a_jsonl_corpus_calibrates_queries_on_its_titles_or_sentenc
     corpus_file.write_text("".join(json.dumps(d) + "\n" for d in docs))
     vectors = rng.normal(size=(50, 16)).astype(np.float32)
     vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
-    texts_seen: list[list[str]] = []
-
-    class Model:
-        max_seq_length = 128
-
-    def encode(model, texts, batch_size=64, progress=True):
-        texts_seen.append(list(texts))
-        return vectors[: len(texts)] if len(texts_seen) == 1 else np.roll(vectors, 1, axis=1)[: len(texts)]
-
-    monkeypatch.setattr(qama.embeddings, "load_model", lambda name, device=None: Model())
-    monkeypatch.setattr(qama.embeddings, "encode", encode)
+    texts_seen = _fake_model(monkeypatch, lambda texts, call: np.roll(vectors, min(call, 1), axis=1)[: len(texts)])
     args = ["-q", "index", "--corpus", str(corpus_file), "--plan", "2bit", "--cache-dir", str(tmp_path / "c")]
     assert main([*args, "--out", str(tmp_path / "ix")]) == 0
     assert texts_seen[0] == [f"{d.get('title', '')} {d['text']}".strip() for d in docs]  # the corpus
