@@ -96,7 +96,7 @@ def _training_setup(args: argparse.Namespace, dataset, corpus, queries, embed_ti
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from qama.embeddings import sentence_pairs, title_embedder
+    from qama.embeddings import title_embedder
     from qama.train import check_out_dir, fit
 
     check_out_dir(args.out, args.overwrite)  # before loading or training anything
@@ -106,11 +106,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     titles = title_embedder(dataset, args.model, args.cache_dir, args.batch_size, not args.quiet)
     cfg, pairs = _training_setup(args, dataset, corpus, queries, titles)
     sample = _query_sample(args, dataset, corpus, queries, titles)
-    check = None  # without pseudo-queries, the never-worse check searches with sentences of the documents
-    if pairs is None and cfg.check:
-        where = (args.model, args.embeddings, args.cache_dir, args.batch_size, not args.quiet)
-        check = sentence_pairs(dataset, corpus, *where)
-    fit(corpus, cfg, pairs=pairs, out_dir=args.out, overwrite=args.overwrite, query_sample=sample, check_pairs=check)
+    fit(corpus, cfg, pairs=pairs, out_dir=args.out, overwrite=args.overwrite, query_sample=sample)
     return 0
 
 

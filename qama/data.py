@@ -98,24 +98,21 @@ MIN_SENTENCE_WORDS = 5
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
 
 
-def sentence_sample(
-    dataset: Dataset, max_docs: int = SENTENCE_SAMPLE_DOCS, seed: int = 0
-) -> tuple[np.ndarray, list[str]]:
-    """``(doc_rows, sentences)``: short query-like texts of the corpus itself, one sentence of at least
-    :data:`MIN_SENTENCE_WORDS` words drawn at random from each of at most ``max_docs`` documents drawn
-    at random (a document's text split after ``.``, ``!`` or ``?``; documents with no such sentence
-    give none), and the row of each one's document. Same dataset and seed, same sentences."""
+def sentence_sample(dataset: Dataset, max_docs: int = SENTENCE_SAMPLE_DOCS, seed: int = 0) -> list[str]:
+    """Short query-like texts of the corpus itself: one sentence of at least :data:`MIN_SENTENCE_WORDS`
+    words drawn at random from each of at most ``max_docs`` documents drawn at random (a document's
+    text split after ``.``, ``!`` or ``?``; documents with no such sentence give none). Same dataset and
+    seed, same sentences."""
     rng = np.random.default_rng(seed)
-    rows: list[int] = []
+    rows = rng.permutation(len(dataset.doc_texts))
     out: list[str] = []
-    for r in rng.permutation(len(dataset.doc_texts)).tolist():
+    for r in rows.tolist():
         sentences = [t for t in _SENTENCE_END.split(dataset.doc_texts[r]) if len(t.split()) >= MIN_SENTENCE_WORDS]
         if sentences:
-            rows.append(r)
             out.append(sentences[int(rng.integers(len(sentences)))].strip())
             if len(out) == max_docs:
                 break
-    return np.array(rows, dtype=np.int64), out
+    return out
 
 
 def default_cache_dir() -> Path:

@@ -35,8 +35,6 @@ __all__ = [
     "embed_dataset",
     "embed_titles",
     "title_embedder",
-    "embed_sentences",
-    "sentence_pairs",
     "title_pairs",
     "PSEUDO_QUERY_MODES",
     "query_sample",
@@ -175,40 +173,15 @@ def embed_sentences(
     cache_dir: Path | None = None,
     batch_size: int = 64,
     progress: bool = True,
-) -> tuple[np.ndarray, np.ndarray]:
-    """``(doc_rows, sentence_emb)``: :func:`qama.data.sentence_sample` (one sentence of each of up to 2,000
-    documents, short query-like texts of a corpus) and their embeddings (cached). Raises
-    :class:`EmbeddingError` when fewer than 2 documents have a sentence of five words or more."""
-    rows, texts = sentence_sample(dataset)
+) -> np.ndarray:
+    """Embeddings (cached) of :func:`qama.data.sentence_sample`: one sentence of each of up to 2,000
+    documents, short query-like texts of a corpus that has no titles. Raises :class:`EmbeddingError`
+    when no document has a sentence of five words or more."""
+    texts = sentence_sample(dataset)
     if len(texts) < 2:
         raise EmbeddingError(f"{dataset.name}: fewer than 2 documents have a sentence of five words or more")
     root, stem = _cache_root(model_name, cache_dir), f"{dataset.name}-sentences"
-    return rows, _embed_cached(load_model(model_name), model_name, root, stem, texts, batch_size, progress)
-
-
-def sentence_pairs(
-    dataset: Dataset,
-    corpus: np.ndarray,
-    model_name: str = DEFAULT_MODEL,
-    embeddings_dir: str | os.PathLike | None = None,
-    cache_dir: Path | None = None,
-    batch_size: int = 64,
-    progress: bool = True,
-) -> tuple[np.ndarray, np.ndarray] | None:
-    """``(sentence_emb, corpus[doc_rows])`` of :func:`embed_sentences`: known-item searches for the
-    never-worse check of an adapter fitted without pseudo-queries; None (logged) when there are no
-    sentences, the model cannot be loaded, or the corpus embeddings' model is not known to be it."""
-    problem = _model_problem(embeddings_dir, model_name, "sentences", strict=True)
-    if problem is None:
-        try:
-            rows, emb = embed_sentences(dataset, model_name, cache_dir, batch_size, progress)
-            return emb, corpus[rows]
-        except OSError as e:
-            problem = f"cannot embed the sentences with {model_name} ({e})"
-        except EmbeddingError as e:
-            problem = str(e)
-    logger.info("no sentences for the never-worse check: %s", problem)
-    return None
+    return _embed_cached(load_model(model_name), model_name, root, stem, texts, batch_size, progress)
 
 
 #: ``() -> (doc_rows, title_emb)``: the titles of a dataset embedded (see :func:`title_embedder`).
@@ -342,7 +315,7 @@ def query_sample(
         problem = _model_problem(embeddings_dir, model_name, "sentences", strict=asked == "auto")
         if problem is None:
             try:
-                _, emb = embed_sentences(dataset, model_name, cache_dir, batch_size, progress)
+                emb = embed_sentences(dataset, model_name, cache_dir, batch_size, progress)
                 return emb, f"{len(emb)} sentences of the documents"
             except OSError as e:
                 problem = f"cannot embed the sentences with {model_name} ({e})"

@@ -466,7 +466,6 @@ def fit(
     out_dir: str | os.PathLike | None = None,
     overwrite: bool = False,
     query_sample: np.ndarray | None = None,
-    check_pairs: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> QamaAdapter:
     """Fit an adapter on ``(n, d)`` L2-normalised corpus embeddings; returns it (saved to ``out_dir``).
 
@@ -477,11 +476,6 @@ def fit(
     ``overwrite`` (checked before any work, see :func:`check_out_dir`). ``query_sample``: ``(m, d)``
     query-like embeddings (queries, or pseudo-queries such as titles) whose quantiles become the
     adapter's query thresholds (:meth:`~qama.adapter.QamaAdapter.calibrate_queries`).
-
-    The never-worse check (:func:`qama.check.never_worse_check`, with ``config.check``) runs on pairs
-    held out of ``pairs``; without ``pairs``, on ``check_pairs``: ``(queries, documents)`` embeddings
-    that training never sees (e.g. :func:`qama.embeddings.sentence_pairs`), half of them calibrating the
-    untrained codes' queries and half searched.
     """
     if out_dir is not None:
         check_out_dir(out_dir, overwrite)
@@ -505,15 +499,6 @@ def fit(
                 held = (q_np[held_rows], p_np[held_rows])
                 q_np, p_np = q_np[fit_rows], p_np[fit_rows]
         pair_t = (torch.from_numpy(q_np), torch.from_numpy(p_np))
-    check_sample = None if pair_t is None else q_np  # what the untrained codes of the check calibrate on
-    if pairs is None and check_pairs is not None and cfg.check:
-        cq = check_training_input(check_pairs[0], 2, d, "check queries")
-        cd = check_training_input(check_pairs[1], 2, d, "check documents")
-        if len(cq) != len(cd):
-            raise ValueError(f"check pairs need as many queries as documents, got {len(cq)} and {len(cd)}")
-        calibrate_rows, held_rows = holdout_split(len(cq), cfg.seed, fraction=0.5)
-        if len(held_rows):
-            held, check_sample = (cq[held_rows], cd[held_rows]), cq[calibrate_rows]
     torch.set_num_threads(max(1, cfg.threads))
     torch.manual_seed(cfg.seed)
     acfg = AdapterConfig(
@@ -600,7 +585,7 @@ def fit(
     adapter.eval()
     if held is not None:
         rows = _corpus_rows(x_np, held[1])
-        results = never_worse_check(adapter, x_np, held[0], rows, check_sample, acfg.plans)
+        results = never_worse_check(adapter, x_np, held[0], rows, pair_t[0].numpy(), acfg.plans)  # type: ignore[index]
         adapter.metadata["check"] = {
             "held_out_pairs": len(rows),
             "results": [r.to_dict() for r in results],

@@ -221,25 +221,6 @@ def test_the_check_catches_a_training_that_loses_and_keeps_untrained_codes(tmp_p
     assert index.manifest["encoder"]["kind"] == "thresholds"  # searchable without the adapter
 
 
-def test_without_pairs_the_check_runs_on_check_pairs_the_fit_never_sees(tmp_path):
-    """A fit without pseudo-queries (a corpus without titles) is checked on check_pairs (qama train: sentences):
-    they do not change the training, half calibrate the untrained codes' queries, half are searched."""
-    from qama.train import TrainConfig, fit
-
-    docs, queries = _clustered()
-    cfg = TrainConfig(steps=60, lr=0.3, batch_size=64, nested_dims=(16, 32), progress=False)
-    adapter = fit(docs, cfg, out_dir=tmp_path / "ad", check_pairs=(queries, docs))
-    check = QamaAdapter.load(tmp_path / "ad").metadata["check"]
-    assert check["held_out_pairs"] == 400  # half of the 800
-    assert ("2bit", 32) in {(r["plan"], r["dims"]) for r in check["results"] if r["lost"]}  # the wrecked fit caught
-    plain = fit(docs, cfg)  # the same training without them: the same adapter, unchecked
-    assert "check" not in plain.metadata
-    for a, b in zip(adapter.state_dict().values(), plain.state_dict().values(), strict=True):
-        torch.testing.assert_close(a, b, rtol=0, atol=0)
-    with pytest.raises(ValueError, match=r"^check pairs need as many queries as documents, got 800 and 10$"):
-        fit(docs, cfg, check_pairs=(queries, docs[:10]))
-
-
 def test_known_item_gains_reference():
     from qama.check import known_item_gains
 
@@ -303,13 +284,13 @@ def test_sentence_sample_draws_one_sentence_of_five_words_from_each_document():
         {"A title without a stop The first sentence runs on.", "Second sentence of the text here."},
         set(),
     ]
-    rows, got = sentence_sample(ds)
-    assert len(got) == 2 and sorted(rows.tolist()) == [0, 2]
-    assert all(s in allowed[r] for r, s in zip(rows.tolist(), got, strict=True))  # each of its own document
-    again = sentence_sample(ds)  # same dataset and seed, same sentences
-    assert again[1] == got and again[0].tolist() == rows.tolist()
-    assert len(sentence_sample(ds, max_docs=1)[1]) == 1
-    seen = {s for seed in range(20) for s in sentence_sample(ds, seed=seed)[1]}
+    got = sentence_sample(ds)
+    assert len(got) == 2
+    assert got == sentence_sample(ds)  # same dataset and seed, same sentences
+    assert all(any(s in a for a in allowed) for s in got)
+    assert len({s for s in got if s in allowed[0]}) == 1 and len({s for s in got if s in allowed[2]}) == 1
+    assert len(sentence_sample(ds, max_docs=1)) == 1
+    seen = {s for seed in range(20) for s in sentence_sample(ds, seed=seed)}
     assert seen == allowed[0] | allowed[2]  # every eligible sentence can be drawn
 
 
@@ -338,11 +319,6 @@ def test_cli_auto_codes_untrained_queries_by_sentences_when_no_document_has_a_ti
     assert main([*args, "--query-sample", "sentences", "--out", str(tmp_path / "ix2")]) == 0
     np.testing.assert_array_equal(QamaIndex.open(tmp_path / "ix2").encoder.quantizer.query_thresholds, expected)
     assert len(texts_seen) == 1  # the second time from the cache
-    train = ["-q", "train", "--dataset", str(root), "--embeddings", str(emb), "--cache-dir", str(tmp_path / "cache")]
-    assert main([*train, "--steps", "2", "--train-batch-size", "64", "--out", str(tmp_path / "ad")]) == 0
-    config = json.loads((tmp_path / "ad" / "config.json").read_text())  # no titles: checked on the sentences
-    assert config["data"]["n_pairs"] == 0 and config["check"]["held_out_pairs"] == len(docs) // 2
-    assert "n_query_sample" not in config["data"]  # the adapter's queries keep the documents' thresholds
     (emb / "meta.json").unlink()  # the embeddings' model unknown: auto does not mix in texts of a guessed model
     assert main([*args, "--out", str(tmp_path / "ix3")]) == 0
     assert QamaIndex.open(tmp_path / "ix3").encoder.quantizer.query_thresholds is None
