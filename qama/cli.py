@@ -229,9 +229,9 @@ def _add_input_args(p: argparse.ArgumentParser, required: bool = True) -> None:
     p.add_argument("--model", default=None, help=model_help)
     p.add_argument("--embeddings", type=Path, help="folder with precomputed corpus.npy and queries.npy of --model")
     p.add_argument("--batch-size", type=int, default=64, help="embedding batch size")
-    sample_help = "query-like texts whose quantiles code the queries: auto (default: the titles, if any; without "
-    sample_help += "an adapter, else sentences), titles, sentences (one of each of up to 2,000 documents), none, "
-    sample_help += "a qrels split of --dataset (its query texts), a .npy of embeddings or a text file"
+    sample_help = "query-like texts whose quantiles code the queries: auto (default: the titles if any, else, for "
+    sample_help += "codes without an adapter, sentences), titles, sentences (one of each of up to 2,000 documents), "
+    sample_help += "none, a qrels split of --dataset (its query texts), a .npy of embeddings or a text file"
     p.add_argument("--query-sample", default="auto", metavar="SOURCE", help=sample_help)
     p.add_argument("--cache-dir", type=Path, default=None, help="cache folder (default: $QAMA_CACHE or ~/.cache/qama)")
 
