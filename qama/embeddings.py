@@ -307,7 +307,7 @@ def query_sample(
     if source in ("auto", "titles") and dataset is not None:
         pairs = title_pairs(dataset, corpus, source, model_name, embeddings_dir, cache_dir, batch_size, progress, embed)
         if pairs is not None:
-            return pairs[0], f"{len(pairs[0])} document titles"
+            return _check_sample_dim(pairs[0], corpus, f"{len(pairs[0])} document titles", source, model_name)
         if not (sentences_fallback and source == "auto"):
             return None, "none (no titles to use)"
         source = "sentences"
@@ -316,11 +316,12 @@ def query_sample(
         if problem is None:
             try:
                 emb = embed_sentences(dataset, model_name, cache_dir, batch_size, progress)
-                return emb, f"{len(emb)} sentences of the documents"
             except OSError as e:
                 problem = f"cannot embed the sentences with {model_name} ({e})"
             except EmbeddingError as e:  # no document has a sentence to draw
                 problem = str(e)
+            else:
+                return _check_sample_dim(emb, corpus, f"{len(emb)} sentences of the documents", asked, model_name)
         if asked == "auto":
             logger.info("queries coded with the documents' thresholds: %s", problem)
             return None, "none (no titles, and no sentences to use)"
@@ -351,6 +352,19 @@ def query_sample(
     if source == dataset.split:
         logger.warning("query sample: the %r queries are the evaluated ones (an upper bound, not a measure)", source)
     return np.asarray(queries)[rows], f"{len(rows)} queries of the {source!r} split"
+
+
+def _check_sample_dim(
+    emb: np.ndarray, corpus: np.ndarray, what: str, source: str, model_name: str
+) -> tuple[np.ndarray, str]:
+    """``(emb, what)``: a query sample embedded with ``model_name``, refused when its dimension is not the
+    corpus's (the corpus embeddings come from another model; a ``meta.json`` would have said which)."""
+    if emb.shape[1] != corpus.shape[1]:
+        raise EmbeddingError(
+            f"query sample {source!r}: {what} embedded with {model_name} have {emb.shape[1]} dimensions, "
+            f"the corpus {corpus.shape[1]}"
+        )
+    return emb, what
 
 
 def _short_name(model_name: str) -> str:

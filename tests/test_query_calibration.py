@@ -365,3 +365,27 @@ def test_cli_index_of_a_jsonl_corpus_calibrates_queries_on_its_titles_or_sentenc
     expected = quantile_thresholds(plan_values(np.roll(vectors, 1, axis=1), index.plan), index.plan.value_levels)
     np.testing.assert_array_equal(index.encoder.quantizer.query_thresholds, expected)
     assert main([*args, "--query-sample", "train", "--out", str(tmp_path / "ix2")]) == 2
+
+
+@pytest.mark.parametrize("source", ["titles", "sentences"])
+def test_cli_index_refuses_a_query_sample_whose_dimension_is_not_the_corpus(tmp_path, monkeypatch, capsys, source):
+    """`qama index --corpus F.jsonl --embeddings X.npy` with no meta.json beside X.npy: the titles or sentences
+    are embedded with --model on a guess; when they have more dimensions than the corpus, another model made
+    the corpus, and its queries must not be coded by the first dimensions of the sample."""
+    import json
+
+    text = "has one sentence of words."
+    docs = [{"_id": f"d{i}", "title": f"title {i}", "text": f"Document {i} {text}"} for i in range(20)]
+    corpus_file = tmp_path / "mine.jsonl"
+    corpus_file.write_text("".join(json.dumps(d) + "\n" for d in docs))
+    np.save(tmp_path / "corpus.npy", np.random.default_rng(0).normal(size=(20, 8)).astype(np.float32))
+    vectors = np.random.default_rng(1).normal(size=(20, 16)).astype(np.float32)
+    _fake_model(monkeypatch, lambda texts, call: vectors[: len(texts)])
+    args = ["-q", "index", "--corpus", str(corpus_file), "--embeddings", str(tmp_path / "corpus.npy"), "--plan", "1bit"]
+    args += ["--query-sample", source, "--cache-dir", str(tmp_path / "c"), "--out", str(tmp_path / "ix")]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    what = "20 document titles" if source == "titles" else "20 sentences of the documents"
+    model = "sentence-transformers/all-MiniLM-L6-v2"
+    assert err == f"qama: error: query sample '{source}': {what} embedded with {model} have 16 dimensions, the corpus 8"
+    assert not (tmp_path / "ix").exists()
