@@ -49,7 +49,7 @@ def _query_sample(args: argparse.Namespace, dataset, corpus, queries, embed_titl
     from qama.embeddings import query_sample
 
     folder = args.embeddings  # (--corpus takes the .npy file itself: its folder holds meta.json)
-    folder = folder.parent if folder is not None and folder.suffix == ".npy" else folder
+    folder = folder.parent if folder is not None and folder.is_file() else folder
     sample, what = query_sample(
         dataset, corpus, queries, args.query_sample, args.model, folder, args.cache_dir, args.batch_size,
         not args.quiet, embed_titles, untrained,

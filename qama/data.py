@@ -107,7 +107,9 @@ def sentence_sample(dataset: Dataset, max_docs: int = SENTENCE_SAMPLE_DOCS, seed
     rows = rng.permutation(len(dataset.doc_texts))
     out: list[str] = []
     for r in rows.tolist():
-        sentences = [t for t in _SENTENCE_END.split(dataset.doc_texts[r]) if len(t.split()) >= MIN_SENTENCE_WORDS]
+        # (split at most MIN_SENTENCE_WORDS - 1 times: a huge sentence is not cut into all its words to count them)
+        parts = _SENTENCE_END.split(dataset.doc_texts[r])
+        sentences = [t for t in parts if len(t.split(None, MIN_SENTENCE_WORDS - 1)) >= MIN_SENTENCE_WORDS]
         if sentences:
             out.append(sentences[int(rng.integers(len(sentences)))].strip())
             if len(out) == max_docs:
