@@ -338,7 +338,7 @@ def query_sample(
         if len(texts) < 2:
             raise EmbeddingError(f"{path}: a query sample needs at least 2 non-empty lines, got {len(texts)}")
         emb = check_embeddings(encode(load_model(model_name), texts, batch_size, progress), None, str(path))
-        return emb, f"{len(texts)} queries from {path}"
+        return _check_sample_dim(emb, corpus, f"{len(texts)} queries from {path}", source, model_name)
     from qama.data import DataError, load_dataset
 
     if dataset is None or dataset.path is None or queries is None:

@@ -367,7 +367,7 @@ def test_cli_index_of_a_jsonl_corpus_calibrates_queries_on_its_titles_or_sentenc
     assert main([*args, "--query-sample", "train", "--out", str(tmp_path / "ix2")]) == 2
 
 
-@pytest.mark.parametrize("source", ["titles", "sentences"])
+@pytest.mark.parametrize("source", ["titles", "sentences", "queries.txt"])
 def test_cli_index_refuses_a_query_sample_whose_dimension_is_not_the_corpus(tmp_path, monkeypatch, capsys, source):
     """`qama index --corpus F.jsonl --embeddings X.npy` with no meta.json beside X.npy: the titles or sentences
     are embedded with --model on a guess; when they have more dimensions than the corpus, another model made
@@ -382,10 +382,14 @@ def test_cli_index_refuses_a_query_sample_whose_dimension_is_not_the_corpus(tmp_
     vectors = np.random.default_rng(1).normal(size=(20, 16)).astype(np.float32)
     _fake_model(monkeypatch, lambda texts, call: vectors[: len(texts)])
     args = ["-q", "index", "--corpus", str(corpus_file), "--embeddings", str(tmp_path / "corpus.npy"), "--plan", "1bit"]
+    if source == "queries.txt":  # a query log, embedded with --model too
+        (tmp_path / source).write_text("what is document 1\nwhat is document 2\n")
+        source = str(tmp_path / source)
     args += ["--query-sample", source, "--cache-dir", str(tmp_path / "c"), "--out", str(tmp_path / "ix")]
     assert main(args) == 2
     err = capsys.readouterr().err.strip().splitlines()[-1]
-    what = "20 document titles" if source == "titles" else "20 sentences of the documents"
+    what = {"titles": "20 document titles", "sentences": "20 sentences of the documents"}.get(source)
+    what = what or f"2 queries from {source}"
     model = "sentence-transformers/all-MiniLM-L6-v2"
     assert err == f"qama: error: query sample '{source}': {what} embedded with {model} have 16 dimensions, the corpus 8"
     assert not (tmp_path / "ix").exists()
