@@ -109,7 +109,6 @@ class TrainConfig(JsonFields):
     warmup_steps: int = 50  # linear warm-up, then cosine decay
     min_lr_ratio: float = 0.05  # final learning rate / peak
     grad_clip: float = 1.0  # max global gradient norm
-    weight_ema: float = 0.0  # experiment: final weights = EMA of the iterates with this momentum (0: off)
     seed: int = 0  # fixed seed: same data + config -> same adapter
     threads: int = 2  # torch CPU threads
     # quantisation during training
@@ -567,12 +566,6 @@ def fit(
         total.backward()
         torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
         opt.step()
-        if cfg.weight_ema > 0:
-            with torch.no_grad():
-                if step == start:
-                    averaged = [p.detach().clone() for p in params]
-                for a, p in zip(averaged, params, strict=True):
-                    a.mul_(cfg.weight_ema).add_(p.detach(), alpha=1 - cfg.weight_ema)
         with torch.no_grad():
             adapter.update_statistics(adapter(xb), cfg.ema_momentum)
             if pb is not None and cfg.query_thresholds:
@@ -583,10 +576,6 @@ def fit(
         if ckpt is not None and due:
             _save_checkpoint(ckpt, adapter, opt, step + 1, cfg)
     bar.close()
-    if cfg.weight_ema > 0 and cfg.steps > start:
-        with torch.no_grad():
-            for a, p in zip(averaged, params, strict=True):
-                p.copy_(a)
     adapter.calibrate(x_np)  # final thresholds: exact quantiles over the whole corpus
     if query_sample is None and pair_t is not None and cfg.query_thresholds:
         query_sample = pair_t[0].numpy()
