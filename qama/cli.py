@@ -170,7 +170,8 @@ def cmd_index(args: argparse.Namespace) -> int:
     else:
         dataset, corpus, queries = _load_inputs(args)
     ids, titles = dataset.doc_ids, dataset.titles
-    sample = _query_sample(args, dataset, corpus, queries, untrained=adapter is None)  # auto keeps an adapter's
+    # (auto leaves an adapter's own query thresholds as they are: see fit_encoder)
+    sample = _query_sample(args, dataset, corpus, queries, untrained=adapter is None)
     index_corpus(
         uri, corpus, ids, titles, args.plan, adapter, sample, args.query_sample != "auto", args.recorded_model,
         args.shard, kind, args.keep_vectors, not args.quiet, **options,

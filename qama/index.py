@@ -112,7 +112,8 @@ _GENERATED = re.compile(
 # The names of the files an index (version 1 or 2) writes, of any generation: only such names listed
 # under ``superseded`` are removed by a later commit.
 _OWN_NAME = re.compile(
-    r"^(?:(?:codes|ids|titles|vectors)-\d{6,}(?:-\d{1,6})?\.(?:npy|off\.npy)|encoder-\d{6,}\.safetensors)$"
+    r"^(?:(?:codes|ids|titles|vectors)-(?P<g>\d{6,})(?:-\d{1,6})?\.(?:npy|off\.npy)"
+    r"|encoder-(?P<g_encoder>\d{6,})\.safetensors)$"
 )
 # The temporary file of an atomic write (qama._io.atomic_open) killed midway: ``.NAME.RANDOM.tmp``.
 _TEMPORARY = re.compile(r"^\.(?P<name>.+)\.[A-Za-z0-9_]+\.tmp$")
@@ -898,7 +899,8 @@ def _replaced_index(path: Path) -> tuple[int, set[str]]:
     names = [f.get("name") for g in groups if isinstance(g, dict) for f in g.values() if isinstance(f, dict)]
     superseded = old.get("superseded")
     names += superseded if isinstance(superseded, list) else []
-    listed = {n for n in names if isinstance(n, str) and _OWN_NAME.fullmatch(n)}
+    matches = [m for n in names if isinstance(n, str) and (m := _OWN_NAME.fullmatch(n))]
+    listed = {m.string for m in matches}
     generation = old.get("generation")
     if type(generation) is not int or generation < 0:
         logger.warning(
@@ -908,8 +910,7 @@ def _replaced_index(path: Path) -> tuple[int, set[str]]:
             len(listed),
         )
         generation = 0
-    # codes-G-J.npy, ids-G-J.off.npy, encoder-G.safetensors, codes-G.npy (version 1): G after the first '-'
-    return max([generation, *(int(n.split("-")[1].split(".")[0]) for n in listed)]), listed
+    return max([generation, *(int(m["g"] or m["g_encoder"]) for m in matches)]), listed
 
 
 class _Commit:
