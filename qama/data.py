@@ -8,6 +8,7 @@ folder. Rows keep file order, so row ``i`` of a precomputed ``corpus.npy`` is li
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import logging
 import os
@@ -18,6 +19,7 @@ import tempfile
 import urllib.error
 import urllib.request
 import zipfile
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -95,23 +97,73 @@ class Dataset:
 #: Most documents :func:`sentence_sample` draws a sentence from, and the fewest words of a drawn sentence.
 SENTENCE_SAMPLE_DOCS = 2000
 MIN_SENTENCE_WORDS = 5
-_SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
+#: The fewest characters of scripts written without spaces between words (:data:`_SPACELESS`) that also
+#: make a sentence long enough: a Chinese or Japanese word averages under two characters, so ten are about
+#: five words (in Thai, Lao, Khmer, Myanmar or Tibetan, where a word takes more characters, two or three).
+MIN_SENTENCE_CHARS = 10
+# Sentence ends. ``.``, ``!`` and ``?`` end a sentence only when whitespace follows (not in "3.5" or
+# "e.g.x"). The other common Unicode sentence terminators (a subset of \p{Sentence_Terminal}; the
+# stdlib re has no \p classes) end one with or without whitespace after them, together with the
+# closing quotes and brackets that follow them ("「…か？」と" ends after the 」): Armenian, Arabic,
+# Syriac, Devanagari, Myanmar, Ethiopic, Khmer and Mongolian stops; doubled Latin marks; CJK ideographic,
+# full-width, half-width, small and vertical stops, question and exclamation marks.
+_TERMINATORS = (
+    "\u0589\u061f\u06d4\u0701\u0702\u0964\u0965\u104b\u1362\u1367\u17d4\u17d5\u1803\u1809"
+    "\u203c\u203d\u2047\u2048\u2049"
+    "\u3002\ufe12\ufe15\ufe16\ufe52\ufe56\ufe57\uff01\uff0e\uff1f\uff61"
+)
+_CLOSERS = "\"'\u2019\u201d\u00bb)\\]}\uff09\uff3d\u300d\u300f\u3011\u3015\u3017\u3009\u300b\uff63"
+_SENTENCE_END = re.compile(
+    rf"(?<=[.!?])\s+|(?:(?<=[{_TERMINATORS}])|(?<=[{_TERMINATORS}][{_CLOSERS}]))(?![{_TERMINATORS}{_CLOSERS}])\s*"
+)
+# Scripts written without spaces between words: Han (with 々〆〇), Hiragana, Katakana (half-width too),
+# Thai, Lao, Tibetan, Myanmar, Khmer. Not Hangul: Korean puts spaces between words.
+_SPACELESS = re.compile(
+    "[\u3005-\u3007\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\U00020000-\U0003134f"
+    "\u3040-\u309f\u30a0-\u30ff\u31f0-\u31ff\uff66-\uff9f"
+    "\u0e00-\u0eff\u0f00-\u0fff\u1000-\u109f\u1780-\u17ff]"
+)
+
+
+def _long_enough(sentence: str) -> bool:
+    """Whether ``sentence`` has at least :data:`MIN_SENTENCE_WORDS` whitespace-separated words or at least
+    :data:`MIN_SENTENCE_CHARS` characters of scripts written without spaces between words. Reads no more
+    than it needs: at most ``MIN_SENTENCE_WORDS - 1`` splits, so a huge sentence is not cut into all its
+    words, and the characters counted up to the :data:`MIN_SENTENCE_CHARS`-th."""
+    if len(sentence.split(None, MIN_SENTENCE_WORDS - 1)) >= MIN_SENTENCE_WORDS:
+        return True
+    return next(itertools.islice(_SPACELESS.finditer(sentence), MIN_SENTENCE_CHARS - 1, None), None) is not None
+
+
+def _sentences(text: str) -> Iterator[str]:
+    """The sentences of ``text`` that are long enough (:func:`_long_enough`), in order, unstripped: the
+    pieces of ``_SENTENCE_END.split(text)``, made one at a time so that a huge document is never held as
+    a list of all its sentences."""
+    start = 0
+    for end in _SENTENCE_END.finditer(text):
+        if _long_enough(piece := text[start : end.start()]):
+            yield piece
+        start = end.end()
+    if _long_enough(piece := text[start:]):
+        yield piece
 
 
 def sentence_sample(dataset: Dataset, max_docs: int = SENTENCE_SAMPLE_DOCS, seed: int = 0) -> list[str]:
-    """Short query-like texts of the corpus itself: one sentence of at least :data:`MIN_SENTENCE_WORDS`
-    words drawn at random from each of at most ``max_docs`` documents drawn at random (a document's
-    text split after ``.``, ``!`` or ``?``; documents with no such sentence give none). Same dataset and
-    seed, same sentences."""
+    """Short query-like texts of the corpus itself: one sentence drawn at random from each of at most
+    ``max_docs`` documents drawn at random; documents with no such sentence give none. A document's text
+    is split after ``.``, ``!`` or ``?`` followed by whitespace, or after another common sentence
+    terminator (``。``, ``！``, ``？``, ``．``, ``।``, ``؟``, …) and the closing quotes or brackets after
+    it. A sentence counts when it has at least :data:`MIN_SENTENCE_WORDS` whitespace-separated words or,
+    for text written without spaces between words (Chinese, Japanese, Thai, …), at least
+    :data:`MIN_SENTENCE_CHARS` characters of such scripts. Same dataset and seed, same sentences."""
     rng = np.random.default_rng(seed)
     rows = rng.permutation(len(dataset.doc_texts))
     out: list[str] = []
     for r in rows.tolist():
-        # (split at most MIN_SENTENCE_WORDS - 1 times: a huge sentence is not cut into all its words to count them)
-        parts = _SENTENCE_END.split(dataset.doc_texts[r])
-        sentences = [t for t in parts if len(t.split(None, MIN_SENTENCE_WORDS - 1)) >= MIN_SENTENCE_WORDS]
-        if sentences:
-            out.append(sentences[int(rng.integers(len(sentences)))].strip())
+        text = dataset.doc_texts[r]
+        n = sum(1 for _ in _sentences(text))  # counted, then the drawn one found again: no list of them all
+        if n:
+            out.append(next(itertools.islice(_sentences(text), int(rng.integers(n)), None)).strip())
             if len(out) == max_docs:
                 break
     return out

@@ -176,10 +176,14 @@ def embed_sentences(
 ) -> np.ndarray:
     """Embeddings (cached) of :func:`qama.data.sentence_sample`: one sentence of each of up to 2,000
     documents, short query-like texts of a corpus that has no titles. Raises :class:`EmbeddingError`
-    when no document has a sentence of five words or more."""
+    when fewer than 2 documents have a sentence long enough (five words, or ten characters of a script
+    written without spaces: :func:`qama.data.sentence_sample`)."""
     texts = sentence_sample(dataset)
     if len(texts) < 2:
-        raise EmbeddingError(f"{dataset.name}: fewer than 2 documents have a sentence of five words or more")
+        raise EmbeddingError(
+            f"{dataset.name}: fewer than 2 documents have a sentence of five words, "
+            "or of ten characters of a script without spaces"
+        )
     root, stem = _cache_root(model_name, cache_dir), f"{dataset.name}-sentences"
     return _embed_cached(load_model(model_name), model_name, root, stem, texts, batch_size, progress)
 

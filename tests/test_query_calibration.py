@@ -294,6 +294,147 @@ def test_sentence_sample_draws_one_sentence_of_five_words_from_each_document():
     assert seen == allowed[0] | allowed[2]  # every eligible sentence can be drawn
 
 
+def test_sentences_of_chinese_text_end_at_ideographic_stops_and_count_ten_characters():
+    from qama.data import Dataset, _sentences, sentence_sample
+
+    text = "深度学习模型需要大量的训练数据。今天天气好。你知道这个方法为什么有效吗？真的！"
+    assert list(_sentences(text)) == ["深度学习模型需要大量的训练数据。", "你知道这个方法为什么有效吗？"]
+    ds = Dataset("zh", ["d0", "d1"], [text, "量化后的向量可以用汉明距离检索"], ["", ""], [], [], {})
+    seen = {s for seed in range(20) for s in sentence_sample(ds, seed=seed)}
+    assert seen == {*_sentences(text), "量化后的向量可以用汉明距离检索"}  # a text with no stop is one sentence
+    assert len(sentence_sample(ds)) == 2
+
+
+def test_sentences_of_japanese_text_keep_their_closing_brackets_and_need_ten_characters():
+    from qama.data import _sentences
+
+    text = (
+        "東京は日本の首都です。"  # 10 characters: long enough
+        "大阪は大きな町です．"  # 9 (full-width stop): too short
+        "はい。この論文では新しい手法を提案する！"
+        "「量子化は本当に有効なのか？」と彼は聞いた。"  # the sentence ends after 」
+        "ｶﾀｶﾅﾃﾞｶｲﾀﾌﾞﾝﾃﾞｽ｡"  # half-width katakana and stop
+    )
+    assert list(_sentences(text)) == [
+        "東京は日本の首都です。",
+        "この論文では新しい手法を提案する！",
+        "「量子化は本当に有効なのか？」",
+        "ｶﾀｶﾅﾃﾞｶｲﾀﾌﾞﾝﾃﾞｽ｡",
+    ]
+
+
+def test_sentences_of_a_mixed_document_by_words_or_by_characters():
+    from qama.data import _sentences
+
+    text = (
+        "This sentence has five words. 这是一个中文句子的例子。 Too short here. "
+        "यह एक हिंदी वाक्य है। هل هذه جملة عربية طويلة؟ 이것은 다섯 단어로 된 문장입니다 정말. "
+        "使用 BERT 模型。The model is 3.5 times faster!"  # 4 Han characters and 3 words: too short
+    )
+    assert list(_sentences(text)) == [
+        "This sentence has five words.",
+        "这是一个中文句子的例子。",
+        "यह एक हिंदी वाक्य है।",
+        "هل هذه جملة عربية طويلة؟",
+        "이것은 다섯 단어로 된 문장입니다 정말.",  # Korean: by its spaces, not its syllables
+        "The model is 3.5 times faster!",
+    ]
+
+
+def test_text_of_only_short_fragments_gives_no_sentence():
+    from qama.data import Dataset, _sentences, sentence_sample
+
+    texts = ["短句。はい。OK. 是的！Yes no.", "「本当か？」と聞いた。", "一二三四五六七八九", "ภาษาไทย", ""]
+    assert [list(_sentences(t)) for t in texts] == [[]] * len(texts)
+    ds = Dataset("t", [f"d{i}" for i in range(len(texts))], texts, [""] * len(texts), [], [], {})
+    assert sentence_sample(ds) == []
+
+
+def _old_sentence_sample(texts: list[str], seed: int = 0) -> list[str]:
+    """sentence_sample as of 3fac3e9: split after . ! ? and whitespace, five whitespace words."""
+    import re
+
+    rng = np.random.default_rng(seed)
+    out = []
+    for r in rng.permutation(len(texts)).tolist():
+        sentences = [t for t in re.split(r"(?<=[.!?])\s+", texts[r]) if len(t.split(None, 4)) >= 5]
+        if sentences:
+            out.append(sentences[int(rng.integers(len(sentences)))].strip())
+            if len(out) == 2000:
+                break
+    return out
+
+
+def test_sentence_sample_of_english_text_is_what_it_was(tmp_path):
+    """English corpora draw the sentences they drew before other scripts were read (3fac3e9): the measured
+    figures of benchmarks/RESULTS_training.md were made with them."""
+    from qama.data import Dataset, load_dataset, sentence_sample
+
+    texts = [
+        'Value 3.5 is e.g.x fine.  Two  spaces\nand a newline here! "Quoted sentence ends here." Next one!',
+        "Is it? Yes it is, is it not?\tTabs count as spaces here too. U.S. law is a thing here.",
+        "One two three four five",
+        "no sentence at all",
+    ]
+    ds = Dataset("t", [f"d{i}" for i in range(len(texts))], texts, [""] * len(texts), [], [], {})
+    for seed in range(10):
+        assert sentence_sample(ds, seed=seed) == _old_sentence_sample(texts, seed)
+    cranfield = load_dataset("cranfield", cache_dir=tmp_path)
+    got = sentence_sample(cranfield)
+    assert got == _old_sentence_sample(cranfield.doc_texts) and len(got) == 1398
+    assert hashlib.sha256("\n".join(got).encode()).hexdigest().startswith("1ea8bdfa7d1d6b6b")
+
+
+def test_sentence_sample_of_scifact_is_what_it_was():
+    """The sentences that benchmarks/RESULTS_training.md measured SciFact's query sample with (seed 0)."""
+    from qama.data import load_dataset, sentence_sample
+    from tests.conftest import SHARED
+
+    data = SHARED / "datasets" / "scifact"
+    if not (data / "corpus.jsonl").is_file():
+        pytest.skip(f"shared benchmark data not found at {SHARED}")
+    got = sentence_sample(load_dataset(data))
+    assert len(got) == 2000
+    assert hashlib.sha256("\n".join(got).encode()).hexdigest().startswith("8f33ec9c007fcd5d")
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["A short one here, ok. " * 50_000, "这是一个很长的中文句子。" * 50_000, "word " * 200_000, "模" * 500_000],
+    ids=["sentences", "chinese-sentences", "one-long-sentence", "no-stop"],
+)
+def test_sentence_sample_of_a_huge_document_holds_neither_all_its_sentences_nor_all_its_words(text):
+    import tracemalloc
+
+    from qama.data import Dataset, sentence_sample
+
+    ds = Dataset("t", ["d"], [text], [""], [], [], {})
+    tracemalloc.start()
+    try:
+        got = sentence_sample(ds)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert len(got) == 1
+    assert peak < 2 * len(text)  # a list of all its sentences or words would take several times the text
+
+
+def test_sentence_terminators_and_spaceless_scripts_are_what_their_comments_say():
+    """Each extra sentence end is a Unicode Sentence_Terminal; each character counted as a word-ish unit
+    belongs to Han, Hiragana, Katakana, Thai, Lao, Tibetan, Myanmar or Khmer (or is a mark they share, such
+    as ー, or unassigned)."""
+    regex = pytest.importorskip("regex")
+    from qama.data import _SPACELESS, _TERMINATORS
+
+    assert all(regex.fullmatch(r"\p{Sentence_Terminal}", c) for c in _TERMINATORS)
+    scripts = (
+        r"[\p{Han}\p{Hiragana}\p{Katakana}\p{Thai}\p{Lao}\p{Tibetan}\p{Myanmar}\p{Khmer}"
+        r"\p{Common}\p{Inherited}\p{Cn}]"
+    )
+    counted = [chr(c) for c in range(0x110000) if _SPACELESS.fullmatch(chr(c))]
+    assert all(regex.fullmatch(scripts, c) for c in counted)
+
+
 def test_cli_auto_codes_untrained_queries_by_sentences_when_no_document_has_a_title(tmp_path, small, monkeypatch):
     """A corpus without titles: --query-sample auto calibrates untrained codes on sentences of the documents
     (embedded once, with the model the embeddings' meta.json names), and leaves an adapter's queries alone."""
@@ -330,7 +471,10 @@ def test_cli_auto_codes_untrained_queries_by_sentences_when_no_document_has_a_ti
     short = load_dataset(root)
     short.doc_texts = ["too short."] * len(short.doc_texts)
     corpus = np.load(emb / "corpus.npy")
-    message = "^query sample 'sentences': ds: fewer than 2 documents have a sentence of five words or more$"
+    message = (
+        "^query sample 'sentences': ds: fewer than 2 documents have a sentence of five words, "
+        "or of ten characters of a script without spaces$"
+    )
     with pytest.raises(EmbeddingError, match=message):
         query_sample(short, corpus, None, "sentences", cache_dir=tmp_path / "cache")
     got = query_sample(short, corpus, None, "auto", cache_dir=tmp_path / "cache", sentences_fallback=True)
