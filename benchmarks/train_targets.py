@@ -68,9 +68,9 @@ TARGETS: list[tuple[str, str, int, float | None]] = [
 ]
 
 
-def load(name: str) -> tuple[Evaluator, np.ndarray, np.ndarray]:
-    """Evaluator, corpus and judged-query embeddings of a shared dataset."""
-    ds = load_dataset(SHARED / "datasets" / name, "test")
+def load(name: str, split: str = "test") -> tuple[Evaluator, np.ndarray, np.ndarray]:
+    """Evaluator, corpus and judged-query embeddings of a shared dataset (the queries of ``split``'s qrels)."""
+    ds = load_dataset(SHARED / "datasets" / name, split)
     corpus, queries = load_embeddings(EMB / name, ds)
     return Evaluator(ds), corpus, queries[ds.eval_query_rows]
 

@@ -9,7 +9,9 @@ import pytest
 
 from qama.data import load_dataset
 from qama.embeddings import load_embeddings
-from qama.evaluation.metrics import Evaluator, evaluate_run, run_from_scores
+from qama.evaluation.metrics import Evaluator, evaluate_run, per_query_metrics, run_from_scores
+from qama.evaluation.rows import Row
+from qama.evaluation.tables import breakdown_markdown, loss_breakdown
 from tests.conftest import shared_dataset
 
 
@@ -22,6 +24,44 @@ def test_hand_computed_ndcg_mrr_recall():
     assert m["ndcg@10"] == pytest.approx(ndcg_q1 / 2)
     assert m["mrr@10"] == pytest.approx(0.5)
     assert m["recall@100"] == pytest.approx(0.5)
+
+
+def test_per_query_figures_follow_the_qrels_order_and_a_missing_query_scores_zero():
+    qrels = {"q2": {"x": 1}, "q1": {"a": 1, "b": 2}}
+    run = {"q1": {"a": 0.9, "c": 0.8, "b": 0.7}}
+    per_query = per_query_metrics(qrels, run)
+    assert per_query["ndcg@10"].tolist() == pytest.approx([0.0, 2.0 / (2.0 + 1.0 / math.log2(3))])
+    assert per_query["mrr@10"].tolist() == [0.0, 1.0]
+    assert per_query["recall@100"].tolist() == [0.0, 1.0]
+    assert evaluate_run(qrels, run)["ndcg@10"] == per_query["ndcg@10"].mean()
+
+
+def test_breakdown_compares_with_untrained_codes_query_by_query():
+    def row(fmt, plan, ndcg):
+        per_query = np.array(ndcg)
+        return Row(fmt, plan, 8, 2.0, 2, metrics={"ndcg@10": per_query.mean()}, per_query_ndcg=per_query)
+
+    rows = [
+        row("fp32", None, [1.0, 1.0, 1.0, 1.0]),
+        row("qama", None, [1.0, 1.0, 1.0, 1.0]),
+        row("threshold-qcal", "2bit", [0.5, 0.5, 0.5, 0.5]),
+        row("qama", "2bit", [0.6, 0.7, 0.6, 0.7]),  # differences 0.1, 0.2, 0.1, 0.2
+        row("threshold", "1bit", [0.5, 0.5, 0.5, 0.5]),
+        row("qama", "1bit", [0.9, 0.1, 0.5, 0.5]),  # differences 0.4, -0.4, 0, 0
+    ]
+    two, one = loss_breakdown(rows)
+    assert two["untrained_diff"] == pytest.approx(0.15)
+    assert two["untrained_stderr"] == pytest.approx(np.std([0.1, 0.2, 0.1, 0.2], ddof=1) / 2)
+    assert one["untrained_diff"] == pytest.approx(0.0)
+    assert one["untrained_stderr"] == pytest.approx(np.std([0.4, -0.4, 0, 0], ddof=1) / 2)
+    table = breakdown_markdown([two, one])
+    assert "| 2bit | 8 | 100.0% | 65.0% | — | 130.0% | +15.0 ± 2.9 (better) |" in table
+    assert "| 1bit | 8 | 100.0% | 50.0% | — | 100.0% | +0.0 ± 16.3 |" in table
+    # rows read back from JSON have no per-query figures: no paired column
+    for r in rows:
+        r.per_query_ndcg = None
+    assert [b["untrained_diff"] for b in loss_breakdown(rows)] == [None, None]
+    assert "s.e." not in breakdown_markdown(loss_breakdown(rows))
 
 
 def test_ties_follow_trec_eval_order():

@@ -12,14 +12,15 @@ import pytrec_eval
 
 from qama.data import Dataset
 
-__all__ = ["METRICS", "evaluate_run", "run_from_scores", "Evaluator"]
+__all__ = ["METRICS", "per_query_metrics", "mean_metrics", "evaluate_run", "run_from_scores", "Evaluator"]
 
 METRICS = ("ndcg@10", "recall@100", "mrr@10")
 _TOP = 100  # documents kept per query: enough for every metric above
 
 
-def evaluate_run(qrels: dict[str, dict[str, int]], run: dict[str, dict[str, float]]) -> dict[str, float]:
-    """Mean nDCG@10, Recall@100 and MRR@10 over the judged queries."""
+def per_query_metrics(qrels: dict[str, dict[str, int]], run: dict[str, dict[str, float]]) -> dict[str, np.ndarray]:
+    """nDCG@10, Recall@100 and MRR@10 of each judged query, ``(n_judged,)`` float64 arrays in the order of
+    ``qrels``; a judged query missing from the run scores 0."""
     if not qrels:
         raise ValueError("no judged queries to evaluate")
     evaluator = pytrec_eval.RelevanceEvaluator(qrels, {"ndcg_cut.10", "recall.100"})
@@ -29,12 +30,22 @@ def evaluate_run(qrels: dict[str, dict[str, int]], run: dict[str, dict[str, floa
     rr = pytrec_eval.RelevanceEvaluator(qrels, {"recip_rank"}).evaluate(
         {q: top10[q] for q in qrels if q in top10 and top10[q]}
     )
-    n = len(qrels)
+    none: dict[str, float] = {}
     return {
-        "ndcg@10": sum(m["ndcg_cut_10"] for m in per_query.values()) / n,
-        "recall@100": sum(m["recall_100"] for m in per_query.values()) / n,
-        "mrr@10": sum(m["recip_rank"] for m in rr.values()) / n,
+        "ndcg@10": np.array([per_query.get(q, none).get("ndcg_cut_10", 0.0) for q in qrels]),
+        "recall@100": np.array([per_query.get(q, none).get("recall_100", 0.0) for q in qrels]),
+        "mrr@10": np.array([rr.get(q, none).get("recip_rank", 0.0) for q in qrels]),
     }
+
+
+def mean_metrics(per_query: dict[str, np.ndarray]) -> dict[str, float]:
+    """The means of :func:`per_query_metrics` (each metric summed in query order, divided by the count)."""
+    return {name: sum(values.tolist()) / len(values) for name, values in per_query.items()}
+
+
+def evaluate_run(qrels: dict[str, dict[str, int]], run: dict[str, dict[str, float]]) -> dict[str, float]:
+    """Mean nDCG@10, Recall@100 and MRR@10 over the judged queries."""
+    return mean_metrics(per_query_metrics(qrels, run))
 
 
 def run_from_scores(
@@ -75,4 +86,9 @@ class Evaluator:
 
     def from_ranking(self, ids: np.ndarray, scores: np.ndarray) -> dict[str, float]:
         """Metrics from ``(n_judged_queries, k)`` document rows and scores (higher is better)."""
-        return evaluate_run(self.dataset.qrels, run_from_ranking(ids, scores, self.query_ids, self.dataset.doc_ids))
+        return mean_metrics(self.per_query(ids, scores))
+
+    def per_query(self, ids: np.ndarray, scores: np.ndarray) -> dict[str, np.ndarray]:
+        """:func:`per_query_metrics` of ``(n_judged_queries, k)`` document rows and scores (higher is better)."""
+        run = run_from_ranking(ids, scores, self.query_ids, self.dataset.doc_ids)
+        return per_query_metrics(self.dataset.qrels, run)

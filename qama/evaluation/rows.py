@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -24,7 +24,7 @@ import numpy as np
 from qama.codes import ALL_PLANS, DEFAULT_PLANS, Plan, make_plan, plans_fitting, prefix_plan
 from qama.encoders import Encoder, ThresholdEncoder, fit_encoder
 from qama.evaluation import baselines
-from qama.evaluation.metrics import Evaluator
+from qama.evaluation.metrics import Evaluator, mean_metrics
 from qama.search import float_search, funnel_search, hamming_search, search_rescored
 
 __all__ = [
@@ -65,6 +65,9 @@ class Row:
     metrics: dict[str, float] = field(default_factory=dict)
     retention: float | None = None  # nDCG@10 as a fraction of FP32 at full dimension
     dataset: str | None = None
+    #: nDCG@10 of each judged query (in the order of the dataset's qrels), for paired comparisons of
+    #: rows (:func:`qama.evaluation.tables.loss_breakdown`); not written to JSON.
+    per_query_ndcg: np.ndarray | None = field(default=None, repr=False, compare=False)
 
     @property
     def mb_per_million(self) -> float:
@@ -72,7 +75,8 @@ class Row:
         return self.bytes_per_vector * 1e6 / 1e6
 
     def to_dict(self) -> dict:
-        d = asdict(self)
+        d = asdict(replace(self, per_query_ndcg=None))
+        d.pop("per_query_ndcg")
         metrics = d.pop("metrics")
         d.update(metrics)
         d["mb_per_million"] = self.mb_per_million
@@ -90,7 +94,16 @@ def float_row(
     """Score a float format: ``corpus``/``queries`` already at ``dims`` dimensions in that format."""
     bytes_per_dim = bytes_per_dim or {"fp32": 4, "fp16": 2, "int8": 1}[fmt]
     scores, ids = float_search(corpus, queries, TOP_K)
-    return Row(fmt, None, dims, 8.0 * bytes_per_dim, dims * bytes_per_dim, metrics=evaluator.from_ranking(ids, scores))
+    per_query = evaluator.per_query(ids, scores)
+    return Row(
+        fmt,
+        None,
+        dims,
+        8.0 * bytes_per_dim,
+        dims * bytes_per_dim,
+        metrics=mean_metrics(per_query),
+        per_query_ndcg=per_query["ndcg@10"],
+    )
 
 
 def plan_row(
@@ -104,8 +117,17 @@ def plan_row(
 ) -> Row:
     """The row of a code format under ``plan`` (named ``name``, default the plan's) from a ranking:
     ``ids`` and their ``scores`` (higher is better) per query; ``rescore``: its oversampling factor."""
-    metrics = evaluator.from_ranking(ids, scores)
-    return Row(fmt, name or plan.name, plan.dim, plan.bits_per_dim, plan.code_size, rescore=rescore, metrics=metrics)
+    per_query = evaluator.per_query(ids, scores)
+    return Row(
+        fmt,
+        name or plan.name,
+        plan.dim,
+        plan.bits_per_dim,
+        plan.code_size,
+        rescore=rescore,
+        metrics=mean_metrics(per_query),
+        per_query_ndcg=per_query["ndcg@10"],
+    )
 
 
 def code_row(

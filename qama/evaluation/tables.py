@@ -48,11 +48,20 @@ def loss_breakdown(rows: list[Row]) -> list[dict]:
     same codes rescored asymmetrically (float query) at the smallest factor present (what coding
     the query costs); ``untrained`` = the codes / untrained quantile codes of the same plan and size
     (``threshold-qcal`` rows when present, else ``threshold``), ``None`` where there are none.
+
+    ``untrained_diff`` and ``untrained_stderr``: the mean over the judged queries of the codes' nDCG@10
+    minus the untrained codes', and its standard error (paired over the queries; ``None`` without
+    per-query figures or with fewer than two queries). A difference within about two standard errors
+    is one that these queries cannot tell from noise.
     """
 
-    def ndcg(fmt: str, plan: str | None, dims: int, rescore: int | None = None) -> float | None:
+    def find(fmt: str, plan: str | None, dims: int, rescore: int | None = None) -> Row | None:
         found = [r for r in rows if (r.format, r.plan, r.dims, r.rescore) == (fmt, plan, dims, rescore)]
-        return found[0].metrics["ndcg@10"] if found else None
+        return found[0] if found else None
+
+    def ndcg(fmt: str, plan: str | None, dims: int, rescore: int | None = None) -> float | None:
+        row = find(fmt, plan, dims, rescore)
+        return None if row is None else row.metrics["ndcg@10"]
 
     def ratio(a: float | None, b: float | None) -> float | None:
         return None if a is None or not b else a / b
@@ -67,9 +76,13 @@ def loss_breakdown(rows: list[Row]) -> list[dict]:
             for x in rows
             if x.format == "qama" and (x.plan, x.dims) == (r.plan, r.dims) and x.rescore is not None
         )
-        untrained = ndcg("threshold-qcal", r.plan, r.dims)
-        if untrained is None:
-            untrained = ndcg("threshold", r.plan, r.dims)
+        base = find("threshold-qcal", r.plan, r.dims) or find("threshold", r.plan, r.dims)
+        untrained = None if base is None else base.metrics["ndcg@10"]
+        diff = stderr = None
+        if base is not None and r.per_query_ndcg is not None and base.per_query_ndcg is not None:
+            d = r.per_query_ndcg - base.per_query_ndcg
+            if len(d) > 1:
+                diff, stderr = float(d.mean()), float(d.std(ddof=1) / np.sqrt(len(d)))
         out.append(
             {
                 "dataset": r.dataset,
@@ -79,19 +92,36 @@ def loss_breakdown(rows: list[Row]) -> list[dict]:
                 "quantisation": ratio(codes, ndcg("qama", None, r.dims)),
                 "query_side": ratio(codes, rescored[0][1]) if rescored else None,
                 "untrained": ratio(codes, untrained),
+                "untrained_diff": diff,
+                "untrained_stderr": stderr,
             }
         )
     return out
 
 
 def breakdown_markdown(breakdown: list[dict]) -> str:
-    """:func:`loss_breakdown` as a Markdown table of ratios (100% = nothing lost)."""
+    """:func:`loss_breakdown` as a Markdown table of ratios (100% = nothing lost), with the difference to
+    the untrained codes in nDCG@10 points ± its standard error where there are per-query figures."""
     keys = ["transform", "quantisation", "query_side", "untrained"]
-    lines = ["| plan | dims | " + " | ".join(keys) + " |", "|---|---|" + "---|" * len(keys)]
+    paired = any(b.get("untrained_diff") is not None for b in breakdown)
+    head = keys + (["vs untrained (nDCG@10 points ± s.e.)"] if paired else [])
+    lines = ["| plan | dims | " + " | ".join(head) + " |", "|---|---|" + "---|" * len(head)]
     for b in breakdown:
         cells = ["—" if b[k] is None else f"{b[k]:.1%}" for k in keys]
+        if paired:
+            diff, se = b.get("untrained_diff"), b.get("untrained_stderr")
+            cells.append(
+                "—" if diff is None or se is None else f"{100 * diff:+.1f} ± {100 * se:.1f}{_verdict(diff, se)}"
+            )
         lines.append(f"| {b['plan']} | {b['dims']} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+def _verdict(diff: float, stderr: float) -> str:
+    """`` (better)`` / `` (worse)`` where a paired difference is beyond two standard errors, else ``""``."""
+    if stderr > 0 and abs(diff) > 2 * stderr:
+        return " (better)" if diff > 0 else " (worse)"
+    return ""
 
 
 def to_markdown(rows: list[Row]) -> str:
@@ -113,6 +143,11 @@ def eval_markdown(rows: list[Row]) -> tuple[str, list[dict]]:
     if breakdown:
         table += "\nWhere the adapter's codes lose (ratios of nDCG@10; 100% = nothing lost):\n\n"
         table += breakdown_markdown(breakdown)
+        if any(b.get("untrained_diff") is not None for b in breakdown):
+            table += (
+                "\nvs untrained: the mean per-query difference of nDCG@10 with its standard error; "
+                "(better) or (worse) only beyond two standard errors, else these queries cannot tell them apart.\n"
+            )
     return table, breakdown
 
 
