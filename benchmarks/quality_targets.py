@@ -99,7 +99,10 @@ def main() -> None:
     started = datetime.datetime.now()
     load_avg = os.getloadavg()[0]
     results: dict[tuple[str, int], dict] = {}
+    command = f"OMP_WAIT_POLICY=PASSIVE python benchmarks/quality_targets.py {' '.join(sys.argv[1:])}"
+    runs = [{"command": command, "date": f"{started:%Y-%m-%d %H:%M}", "threads": args.threads, "load": load_avg}]
     if args.load:
+        runs = []
         for path in args.load:
             for item in json.loads(path.read_text()):
                 ret = {
@@ -108,12 +111,21 @@ def main() -> None:
                 }
                 results[(item["name"], item["seed"])] = {**item, "ret": ret}
                 args.split = item.get("split", "test")
+                if item.get("run") and item["run"] not in runs:
+                    runs.append(item["run"])
     else:
         settings = {k: json.loads(v) for k, v in (item.split("=", 1) for item in args.set)}
         results = {(n, s): run(n, s, settings, args.split) for n in args.datasets for s in args.seeds}
     if args.save:
         items = [
-            {"name": n, "seed": s, "split": args.split, **r, "ret": {_key(k): v for k, v in r["ret"].items()}}
+            {
+                "name": n,
+                "seed": s,
+                "split": args.split,
+                "run": runs[0],
+                **r,
+                "ret": {_key(k): v for k, v in r["ret"].items()},
+            }
             for (n, s), r in results.items()
         ]
         args.save.write_text(json.dumps(items))
@@ -139,12 +151,17 @@ def main() -> None:
     lines = [
         "## Quality on every dataset (issue 12)" + ("" if args.split == "test" else f": {args.split} queries"),
         "",
-        f"Command: `OMP_WAIT_POLICY=PASSIVE python benchmarks/quality_targets.py {' '.join(sys.argv[1:])}`"
-        + (" (of `--datasets NAME --threads 1 --save FILE` runs, one a dataset)" if args.load else "")
+        "Command: "
+        + (
+            "; ".join(f"`{r['command']}`" for r in runs) + f", then `{command}`"
+            if args.load and runs
+            else f"`{command}`" + (" (of `--save` runs)" if args.load else "")
+        )
         + "  ",
-        f"Date: {started:%Y-%m-%d %H:%M}; torch {torch.__version__}, {args.threads} thread(s) a fit, "
-        f"{platform.machine()}, load average "
-        f"at start {load_avg:.1f} (shared machine); seeds {', '.join(map(str, args.seeds))}.",
+        f"Date: {', '.join(r['date'] for r in runs) or started.strftime('%Y-%m-%d %H:%M')}; torch {torch.__version__}, "
+        f"{'/'.join(str(r['threads']) for r in runs) or '?'} thread(s) a fit, {platform.machine()}, load average "
+        f"at start {'/'.join(format(r['load'], '.1f') for r in runs) or '?'} (shared machine); "
+        f"seeds {', '.join(map(str, args.seeds))}.",
         "",
         "QAMA as `qama train` + `qama eval --adapter` run it by default (titles as pseudo-queries, 20% held out "
         "for the check, query thresholds from the titles, each plan and size served as `fit_encoder` serves it). "
@@ -204,8 +221,9 @@ def main() -> None:
     at = [i for i, part in enumerate(parts) if part.split("\n")[0] == title]
     if at:
         parts[at[0]] = section[3:] + "\n"
-    else:
-        parts.insert(1, section[3:] + "\n")
+    else:  # a new section: after the test queries' table where there is one, else first
+        main_table = [i for i, part in enumerate(parts) if part.split("\n")[0] == "Quality on every dataset (issue 12)"]
+        parts.insert(main_table[0] + 1 if main_table else 1, section[3:] + "\n")
     args.out.write_text("\n## ".join(p.rstrip("\n") + "\n" for p in parts))
 
 
