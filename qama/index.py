@@ -163,9 +163,38 @@ class StringColumn:
                 "the file was modified or corrupted)"
             ) from None
 
+    def check_utf8(self, chunk_bytes: int = 1 << 20) -> None:
+        """Raise the :class:`IndexCorruptError` that reading the first row not valid UTF-8 raises, if any.
+        The bytes are decoded whole rows of about ``chunk_bytes`` bytes at a time; no string is kept."""
+        for lo, hi in _row_spans(self.offsets, chunk_bytes):
+            start, end = int(self.offsets[lo]), int(self.offsets[hi])
+            raw = np.asarray(self.data[start:end])
+            starts = self.offsets[lo:hi]
+            starts = starts[starts < end] - start
+            try:
+                raw.tobytes().decode("utf-8")
+            except UnicodeDecodeError:
+                valid = False
+            else:  # valid as a whole, and no row starts inside a character (on a byte 0b10xxxxxx)
+                valid = not np.any((raw[starts] & 0xC0) == 0x80)
+            if not valid:
+                for row in range(lo, hi):
+                    self[row]  # raises at the first row that is not valid UTF-8
+
     def take(self, rows: np.ndarray) -> StringColumn:
-        keep = self.to_list()
-        return StringColumn.from_strings([keep[i] for i in rows])
+        """The strings of ``rows`` as a new column in memory, after :meth:`check_utf8` of this one (a
+        rewritten file does not carry corrupted bytes on under a new checksum). The bytes are copied a
+        run of consecutive rows at a time, not decoded."""
+        self.check_utf8()
+        rows = np.asarray(rows, dtype=np.int64)
+        offsets = np.zeros(len(rows) + 1, dtype=np.int64)
+        np.cumsum(self.offsets[rows + 1] - self.offsets[rows], out=offsets[1:])
+        if not len(rows):
+            return StringColumn(np.zeros(0, dtype=np.uint8), offsets)
+        breaks = np.flatnonzero(np.diff(rows) != 1) + 1  # where a run of consecutive rows starts
+        firsts, lasts = rows[np.r_[0, breaks]].tolist(), rows[np.r_[breaks - 1, len(rows) - 1]].tolist()
+        runs = [self.data[self.offsets[a] : self.offsets[b + 1]] for a, b in zip(firsts, lasts, strict=True)]
+        return StringColumn(np.asarray(np.concatenate(runs), dtype=np.uint8), offsets)
 
 
 class StringSegments:
@@ -210,12 +239,8 @@ def _string_hashes(column: StringColumn, chunk_bytes: int = 1 << 20) -> np.ndarr
     mixed again. Computed with numpy, rows of about ``chunk_bytes`` bytes at a time (a few times that
     in temporary memory). Equal strings have equal hashes; a match of hashes must be confirmed on the bytes."""
     offsets = column.offsets
-    n = len(column)
-    out = np.empty(n, dtype=np.uint64)
-    lo = 0
-    while lo < n:
-        hi = int(np.searchsorted(offsets, offsets[lo] + chunk_bytes, side="right")) - 1
-        hi = min(max(hi, lo + 1), n)  # at least one row, however long
+    out = np.empty(len(column), dtype=np.uint64)
+    for lo, hi in _row_spans(offsets, chunk_bytes):
         start, end = int(offsets[lo]), int(offsets[hi])
         starts, lengths = offsets[lo:hi] - start, np.diff(offsets[lo : hi + 1])
         h = _mix64(~lengths.astype(np.uint64))  # (the lengths' keys apart from the bytes' small ones)
@@ -226,8 +251,31 @@ def _string_hashes(column: StringColumn, chunk_bytes: int = 1 << 20) -> np.ndarr
             nonempty = lengths > 0
             h[nonempty] += np.add.reduceat(keys, starts[nonempty])
         out[lo:hi] = _mix64(h)
-        lo = hi
     return out
+
+
+def _row_spans(offsets: np.ndarray, chunk_bytes: int) -> Iterator[tuple[int, int]]:
+    """Consecutive row ranges ``[lo, hi)`` covering a string column of these ``(n + 1)`` ``offsets``, each
+    of about ``chunk_bytes`` bytes and at least one row (however long)."""
+    n, lo = len(offsets) - 1, 0
+    while lo < n:
+        hi = int(np.searchsorted(offsets, offsets[lo] + chunk_bytes, side="right")) - 1
+        hi = min(max(hi, lo + 1), n)
+        yield lo, hi
+        lo = hi
+
+
+def _storable(s: object) -> bool:
+    """Whether ``s`` is a string that can be stored as UTF-8 (not one with a lone surrogate)."""
+    if not isinstance(s, str):
+        return False
+    if s.isascii():
+        return True
+    try:
+        s.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _id_key(segment: dict[str, Any]) -> tuple[str, ...]:
@@ -238,13 +286,28 @@ def _id_key(segment: dict[str, Any]) -> tuple[str, ...]:
 
 class _IdRows:
     """The rows of one segment's ids by value: the :func:`_string_hashes` of its ids, sorted, and the row
-    of each (12 bytes a row below 2^32 rows; a Python set of the ids would take 60-100)."""
+    of each (12 bytes a row below 2^32 rows; a Python set of the ids would take 60-100). Built only from
+    ids that are valid UTF-8 (:meth:`StringColumn.check_utf8`): a corrupted ids file is reported by
+    every lookup, even of ids in other segments, never passed over."""
 
-    def __init__(self, column: StringColumn) -> None:
+    def __init__(self, hashes: np.ndarray, rows: np.ndarray) -> None:
+        self.hashes = hashes  # (n,) uint64, ascending
+        self.rows = rows.astype(np.uint32 if len(rows) < 2**32 else np.int64)  # rows of equal hash ascending
+
+    @classmethod
+    def of(cls, column: StringColumn) -> _IdRows:
+        """The table of the ids ``column`` (every id hashed, after :meth:`StringColumn.check_utf8`)."""
+        column.check_utf8()
         hashes = _string_hashes(column)
         order = np.argsort(hashes, kind="stable")
-        self.hashes = hashes[order]
-        self.rows = order.astype(np.uint32 if len(order) < 2**32 else np.int64)
+        return cls(hashes[order], order)
+
+    def without(self, keep: np.ndarray) -> _IdRows:
+        """The table of the rows where the ``(n,)`` bool ``keep`` is true, renumbered in order (the segment a
+        delete writes of them): the same as :meth:`of` that segment, from this table alone, no id read."""
+        kept = keep[self.rows]
+        renumbered = np.cumsum(keep, dtype=np.int64) - 1
+        return _IdRows(self.hashes[kept], renumbered[self.rows[kept]])
 
     def find(self, column: StringColumn, wanted: StringColumn, hashes: np.ndarray) -> list[tuple[int, int]]:
         """``(i, row)`` for each ``wanted[i]`` equal to ``column[row]`` (``column``: the ids this table was
@@ -630,29 +693,35 @@ class QamaIndex:
             return self._delete(set(ids))
 
     def _delete(self, wanted: set[str]) -> int:
-        all_ids = self.ids.to_list()
-        missing = wanted.difference(all_ids)
+        asked = list(wanted)
+        found = self._rows_of_ids(asked)
+        hit = {i for i, _ in found}
+        missing = [doc for i, doc in enumerate(asked) if i not in hit]
         if missing:
             raise KeyError(f"{len(missing)} document id(s) not in the index, e.g. {sorted(missing)[:3]}")
+        deleted = np.array(sorted(row for _, row in found), dtype=np.int64)
         manifest = json.loads(json.dumps(self.manifest))
         writer = _Commit(self.path, manifest)
         segments = []
         for j, seg in enumerate(manifest["segments"]):
-            lo, hi = int(self.codes.starts[j]), int(self.codes.starts[j + 1])
-            keep = np.array([i not in wanted for i in all_ids[lo:hi]], dtype=bool)
-            if keep.all():
+            lo, hi = np.searchsorted(deleted, self.codes.starts[j : j + 2])
+            if lo == hi:
                 segments.append(seg)  # untouched: its files stay
                 continue
+            keep = np.ones(seg["count"], dtype=bool)
+            keep[deleted[lo:hi] - self.codes.starts[j]] = False
             rows = np.flatnonzero(keep)
             if len(rows):  # an emptied segment is dropped
                 segments.append(self._write_rows(writer, j, rows))
+                # its id table, from the old one (the lookup above built it): the next lookup hashes nothing
+                self._id_rows[_id_key(segments[-1])] = self._id_rows[_id_key(seg)].without(keep)
         if not segments:  # every document deleted: one empty segment keeps the columns (titles, vectors)
             segments.append(self._write_rows(writer, 0, np.zeros(0, dtype=np.int64)))
         manifest["segments"] = segments
         manifest["count"] = sum(seg["count"] for seg in segments)
         writer.commit()
         self._reload()
-        return len(all_ids) - int(manifest["count"])
+        return len(deleted)
 
     def _write_rows(self, writer: _Commit, j: int, rows: np.ndarray) -> dict[str, Any]:
         """Write ``rows`` of segment ``j`` as a new segment; its manifest entry."""
@@ -663,24 +732,33 @@ class QamaIndex:
             None if self.vectors is None else [_Take(self.vectors.parts[j], rows)],
         )
 
-    def _rows_of_ids(self, ids: Sequence[str]) -> list[tuple[int, int]]:
+    def row_of(self, doc_id: str) -> int | None:
+        """The row of the document ``doc_id``, ``None`` when the index does not hold it (:meth:`_rows_of_ids`:
+        no stored id is decoded; after the first lookup of this object, which hashes every id once, only
+        ``doc_id`` is hashed)."""
+        found = self._rows_of_ids([doc_id])
+        return found[0][1] if found else None
+
+    def _rows_of_ids(self, ids: Sequence[object]) -> list[tuple[int, int]]:
         """``(i, row)`` for each of ``ids`` that the index holds (``ids[i]`` is the id of ``row``), read from
         the segments' id tables: the hashes of ``ids`` are looked up, and a match confirmed on the bytes.
 
         A segment's table is built (every id of it hashed) the first time it is needed and kept while the
         segment is in the index: after an append, only the segment that append wrote is new, so the next
         lookup hashes its rows and the new ids, not the whole index. Tables of segments no longer in the
-        manifest are dropped here, so the memory follows the rows of the index."""
-        wanted = StringColumn.from_strings(list(ids))
+        manifest are dropped here, so the memory follows the rows of the index. An id that no index can
+        hold (not a string, or not encodable as UTF-8) is not found."""
+        storable = [i for i, doc in enumerate(ids) if _storable(doc)]
+        wanted = StringColumn.from_strings([str(ids[i]) for i in storable])
         hashes = _string_hashes(wanted)
         tables: dict[tuple[str, ...], _IdRows] = {}
         found: list[tuple[int, int]] = []
         for j, seg in enumerate(self.manifest["segments"]):
             key, column = _id_key(seg), self.ids.parts[j]
             table = self._id_rows.get(key)
-            tables[key] = table = _IdRows(column) if table is None else table
+            tables[key] = table = _IdRows.of(column) if table is None else table
             start = int(self.ids.starts[j])
-            found += [(i, start + row) for i, row in table.find(column, wanted, hashes)]
+            found += [(storable[i], start + row) for i, row in table.find(column, wanted, hashes)]
         self._id_rows = tables
         return found
 

@@ -297,7 +297,10 @@ def test_a_manifest_listing_one_file_twice_is_refused(tmp_path: Path) -> None:
 
 def test_ids_that_are_not_utf8_give_an_index_error_naming_the_file(tmp_path: Path) -> None:
     """An ids file whose bytes are not UTF-8 (its checksum made to match, or opened with verify=False):
-    an IndexCorruptError naming the file and the row, never a bare UnicodeDecodeError."""
+    an IndexCorruptError naming the file and the row, never a bare UnicodeDecodeError. A delete or an
+    append reads no id as a string: they look ids up in the segments' id tables, and building a
+    segment's table checks its bytes are UTF-8, so both report the corruption even when the ids they
+    look for are in another segment, and commit nothing."""
     emb = _emb(30)
     enc = ThresholdEncoder.fit(emb, make_plan("2bit", D))
     index = QamaIndex.create(tmp_path / "ix", enc, emb[:20], [f"d{i}" for i in range(20)])
@@ -308,10 +311,48 @@ def test_ids_that_are_not_utf8_give_an_index_error_naming_the_file(tmp_path: Pat
     (index.path / name).write_bytes(bytes(raw))
     index = QamaIndex.open(index.path, verify=False)
     message = re.escape(f"{name}: row 9 is not valid UTF-8")
-    for call in (lambda: index.doc_id(29), index.ids.to_list, lambda: index.delete(["d1"])):
+    calls = [
+        lambda: index.doc_id(29),
+        index.ids.to_list,
+        lambda: index.delete(["d1"]),
+        lambda: index.delete(["d29"]),
+        lambda: index.add(emb[:1], ["new"]),
+        lambda: index.row_of("d1"),
+    ]
+    for call in calls:
         with pytest.raises(IndexCorruptError, match=message):
             call()
-    assert index.doc_id(28) == "d28"
+    assert index.doc_id(28) == "d28" and len(QamaIndex.open(index.path, verify=False)) == 30
+
+
+def test_check_utf8_raises_what_reading_the_rows_raises() -> None:
+    """:meth:`StringColumn.check_utf8` decodes whole chunks of rows, not each row: it must still refuse
+    a row that is not UTF-8 on its own though the bytes around it are (a character split across two
+    rows), and name the row that reading each row in turn names first, wherever the chunks fall."""
+    good = ["a", "é", "", "中文", "😀x", "", "b"]
+    columns = {
+        "valid": qi.StringColumn.from_strings(good),
+        "split character": qi.StringColumn(np.frombuffer("aé".encode(), np.uint8).copy(), np.array([0, 2, 3])),
+    }
+    for k, bad in enumerate((0xFF, 0x80, 0xC3)):
+        column = qi.StringColumn.from_strings(good)
+        data = column.data.copy()
+        data[[1, 3, 9][k]] = bad  # the first byte of é, 中 and 😀
+        columns[f"byte {bad:#x}"] = qi.StringColumn(data, column.offsets)
+    for what, column in columns.items():
+        try:
+            column.to_list()
+            expected = None
+        except IndexCorruptError as e:
+            expected = str(e)
+        for chunk_bytes in (1, 2, 3, 5, 1 << 20):
+            try:
+                column.check_utf8(chunk_bytes)
+                got = None
+            except IndexCorruptError as e:
+                got = str(e)
+            assert got == expected, (what, chunk_bytes)
+        assert (expected is None) == (what == "valid"), what
 
 
 def test_a_manifest_dim_below_the_plan_is_refused_at_open(tmp_path: Path) -> None:
@@ -445,3 +486,135 @@ def test_a_string_hash_depends_on_the_string_only() -> None:
         column = qi.StringColumn.from_strings(strings)
         assert qi._string_hashes(column, chunk_bytes).tolist() == alone, chunk_bytes
     assert len(set(alone)) == len(set(strings)) == 8
+
+
+def _no_id_list(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make decoding every string of a column (``to_list``) fail, for a column or a segmented one."""
+
+    def refuse(self: object) -> list[str]:
+        raise AssertionError(f"{type(self).__name__}.to_list called")
+
+    monkeypatch.setattr(qi.StringColumn, "to_list", refuse)
+    monkeypatch.setattr(qi.StringSegments, "to_list", refuse)
+
+
+@pytest.mark.parametrize("collide", [False, True])
+def test_delete_finds_ids_in_the_id_tables_and_decodes_none(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, collide: bool
+) -> None:
+    """A delete decoded every id of the index (``ids.to_list()``) and looped over them in Python; it now
+    looks the ids up in the segments' id tables (as an append does) and copies the kept rows' bytes. The
+    same answers: ids spread over several appended segments (one emptied), duplicates in the argument
+    counted once, untouched segments keep their files, the rows and titles after it as if never stored.
+    The tables of the segments it rewrites are made from the old ones (equal to tables built afresh), so
+    the next lookup hashes only the ids asked. ``collide``: every hash equal (each match is confirmed on
+    the bytes)."""
+    hashed: list[int] = []
+    real_hashes = qi._string_hashes
+
+    def hashes(column: qi.StringColumn, *args: int) -> np.ndarray:
+        hashed.append(len(column))
+        return np.zeros(len(column), np.uint64) if collide else real_hashes(column, *args)
+
+    monkeypatch.setattr(qi, "_string_hashes", hashes)
+    emb = _emb(60)
+    ids = [f"d{i}" for i in range(55)] + ["é", "", "a\x00", "ab", "e\u0301"]
+    titles = [f"t{i}" for i in range(60)]
+    enc = ThresholdEncoder.fit(emb, make_plan("2bit", D))
+    index = QamaIndex.create(tmp_path / "ix", enc, emb[:30], ids[:30], titles=titles[:30], keep_vectors=True)
+    for lo, hi in ((30, 40), (40, 45), (45, 55), (55, 60)):
+        index.add(emb[lo:hi], ids[lo:hi], titles=titles[lo:hi])
+    assert index.segment_counts == [30, 10, 5, 10, 5]
+    gone = ["d3", "d31", "d3", "d40", "d41", "d42", "d43", "d44", "é", "", "d31"]  # all of segment 2
+    before = _files(index.path)
+    untouched = {f["name"] for f in index.manifest["segments"][3]["files"].values()}  # d45 … d54
+    with monkeypatch.context() as m:
+        _no_id_list(m)
+        hashed.clear()
+        assert index.delete(gone) == 9 and hashed == [9, 5]  # the ids; the last append's segment (no table yet)
+        written = set(_written(before, _files(index.path)))
+        assert untouched <= set(_files(index.path)) and not untouched & written
+        assert index.segment_counts == [29, 9, 10, 3]
+        for j, seg in enumerate(index.manifest["segments"]):
+            table, fresh = index._id_rows[qi._id_key(seg)], qi._IdRows.of(index.ids.parts[j])
+            np.testing.assert_array_equal(table.hashes, fresh.hashes)
+            np.testing.assert_array_equal(table.rows, fresh.rows)
+            assert table.rows.dtype == fresh.rows.dtype == np.uint32
+        hashed.clear()
+        assert index.delete(["d45", "a\x00"]) == 2 and hashed == [2]
+        gone += ["d45", "a\x00"]
+    keep = [r for r in range(60) if ids[r] not in set(gone)]
+    again = QamaIndex.open(index.path)
+    assert again.ids.to_list() == [ids[r] for r in keep] and index.ids.to_list() == [ids[r] for r in keep]
+    assert again.titles is not None and again.titles.to_list() == [titles[r] for r in keep]
+    np.testing.assert_array_equal(np.asarray(again.vectors), emb[keep])
+    one = QamaIndex.create(tmp_path / "one", enc, emb[keep], [ids[r] for r in keep], keep_vectors=True)
+    q = _emb(5, seed=3)
+    _same(_searches(again, q), _searches(one, q))
+    _no_id_list(monkeypatch)
+    assert index.delete(["d0", "e\u0301", "d0"]) == 2
+    rest = [ids[r] for r in keep if ids[r] not in ("d0", "e\u0301")]
+    assert index.delete([*rest, *rest[:5]]) == len(rest) == 47  # everything: one empty segment is left
+    assert index.segment_counts == [0] and index.titles is not None and index.vectors is not None
+    index.add(emb[:2], ["d3", "é"], titles=["x", "y"])  # deleted ids can be added again
+    assert index.segment_counts == [2] and index.row_of("é") == 1 and index.row_of("d0") is None
+
+
+def test_delete_of_unknown_ids_names_the_first_three_and_commits_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Unknown ids raise the KeyError they raised when every id was decoded: how many, and the first three
+    in sorted order; ids no index can hold (not strings, a lone surrogate) are unknown ones. Nothing is
+    committed, and the index answers as before."""
+    emb = _emb(20)
+    enc = ThresholdEncoder.fit(emb, make_plan("2bit", D))
+    index = QamaIndex.create(tmp_path / "ix", enc, emb[:10], [f"d{i}" for i in range(10)])
+    index.add(emb[10:], [f"d{i}" for i in range(10, 20)])
+    _no_id_list(monkeypatch)
+    generation = index.manifest["generation"]
+    cases = [
+        (["zz", "d1", "aa", "d15", "b", "zz", "ab"], "4 document id(s) not in the index, e.g. ['aa', 'ab', 'b']"),
+        (["d3", "x\ud800"], "1 document id(s) not in the index, e.g. ['x\\ud800']"),
+        ([7, "d3"], "1 document id(s) not in the index, e.g. [7]"),
+        ([b"d3"], "1 document id(s) not in the index, e.g. [b'd3']"),
+        (["d1 ", "D1", "d"], "3 document id(s) not in the index, e.g. ['D1', 'd', 'd1 ']"),
+    ]
+    for gone, message in cases:
+        with pytest.raises(KeyError) as error:
+            index.delete(gone)  # type: ignore[arg-type]
+        assert error.value.args == (message,)
+    assert index.manifest["generation"] == generation and len(index) == 20
+    assert QamaIndex.open(index.path).manifest["generation"] == generation
+    assert index.delete(["d15"]) == 1 and index.row_of("d16") == 15
+
+
+def test_backend_title_looks_the_id_up_in_the_id_tables(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``FaissBackend.title`` of an id it had not returned decoded every id of the index into a map; it now
+    looks the id up in the index's id tables (:meth:`QamaIndex.row_of`): after the first lookup, only the
+    id asked is hashed. The title of an id in an appended segment, ``None`` for an unknown id, the right
+    title after a delete renumbers the rows."""
+    from qama.backends import FaissBackend
+
+    emb = _emb(40)
+    ids, titles = [f"d{i}" for i in range(40)], [f"title {i} é" for i in range(40)]
+    enc = ThresholdEncoder.fit(emb, make_plan("2bit", D))
+    backend = FaissBackend(tmp_path / "ix", enc, create=True)
+    backend.add(emb[:25], ids[:25], titles=titles[:25])
+    backend.add(emb[25:], ids[25:], titles=titles[25:])
+    _no_id_list(monkeypatch)
+    hashed: list[int] = []
+    real_hashes = qi._string_hashes
+
+    def hashes(column: qi.StringColumn, *args: int) -> np.ndarray:
+        hashed.append(len(column))
+        return real_hashes(column, *args)
+
+    monkeypatch.setattr(qi, "_string_hashes", hashes)
+    reopened = FaissBackend(tmp_path / "ix", enc)
+    assert reopened.title("d31") == "title 31 é" and hashed == [1, 25, 15]  # the tables built at the first
+    hashed.clear()
+    assert reopened.title("d2") == "title 2 é" and reopened.title("nope") is None and hashed == [1, 1]
+    assert reopened.title("") is None and reopened.title("d31\x00") is None
+    assert reopened.delete(["d0", "d30"]) == 2
+    assert reopened.title("d31") == "title 31 é" and reopened.title("d0") is None
+    assert reopened.index.row_of("d31") == 29

@@ -365,9 +365,7 @@ class FaissBackend:
             return None
         row = self._rows.get(doc_id)  # an id this backend returned: one row decoded to check it
         if row is None or row >= len(self.index) or self.index.doc_id(row) != doc_id:
-            # any other id: every id decoded once, into the map (kept until the rows change)
-            self._rows.update((d, r) for r, d in enumerate(self.index.ids.to_list()))
-            row = self._rows.get(doc_id)
+            row = self.index.row_of(doc_id)  # any other id: looked up in the index's id tables
             if row is None:
                 return None
         return self.index.title(row)
