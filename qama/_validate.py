@@ -100,7 +100,9 @@ def read_json_file(
     if size > max_bytes:
         raise error(f"{path}: {size} bytes, more than the {max_bytes // 2**20} MiB a {what} may have")
     with open(path, "rb") as f:
-        raw = f.read(max_bytes + 1)
+        raw = f.read(size + 1)  # (a read of n bytes allocates n: not max_bytes for a small file)
+        if len(raw) > size:  # the file grew since its size was read
+            raw += f.read(max_bytes + 1 - len(raw))
     if len(raw) > max_bytes:  # the file grew while being read
         raise error(f"{path}: more than the {max_bytes // 2**20} MiB a {what} may have")
     try:

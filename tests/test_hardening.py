@@ -156,3 +156,31 @@ def test_random_corruption_of_an_index_file_is_an_error(index_dir, tmp_path_fact
     victim.write_bytes(bytes(raw))
     with pytest.raises(IndexCorruptError):
         QamaIndex.open(path)
+
+
+def test_reading_a_small_json_file_allocates_about_its_size(tmp_path):
+    import tracemalloc
+
+    from qama._validate import read_json_file
+
+    path = tmp_path / "small.json"
+    path.write_text(json.dumps({"a": list(range(100))}))
+    tracemalloc.start()
+    try:
+        assert read_json_file(path)["a"][-1] == 99
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 2**20  # a read of the size limit (64 MiB) allocated that much for a 400-byte file
+
+
+def test_a_json_file_that_grows_while_read_is_read_whole_or_refused(tmp_path, monkeypatch):
+    from qama import _validate
+
+    path = tmp_path / "growing.json"
+    path.write_text(json.dumps({"pad": "x" * 100}))
+    monkeypatch.setattr(_validate, "check_regular_file", lambda *a: 10)  # the size seen before it grew
+    assert _validate.read_json_file(path) == {"pad": "x" * 100}
+    with pytest.raises(ValueError) as e:
+        _validate.read_json_file(path, "manifest", max_bytes=50)
+    assert str(e.value) == f"{path}: more than the 0 MiB a manifest may have"
