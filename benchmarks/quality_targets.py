@@ -126,7 +126,7 @@ def main() -> None:
                 "name": n,
                 "seed": s,
                 "split": args.split,
-                "run": runs[0],
+                "run": runs[0] if runs else None,  # (a loaded item keeps its own below; files before it: none)
                 **r,
                 "ret": {_key(k): v for k, v in r["ret"].items()},
             }
