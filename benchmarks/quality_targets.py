@@ -102,7 +102,7 @@ def main() -> None:
     command = f"OMP_WAIT_POLICY=PASSIVE python benchmarks/quality_targets.py {' '.join(sys.argv[1:])}"
     runs = [{"command": command, "date": f"{started:%Y-%m-%d %H:%M}", "threads": args.threads, "load": load_avg}]
     if args.load:
-        runs = []
+        runs, splits = [], []
         for path in args.load:
             for item in json.loads(path.read_text()):
                 ret = {
@@ -110,9 +110,13 @@ def main() -> None:
                     for k, v in item["ret"].items()
                 }
                 results[(item["name"], item["seed"])] = {**item, "ret": ret}
-                args.split = item.get("split", "test")
+                if (split := item.get("split", "test")) not in splits:  # (files before --split: test)
+                    splits.append(split)
                 if item.get("run") and item["run"] not in runs:
                     runs.append(item["run"])
+        if len(splits) > 1:  # one table is one split's queries
+            parser.error(f"--load: the files measure different splits ({', '.join(splits)}); load each split apart")
+        args.split = splits[0] if splits else "test"
     else:
         settings = {k: json.loads(v) for k, v in (item.split("=", 1) for item in args.set)}
         results = {(n, s): run(n, s, settings, args.split) for n in args.datasets for s in args.seeds}
@@ -122,7 +126,7 @@ def main() -> None:
                 "name": n,
                 "seed": s,
                 "split": args.split,
-                "run": runs[0],
+                "run": runs[0] if runs else None,  # (a loaded item keeps its own below; files before it: none)
                 **r,
                 "ret": {_key(k): v for k, v in r["ret"].items()},
             }

@@ -64,6 +64,37 @@ def test_breakdown_compares_with_untrained_codes_query_by_query():
     assert "s.e." not in breakdown_markdown(loss_breakdown(rows))
 
 
+def test_breakdown_of_rows_of_several_datasets_pairs_each_dataset_with_itself():
+    def row(dataset, fmt, plan, ndcg):
+        per_query = np.array(ndcg)
+        metrics = {"ndcg@10": float(per_query.mean())}
+        return Row(fmt, plan, 8, 2.0, 2, metrics=metrics, per_query_ndcg=per_query, dataset=dataset)
+
+    one = [  # a dataset with a single judged query, listed first
+        row("one", "fp32", None, [0.9]),
+        row("one", "qama", None, [0.9]),
+        row("one", "threshold", "2bit", [0.1]),
+        row("one", "qama", "2bit", [0.3]),
+    ]
+    three = [
+        row("three", "fp32", None, [0.5, 0.5, 0.5]),
+        row("three", "qama", None, [0.5, 0.5, 0.5]),
+        row("three", "threshold", "2bit", [0.4, 0.5, 0.6]),
+        row("three", "qama", "2bit", [0.4, 0.5, 0.6]),
+    ]
+    two = [row("two", name, plan, [x, x]) for name, plan, x in [("qama", "2bit", 0.8), ("threshold", "2bit", 0.4)]]
+    b_one, b_three, b_two = loss_breakdown(one + three + two)
+    assert (b_one["dataset"], b_three["dataset"], b_two["dataset"]) == ("one", "three", "two")
+    assert b_one["untrained"] == pytest.approx(3.0) and b_one["untrained_diff"] is None
+    assert b_three["untrained"] == pytest.approx(1.0) and b_three["transform"] == pytest.approx(1.0)
+    assert b_three["untrained_diff"] == pytest.approx(0.0)
+    assert b_two["untrained"] == pytest.approx(2.0) and b_two["transform"] is None
+    assert b_two["untrained_diff"] == pytest.approx(0.4)
+    # rows of two splits under one dataset name: per-query figures of other queries do not pair
+    other_split = [row("two", "qama", "2bit", [0.8, 0.8, 0.8]), row("two", "threshold", "2bit", [0.4, 0.4])]
+    assert loss_breakdown(other_split)[0]["untrained_diff"] is None
+
+
 def test_ties_follow_trec_eval_order():
     # Equal scores: trec_eval ranks the larger doc id first, so "m" is at rank 2.
     m = evaluate_run({"q": {"m": 1}}, {"q": {"m": 1.0, "n": 1.0}})

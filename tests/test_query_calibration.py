@@ -435,6 +435,52 @@ def test_sentence_terminators_and_spaceless_scripts_are_what_their_comments_say(
     assert all(regex.fullmatch(scripts, c) for c in counted)
 
 
+def test_quality_targets_refuses_to_compose_saved_runs_of_different_splits(tmp_path):
+    """benchmarks/quality_targets.py --load titled the table by the split of the last file read: a train
+    file and a test file made one table of both, which replaced the test queries' section."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "quality_targets.py"
+    cells = [("qama", None, 384, None), ("qama", "hybrid", 384, 4)]
+    cells += [(f, p, d, None) for f in ("qama", "threshold", "threshold-qcal") for p, d in [("2bit", 384),
+              ("hybrid", 384), ("1.5bit", 384), ("1bit", 384), ("2bit", 192), ("2bit", 96)]]  # fmt: skip
+    ret = {"|".join(map(str, k)): 0.9 for k in cells}
+    item = {"seed": 0, "ret": ret, "seconds": 1.0, "check": {"results": [], "lost": []}}
+    (tmp_path / "train.json").write_text(json.dumps([{**item, "name": "scifact", "split": "train"}]))
+    (tmp_path / "test.json").write_text(json.dumps([{**item, "name": "cranfield"}]))  # before --split: test
+    out = tmp_path / "RESULTS.md"
+    out.write_text("# Results\n\n## Quality on every dataset (issue 12)\n\nthe test queries' table\n")
+    argv = [sys.executable, str(script), "--out", str(out), "--load"]
+    done = subprocess.run([*argv, str(tmp_path / "train.json"), str(tmp_path / "test.json")], capture_output=True)
+    assert done.returncode == 2 and b"different splits (train, test)" in done.stderr
+    assert out.read_text().endswith("the test queries' table\n")
+    done = subprocess.run([*argv, str(tmp_path / "train.json")], capture_output=True)
+    assert done.returncode == 0, done.stderr
+    assert "the test queries' table\n\n## Quality on every dataset (issue 12): train queries\n" in out.read_text()
+
+
+def test_quality_targets_saves_again_what_it_loaded_from_files_older_than_run_records(tmp_path):
+    """benchmarks/quality_targets.py --load OLD --save NEW (files merged into one) raised IndexError where
+    the old files had no ``run`` record."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "quality_targets.py"
+    items = [{"name": n, "seed": 0, "ret": {"qama|None|384|None": 0.9}, "seconds": 1.0} for n in ("a", "b")]
+    for item in items:
+        (tmp_path / f"{item['name']}.json").write_text(json.dumps([item]))
+    merged = tmp_path / "merged.json"
+    argv = [sys.executable, str(script), "--save", str(merged), "--load", str(tmp_path / "a.json")]
+    done = subprocess.run([*argv, str(tmp_path / "b.json")], capture_output=True)
+    assert done.returncode == 0, done.stderr
+    assert [(x["name"], x["split"], x["ret"], x.get("run")) for x in json.loads(merged.read_text())] == [
+        (n, "test", {"qama|None|384|None": 0.9}, None) for n in ("a", "b")
+    ]
+
+
 def test_cli_auto_codes_untrained_queries_by_sentences_when_no_document_has_a_title(tmp_path, small, monkeypatch):
     """A corpus without titles: --query-sample auto calibrates untrained codes on sentences of the documents
     (embedded once, with the model the embeddings' meta.json names), and leaves an adapter's queries alone."""

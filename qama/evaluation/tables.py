@@ -40,7 +40,8 @@ _COLUMNS = [
 
 
 def loss_breakdown(rows: list[Row]) -> list[dict]:
-    """Where an adapter's codes lose nDCG@10, per plan and size (rows of one dataset's ``qama eval``).
+    """Where an adapter's codes lose nDCG@10, per plan and size (rows of ``qama eval``; the rows of several
+    datasets are each compared with rows of their own dataset only).
 
     For each symmetric ``qama`` code row: ``transform`` = the adapter's FP32 output / the model's FP32
     at the same size (what the transform loses or gains before quantisation); ``quantisation`` = the
@@ -55,12 +56,13 @@ def loss_breakdown(rows: list[Row]) -> list[dict]:
     is one that these queries cannot tell from noise.
     """
 
-    def find(fmt: str, plan: str | None, dims: int, rescore: int | None = None) -> Row | None:
-        found = [r for r in rows if (r.format, r.plan, r.dims, r.rescore) == (fmt, plan, dims, rescore)]
+    def find(dataset: str | None, fmt: str, plan: str | None, dims: int) -> Row | None:
+        key = (dataset, fmt, plan, dims, None)
+        found = [r for r in rows if (r.dataset, r.format, r.plan, r.dims, r.rescore) == key]
         return found[0] if found else None
 
-    def ndcg(fmt: str, plan: str | None, dims: int, rescore: int | None = None) -> float | None:
-        row = find(fmt, plan, dims, rescore)
+    def ndcg(dataset: str | None, fmt: str, plan: str | None, dims: int) -> float | None:
+        row = find(dataset, fmt, plan, dims)
         return None if row is None else row.metrics["ndcg@10"]
 
     def ratio(a: float | None, b: float | None) -> float | None:
@@ -74,13 +76,15 @@ def loss_breakdown(rows: list[Row]) -> list[dict]:
         rescored = sorted(
             (x.rescore, x.metrics["ndcg@10"])
             for x in rows
-            if x.format == "qama" and (x.plan, x.dims) == (r.plan, r.dims) and x.rescore is not None
+            if (x.dataset, x.format, x.plan, x.dims) == (r.dataset, "qama", r.plan, r.dims) and x.rescore is not None
         )
-        base = find("threshold-qcal", r.plan, r.dims) or find("threshold", r.plan, r.dims)
+        base = find(r.dataset, "threshold-qcal", r.plan, r.dims) or find(r.dataset, "threshold", r.plan, r.dims)
         untrained = None if base is None else base.metrics["ndcg@10"]
         diff = stderr = None
-        if base is not None and r.per_query_ndcg is not None and base.per_query_ndcg is not None:
-            d = r.per_query_ndcg - base.per_query_ndcg
+        ours, theirs = r.per_query_ndcg, None if base is None else base.per_query_ndcg
+        # (figures of other queries, e.g. another split's rows under the same dataset name, do not pair)
+        if ours is not None and theirs is not None and ours.shape == theirs.shape:
+            d = ours - theirs
             if len(d) > 1:
                 diff, stderr = float(d.mean()), float(d.std(ddof=1) / np.sqrt(len(d)))
         out.append(
@@ -88,8 +92,8 @@ def loss_breakdown(rows: list[Row]) -> list[dict]:
                 "dataset": r.dataset,
                 "plan": r.plan,
                 "dims": r.dims,
-                "transform": ratio(ndcg("qama", None, r.dims), ndcg("fp32", None, r.dims)),
-                "quantisation": ratio(codes, ndcg("qama", None, r.dims)),
+                "transform": ratio(ndcg(r.dataset, "qama", None, r.dims), ndcg(r.dataset, "fp32", None, r.dims)),
+                "quantisation": ratio(codes, ndcg(r.dataset, "qama", None, r.dims)),
                 "query_side": ratio(codes, rescored[0][1]) if rescored else None,
                 "untrained": ratio(codes, untrained),
                 "untrained_diff": diff,
