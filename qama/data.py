@@ -104,9 +104,10 @@ MIN_SENTENCE_CHARS = 10
 # Sentence ends. ``.``, ``!`` and ``?`` end a sentence only when whitespace follows (not in "3.5" or
 # "e.g.x"). The other common Unicode sentence terminators (a subset of \p{Sentence_Terminal}; the
 # stdlib re has no \p classes) end one with or without whitespace after them, together with the
-# closing quotes and brackets that follow them ("「…か？」と" ends after the 」): Armenian, Arabic,
-# Syriac, Devanagari, Myanmar, Ethiopic, Khmer and Mongolian stops; doubled Latin marks; CJK ideographic,
-# full-width, half-width, small and vertical stops, question and exclamation marks.
+# closing quotes and brackets that follow them, up to two ("「…か？」と" ends after the 」, "…か？』」と"
+# after both): Armenian, Arabic, Syriac, Devanagari, Myanmar, Ethiopic, Khmer and Mongolian stops;
+# doubled Latin marks; CJK ideographic, full-width, half-width, small and vertical stops, question and
+# exclamation marks.
 _TERMINATORS = (
     "\u0589\u061f\u06d4\u0701\u0702\u0964\u0965\u104b\u1362\u1367\u17d4\u17d5\u1803\u1809"
     "\u203c\u203d\u2047\u2048\u2049"
@@ -114,7 +115,8 @@ _TERMINATORS = (
 )
 _CLOSERS = "\"'\u2019\u201d\u00bb)\\]}\uff09\uff3d\u300d\u300f\u3011\u3015\u3017\u3009\u300b\uff63"
 _SENTENCE_END = re.compile(
-    rf"(?<=[.!?])\s+|(?:(?<=[{_TERMINATORS}])|(?<=[{_TERMINATORS}][{_CLOSERS}]))(?![{_TERMINATORS}{_CLOSERS}])\s*"
+    rf"(?<=[.!?])\s+|(?:(?<=[{_TERMINATORS}])|(?<=[{_TERMINATORS}][{_CLOSERS}])|(?<=[{_TERMINATORS}][{_CLOSERS}]{{2}}))"
+    rf"(?![{_TERMINATORS}{_CLOSERS}])\s*"
 )
 # Scripts written without spaces between words: Han (with 々〆〇), Hiragana, Katakana (half-width too),
 # Thai, Lao, Tibetan, Myanmar, Khmer. Not Hangul: Korean puts spaces between words.

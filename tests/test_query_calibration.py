@@ -314,12 +314,15 @@ def test_sentences_of_japanese_text_keep_their_closing_brackets_and_need_ten_cha
         "はい。この論文では新しい手法を提案する！"
         "「量子化は本当に有効なのか？」と彼は聞いた。"  # the sentence ends after 」
         "ｶﾀｶﾅﾃﾞｶｲﾀﾌﾞﾝﾃﾞｽ｡"  # half-width katakana and stop
+        "『彼は「本当に有効なのか？」』次の文はここにあります。"  # two closers: the sentence ends after both
     )
     assert list(_sentences(text)) == [
         "東京は日本の首都です。",
         "この論文では新しい手法を提案する！",
         "「量子化は本当に有効なのか？」",
         "ｶﾀｶﾅﾃﾞｶｲﾀﾌﾞﾝﾃﾞｽ｡",
+        "『彼は「本当に有効なのか？」』",
+        "次の文はここにあります。",
     ]
 
 
