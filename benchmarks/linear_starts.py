@@ -97,6 +97,8 @@ def main() -> None:
     parser.add_argument("--rotations", type=int, help="the spread over this many rotation draws, at full size")
     parser.add_argument("--split", default="test", help="the qrels split whose judged queries are measured")
     args = parser.parse_args()
+    if args.rotations is not None and args.rotations < 2:
+        parser.error(f"--rotations needs at least 2 draws for a spread, got {args.rotations}")
     print(f"Date: {datetime.datetime.now():%Y-%m-%d %H:%M}; retention of the model's FP32 nDCG@10 (%)")
     if args.rotations:
         spread(args.datasets, args.split, args.rotations)

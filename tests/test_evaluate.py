@@ -57,6 +57,9 @@ def test_breakdown_compares_with_untrained_codes_query_by_query():
     table = breakdown_markdown([two, one])
     assert "| 2bit | 8 | 100.0% | 65.0% | — | 130.0% | +15.0 ± 2.9 (better) |" in table
     assert "| 1bit | 8 | 100.0% | 50.0% | — | 100.0% | +0.0 ± 16.3 |" in table
+    same = dict(two, untrained_diff=0.1, untrained_stderr=0.0)  # every query 0.1 better: no noise at all
+    assert "+10.0 ± 0.0 (better) |" in breakdown_markdown([same])
+    assert breakdown_markdown([dict(same, untrained_diff=0.0)]).endswith("+0.0 ± 0.0 |\n")
     # rows read back from JSON have no per-query figures: no paired column
     for r in rows:
         r.per_query_ndcg = None

@@ -122,8 +122,9 @@ def breakdown_markdown(breakdown: list[dict]) -> str:
 
 
 def _verdict(diff: float, stderr: float) -> str:
-    """`` (better)`` / `` (worse)`` where a paired difference is beyond two standard errors, else ``""``."""
-    if stderr > 0 and abs(diff) > 2 * stderr:
+    """`` (better)`` / `` (worse)`` where a paired difference is beyond two standard errors (any difference
+    at all when every query moved alike: standard error 0), else ``""``."""
+    if abs(diff) > 2 * stderr:
         return " (better)" if diff > 0 else " (worse)"
     return ""
 
