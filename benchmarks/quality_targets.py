@@ -70,8 +70,18 @@ def run(name: str, seed: int, settings: dict | None = None, split: str = "test")
     rows += adapter_rows(adapter, corpus, queries, ev, PLANS, (4,), titles)
     set_retention(rows)
     ret = {(r.format, r.plan, r.dims, r.rescore): r.retention for r in rows}
+    # per-query retention of the symmetric code rows, for the paired comparison with untrained codes
+    ref = max((r for r in rows if r.format == "fp32"), key=lambda r: r.dims).metrics["ndcg@10"]
+    per_query = {
+        _key((r.format, r.plan, r.dims)): (r.per_query_ndcg / ref).tolist()
+        for r in rows
+        if r.format in ("qama", "threshold-qcal")
+        and r.plan is not None
+        and r.rescore is None
+        and r.per_query_ndcg is not None
+    }
     check = adapter.metadata["check"]
-    return {"ret": ret, "seconds": seconds, "check": check}
+    return {"ret": ret, "per_query": per_query, "seconds": seconds, "check": check}
 
 
 def _key(k: tuple) -> str:
@@ -152,6 +162,20 @@ def main() -> None:
         )
         return f"**{text}**" if below else text
 
+    def paired(name: str, plan: str | None, dims: int) -> str:
+        """Adapter − untrained codes in retention points, per query (the adapter's averaged over the seeds),
+        ± its standard error over the queries; "—" for files saved before per-query figures."""
+        found = [results[(name, s)].get("per_query", {}) for s in args.seeds]
+        key = f"{plan}|{dims}"
+        if plan is None or any(f"qama|{key}" not in f for f in found):
+            return "—"
+        d = np.mean([f[f"qama|{key}"] for f in found], axis=0) - np.asarray(found[0][f"threshold-qcal|{key}"])
+        diff, se = 100 * d.mean(), 100 * d.std(ddof=1) / np.sqrt(len(d))
+        verdict = " (better)" if diff > 2 * se else " (worse)" if diff < -2 * se else ""
+        return f"{round(diff, 1) + 0.0:+.1f} ± {se:.1f}{verdict}"  # (+ 0.0: no "-0.0")
+
+    with_paired = any("per_query" in r for r in results.values())
+
     lines = [
         "## Quality on every dataset (issue 12)" + ("" if args.split == "test" else f": {args.split} queries"),
         "",
@@ -171,15 +195,25 @@ def main() -> None:
         "for the check, query thresholds from the titles, each plan and size served as `fit_encoder` serves it). "
         "Mean over the seeds (min–max); in brackets the untrained quantile codes of the same plan and size with "
         "their queries calibrated on the titles (`threshold-qcal`, what `qama index` builds without an adapter). "
-        "Bold: below the target, or more than half a point below the untrained codes.",
+        "Bold: below the target, or more than half a point below the untrained codes."
+        + (
+            " *− untrained*: the adapter's retention minus the untrained codes', query by query (the adapter's "
+            "averaged over the seeds), ± its standard error over the queries; better or worse only beyond two."
+            if with_paired
+            else ""
+        ),
         "",
-        "| row | target | " + " | ".join(names) + " |",
-        "|---|---|" + "---|" * len(names),
+        "| row | target | " + " | ".join(f"{n} | {n} − untrained" if with_paired else n for n in names) + " |",
+        "|---|---|" + ("---|---|" if with_paired else "---|") * len(names),
     ]
     for label, fmt, plan, dims, rescore, target in ROWS:
         key = (fmt, plan, dims, rescore)
         untrained = ("threshold-qcal", plan, dims, None) if plan is not None and rescore is None else None
-        cells = " | ".join(cell(n, key, target, untrained) for n in names)
+        cells = " | ".join(
+            cell(n, key, target, untrained)
+            + (f" | {paired(n, plan if untrained else None, dims)}" if with_paired else "")
+            for n in names
+        )
         lines.append(f"| {label} | ≥ {100 * target:.1f} | {cells} |")
     lines += [
         "",

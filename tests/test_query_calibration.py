@@ -586,3 +586,46 @@ def test_cli_index_refuses_a_query_sample_whose_dimension_is_not_the_corpus(tmp_
     model = "sentence-transformers/all-MiniLM-L6-v2"
     assert err == f"qama: error: query sample '{source}': {what} embedded with {model} have 16 dimensions, the corpus 8"
     assert not (tmp_path / "ix").exists()
+
+
+def test_quality_targets_compares_the_adapter_with_untrained_codes_query_by_query(tmp_path):
+    """benchmarks/quality_targets.py's paired column: the adapter's per-query retention averaged over the
+    seeds, minus the untrained codes', in points ± its standard error; "—" where a row has no figures."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "quality_targets.py"
+    cells = [("qama", None, 384, None), ("qama", "hybrid", 384, 4)]
+    cells += [(f, p, d, None) for f in ("qama", "threshold", "threshold-qcal") for p, d in [("2bit", 384),
+              ("hybrid", 384), ("1.5bit", 384), ("1bit", 384), ("2bit", 192), ("2bit", 96)]]  # fmt: skip
+    ret = {"|".join(map(str, k)): 0.9 for k in cells}
+    untrained = {"threshold-qcal|2bit|384": [0.7, 0.7, 0.9, 0.7], "threshold-qcal|2bit|192": [0.5, 0.5, 0.5, 0.5]}
+    seeds = [
+        {"qama|2bit|384": [0.9, 0.8, 1.0, 0.7], "qama|2bit|192": [0.7, 0.3, 0.5, 0.5]},
+        {"qama|2bit|384": [0.7, 0.8, 1.0, 0.9], "qama|2bit|192": [0.7, 0.3, 0.5, 0.5]},
+    ]
+    items = [
+        {
+            "name": "d",
+            "seed": s,
+            "ret": ret,
+            "per_query": {**untrained, **pq},
+            "seconds": 1.0,
+            "check": {"results": [], "lost": []},
+        }
+        for s, pq in enumerate(seeds)
+    ]
+    (tmp_path / "d.json").write_text(json.dumps(items))
+    out = tmp_path / "RESULTS.md"
+    out.write_text("# Results\n")
+    done = subprocess.run(
+        [sys.executable, str(script), "--out", str(out), "--load", str(tmp_path / "d.json")], capture_output=True
+    )
+    assert done.returncode == 0, done.stderr
+    table = out.read_text()
+    assert "| row | target | d | d − untrained |" in table
+    assert "| 2-bit 384 | ≥ 99.0 | **90.0 (90.0–90.0) [90.0]** | +10.0 ± 0.0 (better) |" in table
+    assert "| 2-bit 192 | ≥ 97.0 | **90.0 (90.0–90.0) [90.0]** | +0.0 ± 8.2 |" in table
+    assert "| 1-bit 384 | ≥ 95.0 | **90.0 (90.0–90.0) [90.0]** | — |" in table
+    assert "| adapter FP32 output, 384 | ≥ 99.5 | **90.0 (90.0–90.0)** | — |" in table

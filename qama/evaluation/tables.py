@@ -115,7 +115,9 @@ def breakdown_markdown(breakdown: list[dict]) -> str:
         if paired:
             diff, se = b.get("untrained_diff"), b.get("untrained_stderr")
             cells.append(
-                "—" if diff is None or se is None else f"{100 * diff:+.1f} ± {100 * se:.1f}{_verdict(diff, se)}"
+                "—"
+                if diff is None or se is None
+                else f"{round(100 * diff, 1) + 0.0:+.1f} ± {100 * se:.1f}{_verdict(diff, se)}"
             )
         lines.append(f"| {b['plan']} | {b['dims']} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
