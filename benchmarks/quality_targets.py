@@ -39,7 +39,9 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from train_targets import load, title_pseudo_queries  # noqa: E402
 
+from qama.evaluation.metrics import paired_difference  # noqa: E402
 from qama.evaluation.rows import adapter_rows, baseline_rows, calibrated_threshold_rows, set_retention  # noqa: E402
+from qama.evaluation.tables import difference_text  # noqa: E402
 from qama.train import NCE_WEIGHT_TITLES, TrainConfig, fit  # noqa: E402
 
 #: (row label, format, plan, dims, rescore, target)
@@ -169,10 +171,9 @@ def main() -> None:
         key = f"{plan}|{dims}"
         if plan is None or any(f"qama|{key}" not in f for f in found):
             return "—"
-        d = np.mean([f[f"qama|{key}"] for f in found], axis=0) - np.asarray(found[0][f"threshold-qcal|{key}"])
-        diff, se = 100 * d.mean(), 100 * d.std(ddof=1) / np.sqrt(len(d))
-        verdict = " (better)" if diff > 2 * se else " (worse)" if diff < -2 * se else ""
-        return f"{round(diff, 1) + 0.0:+.1f} ± {se:.1f}{verdict}"  # (+ 0.0: no "-0.0")
+        ours = np.mean([f[f"qama|{key}"] for f in found], axis=0)
+        paired = paired_difference(ours, np.asarray(found[0][f"threshold-qcal|{key}"]))
+        return "—" if paired is None else difference_text(100 * paired[0], 100 * paired[1])
 
     with_paired = any("per_query" in r for r in results.values())
 

@@ -12,7 +12,15 @@ import pytrec_eval
 
 from qama.data import Dataset
 
-__all__ = ["METRICS", "per_query_metrics", "mean_metrics", "evaluate_run", "run_from_scores", "Evaluator"]
+__all__ = [
+    "METRICS",
+    "per_query_metrics",
+    "mean_metrics",
+    "paired_difference",
+    "evaluate_run",
+    "run_from_scores",
+    "Evaluator",
+]
 
 METRICS = ("ndcg@10", "recall@100", "mrr@10")
 _TOP = 100  # documents kept per query: enough for every metric above
@@ -41,6 +49,15 @@ def per_query_metrics(qrels: dict[str, dict[str, int]], run: dict[str, dict[str,
 def mean_metrics(per_query: dict[str, np.ndarray]) -> dict[str, float]:
     """The means of :func:`per_query_metrics` (each metric summed in query order, divided by the count)."""
     return {name: sum(values.tolist()) / len(values) for name, values in per_query.items()}
+
+
+def paired_difference(ours: np.ndarray, theirs: np.ndarray) -> tuple[float, float] | None:
+    """``(mean, standard error)`` of ``ours - theirs``, two per-query figures of the same queries (paired);
+    ``None`` when they are not of the same queries (other shapes) or there are fewer than two."""
+    if ours.shape != theirs.shape or len(ours) < 2:
+        return None
+    d = ours - theirs
+    return float(d.mean()), float(d.std(ddof=1) / np.sqrt(len(d)))
 
 
 def evaluate_run(qrels: dict[str, dict[str, int]], run: dict[str, dict[str, float]]) -> dict[str, float]:

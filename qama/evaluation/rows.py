@@ -88,22 +88,19 @@ def default_dims(d: int) -> list[int]:
     return [m for m in (d, d // 2, d // 4) if m > 0]
 
 
+def _scored(evaluator: Evaluator, ids: np.ndarray, scores: np.ndarray) -> dict:
+    """The measured fields of a :class:`Row` from a ranking: its ``metrics`` and ``per_query_ndcg``."""
+    per_query = evaluator.per_query(ids, scores)
+    return {"metrics": mean_metrics(per_query), "per_query_ndcg": per_query["ndcg@10"]}
+
+
 def float_row(
     fmt: str, corpus: np.ndarray, queries: np.ndarray, dims: int, evaluator: Evaluator, bytes_per_dim: int | None = None
 ) -> Row:
     """Score a float format: ``corpus``/``queries`` already at ``dims`` dimensions in that format."""
     bytes_per_dim = bytes_per_dim or {"fp32": 4, "fp16": 2, "int8": 1}[fmt]
     scores, ids = float_search(corpus, queries, TOP_K)
-    per_query = evaluator.per_query(ids, scores)
-    return Row(
-        fmt,
-        None,
-        dims,
-        8.0 * bytes_per_dim,
-        dims * bytes_per_dim,
-        metrics=mean_metrics(per_query),
-        per_query_ndcg=per_query["ndcg@10"],
-    )
+    return Row(fmt, None, dims, 8.0 * bytes_per_dim, dims * bytes_per_dim, **_scored(evaluator, ids, scores))
 
 
 def plan_row(
@@ -117,17 +114,8 @@ def plan_row(
 ) -> Row:
     """The row of a code format under ``plan`` (named ``name``, default the plan's) from a ranking:
     ``ids`` and their ``scores`` (higher is better) per query; ``rescore``: its oversampling factor."""
-    per_query = evaluator.per_query(ids, scores)
-    return Row(
-        fmt,
-        name or plan.name,
-        plan.dim,
-        plan.bits_per_dim,
-        plan.code_size,
-        rescore=rescore,
-        metrics=mean_metrics(per_query),
-        per_query_ndcg=per_query["ndcg@10"],
-    )
+    scored = _scored(evaluator, ids, scores)
+    return Row(fmt, name or plan.name, plan.dim, plan.bits_per_dim, plan.code_size, rescore=rescore, **scored)
 
 
 def code_row(

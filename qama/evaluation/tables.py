@@ -9,12 +9,14 @@ from collections.abc import Callable
 
 import numpy as np
 
+from qama.evaluation.metrics import paired_difference
 from qama.evaluation.rows import Row
 
 __all__ = [
     "to_markdown",
     "loss_breakdown",
     "breakdown_markdown",
+    "difference_text",
     "eval_markdown",
     "eval_json",
     "ablation_columns",
@@ -80,13 +82,10 @@ def loss_breakdown(rows: list[Row]) -> list[dict]:
         )
         base = find(r.dataset, "threshold-qcal", r.plan, r.dims) or find(r.dataset, "threshold", r.plan, r.dims)
         untrained = None if base is None else base.metrics["ndcg@10"]
-        diff = stderr = None
         ours, theirs = r.per_query_ndcg, None if base is None else base.per_query_ndcg
         # (figures of other queries, e.g. another split's rows under the same dataset name, do not pair)
-        if ours is not None and theirs is not None and ours.shape == theirs.shape:
-            d = ours - theirs
-            if len(d) > 1:
-                diff, stderr = float(d.mean()), float(d.std(ddof=1) / np.sqrt(len(d)))
+        paired = None if ours is None or theirs is None else paired_difference(ours, theirs)
+        diff, stderr = paired if paired is not None else (None, None)
         out.append(
             {
                 "dataset": r.dataset,
@@ -114,21 +113,19 @@ def breakdown_markdown(breakdown: list[dict]) -> str:
         cells = ["—" if b[k] is None else f"{b[k]:.1%}" for k in keys]
         if paired:
             diff, se = b.get("untrained_diff"), b.get("untrained_stderr")
-            cells.append(
-                "—"
-                if diff is None or se is None
-                else f"{round(100 * diff, 1) + 0.0:+.1f} ± {100 * se:.1f}{_verdict(diff, se)}"
-            )
+            cells.append("—" if diff is None or se is None else difference_text(100 * diff, 100 * se))
         lines.append(f"| {b['plan']} | {b['dims']} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
-def _verdict(diff: float, stderr: float) -> str:
-    """`` (better)`` / `` (worse)`` where a paired difference is beyond two standard errors (any difference
-    at all when every query moved alike: standard error 0), else ``""``."""
+def difference_text(diff: float, stderr: float) -> str:
+    """A paired difference (:func:`~qama.evaluation.metrics.paired_difference`, in the unit it is shown in)
+    as ``"+1.2 ± 0.4 (better)"``: `` (better)`` / `` (worse)`` where it is beyond two standard errors (any
+    difference at all when every query moved alike: standard error 0)."""
+    verdict = ""
     if abs(diff) > 2 * stderr:
-        return " (better)" if diff > 0 else " (worse)"
-    return ""
+        verdict = " (better)" if diff > 0 else " (worse)"
+    return f"{round(diff, 1) + 0.0:+.1f} ± {stderr:.1f}{verdict}"  # (+ 0.0: no "-0.0")
 
 
 def to_markdown(rows: list[Row]) -> str:
