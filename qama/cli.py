@@ -161,7 +161,8 @@ def cmd_index(args: argparse.Namespace) -> int:
     if (args.corpus is None) == (args.dataset is None):
         raise ValueError("give either --dataset or --corpus")
     uri, kind, options = _store(args, args.out, "--out", {"adapter_path": args.adapter, "overwrite": args.overwrite})
-    check_new_store(uri, kind, args.overwrite)  # before any work: an index folder must be new, empty, or --overwrite
+    # before any work: an index folder must be new, empty, or --overwrite (with --shard: an index is appended to)
+    check_new_store(uri, kind, args.overwrite, args.shard)
     _resolve_model(args)
     adapter = load_adapter(args.adapter, args.recorded_model)
     if args.corpus:

@@ -308,3 +308,41 @@ def test_overwrite_removes_the_old_index_whatever_its_generation_says(tmp_path, 
             f"{folder / 'manifest.json'}: field 'generation' is {generation!r}, not a whole number >= 0; "
             "the 13 index files it lists are removed"  # the encoder's, and 4 of each of the 3 segments
         ]
+
+
+def test_index_shards_into_one_folder_append_and_never_replace_each_other(tmp_path, tiny, capsys):
+    """``qama index --shard I/N --out DIR``: each worker adds its part to the one index folder (before: the
+    second worker was refused, 'an index already exists here (--overwrite … replaces it)', and with
+    ``--overwrite`` it replaced the parts the other workers had written)."""
+    emb = tiny.parent / "tiny-emb"
+    base = ["-q", "index", "--dataset", str(tiny), "--embeddings", str(emb), "--query-sample", "none"]
+    out = ["--out", str(tmp_path / "ix")]
+    for i in range(2):
+        assert main([*base, *out, "--shard", f"{i}/2"]) == 0
+    index = QamaIndex.open(tmp_path / "ix")
+    assert index.ids.to_list() == [f"d{i}" for i in range(40)]
+    capsys.readouterr()
+    assert main([*base, *out, "--shard", "1/2"]) == 2  # a shard run twice: its ids are there already
+    dup = "qama: error: 20 document id(s) already in the index, e.g. ['d20', 'd21', 'd22']\n"
+    assert capsys.readouterr().err == dup
+    assert main([*base, *out, "--shard", "1/2", "--overwrite"]) == 2  # would drop the other workers' parts
+    assert capsys.readouterr().err == (
+        f"qama: error: {tmp_path / 'ix'}: --overwrite replaces the whole index, the parts other --shard workers "
+        "added with it; remove the index to start anew\n"
+    )
+    assert QamaIndex.open(tmp_path / "ix").ids.to_list() == [f"d{i}" for i in range(40)]
+    before = _user_files(tmp_path / "mydir")  # a folder of the user's is refused as without --shard
+    assert main([*base, "--out", str(tmp_path / "mydir"), "--shard", "0/2"]) == 2
+    assert "mydir: the folder is not empty and holds no qama index" in capsys.readouterr().err
+    assert {p.name: p.read_bytes() for p in (tmp_path / "mydir").iterdir()} == before
+
+
+def test_api_index_corpus_shard_never_replaces_the_other_parts(tmp_path):
+    import qama.api
+
+    emb = EMB / np.linalg.norm(EMB, axis=1, keepdims=True)
+    assert qama.api.index_corpus(tmp_path / "ix", emb, IDS, None, "2bit", shard="0/2", progress=False) == 25
+    with pytest.raises(FileExistsError, match=r"ix: --overwrite replaces the whole index, the parts other --shard"):
+        qama.api.index_corpus(tmp_path / "ix", emb, IDS, None, "2bit", shard="1/2", overwrite=True, progress=False)
+    assert qama.api.index_corpus(tmp_path / "ix", emb, IDS, None, "2bit", shard="1/2", progress=False) == 50
+    assert QamaIndex.open(tmp_path / "ix").ids.to_list() == IDS

@@ -155,13 +155,26 @@ def store_target(
     return Path(folder), kind, dict(faiss or {})
 
 
-def check_new_store(uri: str | os.PathLike, backend: str | None = None, overwrite: bool = False) -> None:
+def check_new_store(
+    uri: str | os.PathLike, backend: str | None = None, overwrite: bool = False, shard: str | None = None
+) -> None:
     """Before any work on a store to create: an index folder must be new, empty, or an index to
-    ``overwrite`` (:func:`qama.index.check_new_index_folder`); a Milvus collection is checked when opened."""
-    if backend_kind(uri, backend) == "faiss":
-        from qama.index import check_new_index_folder
+    ``overwrite`` (:func:`qama.index.check_new_index_folder`); a Milvus collection is checked when opened.
 
-        check_new_index_folder(Path(uri), overwrite)
+    With ``shard`` (``"I/N"``, checked here) the worker adds its part to the index folder: an index already
+    there is appended to, and ``overwrite`` of one is refused (it would drop the other workers' parts)."""
+    if shard is not None:
+        parse_shard(shard)
+    if backend_kind(uri, backend) == "faiss":
+        from qama.index import MANIFEST, check_new_index_folder
+
+        path = Path(uri)
+        check_new_index_folder(path, overwrite or shard is not None)
+        if shard is not None and overwrite and (path / MANIFEST).exists():
+            raise FileExistsError(
+                f"{path}: --overwrite replaces the whole index, the parts other --shard workers added with it; "
+                "remove the index to start anew"
+            )
 
 
 def open_backend(
