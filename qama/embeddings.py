@@ -548,10 +548,13 @@ def query_embeddings(
     where: str = "the index",
 ) -> tuple[np.ndarray, list[str]]:
     """``(queries, labels)``: the ``(nq, d)`` embeddings of the ``.npy`` file ``npy`` (labels: row
-    numbers), else of ``texts`` (labels: the texts) embedded with the model the store recorded
-    (``recorded``, its ``meta.model``) or ``model_name``, which must not contradict it."""
+    numbers; checked and L2-normalised by :func:`check_embeddings`, as the documents were: a query's
+    scale would change its code), else of ``texts`` (labels: the texts) embedded with the model the
+    store recorded (``recorded``, its ``meta.model``) or ``model_name``, which must not contradict it."""
     if npy is not None:
-        queries = np.atleast_2d(load_npy(npy)).astype(np.float32)
+        if texts:
+            raise ValueError("give query texts or --queries FILE.npy, not both")
+        queries = check_embeddings(np.atleast_2d(load_npy(npy, error=EmbeddingError)), None, str(npy))
         return queries, [str(i) for i in range(len(queries))]
     if not texts:
         raise ValueError("give query text or --queries FILE.npy")

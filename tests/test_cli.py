@@ -295,3 +295,35 @@ def test_flags_old_names_and_json_forms(capsys, tmp_path):
         store_target(None, None, None, {}, "--index")
     with pytest.raises(ValueError, match="needs --uri"):
         store_target(None, tmp_path, "milvus", {})
+
+
+def test_search_queries_npy_are_normalised_as_the_documents_are(small, tmp_path, capsys):
+    """``--queries`` embeddings are L2-normalised like every embedding the command line reads (the indexed
+    documents among them): a query's scale must not change its code (before: a query scaled by 0.1 was
+    coded on other levels and missed its own document; one of all zeros was searched)."""
+    root, emb = small
+    main(["-q", "index", "--dataset", str(root), "--embeddings", str(emb), "--out", str(tmp_path / "idx")])
+    corpus = np.load(emb / "corpus.npy")
+    args = ["-q", "search", "--index", str(tmp_path / "idx"), "-k", "3", "--oversample", "0", "--json"]
+    results = []
+    for scale in (1.0, 0.1, 10.0):
+        np.save(tmp_path / "q.npy", corpus[:3] * scale)
+        capsys.readouterr()
+        assert main([*args, "--queries", str(tmp_path / "q.npy")]) == 0
+        results.append(json.loads(capsys.readouterr().out))
+    assert results[1] == results[0] and results[2] == results[0]
+    assert [h["hits"][0]["id"] for h in results[0]] == ["d0", "d1", "d2"]
+    np.save(tmp_path / "q.npy", np.zeros((2, 32), np.float32))
+    assert main([*args, "--queries", str(tmp_path / "q.npy")]) == 2
+    assert capsys.readouterr().err == f"qama: error: {tmp_path / 'q.npy'}: row 0 is all zeros\n"
+
+
+def test_search_refuses_query_texts_and_queries_npy_together(small, tmp_path, capsys):
+    """Texts beside ``--queries FILE.npy`` were silently left unsearched."""
+    root, emb = small
+    main(["-q", "index", "--dataset", str(root), "--embeddings", str(emb), "--out", str(tmp_path / "idx")])
+    np.save(tmp_path / "q.npy", np.load(emb / "corpus.npy")[:1])
+    capsys.readouterr()
+    rc = main(["-q", "search", "--index", str(tmp_path / "idx"), "--queries", str(tmp_path / "q.npy"), "my query"])
+    assert rc == 2
+    assert capsys.readouterr().err == "qama: error: give query texts or --queries FILE.npy, not both\n"

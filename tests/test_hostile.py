@@ -143,7 +143,7 @@ def test_nan_query(built, tmp_path, capsys):
     np.save(q, np.full((1, 16), np.nan, np.float32))
     rc, out, err = _run(capsys, "search", "--index", str(ix), "--queries", str(q))
     assert rc == 2 and out == ""
-    _one_line_error(err, "queries: row 0 has NaN or inf values (1 rows)")
+    _one_line_error(err, f"{q}: row 0 has NaN or inf values (1 rows)")
     with pytest.raises(ValueError, match="NaN or inf"):
         QamaIndex.open(ix).search(np.array([[np.inf] * 16], np.float32), 3)
 
