@@ -124,15 +124,27 @@ def load_npy(path: str | os.PathLike, mmap: bool = False, error: Callable[[str],
         raise error(f"{path}: unreadable or truncated .npy file ({e})") from None
 
 
+#: The first bytes of every ``.npy`` file.
+NPY_MAGIC = b"\x93NUMPY"
+
+
 def check_npy_size(path: str | os.PathLike, error: Callable[[str], Exception] = ValueError) -> None:
-    """Refuse a ``.npy`` that is not a regular file, or whose header's shape and dtype do not match the
-    file's real size (a header claiming a huge shape must never be allocated)."""
+    """Refuse a ``.npy`` that is not a regular file, that does not begin with the ``.npy`` signature (a text
+    file, an ``.npz`` archive, a pickle), or whose header's shape and dtype do not match the file's real
+    size (a header claiming a huge shape must never be allocated)."""
     from qama._validate import check_regular_file
 
     try:
         size = check_regular_file(path, ".npy file", error)
     except FileNotFoundError:
         raise error(f"{path}: file not found") from None
+    try:
+        with open(path, "rb") as f:
+            head = f.read(len(NPY_MAGIC))
+    except OSError:
+        head = NPY_MAGIC  # unreadable: np.load below raises the error with its reason
+    if size >= len(NPY_MAGIC) and head != NPY_MAGIC:  # a JSONL or text file, an .npz archive, a pickle
+        raise error(f"{path}: not a .npy file (it does not begin with the .npy signature \\x93NUMPY)")
     try:
         with open(path, "rb") as f:
             version = np.lib.format.read_magic(f)

@@ -219,3 +219,20 @@ def test_load_model_keeps_the_last_model_loaded(tmp_path, monkeypatch):
         assert built == [str(a), str(b), str(a)]
     finally:
         E._load_model_kept.cache_clear()
+
+
+def test_a_file_that_is_not_npy_is_named_so(tmp_path):
+    """A JSONL or text file, an ``.npz`` archive or a pickle given where a ``.npy`` is read (before: a JSONL
+    was said to hold 'pickled (object) data', and an ``.npz`` to have 'dtype <U1')."""
+    import pickle
+
+    from qama._io import load_npy
+
+    np.savez(tmp_path / "a.npz", a=np.ones((2, 4), np.float32))
+    (tmp_path / "corpus.jsonl").write_text('{"_id": "d1", "text": "x"}\n')
+    (tmp_path / "p.npy").write_bytes(pickle.dumps(np.ones((2, 4))))
+    for name in ("a.npz", "corpus.jsonl", "p.npy"):
+        path = tmp_path / name
+        with pytest.raises(EmbeddingError) as e:
+            load_npy(path, error=EmbeddingError)
+        assert str(e.value) == f"{path}: not a .npy file (it does not begin with the .npy signature \\x93NUMPY)"
