@@ -874,9 +874,15 @@ def _check_new_docs(embeddings: np.ndarray, ids: Sequence[str], titles: Sequence
                 s.encode("utf-8")
             except UnicodeEncodeError as e:
                 raise ValueError(f"{name}[{j}] cannot be stored as UTF-8 ({e.reason}: {s!r:.40})") from None
-    bad = np.flatnonzero(~np.isfinite(np.asarray(embeddings, dtype=np.float32)).all(axis=1))
-    if len(bad):  # NaN has no level: its code would be arbitrary, and the document found for nothing
-        raise ValueError(f"embeddings: row {int(bad[0])} has NaN or inf values ({len(bad)} rows)")
+    # NaN has no level: its code would be arbitrary, and the document found for nothing. Checked a block
+    # of rows at a time (a memory map is read, not held: the rest of create and add streams it too).
+    step = max(1, (1 << 20) // max(1, embeddings.shape[1]))
+    first, count = -1, 0
+    for i in range(0, len(embeddings), step):
+        bad = np.flatnonzero(~np.isfinite(np.asarray(embeddings[i : i + step], dtype=np.float32)).all(axis=1))
+        first, count = first if first >= 0 or not len(bad) else i + int(bad[0]), count + len(bad)
+    if count:
+        raise ValueError(f"embeddings: row {first} has NaN or inf values ({count} rows)")
 
 
 def _encode_rows(

@@ -44,16 +44,19 @@ def plan_values(z: np.ndarray, plan: Plan, merge: PairMerge = mean_merge) -> np.
     return out
 
 
-def quantile_thresholds(values: np.ndarray, value_levels: np.ndarray) -> np.ndarray:
+def quantile_thresholds(values: np.ndarray, value_levels: np.ndarray, block: int = 8) -> np.ndarray:
     """Per-value thresholds at evenly spaced quantiles (4 levels: 25/50/75%; 3: 33/67%; 2: 50%).
 
-    Returns ``(n_values, 3)`` float32, padded with ``+inf``.
+    Returns ``(n_values, 3)`` float32, padded with ``+inf``. The quantiles are taken ``block`` values
+    (columns) at a time: the copies a quantile makes are of those columns, not of the whole matrix.
     """
     thr = np.full((values.shape[1], MAX_THRESHOLDS), np.inf, dtype=np.float32)
     for n_levels in np.unique(value_levels):
         cols = np.flatnonzero(value_levels == n_levels)
         q = np.arange(1, n_levels) / n_levels
-        thr[cols, : n_levels - 1] = np.quantile(values[:, cols], q, axis=0).T
+        for i in range(0, len(cols), block):
+            part = cols[i : i + block]
+            thr[part, : n_levels - 1] = np.quantile(values[:, part], q, axis=0).T
     return thr
 
 
@@ -99,17 +102,24 @@ class Quantizer:
         q.centroids = q.fit_centroids(values)
         return q
 
-    def fit_centroids(self, values: np.ndarray) -> np.ndarray:
-        """Mean value in each level (an empty level takes its nearest threshold)."""
-        levels = self.levels(values)
+    def fit_centroids(self, values: np.ndarray, block: int = 8) -> np.ndarray:
+        """Mean value in each level (an empty level takes its nearest threshold). The values are read
+        ``block`` values (columns) at a time: the levels (int64) and masked values (float64) of the
+        whole matrix at once took four times the memory of its float32 values."""
         cent = np.zeros((self.plan.n_values, MAX_THRESHOLDS + 1), dtype=np.float64)
-        for lv in range(MAX_THRESHOLDS + 1):
-            mask = levels == lv
-            count = mask.sum(axis=0)
-            total = np.where(mask, values, 0.0).sum(axis=0)
-            fallback = self.thresholds[:, min(lv, MAX_THRESHOLDS - 1)]
-            fallback = np.where(np.isfinite(fallback), fallback, self.thresholds[:, 0])
-            cent[:, lv] = np.where(count > 0, total / np.maximum(count, 1), fallback)
+        for i in range(0, self.plan.n_values, block):
+            cols = slice(i, i + block)
+            part = values[:, cols]
+            levels = np.zeros(part.shape, dtype=np.int64)
+            for t in range(MAX_THRESHOLDS):  # as levels() does, for these columns (+inf padding never counts)
+                levels += part > self.thresholds[cols, t]
+            for lv in range(MAX_THRESHOLDS + 1):
+                mask = levels == lv
+                count = mask.sum(axis=0)
+                total = np.where(mask, part, 0.0).sum(axis=0)
+                fallback = self.thresholds[cols, min(lv, MAX_THRESHOLDS - 1)]
+                fallback = np.where(np.isfinite(fallback), fallback, self.thresholds[cols, 0])
+                cent[cols, lv] = np.where(count > 0, total / np.maximum(count, 1), fallback)
         cent[np.arange(MAX_THRESHOLDS + 1)[None, :] >= self.plan.value_levels[:, None]] = 0.0
         return cent.astype(np.float32)
 
