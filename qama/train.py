@@ -80,6 +80,8 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 CHECKPOINT_DIR = "checkpoint"
+#: The files of a checkpoint folder (and of its scratch copies ``checkpoint.tmp``, ``checkpoint.old``).
+CHECKPOINT_FILES = ("state.safetensors", "meta.json")
 
 #: InfoNCE weight with title pseudo-queries as ``pairs`` (benchmarks/RESULTS_training.md)
 NCE_WEIGHT_TITLES = 1.0
@@ -444,6 +446,15 @@ def check_out_dir(out_dir: str | os.PathLike, overwrite: bool = False) -> None:
     ckpt = out / CHECKPOINT_DIR
     if ckpt.exists() and not (ckpt / "meta.json").is_file():
         raise FileExistsError(f"{ckpt}: exists but is not a qama checkpoint; move it or choose another --out")
+    for scratch in (ckpt.with_name(ckpt.name + ".tmp"), ckpt.with_name(ckpt.name + ".old")):
+        # removed whole by every checkpoint: only what a checkpoint write killed midway leaves there
+        ours = scratch.is_dir() and not scratch.is_symlink()
+        ours = ours and all(p.name in CHECKPOINT_FILES and p.is_file() for p in scratch.iterdir())
+        if (scratch.exists() or scratch.is_symlink()) and not ours:
+            raise FileExistsError(
+                f"{scratch}: exists but is not a qama checkpoint (qama removes it while checkpointing); "
+                "move it or choose another --out"
+            )
     existing = [name for name in (CONFIG_NAME, WEIGHTS_NAME) if (out / name).exists()]
     if existing and not overwrite and not ckpt.exists():
         raise FileExistsError(

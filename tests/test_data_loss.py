@@ -346,3 +346,35 @@ def test_api_index_corpus_shard_never_replaces_the_other_parts(tmp_path):
         qama.api.index_corpus(tmp_path / "ix", emb, IDS, None, "2bit", shard="1/2", overwrite=True, progress=False)
     assert qama.api.index_corpus(tmp_path / "ix", emb, IDS, None, "2bit", shard="1/2", progress=False) == 50
     assert QamaIndex.open(tmp_path / "ix").ids.to_list() == IDS
+
+
+def test_train_refuses_folders_of_the_user_named_like_its_checkpoint_scratch(tmp_path):
+    """``checkpoint.tmp`` and ``checkpoint.old`` in the adapter folder are removed whole (``rmtree``) at every
+    checkpoint: one of the user's is refused before any work (before: deleted with what it held). Those a
+    checkpoint killed midway left (``state.safetensors``, ``meta.json``) are still taken for qama's."""
+    import qama
+
+    x = np.random.default_rng(0).standard_normal((300, 32)).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    out = tmp_path / "ad"
+    (out / "checkpoint.old").mkdir(parents=True)
+    (out / "checkpoint.old" / "notes.txt").write_text("mine")
+    settings = {"steps": 4, "batch_size": 64, "checkpoint_every": 2, "progress": False}
+    with pytest.raises(FileExistsError) as e:
+        qama.fit(x, out=out, **settings)
+    assert str(e.value) == (
+        f"{out / 'checkpoint.old'}: exists but is not a qama checkpoint (qama removes it while checkpointing); "
+        "move it or choose another --out"
+    )
+    assert (out / "checkpoint.old" / "notes.txt").read_text() == "mine"
+    (out / "checkpoint.old" / "notes.txt").unlink()
+    (out / "checkpoint.old").rmdir()
+    (out / "checkpoint.tmp").write_text("mine too")
+    with pytest.raises(FileExistsError, match=r"checkpoint\.tmp: exists but is not a qama checkpoint"):
+        qama.fit(x, out=out, **settings)
+    assert (out / "checkpoint.tmp").read_text() == "mine too"
+    (out / "checkpoint.tmp").unlink()
+    (out / "checkpoint.tmp").mkdir()  # a checkpoint write killed midway: qama's own
+    (out / "checkpoint.tmp" / "state.safetensors").write_bytes(b"partial")
+    qama.fit(x, out=out, **settings)
+    assert sorted(p.name for p in out.iterdir()) == ["config.json", "model.safetensors"]
