@@ -177,8 +177,8 @@ def index_corpus(
     from qama.backends import backend_kind, check_new_store, open_backend, parse_shard, shard_range
     from qama.encoders import fit_encoder
 
-    if shard:  # the other workers' parts in an index folder are never replaced (overwrite is refused)
-        check_new_store(uri, backend, bool(options.get("overwrite")), shard)
+    # before any work; with shard, the other workers' parts in an index folder are never replaced
+    check_new_store(uri, backend, bool(options.get("overwrite")), shard)
     adapter = QamaAdapter.load(adapter) if isinstance(adapter, (str, os.PathLike)) else adapter
     if adapter is not None and model is None:  # the store answers texts with the adapter's model
         name = adapter.config.model_name

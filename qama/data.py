@@ -13,7 +13,6 @@ import json
 import logging
 import os
 import re
-import shutil
 import tarfile
 import tempfile
 import urllib.error
@@ -378,6 +377,8 @@ def download_beir(name: str, cache_dir: Path, url: str | None = None, timeout: f
     target = Path(cache_dir) / "datasets" / name
     if (target / "corpus.jsonl").is_file():
         return target
+    if target.exists() and (not target.is_dir() or any(target.iterdir())):  # never qama's: it renames in whole
+        raise DataError(f"{target}: exists but holds no corpus.jsonl; move it or choose another cache folder")
     url = url or BEIR_URL.format(name=name)
     if not url.startswith("https://"):
         raise DataError(f"refusing to download over plain HTTP: {url}")
@@ -409,8 +410,8 @@ def download_beir(name: str, cache_dir: Path, url: str | None = None, timeout: f
         inner = extracted / name if (extracted / name).is_dir() else extracted
         if not (inner / "corpus.jsonl").is_file():
             raise DataError(f"{url}: archive has no corpus.jsonl")
-        if target.exists():
-            shutil.rmtree(target)
+        if target.exists():  # an empty folder (checked above)
+            target.rmdir()
         os.replace(inner, target)
     return target
 

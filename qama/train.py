@@ -61,7 +61,7 @@ from qama import losses as L
 from qama._io import JsonFields
 from qama.adapter import CONFIG_NAME, WEIGHTS_NAME, AdapterConfig, DimensionError, QamaAdapter, mean_direction
 from qama.check import holdout_split, never_worse_check
-from qama.codes import make_plan
+from qama.codes import plans_fitting
 
 __all__ = [
     "info_nce_setup",
@@ -339,12 +339,11 @@ def compute_losses(
                 L.cosine_matrix(zq[:, :m], zd[:, :m]), targets, cfg.nce_temperature, False
             )
         if cfg.quantized_weight > 0:
-            for spec in cfg.train_plans:
-                plan = make_plan(spec, m)
-                similarity_terms(L.hamming_similarity(code_bits(z, plan)), f"{m}/{spec}")
+            for plan in plans_fitting(cfg.train_plans, m):  # hybrid has no plan at 78 dimensions
+                similarity_terms(L.hamming_similarity(code_bits(z, plan)), f"{m}/{plan.name}")
                 if pairs is not None and cfg.w_nce > 0:  # queries' codes against their documents' codes
                     s_qd = L.hamming_similarity(code_bits(zq, plan, cfg.query_thresholds), code_bits(zd, plan))
-                    parts[f"nce@{m}/{spec}"] = L.info_nce(s_qd, targets, cfg.nce_temperature * 0.5, False)
+                    parts[f"nce@{m}/{plan.name}"] = L.info_nce(s_qd, targets, cfg.nce_temperature * 0.5, False)
     zu = (z - adapter.z_mean) / unit  # (B, d) on a unit scale
     if cfg.w_ortho > 0 and len(adapter.config.nested_dims) > 1:
         parts["ortho"] = L.orthogonality(z, adapter.config.nested_dims)

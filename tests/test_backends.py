@@ -249,6 +249,9 @@ def test_store_target_options_and_the_new_store_check(tmp_path: Path) -> None:
     check_new_store(tmp_path / "new", "faiss")  # new and empty folders are fine, a Milvus URI is not checked here
     check_new_store(tmp_path, None)
     check_new_store("http://milvus:19530")
+    msg = "^a.db: --overwrite replaces an index folder; documents are upserted into a Milvus collection by id, so"
+    with pytest.raises(ValueError, match=msg):  # was ignored: the old collection's documents stayed searchable
+        check_new_store("a.db", None, overwrite=True)
     (tmp_path / "stray.txt").write_text("x")
     with pytest.raises(FileExistsError, match="the folder is not empty and holds no qama index"):
         check_new_store(tmp_path, "faiss", overwrite=True)

@@ -327,3 +327,16 @@ def test_search_refuses_query_texts_and_queries_npy_together(small, tmp_path, ca
     rc = main(["-q", "search", "--index", str(tmp_path / "idx"), "--queries", str(tmp_path / "q.npy"), "my query"])
     assert rc == 2
     assert capsys.readouterr().err == "qama: error: give query texts or --queries FILE.npy, not both\n"
+
+
+def test_index_overwrite_of_a_milvus_collection_is_refused_before_any_work(small, tmp_path, capsys):
+    """``--overwrite`` went only to index folders: a collection was upserted into, its old documents kept."""
+    root, emb = small
+    uri = str(tmp_path / "m.db")
+    argv = ["-q", "index", "--dataset", str(root), "--embeddings", str(emb), "--backend", "milvus", "--uri", uri]
+    assert main([*argv, "--overwrite"]) == 2
+    assert capsys.readouterr().err == (
+        f"qama: error: {uri}: --overwrite replaces an index folder; documents are upserted into a Milvus "
+        "collection by id, so drop the collection in Milvus to start anew\n"
+    )
+    assert not (tmp_path / "m.db").exists()

@@ -162,6 +162,18 @@ def test_download_refuses_zip_slip(tmp_path, monkeypatch, member):
     assert not (tmp_path / "evil.txt").exists()
 
 
+def test_download_never_removes_a_folder_of_the_users_in_the_cache(tmp_path, monkeypatch):
+    _serve(monkeypatch, _zip(_beir_members("mini")))
+    mine = tmp_path / "datasets" / "mini"
+    mine.mkdir(parents=True)
+    (mine / "notes.txt").write_text("mine")
+    with pytest.raises(DataError, match=f"^{mine}: exists but holds no corpus.jsonl; move it or choose another cache"):
+        download_beir("mini", tmp_path)
+    assert (mine / "notes.txt").read_text() == "mine"  # was removed whole and replaced by the download
+    (mine / "notes.txt").unlink()  # an empty folder is filled
+    assert download_beir("mini", tmp_path) == mine and (mine / "corpus.jsonl").is_file()
+
+
 def test_download_refuses_plain_http(tmp_path):
     with pytest.raises(DataError, match="refusing to download over plain HTTP"):
         download_beir("mini", tmp_path, url="http://example.org/mini.zip")

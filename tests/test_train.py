@@ -11,6 +11,7 @@ import torch
 
 import qama.train as T
 from qama.adapter import DimensionError, QamaAdapter, mean_direction
+from qama.codes import make_plan
 from qama.train import ALL_TERMS, TrainConfig, ablate, fit, loss_schedules, lr_factor
 from tests.conftest import interrupted_fit
 
@@ -105,6 +106,23 @@ def test_switched_off_terms_are_not_computed() -> None:
     full = T.compute_losses(adapter, x, TrainConfig(batch_size=32, **ALL_TERMS), 0, gen, 1.0)
     assert {"ortho", "bottleneck", "variance", "quant", "kl@8/hybrid", "kl@8/fp"} <= set(full)
     assert all(torch.isfinite(v) for v in full.values())
+
+
+def test_a_training_plan_is_left_out_at_a_nested_size_it_does_not_fit() -> None:
+    # 40 dims nest as 10/20/40; hybrid has no plan at 10 or 20 (2.5 dimensions a segment; 5 to merge in
+    # pairs): training failed at its first step (so did the defaults of a 312-dimensional model, hybrid at 78)
+    x = _embeddings(d=40)
+    adapter = QamaAdapter(T.AdapterConfig(dim=40))
+    adapter.calibrate(x)
+    gen = torch.Generator().manual_seed(0)
+    cfg = TrainConfig(batch_size=32, w_mse=1.0, w_kl=0.0, w_rank=0.0, w_nce=0.0)
+    parts = T.compute_losses(adapter, torch.from_numpy(x[:32]), cfg, 0, gen, 1.0)
+    assert sorted(k for k in parts if k.startswith("mse@")) == [
+        "mse@10/1bit", "mse@10/2bit", "mse@10/fp", "mse@20/1bit", "mse@20/2bit", "mse@20/fp",
+        "mse@40/1bit", "mse@40/2bit", "mse@40/fp", "mse@40/hybrid",
+    ]  # fmt: skip
+    trained = fit(x, dataclasses.replace(TINY, checkpoint_every=0), pairs=(_embeddings(n=20, d=40, seed=1), x[:20]))
+    assert trained.encode(x, "hybrid").shape == (len(x), make_plan("hybrid", 40).code_size)
 
 
 def test_teacher_cosines_come_from_the_teacher_argument() -> None:

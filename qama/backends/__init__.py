@@ -162,10 +162,17 @@ def check_new_store(
     ``overwrite`` (:func:`qama.index.check_new_index_folder`); a Milvus collection is checked when opened.
 
     With ``shard`` (``"I/N"``, checked here) the worker adds its part to the index folder: an index already
-    there is appended to, and ``overwrite`` of one is refused (it would drop the other workers' parts)."""
+    there is appended to, and ``overwrite`` of one is refused (it would drop the other workers' parts).
+    ``overwrite`` of a Milvus collection is refused (it is upserted into, never replaced)."""
     if shard is not None:
         parse_shard(shard)
-    if backend_kind(uri, backend) == "faiss":
+    kind = backend_kind(uri, backend)
+    if kind == "milvus" and overwrite:
+        raise ValueError(
+            f"{uri}: --overwrite replaces an index folder; documents are upserted into a Milvus collection "
+            "by id, so drop the collection in Milvus to start anew"
+        )
+    if kind == "faiss":
         from qama.index import MANIFEST, check_new_index_folder
 
         path = Path(uri)
