@@ -237,11 +237,17 @@ def asymmetric_scores(
 
 def exact_scores(queries: np.ndarray, vectors: np.ndarray, candidates: np.ndarray) -> np.ndarray:
     """Inner products of float ``queries`` ``(nq, d)`` with candidate rows of ``vectors`` (e.g. a
-    memory-mapped FP32 file: only candidate rows are read). ``-inf`` where the candidate is -1."""
+    memory-mapped FP32 file: only candidate rows are read). ``-inf`` where the candidate is -1.
+    The candidates' rows are gathered for a block of queries at a time (at most
+    :data:`SCORE_BLOCK_VALUES` floats), not for all of them at once."""
     nq, m = candidates.shape
-    valid = candidates >= 0
-    if len(vectors) == 0:
+    if len(vectors) == 0 or nq == 0 or m == 0:
         return np.full((nq, m), -np.inf, dtype=np.float32)
+    block = max(1, SCORE_BLOCK_VALUES // max(1, m * np.shape(queries)[-1]))  # bounded memory: blocks of queries
+    if nq > block:
+        parts = [exact_scores(queries[i : i + block], vectors, candidates[i : i + block]) for i in range(0, nq, block)]
+        return np.concatenate(parts)
+    valid = candidates >= 0
     rows = np.where(valid, candidates, 0)
     cand = np.asarray(vectors[rows.reshape(-1)], dtype=np.float32).reshape(nq, m, -1)
     q = np.asarray(queries, dtype=np.float32)[:, None, : cand.shape[2]]

@@ -123,6 +123,34 @@ def test_exact_scores(corpus: np.ndarray) -> None:
     assert np.isneginf(got[0, 2])
 
 
+def test_exact_scores_of_no_queries_and_in_blocks_of_queries(corpus: np.ndarray, monkeypatch) -> None:
+    """A batch of no queries is scored (before: ``cannot reshape array of size 0 into shape (0,40,newaxis)``,
+    also from ``QamaIndex.search`` with stored vectors and ``qama search --queries`` of an empty ``.npy``);
+    the candidates' rows are gathered a block of queries at a time (before: ``(nq, m, d)`` floats at once,
+    614 MB for 10,000 queries x 40 candidates x 384 dimensions), with the same scores."""
+    import tracemalloc
+
+    import qama.search as S
+
+    assert exact_scores(corpus[:0], corpus, np.zeros((0, 40), np.int64)).shape == (0, 40)
+    enc = ThresholdEncoder.fit(corpus, make_plan("2bit", 32))
+    s, i = search_rescored(enc.encode(corpus), enc, corpus[:0], 10, oversample=4, vectors=corpus)
+    assert s.shape == i.shape == (0, 10)
+    rng = np.random.default_rng(0)
+    queries = rng.standard_normal((500, 32)).astype(np.float32)
+    cand = rng.integers(-1, len(corpus), size=(500, 40))
+    expected = np.where(cand >= 0, np.einsum("qmd,qd->qm", corpus[np.maximum(cand, 0)], queries), -np.inf)
+    monkeypatch.setattr(S, "SCORE_BLOCK_VALUES", 1 << 14)  # 16,384 floats: 12 queries a block
+    tracemalloc.start()
+    try:
+        got = exact_scores(queries, corpus, cand)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
+    assert peak < 500 * 40 * 32 * 4 / 4, peak  # a quarter of the (nq, m, d) floats (2.56 MB)
+
+
 def test_search_rescored_large_oversample_equals_full_rescoring(corpus: np.ndarray) -> None:
     enc = ThresholdEncoder.fit(corpus, make_plan("2bit", 32))
     codes = enc.encode(corpus)
