@@ -346,8 +346,12 @@ def funnel_search(
     ``query_codes`` (scores returned as negated distances); ``rerank="asymmetric"`` by the
     asymmetric score of the full ``codes`` against float ``queries`` through ``encoder``.
     The prefix codes are typically the first bytes of the full codes (:func:`qama.codes.prefix_plan`).
+    ``oversample`` is at least 1 (``oversample=0`` would rerank nothing: the prefix's Hamming order).
     """
     _check_k(k)
+    check_oversample(oversample, minimum=1)
+    if rerank not in ("hamming", "asymmetric"):
+        raise ValueError(f"rerank must be 'hamming' or 'asymmetric', got {rerank!r}")
     if codes is None:
         raise ValueError("funnel_search needs the full codes to rerank")
     if rerank == "asymmetric":
@@ -356,14 +360,11 @@ def funnel_search(
         first = lambda _qc, m: hamming_search(prefix_codes, prefix_query_codes, m)  # noqa: E731
         qc, mode = prefix_query_codes, "asymmetric"
         return search_rescored(codes, encoder, queries, k, oversample, query_codes=qc, rescore=mode, candidates=first)
-    _, cand = hamming_search(prefix_codes, prefix_query_codes, k * oversample)
-    if rerank == "hamming":
-        if query_codes is None:
-            raise ValueError("rerank='hamming' needs query_codes")
-        valid = cand >= 0
-        rows = np.where(valid, cand, 0)
-        dist = hamming(np.asarray(codes[rows.reshape(-1)]).reshape(*cand.shape, -1), query_codes[:, None, :])
-        scores = np.where(valid, -dist, -np.inf).astype(np.float32)
-    else:
-        raise ValueError(f"rerank must be 'hamming' or 'asymmetric', got {rerank!r}")
+    if query_codes is None:
+        raise ValueError("rerank='hamming' needs query_codes")
+    _, cand = hamming_search(prefix_codes, prefix_query_codes, n_candidates(k, oversample, len(prefix_codes)))
+    valid = cand >= 0
+    rows = np.where(valid, cand, 0)
+    dist = hamming(np.asarray(codes[rows.reshape(-1)]).reshape(*cand.shape, -1), query_codes[:, None, :])
+    scores = np.where(valid, -dist, -np.inf).astype(np.float32)
     return top_by_score(scores, cand, k)

@@ -198,6 +198,29 @@ def test_funnel_search(corpus: np.ndarray) -> None:
         funnel_search(pc, pq, 10, 2, "bogus", codes=codes)
 
 
+@pytest.mark.parametrize("rerank", ["hamming", "asymmetric"])
+def test_funnel_search_refuses_oversample_below_one(corpus: np.ndarray, rerank: str) -> None:
+    """``oversample=0`` reranked nothing: ``rerank="asymmetric"`` returned the prefix's negated Hamming
+    distances as if they were the full codes' scores, ``"hamming"`` said ``k must be positive, got 0``
+    (``-1``: ``got -5``)."""
+    plan = make_plan("hybrid", 32)
+    enc = ThresholdEncoder.fit(corpus, plan)
+    codes, q = enc.encode(corpus), corpus[:6]
+    qc = enc.encode(q)
+    _, nbytes = prefix_plan(plan, 8)
+    pc, pq = np.ascontiguousarray(codes[:, :nbytes]), np.ascontiguousarray(qc[:, :nbytes])
+    full = dict(codes=codes, query_codes=qc, encoder=enc, queries=q)
+    for oversample in (0, -1):
+        with pytest.raises(ValueError, match=rf"^oversample must be >= 1, got {oversample}$"):
+            funnel_search(pc, pq, 5, oversample, rerank, **full)
+    with pytest.raises(ValueError, match=r"^oversample must be at most 1000, got 1000000 "):
+        funnel_search(pc, pq, 5, 10**6, rerank, **full)
+    # k beyond the corpus at any factor: every document, the rest padded
+    s, i = funnel_search(pc, pq, 400, 1000, rerank, **full)
+    assert sorted(i[0, :300].tolist()) == list(range(300))
+    assert (i[:, 300:] == -1).all() and np.isneginf(s[:, 300:]).all()
+
+
 def test_rescoring_on_scifact_recovers_quality() -> None:
     from qama.data import load_dataset
     from qama.embeddings import load_embeddings
