@@ -184,6 +184,8 @@ def index_corpus(
         name = adapter.config.model_name
         model = name if name and not Path(name).exists() else None
     encoder = fit_encoder(corpus_emb, plan, adapter, query_sample, replace_query_thresholds)
+    # no titles at all: none stored; decided on the whole corpus, so that every shard's part agrees
+    titles = titles if titles is not None and any(titles) else None
     if shard:  # this worker's part of the corpus (the encoder above is fitted on all of it)
         part = shard_range(len(ids), *parse_shard(shard))
         rows = slice(part.start, part.stop)
@@ -192,7 +194,6 @@ def index_corpus(
     if backend_kind(uri, backend) == "milvus":
         options["dim"] = corpus_emb.shape[1]
     meta = {"model": model}
-    titles = titles if titles is not None and any(titles) else None  # no titles at all: none stored
     with open_backend(uri, backend, encoder, True, keep_vectors=keep_vectors, meta=meta, **options) as store:
         with tqdm(total=len(corpus_emb), desc="encoding", unit="doc", disable=not progress) as bar:
             store.add(corpus_emb, ids, titles=titles, progress=bar.update)
