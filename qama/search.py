@@ -63,6 +63,10 @@ BATCH_KERNEL_MIN_QUERIES = 32
 #: Values unpacked at once by :func:`asymmetric_scores` (queries are scored in blocks of this size).
 SCORE_BLOCK_VALUES = 1 << 23
 
+#: Hamming candidates :func:`search_rescored` holds at once (queries are searched in blocks of this many
+#: candidates: their rows, distances and scores, about 24 bytes each).
+CANDIDATE_BLOCK = 1 << 22
+
 #: Distance reported in the slots of missing neighbours (fewer than ``k`` rows).
 MISSING_DISTANCE = np.iinfo(np.int32).max
 
@@ -319,14 +323,22 @@ def search_rescored(
         candidates = lambda qc, m: hamming_search(codes, qc, m)  # noqa: E731
     # candidates: oversample × k, at most MAX_CANDIDATES and the rows there are (when codes is an array)
     n = len(codes) if isinstance(codes, (np.ndarray, RowSegments)) else None
-    dist, cand = candidates(query_codes, k if oversample == 0 else n_candidates(k, oversample, n))
-    if oversample == 0:
-        return np.where(cand >= 0, -dist.astype(np.float32), -np.inf).astype(np.float32), cand
-    if vectors is not None and rescore != "asymmetric":
-        scores = exact_scores(queries, vectors, cand)
-    else:
-        scores = asymmetric_scores(encoder.query_weights(queries), codes, cand, encoder)
-    return top_by_score(scores, cand, k)
+    m = k if oversample == 0 else n_candidates(k, oversample, n)
+    block = max(1, CANDIDATE_BLOCK // m)  # bounded memory: the candidates of a block of queries at a time
+    out_s, out_i = np.empty((len(queries), k), dtype=np.float32), np.empty((len(queries), k), dtype=np.int64)
+    for i in range(0, len(queries), block):
+        dist, cand = candidates(query_codes[i : i + block], m)
+        if oversample == 0:
+            out_s[i : i + block] = np.where(cand >= 0, -dist.astype(np.float32), -np.inf)
+            out_i[i : i + block] = cand
+            continue
+        q = queries[i : i + block]
+        if vectors is not None and rescore != "asymmetric":
+            scores = exact_scores(q, vectors, cand)
+        else:
+            scores = asymmetric_scores(encoder.query_weights(q), codes, cand, encoder)
+        out_s[i : i + block], out_i[i : i + block] = top_by_score(scores, cand, k)
+    return out_s, out_i
 
 
 def funnel_search(

@@ -151,6 +151,31 @@ def test_exact_scores_of_no_queries_and_in_blocks_of_queries(corpus: np.ndarray,
     assert peak < 500 * 40 * 32 * 4 / 4, peak  # a quarter of the (nq, m, d) floats (2.56 MB)
 
 
+@pytest.mark.parametrize("oversample", [0, 1, 4])
+def test_search_rescored_holds_the_candidates_of_a_block_of_queries_at_a_time(
+    corpus: np.ndarray, monkeypatch, oversample: int
+) -> None:
+    """Every query's ``oversample × k`` candidates (rows, distances, scores and the sort's keys) were held
+    at once: 10^8 for 1,000,000 queries at k=10, oversample 10 (a few GB, for a result of 10^7 slots).
+    Now a block of queries at a time, with the same result."""
+    import qama.search as S
+
+    enc = ThresholdEncoder.fit(corpus, make_plan("hybrid", 32))
+    codes, queries = enc.encode(corpus), np.concatenate([corpus[:70], corpus[:70] + 0.1]).astype(np.float32)
+    expected = search_rescored(codes, enc, queries, 10, oversample, vectors=corpus)
+    seen: list[int] = []
+
+    def candidates(qc: np.ndarray, m: int) -> tuple[np.ndarray, np.ndarray]:
+        seen.append(len(qc) * m)
+        return hamming_search(codes, qc, m)
+
+    monkeypatch.setattr(S, "CANDIDATE_BLOCK", 200, raising=False)
+    got = search_rescored(codes, enc, queries, 10, oversample, vectors=corpus, candidates=candidates)
+    np.testing.assert_array_equal(got[1], expected[1])
+    np.testing.assert_array_equal(got[0], expected[0])
+    assert len(seen) > 1 and max(seen) <= 200, seen
+
+
 def test_search_rescored_large_oversample_equals_full_rescoring(corpus: np.ndarray) -> None:
     enc = ThresholdEncoder.fit(corpus, make_plan("2bit", 32))
     codes = enc.encode(corpus)
