@@ -247,7 +247,7 @@ class QamaAdapter(nn.Module):
         if start % 2 or stop % 2:
             raise ValueError(f"a 0.5-bit range must start and end on even dimensions, got {start}..{stop}")
         u = (z[:, start:stop] - self.z_mean[start:stop]) / self.z_std[start:stop]  # (B, n)
-        return self.merge(u.reshape(len(z), -1, 2))  # (B, n/2)
+        return self.merge(u.reshape(len(z), (stop - start) // 2, 2))  # (B, n/2); B may be 0
 
     def init_linear(self, x: np.ndarray, seed: int = 0) -> None:
         """Set the linear skip from the fitting embeddings ``x`` according to ``config.init``.

@@ -184,6 +184,8 @@ def index_corpus(
         name = adapter.config.model_name
         model = name if name and not Path(name).exists() else None
     encoder = fit_encoder(corpus_emb, plan, adapter, query_sample, replace_query_thresholds)
+    # no titles at all: none stored; decided on the whole corpus, so that every shard's part agrees
+    titles = titles if titles is not None and any(titles) else None
     if shard:  # this worker's part of the corpus (the encoder above is fitted on all of it)
         part = shard_range(len(ids), *parse_shard(shard))
         rows = slice(part.start, part.stop)
@@ -192,7 +194,6 @@ def index_corpus(
     if backend_kind(uri, backend) == "milvus":
         options["dim"] = corpus_emb.shape[1]
     meta = {"model": model}
-    titles = titles if titles is not None and any(titles) else None  # no titles at all: none stored
     with open_backend(uri, backend, encoder, True, keep_vectors=keep_vectors, meta=meta, **options) as store:
         with tqdm(total=len(corpus_emb), desc="encoding", unit="doc", disable=not progress) as bar:
             store.add(corpus_emb, ids, titles=titles, progress=bar.update)
@@ -266,7 +267,9 @@ def evaluate_dataset(
 ) -> list[Row]:
     """The evaluation table of ``qama eval``: baselines, and the adapter's rows when one is given.
 
-    ``query_emb`` holds every query of the dataset in file order (the judged ones are picked).
+    ``query_emb`` holds every query of the dataset in file order (the judged ones are picked), and
+    ``corpus_emb`` every document: their row counts, dimensions and values are checked before any work
+    (:func:`qama.embeddings.check_embeddings`, without normalising them).
     ``rescore``: the oversampling factors of the adapter's rescoring rows; ``dims``: the embedding
     sizes of the baselines (default: d, d/2, d/4). ``query_sample``: query-like embeddings whose
     quantiles code the queries (:func:`qama.embeddings.query_sample`): adds ``threshold-qcal`` rows,
@@ -277,13 +280,18 @@ def evaluate_dataset(
     """
     from qama._validate import check_eval_options, check_plans_fit
     from qama.data import load_dataset
+    from qama.embeddings import check_embeddings
     from qama.evaluation.metrics import Evaluator
     from qama.evaluation.rows import adapter_rows, baseline_rows, calibrated_threshold_rows, default_dims, set_retention
 
     check_eval_options(plans, rescore, dims)  # before any work: a plan that does not read would leave no row
     ds = dataset if isinstance(dataset, Dataset) else load_dataset(dataset)
+    # rows of another dataset (or another order) would be scored against the wrong documents, silently
+    corpus_emb = check_embeddings(np.asarray(corpus_emb), len(ds.doc_ids), "corpus embeddings", normalise=False)
+    dim = corpus_emb.shape[1]
+    query_emb = check_embeddings(np.asarray(query_emb), len(ds.query_ids), "query embeddings", dim, normalise=False)
     evaluator = Evaluator(ds)
-    judged = np.asarray(query_emb)[evaluator.rows]
+    judged = query_emb[evaluator.rows]
     if adapter is not None:  # loaded and checked before any work
         adapter = adapter if isinstance(adapter, QamaAdapter) else QamaAdapter.load(adapter)
         adapter.check_input(corpus_emb, "corpus embeddings")

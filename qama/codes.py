@@ -297,15 +297,26 @@ def hamming(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.bitwise_count(np.bitwise_xor(a, b)).sum(axis=-1, dtype=np.int32)
 
 
+#: Bytes of the XOR (and of its popcount) :func:`hamming_distances` computes at once.
+DISTANCE_BLOCK_BYTES = 1 << 24
+
+
 def hamming_distances(a: np.ndarray, b: np.ndarray, chunk: int = 256) -> np.ndarray:
-    """Reference ``(len(a), len(b))`` Hamming distances between two sets of packed codes (numpy popcount)."""
+    """Reference ``(len(a), len(b))`` Hamming distances between two sets of packed codes (numpy popcount).
+
+    Computed in blocks of at most ``chunk`` rows of ``a`` and :data:`DISTANCE_BLOCK_BYTES` of XOR, so
+    the temporary memory is bounded whatever ``len(b)`` (only the ``(len(a), len(b))`` result grows)."""
     a = np.ascontiguousarray(a, dtype=np.uint8)
     b = np.ascontiguousarray(b, dtype=np.uint8)
     if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[1]:
         raise ValueError(f"code shapes do not match: {a.shape} vs {b.shape}")
     out = np.empty((a.shape[0], b.shape[0]), dtype=np.int32)
-    for i in range(0, a.shape[0], chunk):
-        out[i : i + chunk] = hamming(a[i : i + chunk, None, :], b[None, :, :])  # (c, nb)
+    w = max(1, a.shape[1])
+    cols = max(1, min(b.shape[0], DISTANCE_BLOCK_BYTES // w))  # rows of b per block
+    rows = max(1, min(chunk, DISTANCE_BLOCK_BYTES // (cols * w)))  # rows of a per block
+    for i in range(0, a.shape[0], rows):
+        for j in range(0, b.shape[0], cols):
+            out[i : i + rows, j : j + cols] = hamming(a[i : i + rows, None, :], b[None, j : j + cols, :])
     return out
 
 

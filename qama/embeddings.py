@@ -419,8 +419,11 @@ def dataset_embeddings(
     return embed_dataset(dataset, model_name, cache_dir=cache_dir, batch_size=batch_size)
 
 
-def check_embeddings(emb: np.ndarray, rows: int | None, what: str, dim: int | None = None) -> np.ndarray:
-    """Validate a ``(rows, d)`` floating-point matrix and return it as L2-normalised float32."""
+def check_embeddings(
+    emb: np.ndarray, rows: int | None, what: str, dim: int | None = None, normalise: bool = True
+) -> np.ndarray:
+    """Validate a ``(rows, d)`` floating-point matrix and return it as L2-normalised float32
+    (``normalise=False``: as float32, its rows as they are, all-zero ones allowed)."""
     if not isinstance(emb, np.ndarray) or emb.ndim != 2:
         raise EmbeddingError(f"{what}: expected a 2-D matrix, got shape {getattr(emb, 'shape', None)}")
     if emb.dtype.kind != "f":
@@ -433,6 +436,8 @@ def check_embeddings(emb: np.ndarray, rows: int | None, what: str, dim: int | No
     bad = ~np.isfinite(emb).all(axis=1)
     if bad.any():
         raise EmbeddingError(f"{what}: row {int(np.flatnonzero(bad)[0])} has NaN or inf values ({int(bad.sum())} rows)")
+    if not normalise:
+        return emb
     norms = np.linalg.norm(emb, axis=1, keepdims=True)
     if (norms == 0).any():
         raise EmbeddingError(f"{what}: row {int(np.flatnonzero(norms[:, 0] == 0)[0])} is all zeros")

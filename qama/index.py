@@ -570,6 +570,8 @@ class QamaIndex:
                 f"query codes must be uint8 of shape (nq, {self.plan.code_size}) for this index's plan "
                 f"{self.plan.spec()}, got {query_codes.dtype} {query_codes.shape}"
             )
+        if np.any(query_codes[:, self.plan.code_size :]):  # the rows' padding is zero: else every distance grows
+            raise IndexMismatchError("query codes wider than the code size must be padded with zero bytes")
         if query_codes.shape[1] < self.row_size:
             query_codes = np.pad(query_codes, ((0, 0), (0, self.row_size - query_codes.shape[1])))
         return hamming_search(self.codes, query_codes, k)

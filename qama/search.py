@@ -63,6 +63,10 @@ BATCH_KERNEL_MIN_QUERIES = 32
 #: Values unpacked at once by :func:`asymmetric_scores` (queries are scored in blocks of this size).
 SCORE_BLOCK_VALUES = 1 << 23
 
+#: Hamming candidates :func:`search_rescored` holds at once (queries are searched in blocks of this many
+#: candidates: their rows, distances and scores, about 24 bytes each).
+CANDIDATE_BLOCK = 1 << 22
+
 #: Distance reported in the slots of missing neighbours (fewer than ``k`` rows).
 MISSING_DISTANCE = np.iinfo(np.int32).max
 
@@ -237,11 +241,17 @@ def asymmetric_scores(
 
 def exact_scores(queries: np.ndarray, vectors: np.ndarray, candidates: np.ndarray) -> np.ndarray:
     """Inner products of float ``queries`` ``(nq, d)`` with candidate rows of ``vectors`` (e.g. a
-    memory-mapped FP32 file: only candidate rows are read). ``-inf`` where the candidate is -1."""
+    memory-mapped FP32 file: only candidate rows are read). ``-inf`` where the candidate is -1.
+    The candidates' rows are gathered for a block of queries at a time (at most
+    :data:`SCORE_BLOCK_VALUES` floats), not for all of them at once."""
     nq, m = candidates.shape
-    valid = candidates >= 0
-    if len(vectors) == 0:
+    if len(vectors) == 0 or nq == 0 or m == 0:
         return np.full((nq, m), -np.inf, dtype=np.float32)
+    block = max(1, SCORE_BLOCK_VALUES // max(1, m * np.shape(queries)[-1]))  # bounded memory: blocks of queries
+    if nq > block:
+        parts = [exact_scores(queries[i : i + block], vectors, candidates[i : i + block]) for i in range(0, nq, block)]
+        return np.concatenate(parts)
+    valid = candidates >= 0
     rows = np.where(valid, candidates, 0)
     cand = np.asarray(vectors[rows.reshape(-1)], dtype=np.float32).reshape(nq, m, -1)
     q = np.asarray(queries, dtype=np.float32)[:, None, : cand.shape[2]]
@@ -313,14 +323,22 @@ def search_rescored(
         candidates = lambda qc, m: hamming_search(codes, qc, m)  # noqa: E731
     # candidates: oversample × k, at most MAX_CANDIDATES and the rows there are (when codes is an array)
     n = len(codes) if isinstance(codes, (np.ndarray, RowSegments)) else None
-    dist, cand = candidates(query_codes, k if oversample == 0 else n_candidates(k, oversample, n))
-    if oversample == 0:
-        return np.where(cand >= 0, -dist.astype(np.float32), -np.inf).astype(np.float32), cand
-    if vectors is not None and rescore != "asymmetric":
-        scores = exact_scores(queries, vectors, cand)
-    else:
-        scores = asymmetric_scores(encoder.query_weights(queries), codes, cand, encoder)
-    return top_by_score(scores, cand, k)
+    m = k if oversample == 0 else n_candidates(k, oversample, n)
+    block = max(1, CANDIDATE_BLOCK // m)  # bounded memory: the candidates of a block of queries at a time
+    out_s, out_i = np.empty((len(queries), k), dtype=np.float32), np.empty((len(queries), k), dtype=np.int64)
+    for i in range(0, len(queries), block):
+        dist, cand = candidates(query_codes[i : i + block], m)
+        if oversample == 0:
+            out_s[i : i + block] = np.where(cand >= 0, -dist.astype(np.float32), -np.inf)
+            out_i[i : i + block] = cand
+            continue
+        q = queries[i : i + block]
+        if vectors is not None and rescore != "asymmetric":
+            scores = exact_scores(q, vectors, cand)
+        else:
+            scores = asymmetric_scores(encoder.query_weights(q), codes, cand, encoder)
+        out_s[i : i + block], out_i[i : i + block] = top_by_score(scores, cand, k)
+    return out_s, out_i
 
 
 def funnel_search(
@@ -340,8 +358,12 @@ def funnel_search(
     ``query_codes`` (scores returned as negated distances); ``rerank="asymmetric"`` by the
     asymmetric score of the full ``codes`` against float ``queries`` through ``encoder``.
     The prefix codes are typically the first bytes of the full codes (:func:`qama.codes.prefix_plan`).
+    ``oversample`` is at least 1 (``oversample=0`` would rerank nothing: the prefix's Hamming order).
     """
     _check_k(k)
+    check_oversample(oversample, minimum=1)
+    if rerank not in ("hamming", "asymmetric"):
+        raise ValueError(f"rerank must be 'hamming' or 'asymmetric', got {rerank!r}")
     if codes is None:
         raise ValueError("funnel_search needs the full codes to rerank")
     if rerank == "asymmetric":
@@ -350,14 +372,11 @@ def funnel_search(
         first = lambda _qc, m: hamming_search(prefix_codes, prefix_query_codes, m)  # noqa: E731
         qc, mode = prefix_query_codes, "asymmetric"
         return search_rescored(codes, encoder, queries, k, oversample, query_codes=qc, rescore=mode, candidates=first)
-    _, cand = hamming_search(prefix_codes, prefix_query_codes, k * oversample)
-    if rerank == "hamming":
-        if query_codes is None:
-            raise ValueError("rerank='hamming' needs query_codes")
-        valid = cand >= 0
-        rows = np.where(valid, cand, 0)
-        dist = hamming(np.asarray(codes[rows.reshape(-1)]).reshape(*cand.shape, -1), query_codes[:, None, :])
-        scores = np.where(valid, -dist, -np.inf).astype(np.float32)
-    else:
-        raise ValueError(f"rerank must be 'hamming' or 'asymmetric', got {rerank!r}")
+    if query_codes is None:
+        raise ValueError("rerank='hamming' needs query_codes")
+    _, cand = hamming_search(prefix_codes, prefix_query_codes, n_candidates(k, oversample, len(prefix_codes)))
+    valid = cand >= 0
+    rows = np.where(valid, cand, 0)
+    dist = hamming(np.asarray(codes[rows.reshape(-1)]).reshape(*cand.shape, -1), query_codes[:, None, :])
+    scores = np.where(valid, -dist, -np.inf).astype(np.float32)
     return top_by_score(scores, cand, k)

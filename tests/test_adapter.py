@@ -184,3 +184,18 @@ def test_bad_inputs_raise_clear_errors() -> None:
         adapter.transform(bad)
     with pytest.raises(ValueError, match=r"^dim must be an even number in 2..16, got 7$"):
         adapter.transform(_embeddings(n=5), 7)
+
+
+@pytest.mark.parametrize("plan", ["2bit", "1.5bit", "1bit", "0.5bit", "hybrid"])
+def test_no_rows_encode_to_no_codes(plan: str) -> None:
+    """``qama.encode(adapter, emb[:0])`` of a plan with 0.5-bit values raised torch's ``cannot reshape
+    tensor of 0 elements into shape [0, -1, 2] …``."""
+    import qama
+
+    adapter = QamaAdapter(AdapterConfig(dim=16))
+    p = adapter.plan(plan)
+    empty = _embeddings(n=5)[:0]
+    assert adapter.values(empty, plan).shape == (0, p.n_values)
+    codes = qama.encode(adapter, empty, plan)
+    assert codes.shape == (0, p.code_size) and codes.dtype == np.uint8
+    assert adapter.encode(empty, plan, 8, queries=True).shape == (0, adapter.plan(plan, 8).code_size)

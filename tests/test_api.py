@@ -103,3 +103,42 @@ def test_eval_json_is_what_qama_eval_writes():
     out = eval_json(rows, "tiny", "test")
     assert list(out) == ["dataset", "split", "rows", "breakdown"]
     assert out["rows"] == [rows[0].to_dict()] and out["breakdown"] == []
+
+
+def test_evaluate_dataset_checks_the_embeddings_against_the_dataset(small):
+    """Embeddings whose rows are not the dataset's were scored silently (queries of another dataset:
+    nDCG@10 0.027; a corpus of 200 of the 300 documents: 1.0) or failed with a bare ``IndexError``."""
+    root, emb = small
+    corpus, queries = np.load(emb / "corpus.npy"), np.load(emb / "queries.npy")
+    nan_corpus = corpus.copy()
+    nan_corpus[3, 0] = np.nan
+    cases = [
+        (corpus, np.concatenate([queries[5:], queries]), "query embeddings: 55 rows, but the dataset has 30"),
+        (corpus, queries[:20], "query embeddings: 20 rows, but the dataset has 30"),
+        (corpus[:200], queries, "corpus embeddings: 200 rows, but the dataset has 300"),
+        (np.concatenate([corpus, corpus]), queries, "corpus embeddings: 600 rows, but the dataset has 300"),
+        (corpus, queries[:, :16], "query embeddings: dimension 16, expected 32"),
+        (nan_corpus, queries, r"corpus embeddings: row 3 has NaN or inf values \(1 rows\)"),
+        (corpus.astype(np.int64), queries, "corpus embeddings: expected floating-point values, got dtype int64"),
+    ]
+    for c, q, message in cases:
+        with pytest.raises(qama.embeddings.EmbeddingError, match=f"^{message}$"):
+            qama.evaluate_dataset(root, c, q, plans=("2bit",))
+    rows = qama.evaluate_dataset(root, corpus.astype(np.float64), queries, plans=("2bit",), dims=[32])
+    assert rows[0].format == "fp32" and rows[0].metrics["ndcg@10"] == 1.0
+
+
+@pytest.mark.parametrize("order", [("0/2", "1/2"), ("1/2", "0/2")])
+def test_index_corpus_shards_agree_on_titles_that_one_part_lacks(tmp_path, order):
+    """Whether titles are stored was decided on each shard's part: a part whose titles were all empty
+    made (or met) an index without titles, and the other part failed with ``titles must be given for
+    every document or for none``."""
+    rng = np.random.default_rng(6)
+    docs = rng.standard_normal((100, 16)).astype(np.float32)
+    docs /= np.linalg.norm(docs, axis=1, keepdims=True)
+    ids, titles = [f"d{i}" for i in range(100)], [""] * 50 + [f"title {i}" for i in range(50, 100)]
+    counts = [qama.api.index_corpus(tmp_path / "ix", docs, ids, titles, "2bit", shard=s, progress=False) for s in order]
+    assert counts == [50, 100]
+    index = qama.open_index(tmp_path / "ix")
+    assert sorted(index.ids.to_list()) == sorted(ids)
+    assert {index.ids[r]: index.titles[r] for r in range(100)} == dict(zip(ids, titles, strict=True))

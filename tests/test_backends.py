@@ -89,6 +89,14 @@ def test_search_codes_equals_reference(make, data) -> None:
     assert b.title("doc-7") == "title 7"
 
 
+def test_an_empty_title_is_none(make, data) -> None:
+    """An index folder returned ``""`` for an empty title (``qama search --json``: ``"title": ""``), a Milvus
+    collection ``None`` (``null``); :meth:`Backend.title` says ``None`` when there is none."""
+    b = make(data["encoder"])
+    b.add(data["emb"][:3], data["ids"][:3], titles=["", "title 1", ""])
+    assert [b.title(d) for d in data["ids"][:3]] == [None, "title 1", None]
+
+
 def test_more_k_than_documents_and_empty(make, data) -> None:
     b = make(data["encoder"])
     qc = data["encoder"].encode(data["queries"][:2])

@@ -114,3 +114,25 @@ def test_prefix_plan_is_code_prefix() -> None:
         prefix_plan(plan, 100)
     with pytest.raises(ValueError, match="whole bytes"):
         prefix_plan(Plan("p", (Segment(3, 1.0), Segment(5, 1.0))), 3)
+
+
+def test_hamming_distances_bound_their_temporary_memory(monkeypatch) -> None:
+    """The XOR of 256 rows of ``a`` with all of ``b`` was made at once (``(256, len(b), w)`` bytes, twice:
+    2 GB for mteb's similarity of 300 queries with 50,000 documents of 78 bytes, 60 MB of result)."""
+    import tracemalloc
+
+    import qama.codes as C
+
+    rng = np.random.default_rng(0)
+    a, b = rng.integers(0, 256, (64, 13), dtype=np.uint8), rng.integers(0, 256, (3000, 13), dtype=np.uint8)
+    expected = np.bitwise_count(a[:, None, :] ^ b[None, :, :]).sum(-1)
+    monkeypatch.setattr(C, "DISTANCE_BLOCK_BYTES", 1 << 16, raising=False)
+    tracemalloc.start()
+    try:
+        got = hamming_distances(a, b)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    np.testing.assert_array_equal(got, expected)
+    assert peak < 64 * 3000 * 4 + 8 * (1 << 16), peak  # the result and a few blocks (before: 2 x 2.5 MB)
+    assert hamming_distances(a, b[:0]).shape == (64, 0) and hamming_distances(a[:0], b).shape == (0, 3000)

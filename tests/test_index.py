@@ -67,6 +67,22 @@ def test_vector_rescoring_with_full_oversample_is_exact(index: QamaIndex, emb: n
     np.testing.assert_array_equal(i, ref)
 
 
+def test_query_codes_of_the_row_size_must_be_padded_with_zeros(index: QamaIndex, emb: np.ndarray) -> None:
+    """Row-size query codes with padding bits set were searched: every distance grew by them (the rows'
+    padding is zero), silently; a Milvus collection refuses them with this message."""
+    qc = index.encoder.encode_queries(emb[:3])
+    width = index.row_size - index.plan.code_size
+    assert width > 0
+    d, i = index.search_codes(qc, 5)
+    zero = index.search_codes(np.pad(qc, ((0, 0), (0, width))), 5)
+    np.testing.assert_array_equal(zero[0], d)
+    np.testing.assert_array_equal(zero[1], i)
+    with pytest.raises(
+        IndexMismatchError, match=r"^query codes wider than the code size must be padded with zero bytes$"
+    ):
+        index.search_codes(np.pad(qc, ((0, 0), (0, width)), constant_values=255), 5)
+
+
 def test_search_edge_cases(index: QamaIndex, emb: np.ndarray) -> None:
     with pytest.raises(ValueError, match="k must be positive"):
         index.search(emb[:1], 0)

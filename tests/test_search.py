@@ -123,6 +123,59 @@ def test_exact_scores(corpus: np.ndarray) -> None:
     assert np.isneginf(got[0, 2])
 
 
+def test_exact_scores_of_no_queries_and_in_blocks_of_queries(corpus: np.ndarray, monkeypatch) -> None:
+    """A batch of no queries is scored (before: ``cannot reshape array of size 0 into shape (0,40,newaxis)``,
+    also from ``QamaIndex.search`` with stored vectors and ``qama search --queries`` of an empty ``.npy``);
+    the candidates' rows are gathered a block of queries at a time (before: ``(nq, m, d)`` floats at once,
+    614 MB for 10,000 queries x 40 candidates x 384 dimensions), with the same scores."""
+    import tracemalloc
+
+    import qama.search as S
+
+    assert exact_scores(corpus[:0], corpus, np.zeros((0, 40), np.int64)).shape == (0, 40)
+    enc = ThresholdEncoder.fit(corpus, make_plan("2bit", 32))
+    s, i = search_rescored(enc.encode(corpus), enc, corpus[:0], 10, oversample=4, vectors=corpus)
+    assert s.shape == i.shape == (0, 10)
+    rng = np.random.default_rng(0)
+    queries = rng.standard_normal((500, 32)).astype(np.float32)
+    cand = rng.integers(-1, len(corpus), size=(500, 40))
+    expected = np.where(cand >= 0, np.einsum("qmd,qd->qm", corpus[np.maximum(cand, 0)], queries), -np.inf)
+    monkeypatch.setattr(S, "SCORE_BLOCK_VALUES", 1 << 14)  # 16,384 floats: 12 queries a block
+    tracemalloc.start()
+    try:
+        got = exact_scores(queries, corpus, cand)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
+    assert peak < 500 * 40 * 32 * 4 / 4, peak  # a quarter of the (nq, m, d) floats (2.56 MB)
+
+
+@pytest.mark.parametrize("oversample", [0, 1, 4])
+def test_search_rescored_holds_the_candidates_of_a_block_of_queries_at_a_time(
+    corpus: np.ndarray, monkeypatch, oversample: int
+) -> None:
+    """Every query's ``oversample × k`` candidates (rows, distances, scores and the sort's keys) were held
+    at once: 10^8 for 1,000,000 queries at k=10, oversample 10 (a few GB, for a result of 10^7 slots).
+    Now a block of queries at a time, with the same result."""
+    import qama.search as S
+
+    enc = ThresholdEncoder.fit(corpus, make_plan("hybrid", 32))
+    codes, queries = enc.encode(corpus), np.concatenate([corpus[:70], corpus[:70] + 0.1]).astype(np.float32)
+    expected = search_rescored(codes, enc, queries, 10, oversample, vectors=corpus)
+    seen: list[int] = []
+
+    def candidates(qc: np.ndarray, m: int) -> tuple[np.ndarray, np.ndarray]:
+        seen.append(len(qc) * m)
+        return hamming_search(codes, qc, m)
+
+    monkeypatch.setattr(S, "CANDIDATE_BLOCK", 200, raising=False)
+    got = search_rescored(codes, enc, queries, 10, oversample, vectors=corpus, candidates=candidates)
+    np.testing.assert_array_equal(got[1], expected[1])
+    np.testing.assert_array_equal(got[0], expected[0])
+    assert len(seen) > 1 and max(seen) <= 200, seen
+
+
 def test_search_rescored_large_oversample_equals_full_rescoring(corpus: np.ndarray) -> None:
     enc = ThresholdEncoder.fit(corpus, make_plan("2bit", 32))
     codes = enc.encode(corpus)
@@ -168,6 +221,29 @@ def test_funnel_search(corpus: np.ndarray) -> None:
     np.testing.assert_array_equal(i, i2)
     with pytest.raises(ValueError, match="rerank"):
         funnel_search(pc, pq, 10, 2, "bogus", codes=codes)
+
+
+@pytest.mark.parametrize("rerank", ["hamming", "asymmetric"])
+def test_funnel_search_refuses_oversample_below_one(corpus: np.ndarray, rerank: str) -> None:
+    """``oversample=0`` reranked nothing: ``rerank="asymmetric"`` returned the prefix's negated Hamming
+    distances as if they were the full codes' scores, ``"hamming"`` said ``k must be positive, got 0``
+    (``-1``: ``got -5``)."""
+    plan = make_plan("hybrid", 32)
+    enc = ThresholdEncoder.fit(corpus, plan)
+    codes, q = enc.encode(corpus), corpus[:6]
+    qc = enc.encode(q)
+    _, nbytes = prefix_plan(plan, 8)
+    pc, pq = np.ascontiguousarray(codes[:, :nbytes]), np.ascontiguousarray(qc[:, :nbytes])
+    full = dict(codes=codes, query_codes=qc, encoder=enc, queries=q)
+    for oversample in (0, -1):
+        with pytest.raises(ValueError, match=rf"^oversample must be >= 1, got {oversample}$"):
+            funnel_search(pc, pq, 5, oversample, rerank, **full)
+    with pytest.raises(ValueError, match=r"^oversample must be at most 1000, got 1000000 "):
+        funnel_search(pc, pq, 5, 10**6, rerank, **full)
+    # k beyond the corpus at any factor: every document, the rest padded
+    s, i = funnel_search(pc, pq, 400, 1000, rerank, **full)
+    assert sorted(i[0, :300].tolist()) == list(range(300))
+    assert (i[:, 300:] == -1).all() and np.isneginf(s[:, 300:]).all()
 
 
 def test_rescoring_on_scifact_recovers_quality() -> None:

@@ -388,7 +388,7 @@ class FaissBackend:
             row = self.index.row_of(doc_id)  # any other id: looked up in the index's id tables
             if row is None:
                 return None
-        return self.index.title(row)
+        return self.index.title(row) or None  # an empty title is none, as a Milvus collection says
 
     def count(self) -> int:
         return 0 if self.index is None else len(self.index)
