@@ -369,7 +369,7 @@ def funnel_search(
     if rerank == "asymmetric":
         if encoder is None or queries is None:
             raise ValueError("rerank='asymmetric' needs encoder and queries")
-        first = lambda _qc, m: hamming_search(prefix_codes, prefix_query_codes, m)  # noqa: E731
+        first = lambda qc_block, m: hamming_search(prefix_codes, qc_block, m)  # noqa: E731
         qc, mode = prefix_query_codes, "asymmetric"
         return search_rescored(codes, encoder, queries, k, oversample, query_codes=qc, rescore=mode, candidates=first)
     if query_codes is None:

@@ -176,6 +176,22 @@ def test_search_rescored_holds_the_candidates_of_a_block_of_queries_at_a_time(
     assert len(seen) > 1 and max(seen) <= 200, seen
 
 
+def test_funnel_search_in_blocks_of_queries_equals_one_block(corpus: np.ndarray, monkeypatch) -> None:
+    """The funnel's first stage searched every query's prefix codes for each block of queries."""
+    import qama.search as S
+
+    enc = ThresholdEncoder.fit(corpus, make_plan("hybrid", 32))
+    codes, queries = enc.encode(corpus), np.concatenate([corpus[:70], corpus[:70] + 0.1]).astype(np.float32)
+    qcodes = enc.encode_queries(queries)
+    _, nbytes = prefix_plan(enc.plan, 8)
+    args = (np.ascontiguousarray(codes[:, :nbytes]), np.ascontiguousarray(qcodes[:, :nbytes]), 10, 4, "asymmetric")
+    expected = funnel_search(*args, codes=codes, encoder=enc, queries=queries)
+    monkeypatch.setattr(S, "CANDIDATE_BLOCK", 200)
+    got = funnel_search(*args, codes=codes, encoder=enc, queries=queries)
+    np.testing.assert_array_equal(got[1], expected[1])
+    np.testing.assert_array_equal(got[0], expected[0])
+
+
 def test_search_rescored_large_oversample_equals_full_rescoring(corpus: np.ndarray) -> None:
     enc = ThresholdEncoder.fit(corpus, make_plan("2bit", 32))
     codes = enc.encode(corpus)
