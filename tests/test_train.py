@@ -69,6 +69,23 @@ def test_resume_refuses_a_checkpoint_of_another_config(tmp_path, monkeypatch) ->
         fit(x, dataclasses.replace(TINY, lr=0.5), out_dir=tmp_path)
 
 
+def test_resume_refuses_a_checkpoint_of_other_training_data(tmp_path, monkeypatch) -> None:
+    """A checkpoint holds a fingerprint of the corpus and pairs it was written for: the same config on
+    another corpus (or other pairs) is refused (before: resumed silently, an adapter trained partly on
+    the other corpus, its weights up to 0.8 off the adapter of an uninterrupted run)."""
+    x, y = _embeddings(seed=0), _embeddings(seed=1)
+    interrupted_fit(monkeypatch, x, TINY, tmp_path / "a", at_call=5)
+    message = r"checkpoint .*checkpoint was written for other training data \(the corpus or the pairs differ\)"
+    with pytest.raises(ValueError, match=message + "; remove it to start anew$"):
+        fit(y, TINY, out_dir=tmp_path / "a")
+    with pytest.raises(ValueError, match=message):
+        fit(x, TINY, pairs=(y[:40], x[:40]), out_dir=tmp_path / "a")
+    assert (tmp_path / "a" / "checkpoint" / "meta.json").is_file()  # left for the run it belongs to
+    reference = _state(fit(x, TINY))
+    state = _state(fit(x, TINY, out_dir=tmp_path / "a"))  # its own corpus resumes it
+    assert all(np.allclose(state[k], reference[k], atol=1e-6) for k in reference)
+
+
 def test_lr_schedule_warms_up_then_decays() -> None:
     cfg = TrainConfig(steps=100, warmup_steps=10, min_lr_ratio=0.1)
     assert lr_factor(0, cfg) == pytest.approx(0.1)
