@@ -60,9 +60,18 @@ from tqdm.auto import tqdm
 
 from qama import losses as L
 from qama._io import JsonFields
-from qama.adapter import CONFIG_NAME, WEIGHTS_NAME, AdapterConfig, DimensionError, QamaAdapter, mean_direction
+from qama._validate import misfit
+from qama.adapter import (
+    CONFIG_NAME,
+    WEIGHTS_NAME,
+    AdapterConfig,
+    DimensionError,
+    QamaAdapter,
+    default_nested_dims,
+    mean_direction,
+)
 from qama.check import holdout_split, never_worse_check
-from qama.codes import plans_fitting
+from qama.codes import DEFAULT_PLANS, plans_fitting
 
 __all__ = [
     "info_nce_setup",
@@ -485,6 +494,15 @@ def check_out_dir(out_dir: str | os.PathLike, overwrite: bool = False) -> None:
         )
 
 
+def adapter_plans(sizes: tuple[int, ...]) -> tuple[str, ...]:
+    """The plans of :data:`~qama.codes.DEFAULT_PLANS` that fit one of the nested ``sizes`` (the plans a
+    fitted adapter is for): hybrid fits none of a 300-dimensional model's 150/300, and is left out."""
+    plans = tuple(p for p in DEFAULT_PLANS if misfit(p, sizes) is None)
+    for p in sorted(set(DEFAULT_PLANS) - set(plans)):
+        logger.warning("plan %s fits none of the nested sizes %s: the adapter is fitted without it", p, sizes)
+    return plans
+
+
 def _corpus_rows(corpus: np.ndarray, docs: np.ndarray, chunk: int = 1024) -> np.ndarray:
     """The row of ``corpus`` each of ``docs`` is (the largest inner product: the document itself)."""
     return np.concatenate(
@@ -543,6 +561,7 @@ def fit(
         merge_hidden=cfg.merge_hidden,
         drop_mean_direction=cfg.drop_mean_direction,
         model_name=cfg.model_name,
+        plans=adapter_plans(cfg.nested_dims or default_nested_dims(d)),
     )
     metadata = {
         "training": cfg.to_dict(),

@@ -142,6 +142,17 @@ def test_a_training_plan_is_left_out_at_a_nested_size_it_does_not_fit() -> None:
     assert trained.encode(x, "hybrid").shape == (len(x), make_plan("hybrid", 40).code_size)
 
 
+def test_a_model_whose_sizes_no_hybrid_plan_fits_trains_an_adapter_without_hybrid() -> None:
+    """A 300-dimensional model (GloVe averages) nests as 150/300, a 100-dimensional one as 50/100: hybrid
+    fits none of their sizes. The adapter is trained for the plans that fit (before: `plans: 'hybrid' fits
+    none of the sizes 150, 300 (...)` before training, with no option of `qama train` to avoid it)."""
+    x = _embeddings(n=40, d=100)
+    trained = fit(x, dataclasses.replace(TINY, steps=2, checkpoint_every=0))
+    assert trained.config.plans == ("2bit", "1.5bit", "1bit") and trained.config.nested_dims == (50, 100)
+    assert trained.encode(x, "2bit").shape == (40, make_plan("2bit", 100).code_size)
+    assert "mse@100/2bit" in T.compute_losses(trained, torch.from_numpy(x[:32]), TINY, 0, torch.Generator(), 1.0)
+
+
 def test_teacher_cosines_come_from_the_teacher_argument() -> None:
     """A student equal to its teacher has zero similarity loss: the start without the mean direction
     matches a teacher without it (what fit passes), not the raw embeddings."""
