@@ -167,6 +167,11 @@ class TrainConfig(JsonFields):
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.batch_size < 4:
             raise ValueError(f"batch_size must be at least 4, got {self.batch_size}")
+        for name in ("temperature", "temperature_end", "kl_temperature", "nce_temperature"):
+            if getattr(self, name) <= 0:  # each divides similarities or values
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        if self.ema_momentum > 1:
+            raise ValueError(f"ema_momentum must be in 0..1, got {self.ema_momentum}")
         if not 1 <= self.neighbour_group <= self.batch_size:
             raise ValueError(f"neighbour_group must be in 1..batch_size, got {self.neighbour_group}")
         self.nested_dims = tuple(self.nested_dims)

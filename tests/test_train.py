@@ -218,6 +218,24 @@ def test_bad_inputs_raise_clear_errors() -> None:
         TrainConfig(relax="hard")
 
 
+@pytest.mark.parametrize(
+    ("setting", "message"),
+    [
+        ({"temperature": 0.0}, "temperature must be positive, got 0.0"),
+        ({"temperature_end": 0.0}, "temperature_end must be positive, got 0.0"),
+        ({"kl_temperature": 0.0}, "kl_temperature must be positive, got 0.0"),
+        ({"nce_temperature": 0.0}, "nce_temperature must be positive, got 0.0"),
+        ({"ema_momentum": 5.0}, "ema_momentum must be in 0..1, got 5.0"),
+    ],
+)
+def test_temperatures_and_the_ema_momentum_are_checked_with_the_config(setting, message) -> None:
+    """Before: a temperature of 0 ended training with a ZeroDivisionError traceback (`qama report` with
+    `temperature = 0.0` in [train], after embedding and the baselines) or a TrainingError at the first step;
+    a momentum of 5 moved the thresholds away from the batch's quantiles, silently."""
+    with pytest.raises(ValueError, match=f"^{message}$"):
+        TrainConfig(**setting)
+
+
 def test_ablate_runs_each_switch(monkeypatch) -> None:
     x = _embeddings()
     seen = []
