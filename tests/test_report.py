@@ -177,3 +177,33 @@ def test_a_report_refuses_two_datasets_of_one_name(small, tmp_path):  # noqa: F8
     config.datasets.append(_split_config(other, emb, "test").datasets[0])
     with pytest.raises(ValueError, match=r"^two datasets of the report are named 'ds' "):
         run_report(config, out, progress=False)
+
+
+def test_a_report_whose_training_settings_changed_after_an_interrupted_fit_fits_anew(small, tmp_path, monkeypatch):  # noqa: F811
+    """A fit interrupted in a report leaves its checkpoint in the report's adapter folder; re-run with other
+    training settings, the report fits anew, as for any stage whose settings changed (before: `checkpoint …
+    was written with a different configuration; remove it to start anew`). Same settings: it resumes."""
+    import qama.train as T
+
+    root, emb = small
+    config = _split_config(root, emb, "test")
+    config.train.update(steps=4, checkpoint_every=1)
+    original, calls = T.compute_losses, {"n": 0}
+
+    def crash(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(T, "compute_losses", crash)
+    out = tmp_path / "report"
+    with pytest.raises(KeyboardInterrupt):
+        run_report(config, out, progress=False)
+    monkeypatch.setattr(T, "compute_losses", original)
+    assert (out / "adapters" / "ds" / "checkpoint" / "meta.json").is_file()
+    config.train["steps"] = 3
+    resumed = run_report(config, out, progress=False)
+    fresh = run_report(config, tmp_path / "fresh", progress=False)
+    assert resumed["main"] == fresh["main"]
+    assert not (out / "adapters" / "ds" / "checkpoint").exists()

@@ -18,6 +18,7 @@ import json
 import logging
 import os
 import platform
+import shutil
 import time
 from importlib import metadata
 from pathlib import Path
@@ -153,6 +154,8 @@ def _dataset_stage(config: ExperimentConfig, spec, data: _Inputs, out: Path, bar
     fit_key = _key([_settings(train_cfg), data.corpus_key, *_pairs_key(data)])
     bar.set_description(f"{name}: fitting the adapter")
     if _cached(adapter_dir / "fit-key.json", fit_key) is None:
+        _drop_stale_checkpoint(adapter_dir, fit_key)
+        _save(adapter_dir / "fitting-key.json", fit_key, True)  # the settings of the checkpoints to come
         fit(corpus, train_cfg, pairs=data.pairs, out_dir=adapter_dir, overwrite=True)  # the report's own folder
         _save(adapter_dir / "fit-key.json", fit_key, True)
     adapter = QamaAdapter.load(adapter_dir)
@@ -184,6 +187,18 @@ def _dataset_stage(config: ExperimentConfig, spec, data: _Inputs, out: Path, bar
         r.dataset = name
     set_retention(out_rows)
     return out_rows
+
+
+def _drop_stale_checkpoint(adapter_dir: Path, fit_key: str) -> None:
+    """Remove the checkpoint of an interrupted fit of the report's adapter folder when it was written for
+    other settings or data (``fitting-key.json``): the fit is a stage whose settings changed, done anew."""
+    from qama.train import CHECKPOINT_DIR
+
+    ckpt = adapter_dir / CHECKPOINT_DIR
+    marker = adapter_dir / "fitting-key.json"
+    if ckpt.is_dir() and not ckpt.is_symlink() and marker.is_file() and _cached(marker, fit_key) is None:
+        logger.info("the settings of %s changed since its fit was interrupted: fitting anew", adapter_dir)
+        shutil.rmtree(ckpt)
 
 
 def _ablation_stage(config: ExperimentConfig, data: _Inputs, out: Path, bar: tqdm) -> dict[str, dict[str, float]]:
