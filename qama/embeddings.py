@@ -116,9 +116,28 @@ def encode(model: SentenceTransformer, texts: list[str], batch_size: int = 64, p
     return np.ascontiguousarray(emb, dtype=np.float32)
 
 
+def _model_folder_identity(model_name: str) -> dict | None:
+    """For a model named by a local folder: the folder's absolute path and the name, size and
+    modification time of each of its files (a model saved anew there, or another folder of the same
+    relative name, is another model); ``None`` for a hub name."""
+    folder = Path(model_name)
+    if not folder.is_dir():
+        return None
+    files = []
+    for root, _, names in os.walk(folder):
+        for name in names:
+            st = (Path(root) / name).stat()
+            files.append((str((Path(root) / name).relative_to(folder)), st.st_size, st.st_mtime_ns))
+    return {"folder": str(folder.resolve()), "files": sorted(files)}
+
+
 def _cache_key(model: SentenceTransformer, model_name: str, texts: list[str]) -> str:
     h = hashlib.sha256()
-    h.update(json.dumps({"model": model_name, "max_seq_length": model.max_seq_length}).encode())
+    what: dict = {"model": model_name, "max_seq_length": model.max_seq_length}
+    local = _model_folder_identity(model_name)
+    if local is not None:
+        what["local"] = local
+    h.update(json.dumps(what).encode())
     for t in texts:
         h.update(t.encode("utf-8"))
         h.update(b"\0")

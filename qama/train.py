@@ -41,6 +41,7 @@ weight :data:`NCE_WEIGHT_TITLES`; labelled pairs (e.g. SciFact's train qrels) at
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import logging
 import math
@@ -59,9 +60,18 @@ from tqdm.auto import tqdm
 
 from qama import losses as L
 from qama._io import JsonFields
-from qama.adapter import CONFIG_NAME, WEIGHTS_NAME, AdapterConfig, DimensionError, QamaAdapter, mean_direction
+from qama._validate import misfit
+from qama.adapter import (
+    CONFIG_NAME,
+    WEIGHTS_NAME,
+    AdapterConfig,
+    DimensionError,
+    QamaAdapter,
+    default_nested_dims,
+    mean_direction,
+)
 from qama.check import holdout_split, never_worse_check
-from qama.codes import plans_fitting
+from qama.codes import DEFAULT_PLANS, plans_fitting
 
 __all__ = [
     "info_nce_setup",
@@ -157,6 +167,11 @@ class TrainConfig(JsonFields):
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.batch_size < 4:
             raise ValueError(f"batch_size must be at least 4, got {self.batch_size}")
+        for name in ("temperature", "temperature_end", "kl_temperature", "nce_temperature"):
+            if getattr(self, name) <= 0:  # each divides similarities or values
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        if self.ema_momentum > 1:
+            raise ValueError(f"ema_momentum must be in 0..1, got {self.ema_momentum}")
         if not 1 <= self.neighbour_group <= self.batch_size:
             raise ValueError(f"neighbour_group must be in 1..batch_size, got {self.neighbour_group}")
         self.nested_dims = tuple(self.nested_dims)
@@ -392,8 +407,21 @@ def weight_of(name: str, cfg: TrainConfig, sched: dict[str, float]) -> float:
 
 
 # ---------------------------------------------------------------------------- checkpoints
-def _save_checkpoint(path: Path, adapter: QamaAdapter, opt: torch.optim.Optimizer, step: int, cfg: TrainConfig) -> None:
-    """Write ``path`` (a folder) atomically: a temporary folder renamed over the old one."""
+def _data_fingerprint(*arrays: np.ndarray, chunk: int = 1 << 16) -> str:
+    """SHA-256 of the training data (each array's shape and content, a block of rows at a time)."""
+    h = hashlib.sha256()
+    for a in arrays:
+        h.update(repr((a.shape, str(a.dtype))).encode())
+        for i in range(0, len(a), chunk):
+            h.update(np.ascontiguousarray(a[i : i + chunk]).tobytes())
+    return h.hexdigest()
+
+
+def _save_checkpoint(
+    path: Path, adapter: QamaAdapter, opt: torch.optim.Optimizer, step: int, cfg: TrainConfig, data: str = ""
+) -> None:
+    """Write ``path`` (a folder) atomically: a temporary folder renamed over the old one. ``data``: the
+    fingerprint of the training data (:func:`_data_fingerprint`), checked when it is resumed."""
     tmp = path.with_name(path.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
@@ -403,7 +431,7 @@ def _save_checkpoint(path: Path, adapter: QamaAdapter, opt: torch.optim.Optimize
         for k, v in opt.state.get(p, {}).items():
             tensors[f"opt.{i}.{k}"] = torch.as_tensor(v).detach().clone().contiguous()
     save_file(tensors, str(tmp / "state.safetensors"))
-    (tmp / "meta.json").write_text(json.dumps({"step": step, "config": cfg.to_dict()}, indent=2))
+    (tmp / "meta.json").write_text(json.dumps({"step": step, "config": cfg.to_dict(), "data": data}, indent=2))
     old = path.with_name(path.name + ".old")
     shutil.rmtree(old, ignore_errors=True)
     if path.exists():
@@ -420,11 +448,21 @@ def _read_checkpoint_meta(p: Path) -> dict:
     return check_fields(meta, {"step": Field("int", lo=0), "config": Field("dict")}, str(p))
 
 
-def _load_checkpoint(path: Path, adapter: QamaAdapter, opt: torch.optim.Optimizer, cfg: TrainConfig) -> int:
-    """Restore a checkpoint written by the same config; returns the step to continue from."""
+def _load_checkpoint(
+    path: Path, adapter: QamaAdapter, opt: torch.optim.Optimizer, cfg: TrainConfig, data: str = ""
+) -> int:
+    """Restore a checkpoint written by the same config for the same training data (``data``, the
+    fingerprint :func:`_save_checkpoint` recorded); returns the step to continue from."""
     meta = _read_checkpoint_meta(path / "meta.json")
     if meta["config"] != cfg.to_dict():
         raise ValueError(f"checkpoint {path} was written with a different configuration; remove it to start anew")
+    if "data" not in meta:  # written by a qama that did not record it
+        logger.warning("checkpoint %s does not record its training data: resuming it as this run's", path)
+    elif meta["data"] != data:
+        raise ValueError(
+            f"checkpoint {path} was written for other training data (the corpus or the pairs differ); "
+            "remove it to start anew"
+        )
     tensors = load_file(str(path / "state.safetensors"))
     adapter.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
     params = [p for group in opt.param_groups for p in group["params"]]
@@ -459,6 +497,15 @@ def check_out_dir(out_dir: str | os.PathLike, overwrite: bool = False) -> None:
         raise FileExistsError(
             f"{out}: already holds {' and '.join(existing)} (--overwrite, or overwrite=True in Python, replaces them)"
         )
+
+
+def adapter_plans(sizes: tuple[int, ...]) -> tuple[str, ...]:
+    """The plans of :data:`~qama.codes.DEFAULT_PLANS` that fit one of the nested ``sizes`` (the plans a
+    fitted adapter is for): hybrid fits none of a 300-dimensional model's 150/300, and is left out."""
+    plans = tuple(p for p in DEFAULT_PLANS if misfit(p, sizes) is None)
+    for p in sorted(set(DEFAULT_PLANS) - set(plans)):
+        logger.warning("plan %s fits none of the nested sizes %s: the adapter is fitted without it", p, sizes)
+    return plans
 
 
 def _corpus_rows(corpus: np.ndarray, docs: np.ndarray, chunk: int = 1024) -> np.ndarray:
@@ -519,6 +566,7 @@ def fit(
         merge_hidden=cfg.merge_hidden,
         drop_mean_direction=cfg.drop_mean_direction,
         model_name=cfg.model_name,
+        plans=adapter_plans(cfg.nested_dims or default_nested_dims(d)),
     )
     metadata = {
         "training": cfg.to_dict(),
@@ -548,8 +596,11 @@ def fit(
     out = Path(out_dir) if out_dir is not None else None
     ckpt = out / CHECKPOINT_DIR if out is not None else None
     start = 0
+    data_key = ""  # fingerprint of the training data, recorded in checkpoints
+    if ckpt is not None and (cfg.checkpoint_every > 0 or (ckpt / "meta.json").is_file()):
+        data_key = _data_fingerprint(x_np, *(() if pair_t is None else (pair_t[0].numpy(), pair_t[1].numpy())))
     if ckpt is not None and (ckpt / "meta.json").is_file():
-        start = _load_checkpoint(ckpt, adapter, opt, cfg)
+        start = _load_checkpoint(ckpt, adapter, opt, cfg, data_key)
         logger.info("resuming from %s at step %d", ckpt, start)
     t0 = time.perf_counter()
     neighbours = teacher_neighbours(teacher_of(x), cfg.neighbour_group - 1) if cfg.neighbour_group > 1 else None
@@ -584,7 +635,7 @@ def fit(
             bar.set_postfix(_summary(parts, total))
         due = cfg.checkpoint_every > 0 and (step + 1) % cfg.checkpoint_every == 0 and step + 1 < cfg.steps
         if ckpt is not None and due:
-            _save_checkpoint(ckpt, adapter, opt, step + 1, cfg)
+            _save_checkpoint(ckpt, adapter, opt, step + 1, cfg, data_key)
     bar.close()
     adapter.calibrate(x_np)  # final thresholds: exact quantiles over the whole corpus
     if query_sample is None and pair_t is not None and cfg.query_thresholds:

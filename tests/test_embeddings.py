@@ -102,6 +102,34 @@ def test_embed_dataset_is_cached(tiny, tmp_path):
     assert model.calls == 3  # only the corpus: the queries did not change
 
 
+def test_the_cache_of_a_model_folder_follows_the_folder_and_its_files(tiny, tmp_path, monkeypatch):
+    """A model named by a local folder: embeddings cached for it are not reused once the folder holds other
+    weights (a model fine-tuned and saved in place), nor for another folder of the same relative name
+    (before: both reused the first model's embeddings)."""
+    import os
+
+    ds = load_dataset(tiny)
+    model = CountingModel()
+    for name in ("a", "b"):
+        (tmp_path / name / "m").mkdir(parents=True)
+        (tmp_path / name / "m" / "model.safetensors").write_bytes(b"weights of " + name.encode())
+    monkeypatch.chdir(tmp_path / "a")
+    embed_dataset(ds, "m", cache_dir=tmp_path / "c", model=model, progress=False)
+    embed_dataset(ds, "m", cache_dir=tmp_path / "c", model=model, progress=False)
+    assert model.calls == 2  # cached
+    weights = tmp_path / "a" / "m" / "model.safetensors"
+    weights.write_bytes(b"fine-tuned weights")
+    os.utime(weights, ns=(1, 1))
+    embed_dataset(ds, "m", cache_dir=tmp_path / "c", model=model, progress=False)
+    assert model.calls == 4  # the folder holds another model: embedded anew
+    monkeypatch.chdir(tmp_path / "b")
+    embed_dataset(ds, "m", cache_dir=tmp_path / "c", model=model, progress=False)
+    assert model.calls == 6  # another folder named m
+    embed_dataset(ds, "fake/model", cache_dir=tmp_path / "c", model=model, progress=False)
+    embed_dataset(ds, "fake/model", cache_dir=tmp_path / "c", model=model, progress=False)
+    assert model.calls == 8  # a hub name (no such folder) is cached by its name
+
+
 def test_embed_titles_skips_untitled_documents_and_is_cached(tiny, tmp_path):
     ds = load_dataset(tiny)
     ds.titles[3] = "  "

@@ -114,3 +114,96 @@ def test_the_report_names_the_model_of_its_embeddings(tiny):
     assert experiment_config(preset="bert768", datasets=spec).model == "org/other-model"
     with pytest.raises(ValueError, match="the embeddings are of org/other-model, but --model is org/mine"):
         experiment_config(datasets=spec, model="org/mine")
+
+
+def _two_split_dataset(root, emb):
+    """A ``dev`` split beside ``test`` in the ``small`` dataset: queries 30..59, each judged relevant to a
+    document it is not near (its scores are far below the test split's)."""
+    import numpy as np
+
+    n_docs = len((root / "corpus.jsonl").read_text().splitlines())
+    queries = [json.dumps({"_id": f"q{i}", "text": f"query {i}"}) + "\n" for i in range(60)]
+    (root / "queries.jsonl").write_text("".join(queries))
+    dev = "".join(f"q{i}\td{(7 * i) % n_docs}\t1\n" for i in range(30, 60))
+    (root / "qrels" / "dev.tsv").write_text("query-id\tcorpus-id\tscore\n" + dev)
+    q = np.load(emb / "queries.npy")
+    np.save(emb / "queries.npy", np.concatenate([q, q]))
+
+
+def _split_config(root, emb, split: str, ablation: bool = False) -> ExperimentConfig:
+    return ExperimentConfig(
+        datasets=[{"path": str(root), "embeddings": str(emb), "split": split}],
+        nested_dims=[32, 16, 8],
+        plans=["2bit"],
+        rescore=[],
+        train={"steps": 2, "batch_size": 64, "threads": 1},
+        ablation=ablation,
+        ablation_steps=1,
+        speed_vectors=0,
+        peers=["st-int8"],
+    )
+
+
+def test_a_resumed_report_measures_the_split_it_is_given(small, tmp_path):  # noqa: F811
+    """A report re-run on another qrels split of the same corpus reuses the adapter, but measures every
+    row on the new split's queries (before: the adapter's rows, the peers' and the ablations were those
+    of the earlier split, beside baselines of the new one)."""
+    root, emb = small
+    _two_split_dataset(root, emb)
+    out = tmp_path / "report"
+    run_report(_split_config(root, emb, "test", ablation=True), out, progress=False)
+    adapter = (out / "adapters" / "ds" / "model.safetensors").stat().st_mtime_ns
+    resumed = run_report(_split_config(root, emb, "dev", ablation=True), out, progress=False)
+    fresh = run_report(_split_config(root, emb, "dev", ablation=True), tmp_path / "fresh", progress=False)
+    assert (out / "adapters" / "ds" / "model.safetensors").stat().st_mtime_ns == adapter  # the fit is kept
+    assert resumed["main"] == fresh["main"] and resumed["ablations"] == fresh["ablations"]
+    qama = next(e for e in resumed["main"] if (e["format"], e["plan"], e["dims"]) == ("qama", "2bit", 32))
+    assert qama["ndcg@10"]["ds"] < 0.5  # the dev split's queries are not near their documents
+
+
+def test_a_report_refuses_two_datasets_of_one_name(small, tmp_path):  # noqa: F811
+    """Stages, adapters and table columns are keyed by the dataset's name: two datasets of one name (the
+    same folder on two splits, or two folders named alike) would overwrite each other's results."""
+    root, emb = small
+    _two_split_dataset(root, emb)
+    config = _split_config(root, emb, "test")
+    config.datasets.append(_split_config(root, emb, "dev").datasets[0])
+    out = tmp_path / "report"
+    with pytest.raises(ValueError, match=r"^two datasets of the report are named 'ds' \(.*ds, split test; .*ds, "):
+        run_report(config, out, progress=False)
+    assert not out.exists()  # refused before any work
+    other = shutil.copytree(root, tmp_path / "elsewhere" / "ds")
+    config = _split_config(root, emb, "test")
+    config.datasets.append(_split_config(other, emb, "test").datasets[0])
+    with pytest.raises(ValueError, match=r"^two datasets of the report are named 'ds' "):
+        run_report(config, out, progress=False)
+
+
+def test_a_report_whose_training_settings_changed_after_an_interrupted_fit_fits_anew(small, tmp_path, monkeypatch):  # noqa: F811
+    """A fit interrupted in a report leaves its checkpoint in the report's adapter folder; re-run with other
+    training settings, the report fits anew, as for any stage whose settings changed (before: `checkpoint …
+    was written with a different configuration; remove it to start anew`). Same settings: it resumes."""
+    import qama.train as T
+
+    root, emb = small
+    config = _split_config(root, emb, "test")
+    config.train.update(steps=4, checkpoint_every=1)
+    original, calls = T.compute_losses, {"n": 0}
+
+    def crash(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(T, "compute_losses", crash)
+    out = tmp_path / "report"
+    with pytest.raises(KeyboardInterrupt):
+        run_report(config, out, progress=False)
+    monkeypatch.setattr(T, "compute_losses", original)
+    assert (out / "adapters" / "ds" / "checkpoint" / "meta.json").is_file()
+    config.train["steps"] = 3
+    resumed = run_report(config, out, progress=False)
+    fresh = run_report(config, tmp_path / "fresh", progress=False)
+    assert resumed["main"] == fresh["main"]
+    assert not (out / "adapters" / "ds" / "checkpoint").exists()

@@ -69,6 +69,23 @@ def test_resume_refuses_a_checkpoint_of_another_config(tmp_path, monkeypatch) ->
         fit(x, dataclasses.replace(TINY, lr=0.5), out_dir=tmp_path)
 
 
+def test_resume_refuses_a_checkpoint_of_other_training_data(tmp_path, monkeypatch) -> None:
+    """A checkpoint holds a fingerprint of the corpus and pairs it was written for: the same config on
+    another corpus (or other pairs) is refused (before: resumed silently, an adapter trained partly on
+    the other corpus, its weights up to 0.8 off the adapter of an uninterrupted run)."""
+    x, y = _embeddings(seed=0), _embeddings(seed=1)
+    interrupted_fit(monkeypatch, x, TINY, tmp_path / "a", at_call=5)
+    message = r"checkpoint .*checkpoint was written for other training data \(the corpus or the pairs differ\)"
+    with pytest.raises(ValueError, match=message + "; remove it to start anew$"):
+        fit(y, TINY, out_dir=tmp_path / "a")
+    with pytest.raises(ValueError, match=message):
+        fit(x, TINY, pairs=(y[:40], x[:40]), out_dir=tmp_path / "a")
+    assert (tmp_path / "a" / "checkpoint" / "meta.json").is_file()  # left for the run it belongs to
+    reference = _state(fit(x, TINY))
+    state = _state(fit(x, TINY, out_dir=tmp_path / "a"))  # its own corpus resumes it
+    assert all(np.allclose(state[k], reference[k], atol=1e-6) for k in reference)
+
+
 def test_lr_schedule_warms_up_then_decays() -> None:
     cfg = TrainConfig(steps=100, warmup_steps=10, min_lr_ratio=0.1)
     assert lr_factor(0, cfg) == pytest.approx(0.1)
@@ -123,6 +140,17 @@ def test_a_training_plan_is_left_out_at_a_nested_size_it_does_not_fit() -> None:
     ]  # fmt: skip
     trained = fit(x, dataclasses.replace(TINY, checkpoint_every=0), pairs=(_embeddings(n=20, d=40, seed=1), x[:20]))
     assert trained.encode(x, "hybrid").shape == (len(x), make_plan("hybrid", 40).code_size)
+
+
+def test_a_model_whose_sizes_no_hybrid_plan_fits_trains_an_adapter_without_hybrid() -> None:
+    """A 300-dimensional model (GloVe averages) nests as 150/300, a 100-dimensional one as 50/100: hybrid
+    fits none of their sizes. The adapter is trained for the plans that fit (before: `plans: 'hybrid' fits
+    none of the sizes 150, 300 (...)` before training, with no option of `qama train` to avoid it)."""
+    x = _embeddings(n=40, d=100)
+    trained = fit(x, dataclasses.replace(TINY, steps=2, checkpoint_every=0))
+    assert trained.config.plans == ("2bit", "1.5bit", "1bit") and trained.config.nested_dims == (50, 100)
+    assert trained.encode(x, "2bit").shape == (40, make_plan("2bit", 100).code_size)
+    assert "mse@100/2bit" in T.compute_losses(trained, torch.from_numpy(x[:32]), TINY, 0, torch.Generator(), 1.0)
 
 
 def test_teacher_cosines_come_from_the_teacher_argument() -> None:
@@ -188,6 +216,24 @@ def test_bad_inputs_raise_clear_errors() -> None:
         fit(x[:, 0], TINY)
     with pytest.raises(ValueError, match=r"^relax must be 'ste' or 'soft', got 'hard'$"):
         TrainConfig(relax="hard")
+
+
+@pytest.mark.parametrize(
+    ("setting", "message"),
+    [
+        ({"temperature": 0.0}, "temperature must be positive, got 0.0"),
+        ({"temperature_end": 0.0}, "temperature_end must be positive, got 0.0"),
+        ({"kl_temperature": 0.0}, "kl_temperature must be positive, got 0.0"),
+        ({"nce_temperature": 0.0}, "nce_temperature must be positive, got 0.0"),
+        ({"ema_momentum": 5.0}, "ema_momentum must be in 0..1, got 5.0"),
+    ],
+)
+def test_temperatures_and_the_ema_momentum_are_checked_with_the_config(setting, message) -> None:
+    """Before: a temperature of 0 ended training with a ZeroDivisionError traceback (`qama report` with
+    `temperature = 0.0` in [train], after embedding and the baselines) or a TrainingError at the first step;
+    a momentum of 5 moved the thresholds away from the batch's quantiles, silently."""
+    with pytest.raises(ValueError, match=f"^{message}$"):
+        TrainConfig(**setting)
 
 
 def test_ablate_runs_each_switch(monkeypatch) -> None:

@@ -18,6 +18,7 @@ import json
 import logging
 import os
 import platform
+import shutil
 import time
 from importlib import metadata
 from pathlib import Path
@@ -92,6 +93,13 @@ class _Inputs:
         """Fingerprint of the whole corpus: part of the key of every stage that depends on it."""
         return _fingerprint(self.corpus)
 
+    @functools.cached_property
+    def eval_key(self) -> str:
+        """Fingerprint of what a row is measured on: the judged queries' embeddings, their judgments
+        (the split's qrels) and the documents' ids. Part of the key of every stage that scores."""
+        dataset = self.evaluator.dataset
+        return _key([_fingerprint(self.judged), dataset.split, dataset.qrels, dataset.doc_ids])
+
 
 def _load(config: ExperimentConfig, spec) -> _Inputs:
     from qama.data import load_dataset
@@ -135,7 +143,7 @@ def _dataset_stage(config: ExperimentConfig, spec, data: _Inputs, out: Path, bar
     name, corpus, judged, evaluator = data.name, data.corpus, data.judged, data.evaluator
     dims = config.nested_dims or None
 
-    key = _key([spec, dims, "baselines", data.corpus_key])
+    key = _key([spec, dims, "baselines", data.corpus_key, data.eval_key])
     path = out / "stages" / f"{name}-baselines.json"
     bar.set_description(f"{name}: baselines")
     rows = _cached(path, key) or _save(path, key, [r.to_dict() for r in baseline_rows(corpus, judged, evaluator, dims)])
@@ -146,12 +154,14 @@ def _dataset_stage(config: ExperimentConfig, spec, data: _Inputs, out: Path, bar
     fit_key = _key([_settings(train_cfg), data.corpus_key, *_pairs_key(data)])
     bar.set_description(f"{name}: fitting the adapter")
     if _cached(adapter_dir / "fit-key.json", fit_key) is None:
+        _drop_stale_checkpoint(adapter_dir, fit_key)
+        _save(adapter_dir / "fitting-key.json", fit_key, True)  # the settings of the checkpoints to come
         fit(corpus, train_cfg, pairs=data.pairs, out_dir=adapter_dir, overwrite=True)  # the report's own folder
         _save(adapter_dir / "fit-key.json", fit_key, True)
     adapter = QamaAdapter.load(adapter_dir)
     bar.update(1)
 
-    key = _key([fit_key, config.plans, config.rescore, "qama"])
+    key = _key([fit_key, config.plans, config.rescore, "qama", data.eval_key])
     path = out / "stages" / f"{name}-qama.json"
     bar.set_description(f"{name}: evaluating the adapter")
     qama = _cached(path, key)
@@ -164,7 +174,7 @@ def _dataset_stage(config: ExperimentConfig, spec, data: _Inputs, out: Path, bar
     if config.peers:  # other libraries' formats, at the full dimension (qama.evaluation.peers)
         from qama.evaluation.peers import peer_rows
 
-        key = _key([spec, config.peers, corpus.shape, float(corpus[:64].sum()), "peers"])
+        key = _key([spec, config.peers, data.corpus_key, data.eval_key, "peers"])
         path = out / "stages" / f"{name}-peers.json"
         bar.set_description(f"{name}: peers")
         peers = _cached(path, key)
@@ -179,6 +189,18 @@ def _dataset_stage(config: ExperimentConfig, spec, data: _Inputs, out: Path, bar
     return out_rows
 
 
+def _drop_stale_checkpoint(adapter_dir: Path, fit_key: str) -> None:
+    """Remove the checkpoint of an interrupted fit of the report's adapter folder when it was written for
+    other settings or data (``fitting-key.json``): the fit is a stage whose settings changed, done anew."""
+    from qama.train import CHECKPOINT_DIR
+
+    ckpt = adapter_dir / CHECKPOINT_DIR
+    marker = adapter_dir / "fitting-key.json"
+    if ckpt.is_dir() and not ckpt.is_symlink() and marker.is_file() and _cached(marker, fit_key) is None:
+        logger.info("the settings of %s changed since its fit was interrupted: fitting anew", adapter_dir)
+        shutil.rmtree(ckpt)
+
+
 def _ablation_stage(config: ExperimentConfig, data: _Inputs, out: Path, bar: tqdm) -> dict[str, dict[str, float]]:
     from qama.evaluation.rows import ablation_scorer
     from qama.train import ABLATIONS, ALL_TERMS, ablate
@@ -191,7 +213,7 @@ def _ablation_stage(config: ExperimentConfig, data: _Inputs, out: Path, bar: tqd
     results = {}
     for name in ABLATIONS:
         bar.set_description(f"{data.name}: ablation {name}")
-        key = _key([_settings(cfg), ALL_TERMS, name, data.corpus_key, *_pairs_key(data)])
+        key = _key([_settings(cfg), ALL_TERMS, name, data.corpus_key, data.eval_key, *_pairs_key(data)])
         path = out / "stages" / f"ablation-{data.name}-{name}.json"
         results[name] = _cached(path, key) or _save(
             path, key, ablate(corpus, score, cfg, names=[name], pairs=data.pairs)[name]
@@ -295,6 +317,26 @@ def check_report_folder(out: Path) -> None:
         )
 
 
+def _dataset_name(spec) -> str:
+    """The name :func:`qama.data.load_dataset` gives the dataset of ``spec`` (its folder's, or the BEIR name)."""
+    return Path(spec.path).name or Path(spec.path).resolve().name
+
+
+def check_dataset_names(config: ExperimentConfig) -> None:
+    """Refuse two datasets of one name: a report keys its stages, adapters and table columns by the
+    dataset's name, so one would overwrite the other's results (the same folder on two splits too)."""
+    seen: dict[str, Any] = {}
+    for spec in config.datasets:
+        name = _dataset_name(spec)
+        if name in seen:
+            first = seen[name]
+            raise ValueError(
+                f"two datasets of the report are named {name!r} ({first.path}, split {first.split}; {spec.path}, "
+                f"split {spec.split}): a report keeps its results by dataset name; study them in separate reports"
+            )
+        seen[name] = spec
+
+
 def run_report(
     config: ExperimentConfig, out: str | os.PathLike, command: str = "", progress: bool = True
 ) -> dict[str, Any]:
@@ -302,6 +344,7 @@ def run_report(
 
     ``progress``: a bar over the stages, and one over each fit's steps."""
     out = Path(out)
+    check_dataset_names(config)
     check_report_folder(out)
     (out / "stages").mkdir(parents=True, exist_ok=True)  # marks the folder as a report's, for re-runs
     write_json(out / "config.json", config.to_dict())
@@ -315,6 +358,8 @@ def run_report(
     for spec in config.datasets:
         bar.set_description(f"{spec.path}: embeddings")
         data = _load(config, spec)
+        if data.name in rows_by_dataset:  # a name _dataset_name did not foresee
+            raise ValueError(f"two datasets of the report are named {data.name!r}; study them in separate reports")
         first = first or data  # the ablations run on the first dataset
         rows_by_dataset[data.name] = _dataset_stage(config, spec, data, out, bar)
     ablations = _ablation_stage(config, first, out, bar) if config.ablation and first is not None else {}
