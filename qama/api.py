@@ -259,7 +259,7 @@ def evaluate_dataset(
     corpus_emb: np.ndarray,
     query_emb: np.ndarray,
     adapter: QamaAdapter | str | os.PathLike | None = None,
-    plans: Sequence[str] = ALL_PLANS,
+    plans: Sequence[str] | None = None,
     rescore: Sequence[int] = (4,),
     dims: Sequence[int] | None = None,
     query_sample: np.ndarray | None = None,
@@ -270,7 +270,9 @@ def evaluate_dataset(
     ``query_emb`` holds every query of the dataset in file order (the judged ones are picked), and
     ``corpus_emb`` every document: their row counts, dimensions and values are checked before any work
     (:func:`qama.embeddings.check_embeddings`, without normalising them).
-    ``rescore``: the oversampling factors of the adapter's rescoring rows; ``dims``: the embedding
+    ``plans``: the plans of the adapter's rows (default: those of ``ALL_PLANS`` that fit one of the
+    adapter's sizes; a plan given must fit one). ``rescore``: the oversampling factors of the adapter's
+    rescoring rows; ``dims``: the embedding
     sizes of the baselines (default: d, d/2, d/4). ``query_sample``: query-like embeddings whose
     quantiles code the queries (:func:`qama.embeddings.query_sample`): adds ``threshold-qcal`` rows,
     and replaces the adapter's own query thresholds unless ``recalibrate_adapter=False``.
@@ -278,13 +280,13 @@ def evaluate_dataset(
     >>> rows = qama.evaluate_dataset("../shared/datasets/scifact", corpus, queries, "my_adapter")  # doctest: +SKIP
     >>> print(qama.evaluation.tables.to_markdown(rows))  # doctest: +SKIP
     """
-    from qama._validate import check_eval_options, check_plans_fit
+    from qama._validate import check_eval_options, check_plans_fit, misfit
     from qama.data import load_dataset
     from qama.embeddings import check_embeddings
     from qama.evaluation.metrics import Evaluator
     from qama.evaluation.rows import adapter_rows, baseline_rows, calibrated_threshold_rows, default_dims, set_retention
 
-    check_eval_options(plans, rescore, dims)  # before any work: a plan that does not read would leave no row
+    check_eval_options(plans or (), rescore, dims)  # before any work: a plan that does not read would leave no row
     ds = dataset if isinstance(dataset, Dataset) else load_dataset(dataset)
     # rows of another dataset (or another order) would be scored against the wrong documents, silently
     corpus_emb = check_embeddings(np.asarray(corpus_emb), len(ds.doc_ids), "corpus embeddings", normalise=False)
@@ -295,13 +297,18 @@ def evaluate_dataset(
     if adapter is not None:  # loaded and checked before any work
         adapter = adapter if isinstance(adapter, QamaAdapter) else QamaAdapter.load(adapter)
         adapter.check_input(corpus_emb, "corpus embeddings")
-        check_plans_fit(plans, adapter.config.nested_dims, "the adapter")
+        nested = adapter.config.nested_dims
+        if plans is None:  # the default plans that fit (hybrid fits none of a 300-dimensional model's sizes)
+            plans = [p for p in ALL_PLANS if misfit(p, nested) is None]
+        check_plans_fit(plans, nested, "the adapter")
     rows = baseline_rows(corpus_emb, judged, evaluator, list(dims) if dims else None)
     if query_sample is not None:
         sizes = list(dims) if dims else default_dims(corpus_emb.shape[1])
         rows += calibrated_threshold_rows(corpus_emb, judged, evaluator, query_sample, sizes)
     if adapter is not None:
-        rows += adapter_rows(adapter, corpus_emb, judged, evaluator, plans, rescore, query_sample, recalibrate_adapter)
+        rows += adapter_rows(
+            adapter, corpus_emb, judged, evaluator, plans or ALL_PLANS, rescore, query_sample, recalibrate_adapter
+        )
     for r in rows:
         r.dataset = ds.name
     set_retention(rows)

@@ -65,7 +65,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from qama.evaluation.tables import eval_json, eval_markdown
 
     check_output_files(args.json, args.markdown)
-    check_eval_options(args.plans, args.oversample, args.dims)
+    check_eval_options(args.plans or (), args.oversample, args.dims)
     _resolve_model(args)
     adapter = load_adapter(args.adapter, args.recorded_model, args.plans)
     dataset, corpus, queries = _load_inputs(args)
@@ -255,7 +255,6 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from qama.codes import ALL_PLANS
     from qama.config import DatasetArgs
     from qama.search import RESCORE_MODES
 
@@ -272,7 +271,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", type=Path, help=json_help)
     p.add_argument("--markdown", type=Path, help="write the table as Markdown")
     p.add_argument("--adapter", type=Path, help="a trained adapter folder: adds its rows (format qama)")
-    p.add_argument("--plans", nargs="+", default=list(ALL_PLANS), help="plans of the adapter rows (names or specs)")
+    p.add_argument(
+        "--plans",
+        nargs="+",
+        help="plans of the adapter rows (names or specs; default: every built-in plan that fits)",
+    )
     p.add_argument("--oversample", type=int, nargs="*", default=[4], help="oversampling factors of the rescored rows")
     p.add_argument("--rescore", type=int, nargs="*", dest="oversample", action=_Deprecated, help=argparse.SUPPRESS)
     p.set_defaults(func=cmd_eval)

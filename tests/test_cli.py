@@ -54,6 +54,29 @@ def test_eval_refuses_an_adapter_of_another_dimension(small, tmp_path, capsys):
     assert rc == 2 and "corpus embeddings have dimension 16, but the adapter was trained for 32" in err
 
 
+def test_eval_of_an_adapter_no_hybrid_plan_fits_measures_the_plans_that_fit(small, tmp_path, capsys):
+    """A 100-dimensional model nests as 50/100, where hybrid fits no size: ``qama train`` fits its adapter
+    without hybrid, and ``qama eval`` without --plans refused it (`--plans: 'hybrid' fits none of …`)."""
+    root, emb = small
+    rng = np.random.default_rng(1)
+    for name, n in (("corpus.npy", 300), ("queries.npy", 30)):
+        x = rng.normal(size=(n, 100)).astype(np.float32)
+        np.save(emb / name, x / np.linalg.norm(x, axis=1, keepdims=True))
+    assert _train(root, emb, tmp_path / "ad") == 0
+    common = ["-q", "eval", "--dataset", str(root), "--embeddings", str(emb), "--adapter", str(tmp_path / "ad")]
+    assert main([*common, "--json", str(tmp_path / "e.json")]) == 0
+    rows = json.loads((tmp_path / "e.json").read_text())["rows"]
+    assert sorted({r["plan"] for r in rows if r["format"] == "qama" and r["plan"]}) == [
+        "0.5bit",
+        "1.5bit",
+        "1bit",
+        "2bit",
+    ]
+    capsys.readouterr()
+    assert main([*common, "--plans", "hybrid"]) == 2  # asked for: refused, with the reason
+    assert capsys.readouterr().err.startswith("qama: error: --plans: 'hybrid' fits none of the sizes of ")
+
+
 def test_train_with_pairs_feeds_the_qrels_to_info_nce(small, tmp_path):
     root, emb = small
     assert _train(root, emb, tmp_path / "ad", "--steps", "2", "--train-batch-size", "64", "--pairs", "test") == 0
