@@ -198,3 +198,55 @@ def test_mteb_wrapper_on_shared_scifact(base_model, adapter) -> None:
     ours = _qama_ndcg(adapter, base_model, folder, "hybrid", 384)
     theirs = _mteb_scores(attach(base_model, adapter), folder, "hybrid", 384)
     assert theirs["ndcg_at_10"] == pytest.approx(ours["ndcg@10"], abs=1e-5)
+
+
+# ---------------------------------------------------------------- query thresholds
+QUERY_SAMPLE = [f"What about {t}?" for t in TOPICS] + [f"{t} facts" for t in TOPICS]
+
+
+@pytest.fixture(scope="module")
+def query_adapter(base_model, adapter) -> QamaAdapter:
+    """The adapter with query thresholds (as ``qama train`` sets them from titles or a query sample)."""
+    import copy
+
+    calibrated = copy.deepcopy(adapter)
+    calibrated.calibrate_queries(base_model.encode(QUERY_SAMPLE, normalize_embeddings=True))
+    return calibrated
+
+
+def test_sentence_transformers_codes_queries_with_the_query_thresholds(base_model, query_adapter) -> None:
+    from qama.integrations.sentence_transformers import attach, encode
+
+    model = attach(base_model, query_adapter)
+    x = base_model.encode(TEXTS, normalize_embeddings=True)
+    queries = encode(model, TEXTS, precision="hybrid", dim=384, queries=True)
+    documents = encode(model, TEXTS, precision="hybrid", dim=384)
+    assert np.array_equal(queries, query_adapter.encode(x, "hybrid", 384, queries=True))
+    assert np.array_equal(documents, query_adapter.encode(x, "hybrid", 384))
+    assert not np.array_equal(queries, documents)  # the thresholds differ, so the test bites
+    with pytest.raises(ValueError, match=r"queries= codes queries; float32 output has no query side"):
+        encode(model, TEXTS, queries=True)
+
+
+def test_mteb_wrapper_codes_queries_as_qama_evaluation_does(base_model, query_adapter, tmp_path) -> None:
+    """mteb asks for queries with ``prompt_type=PromptType.query``: they are coded with the adapter's
+    query thresholds, as ``qama eval`` codes them (before: with the documents', so mteb's nDCG@10 was
+    not the one ``qama eval`` reports for the same adapter)."""
+    from qama.data import load_dataset
+    from qama.evaluation.metrics import Evaluator
+    from qama.evaluation.rows import code_row
+    from qama.integrations.sentence_transformers import attach
+
+    _mteb()
+    folder = _beir_folder(tmp_path / "local")
+    model = attach(base_model, query_adapter)
+    ds = load_dataset(folder)
+    x = base_model.encode(ds.doc_texts, normalize_embeddings=True)
+    q = base_model.encode([ds.query_texts[i] for i in ds.eval_query_rows], normalize_embeddings=True)
+    for plan, dim in [("hybrid", 384), ("1bit", 96)]:
+        codes, qcodes = query_adapter.encode(x, plan, dim), query_adapter.encode(q, plan, dim, queries=True)
+        assert not np.array_equal(qcodes, query_adapter.encode(q, plan, dim))
+        ours = code_row("qama", plan, dim, codes, qcodes, Evaluator(ds)).metrics
+        theirs = _mteb_scores(model, folder, plan, dim)
+        assert theirs["ndcg_at_10"] == pytest.approx(ours["ndcg@10"], abs=1e-5)
+        assert theirs["mrr_at_10"] == pytest.approx(ours["mrr@10"], abs=1e-5)

@@ -1,7 +1,8 @@
 """Evaluate qama codes with the ``mteb`` package: Hamming scores on MTEB retrieval tasks.
 
 :class:`QamaEncoder` is an mteb encoder (``mteb.EncoderProtocol``): ``encode`` returns packed qama
-codes for queries and documents alike (symmetric), and ``similarity`` scores them by
+codes for queries and documents alike (symmetric; queries by the adapter's query thresholds, as
+``qama eval`` codes them), and ``similarity`` scores them by
 ``1 - hamming / n_bits``, a decreasing function of the Hamming distance, so mteb's retrieval
 evaluator ranks documents exactly as a Hamming search does. With the internet, the full MTEB
 retrieval suite runs as::
@@ -136,7 +137,9 @@ class QamaEncoder:
         """Texts of mteb's data loader -> ``(n, plan.code_size)`` uint8 packed codes.
 
         A model prompt named after ``prompt_type`` (``"query"`` / ``"document"``), if the model has
-        one, is used as sentence-transformers would; task instructions are not added.
+        one, is used as sentence-transformers would; task instructions are not added. Queries
+        (``prompt_type`` ``"query"``) are coded by the adapter's query thresholds, as ``qama eval``
+        and every qama search code them; documents by the documents' thresholds.
         """
         texts = [text for batch in inputs for text in batch["text"]]
         prompt_name = getattr(prompt_type, "value", prompt_type)
@@ -148,6 +151,7 @@ class QamaEncoder:
             batch_size=int(kwargs.get("batch_size", 32)),
             show_progress_bar=bool(kwargs.get("show_progress_bar", False)),
             prompt_name=prompt_name if prompts.get(prompt_name) else None,
+            queries=prompt_name == "query",
         )
 
     def similarity(self, embeddings1: Any, embeddings2: Any) -> torch.Tensor:

@@ -15,12 +15,14 @@ nothing is pickled. Usage::
     z = model.encode(texts)                                    # (n, 384) float32 adapter embeddings
     z96 = encode(model, texts, dim=96)                         # (n, 96) the nested prefix
     codes = encode(model, texts, precision="hybrid", dim=384)  # (n, 78) uint8 packed codes
+    qcodes = encode(model, queries, precision="hybrid", queries=True)  # queries: query thresholds
 
 ``codes`` equals ``adapter.encode(base_model.encode(texts, normalize_embeddings=True), "hybrid",
-384)``. ``precision`` is ``"float32"`` (float embeddings) or a plan: a built-in name (``"2bit"``,
-``"1.5bit"``, ``"1bit"``, ``"0.5bit"``, ``"hybrid"``), a spec or a :class:`~qama.codes.Plan`
-(see :func:`qama.codes.make_plan`). The same two settings reach ``model.encode`` directly as
-``qama_precision=`` and ``qama_dim=``.
+384)``, and ``qcodes`` the same with ``queries=True`` (the adapter's query thresholds, as every qama
+search codes queries). ``precision`` is ``"float32"`` (float embeddings) or a plan: a built-in name
+(``"2bit"``, ``"1.5bit"``, ``"1bit"``, ``"0.5bit"``, ``"hybrid"``), a spec or a
+:class:`~qama.codes.Plan` (see :func:`qama.codes.make_plan`). The same settings reach
+``model.encode`` directly as ``qama_precision=``, ``qama_dim=`` and ``qama_queries=``.
 
 ``trust_remote_code=True`` is what sentence-transformers >= 6 asks for before it imports a module
 class from outside its own package (here ``qama.integrations.sentence_transformers.QamaModule``,
@@ -78,7 +80,7 @@ class QamaModule(_Module):
 
     config_file_name = MODULE_CONFIG_NAME
     config_keys = ["precision", "dim", "normalize"]
-    forward_kwargs = {"qama_precision", "qama_dim"}
+    forward_kwargs = {"qama_precision", "qama_dim", "qama_queries"}
 
     def __init__(
         self, adapter: QamaAdapter, precision: str = FLOAT, dim: int | None = None, normalize: bool = True
@@ -101,11 +103,13 @@ class QamaModule(_Module):
         features: dict[str, Any],
         qama_precision: str | Plan | None = None,
         qama_dim: int | None = None,
+        qama_queries: bool = False,
         **kwargs: Any,
     ) -> dict[str, Any]:
         """Replace ``features["sentence_embedding"]`` by the adapter's floats or codes.
 
-        ``qama_precision`` / ``qama_dim`` override the module's defaults for one ``encode`` call.
+        ``qama_precision`` / ``qama_dim`` override the module's defaults for one ``encode`` call;
+        ``qama_queries=True`` codes the texts as queries, by the adapter's query thresholds.
         """
         x = features["sentence_embedding"]  # (B, d)
         if x.shape[-1] != self.adapter.dim:
@@ -123,7 +127,9 @@ class QamaModule(_Module):
             features["sentence_embedding"] = z[:, :dim]
         else:
             # Codes through the adapter's own numpy path (on the CPU), so they equal adapter.encode's.
-            codes = self._adapter_on_cpu().encode(x.detach().float().cpu().numpy(), precision, dim)
+            codes = self._adapter_on_cpu().encode(
+                x.detach().float().cpu().numpy(), precision, dim, queries=bool(qama_queries)
+            )
             features["sentence_embedding"] = torch.from_numpy(codes).to(x.device)  # (B, code_size) uint8
         return features
 
@@ -232,6 +238,7 @@ def encode(
     batch_size: int = 32,
     show_progress_bar: bool = False,
     prompt_name: str | None = None,
+    queries: bool = False,
 ) -> np.ndarray:
     """Encode ``texts`` with a model whose last module is a :class:`QamaModule`.
 
@@ -239,13 +246,17 @@ def encode(
     a plan gives ``(n, plan.code_size)`` uint8 packed codes of the first ``dim`` dimensions, like
     ``precision=`` of ``SentenceTransformer.encode``. ``dim=None``: the adapter's full dimension
     (or the plan's own, for a :class:`~qama.codes.Plan`). ``prompt_name`` picks one of the model's
-    prompts, as in ``SentenceTransformer.encode``.
+    prompts, as in ``SentenceTransformer.encode``. ``queries=True`` codes the texts as queries, by
+    the adapter's query thresholds (see :meth:`~qama.adapter.QamaAdapter.calibrate_queries`), as
+    every qama search codes queries; documents are coded with ``queries=False``.
     """
     module = find_module(model)
     assert module is not None  # required=True raises instead
     if model.truncate_dim is not None:
         raise ValueError(f"the model truncates its output to {model.truncate_dim}: use dim= instead of truncate_dim")
     if isinstance(precision, str) and precision == FLOAT:
+        if queries:
+            raise ValueError("queries= codes queries; float32 output has no query side (give a plan as precision=)")
         dim = module.adapter._check_dim(dim)
     else:
         plan = module.adapter.plan(precision, dim)  # validate before encoding anything
@@ -259,6 +270,7 @@ def encode(
         normalize_embeddings=False,
         qama_precision=precision,
         qama_dim=dim,
+        qama_queries=bool(queries),
     )
     if len(texts) == 0:
         width = dim if isinstance(precision, str) else precision.code_size
