@@ -67,6 +67,7 @@ from qama._validate import (
     check_queries,
     read_json_file,
 )
+from qama._validate import check_new_documents as _check_new_docs
 from qama.adc import FastScanCodes, adc_search
 from qama.codes import Plan
 from qama.encoders import Encoder, encoder_kind, open_encoder, state_bytes, state_from_bytes
@@ -853,38 +854,6 @@ def _lock(fd: int, take: bool) -> None:
 
         os.lseek(fd, 0, os.SEEK_SET)
         msvcrt.locking(fd, msvcrt.LK_NBLCK if take else msvcrt.LK_UNLCK, 1)
-
-
-def _check_new_docs(embeddings: np.ndarray, ids: Sequence[str], titles: Sequence[str] | None, plan_dim: int) -> None:
-    check_not_one_string(ids, "ids", "document ids")
-    check_not_one_string(titles, "titles", "titles")
-    if embeddings.ndim != 2 or embeddings.shape[1] < plan_dim:
-        raise ValueError(f"embeddings must be (n, d) with d >= {plan_dim}, got {embeddings.shape}")
-    if len(ids) != len(embeddings):
-        raise ValueError(f"{len(ids)} ids for {len(embeddings)} embeddings")
-    if titles is not None and len(titles) != len(embeddings):
-        raise ValueError(f"{len(titles)} titles for {len(embeddings)} embeddings")
-    if len(set(ids)) != len(ids):
-        raise ValueError("document ids must be unique")
-    if not all(isinstance(i, str) for i in ids):
-        raise ValueError("document ids must be strings")
-    for name, column in (("ids", ids), ("titles", titles or ())):  # checked before anything is written
-        for j, s in enumerate(column):
-            if not isinstance(s, str):
-                raise ValueError(f"{name}[{j}] must be a string, got {s!r:.40}")
-            try:
-                s.encode("utf-8")
-            except UnicodeEncodeError as e:
-                raise ValueError(f"{name}[{j}] cannot be stored as UTF-8 ({e.reason}: {s!r:.40})") from None
-    # NaN has no level: its code would be arbitrary, and the document found for nothing. Checked a block
-    # of rows at a time (a memory map is read, not held: the rest of create and add streams it too).
-    step = max(1, (1 << 20) // max(1, embeddings.shape[1]))
-    first, count = -1, 0
-    for i in range(0, len(embeddings), step):
-        bad = np.flatnonzero(~np.isfinite(np.asarray(embeddings[i : i + step], dtype=np.float32)).all(axis=1))
-        first, count = first if first >= 0 or not len(bad) else i + int(bad[0]), count + len(bad)
-    if count:
-        raise ValueError(f"embeddings: row {first} has NaN or inf values ({count} rows)")
 
 
 def _encode_rows(

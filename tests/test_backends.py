@@ -138,6 +138,48 @@ def test_one_string_is_never_taken_for_a_list_of_ids(make, data) -> None:
     assert b.count() == 3
 
 
+def test_ids_and_titles_that_do_not_match_the_embeddings_are_refused_before_any_write(make, data) -> None:
+    """Both stores check a whole add before writing (before, a Milvus collection stored 10 documents of
+    12 ids and dropped the rest silently, kept one of 10 documents given one id, and upserted the
+    first batches before an id count that fell short was noticed)."""
+    b = make(data["encoder"])
+    emb, ids = data["emb"], data["ids"]
+    cases = [
+        ((emb[:10], ids[:12]), r"^12 ids for 10 embeddings$"),
+        ((emb[:20], ids[:10]), r"^10 ids for 20 embeddings$"),
+        ((emb[:10], ["x"] * 10), r"^document ids must be unique$"),
+        ((emb[:3], ids[:3], ["a", "b", "c", "d"]), r"^4 titles for 3 embeddings$"),
+        ((emb[:3], ["a", 7, "c"]), r"^document ids must be strings$"),
+    ]
+    for args, message in cases:
+        with pytest.raises(ValueError, match=message):
+            b.add(*args)
+        assert b.count() == 0, message
+
+
+def test_milvus_checks_every_id_before_the_first_upsert(milvus_uri: str, data) -> None:  # noqa: F811
+    """An id Milvus cannot store (empty, over 1,024 bytes) or a title over 65,535 bytes, past the first
+    batch, is refused before any batch is upserted (before: the batches before it were written)."""
+    with open_backend(
+        milvus_uri, "milvus", data["encoder"], create=True, collection=collection_name("late"), dim=D, batch_size=8
+    ) as b:
+        for bad_ids, bad_titles, message in [
+            (data["ids"][:19] + [""], None, r"^document ids must be non-empty strings of <= 1024 bytes: ''$"),
+            (data["ids"][:19] + ["x" * 1025], None, r"^document ids must be non-empty strings of <= 1024 bytes"),
+            (data["ids"][:20], [""] * 19 + ["t" * 65536], r"^title of 'doc-19' is longer than 65535 bytes$"),
+        ]:
+            with pytest.raises(ValueError, match=message):
+                b.add(data["emb"][:20], bad_ids, bad_titles)
+            assert b.count() == 0
+            with pytest.raises(ValueError, match=message):
+                b.add_codes(data["codes"][:20], bad_ids, bad_titles)
+            assert b.count() == 0
+        with pytest.raises(ValueError, match=r"^3 titles for 2 codes$"):
+            b.add_codes(data["codes"][:2], data["ids"][:2], ["a", "b", "c"])
+        with pytest.raises(ValueError, match=r"^2 ids for 3 codes$"):
+            b.add_codes(data["codes"][:3], data["ids"][:2])
+
+
 @pytest.mark.parametrize("keep_vectors", [False, True])
 def test_rescored_search_equals_reference(make, data, keep_vectors: bool) -> None:
     """With every document a candidate, rescoring must give the exact top-k by score."""

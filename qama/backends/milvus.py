@@ -53,6 +53,7 @@ from qama._validate import (
     Field,
     check_fields,
     check_k,
+    check_new_documents,
     check_not_one_string,
     check_oversample,
     check_queries,
@@ -363,12 +364,11 @@ class MilvusBackend:
         progress: Callable[[int], None] | None = None,
     ) -> None:
         """Encode and upsert documents in batches of ``batch_size`` (existing ids are replaced)."""
-        check_not_one_string(ids, "ids", "document ids")  # add(emb, "pqr") must not store the ids "p", "q", "r"
-        check_not_one_string(titles, "titles", "titles")
         embeddings = np.asarray(embeddings)
-        if embeddings.ndim != 2 or embeddings.shape[1] < self.plan.dim:
-            raise ValueError(f"embeddings must be (n, d) with d >= {self.plan.dim}, got {embeddings.shape}")
-        check_queries(embeddings, embeddings.shape[1], what="embeddings")  # finite values
+        # The whole add before any upsert: counts, unique ids (one upsert would keep one of the rows of
+        # an id), finite values, and what Milvus can store of every id and title.
+        check_new_documents(embeddings, ids, titles, self.plan.dim)
+        _check_storable(ids, titles)
         if embeddings.shape[1] != int(self.manifest["dim"]):  # what is searched with queries of that dimension
             raise IndexMismatchError(
                 f"embeddings have {embeddings.shape[1]} dimensions, the collection {self.manifest['dim']}"
@@ -408,8 +408,13 @@ class MilvusBackend:
         cs = self.plan.code_size
         if codes.ndim != 2 or codes.dtype != np.uint8 or codes.shape[1] < cs:
             raise IndexMismatchError(f"codes must be uint8 (n, {cs}) for plan {self.plan.spec()}, got {codes.shape}")
-        if len(ids) != len(codes) or (titles is not None and len(titles) != len(codes)):
-            raise ValueError(f"{len(ids)} ids / {len(titles or ids)} titles for {len(codes)} codes")
+        if len(ids) != len(codes):
+            raise ValueError(f"{len(ids)} ids for {len(codes)} codes")
+        if titles is not None and len(titles) != len(codes):
+            raise ValueError(f"{len(titles)} titles for {len(codes)} codes")
+        if len(set(ids)) != len(ids):
+            raise ValueError("document ids must be unique")
+        _check_storable(ids, titles)  # every row before the first upsert
         if self.keep_vectors and (vectors is None or len(vectors) != len(codes)):
             raise ValueError("this collection keeps float vectors: give one per code")
         codes = codes[:, :cs]
@@ -419,13 +424,8 @@ class MilvusBackend:
                 stop = min(start + self.batch_size, len(codes))
                 rows = []
                 for i in range(start, stop):
-                    doc = ids[i]
-                    if not isinstance(doc, str) or not doc or len(doc.encode()) > MAX_ID_BYTES:
-                        raise ValueError(f"document ids must be non-empty strings of <= {MAX_ID_BYTES} bytes: {doc!r}")
                     title = "" if titles is None else str(titles[i] or "")
-                    if len(title.encode()) > MAX_TITLE_BYTES:
-                        raise ValueError(f"title of {doc!r} is longer than {MAX_TITLE_BYTES} bytes")
-                    row: dict[str, Any] = {"id": doc, "code": codes[i].tobytes(), "title": title}
+                    row: dict[str, Any] = {"id": ids[i], "code": codes[i].tobytes(), "title": title}
                     if vectors is not None:
                         row["vector"] = np.asarray(vectors[i], dtype=np.float32)
                     rows.append(row)
@@ -629,6 +629,16 @@ class _FetchedRows:
 def _code_bytes(value: Any) -> bytes:
     """A BINARY_VECTOR as returned by pymilvus (``bytes`` or ``[bytes]``) -> its bytes."""
     return bytes(value[0]) if isinstance(value, list) else bytes(value)
+
+
+def _check_storable(ids: Sequence[str], titles: Sequence[str] | None) -> None:
+    """Every id and title fits its VARCHAR field (checked before the first upsert of an add)."""
+    for i, doc in enumerate(ids):
+        if not isinstance(doc, str) or not doc or len(doc.encode("utf-8", "surrogatepass")) > MAX_ID_BYTES:
+            raise ValueError(f"document ids must be non-empty strings of <= {MAX_ID_BYTES} bytes: {doc!r:.60}")
+        title = "" if titles is None else str(titles[i] or "")
+        if len(title.encode("utf-8", "surrogatepass")) > MAX_TITLE_BYTES:
+            raise ValueError(f"title of {doc!r} is longer than {MAX_TITLE_BYTES} bytes")
 
 
 def _batches(items: list[str], size: int) -> Iterator[list[str]]:
