@@ -345,3 +345,36 @@ def test_the_tests_milvus_server_start_is_retried(tmp_path: Path, monkeypatch: p
     assert server.db_file == tmp_path / "1" / "test.db"  # the second attempt, with its own database
     with pytest.raises(MilvusUnavailableError, match=r"in 3 attempts \(attempt 1: milvus-lite exited .*; attempt 3: "):
         start_milvus_server(lambda: next(folders))
+
+
+def test_milvus_search_holds_each_candidate_document_once_across_blocks(
+    milvus_uri: str,  # noqa: F811
+    data,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A search of many queries runs in blocks of candidates; the ids of the candidates found are kept
+    once each, at most the collection's documents (before: every block's candidates were appended
+    again and the id map rebuilt from all of them: 29,134 ids for 300 documents and 2,000 queries,
+    growing with the queries, and time quadratic in the blocks). The results are those of one block."""
+    import qama.backends.milvus as qm
+    import qama.search as qs
+
+    made: list = []
+
+    class Recorded(qm._FetchedRows):
+        def __init__(self, *args) -> None:
+            super().__init__(*args)
+            made.append(self)
+
+    monkeypatch.setattr(qm, "_FetchedRows", Recorded)
+    q = np.random.default_rng(1).normal(size=(2000, D)).astype(np.float32)
+    name = collection_name("blk")
+    with open_backend(milvus_uri, "milvus", data["encoder"], create=True, collection=name, dim=D) as b:
+        b.add(data["emb"], data["ids"])
+        one_block = b.search(q, 5, oversample=4)
+        monkeypatch.setattr(qs, "CANDIDATE_BLOCK", 200)  # 10 queries' candidates a block
+        scores, ids = b.search(q, 5, oversample=4)
+    assert len(made[-1].found) <= N
+    assert len(set(made[-1].found)) == len(made[-1].found)
+    np.testing.assert_array_equal(ids, one_block[1])
+    np.testing.assert_array_equal(scores, one_block[0])

@@ -514,13 +514,21 @@ class MilvusBackend:
         k, oversample = check_k(k, len(queries)), check_oversample(oversample)
         if rescore == "vectors" and not self.keep_vectors:
             raise ValueError(f"collection {self.collection!r} keeps no float vectors; rescore='asymmetric'")
-        found: list[str] = []  # the candidates' document ids; rows of this search number them
+        # The candidates' document ids, each once (at most the collection's documents, whatever the
+        # number of queries); rows of this search number them. ``local`` maps an id to its row.
+        found: list[str] = []
+        local: dict[str, int] = {}
+
+        def row_of(doc: str) -> int:
+            row = local.get(doc)
+            if row is None:
+                row = local[doc] = len(found)
+                found.append(doc)
+            return row
 
         def candidates(query_codes: np.ndarray, m: int) -> tuple[np.ndarray, np.ndarray]:
             dist, ids = self.search_codes(query_codes, m)
-            found.extend(dict.fromkeys(c for c in ids.reshape(-1) if c is not None))
-            local = {doc: i for i, doc in enumerate(found)}
-            rows = np.array([local[c] if c is not None else -1 for c in ids.reshape(-1)], dtype=np.int64)
+            rows = np.array([row_of(c) if c is not None else -1 for c in ids.reshape(-1)], dtype=np.int64)
             return dist, rows.reshape(ids.shape)
 
         codes = _FetchedRows(self, found, "code")
