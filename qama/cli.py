@@ -267,7 +267,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("eval", help="nDCG@10 of every storage format on a dataset")
     _add_input_args(p)
-    p.add_argument("--dims", type=int, nargs="+", help="embedding sizes to evaluate (default: d, d/2, d/4)")
+    p.add_argument(
+        "--dims",
+        type=int,
+        nargs="+",
+        help="embedding sizes of the baseline rows (default: d, d/2, d/4); --adapter rows are at its nested sizes",
+    )
     p.add_argument("--json", type=Path, help=json_help)
     p.add_argument("--markdown", type=Path, help="write the table as Markdown")
     p.add_argument("--adapter", type=Path, help="a trained adapter folder: adds its rows (format qama)")
