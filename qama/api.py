@@ -92,8 +92,19 @@ def fit(
 
 
 def encode(adapter: QamaAdapter | str | os.PathLike, emb: np.ndarray, plan: str = "hybrid", dim: int | None = None):
-    """Packed uint8 codes ``(n, code_size)`` of embeddings under ``plan`` at nested size ``dim``."""
+    """Packed uint8 codes ``(n, code_size)`` of embeddings under ``plan`` at nested size ``dim``: the
+    adapter's codes, always. Where its never-worse check found untrained codes better at this plan and
+    size, a warning says so: untrained thresholds are fitted on a whole corpus, which
+    :func:`build_index` and :func:`qama.encoders.fit_encoder` have and a batch of embeddings is not."""
     adapter = adapter if isinstance(adapter, QamaAdapter) else QamaAdapter.load(adapter)
+    p = adapter.plan(plan, dim)
+    if f"{p.name}@{p.dim}" in adapter.metadata.get("check", {}).get("lost", []):
+        logger.warning(
+            "%s at %d dims: the adapter's check found untrained codes better; these are the adapter's codes "
+            "(build_index or qama.encoders.fit_encoder on the corpus serve untrained ones)",
+            p.name,
+            p.dim,
+        )
     return adapter.encode(emb, plan, dim)
 
 

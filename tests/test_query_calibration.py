@@ -219,6 +219,15 @@ def test_the_check_catches_a_training_that_loses_and_keeps_untrained_codes(tmp_p
         assert isinstance(fit_encoder(docs, kept[0]["plan"], adapter, dim=kept[0]["dims"]), AdapterEncoder)
     index = build_index(tmp_path / "ix", tmp_path / "ad", docs, [f"d{i}" for i in range(len(docs))], plan="2bit")
     assert index.manifest["encoder"]["kind"] == "thresholds"  # searchable without the adapter
+    from qama.api import encode
+
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="qama.api"):  # a batch has no corpus to fit thresholds on
+        np.testing.assert_array_equal(encode(adapter, docs[:5], "2bit", 32), adapter.encode(docs[:5], "2bit", 32))
+    assert [r.getMessage() for r in caplog.records] == [
+        "2bit at 32 dims: the adapter's check found untrained codes better; these are the adapter's codes "
+        "(build_index or qama.encoders.fit_encoder on the corpus serve untrained ones)"
+    ]
 
 
 def test_known_item_gains_reference():
