@@ -41,6 +41,7 @@ weight :data:`NCE_WEIGHT_TITLES`; labelled pairs (e.g. SciFact's train qrels) at
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import logging
@@ -71,7 +72,7 @@ from qama.adapter import (
     mean_direction,
 )
 from qama.check import holdout_split, never_worse_check
-from qama.codes import DEFAULT_PLANS, plans_fitting
+from qama.codes import DEFAULT_PLANS, Plan, plans_fitting
 
 __all__ = [
     "info_nce_setup",
@@ -354,7 +355,7 @@ def compute_losses(
                 L.cosine_matrix(zq[:, :m], zd[:, :m]), targets, cfg.nce_temperature, False
             )
         if cfg.quantized_weight > 0:
-            for plan in plans_fitting(cfg.train_plans, m):  # hybrid has no plan at 78 dimensions
+            for plan in _train_plans(tuple(cfg.train_plans), m):  # hybrid has no plan at 78 dimensions
                 similarity_terms(L.hamming_similarity(code_bits(z, plan)), f"{m}/{plan.name}")
                 if pairs is not None and cfg.w_nce > 0:  # queries' codes against their documents' codes
                     s_qd = L.hamming_similarity(code_bits(zq, plan, cfg.query_thresholds), code_bits(zd, plan))
@@ -404,6 +405,13 @@ def weight_of(name: str, cfg: TrainConfig, sched: dict[str, float]) -> float:
     if tag and not tag.endswith("/fp"):
         w *= cfg.quantized_weight
     return w
+
+
+@functools.lru_cache(maxsize=64)
+def _train_plans(specs: tuple[str, ...], dim: int) -> tuple[Plan, ...]:
+    """The plans of ``specs`` that fit ``dim`` (:func:`~qama.codes.plans_fitting`), built once: the losses
+    of every step ask for them, and a plan left out is logged once, not at every step."""
+    return tuple(plans_fitting(specs, dim))
 
 
 # ---------------------------------------------------------------------------- checkpoints

@@ -297,3 +297,19 @@ def test_scifact_start_and_short_fit_improve_nested_codes() -> None:
     own.calibrate(corpus)
     fitted = fit(corpus, TrainConfig(steps=60, progress=False))
     assert ndcg_2bit_96(fitted) > ndcg_2bit_96(own) + 0.03
+
+
+def test_a_training_plan_left_out_at_a_nested_size_is_logged_once_not_at_every_step(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # compute_losses runs at every step: `qama train` logs at INFO, so a 312-dimensional model wrote
+    # "skipping plan hybrid at 78 dimensions" (and at 156) at every one of its steps
+    x = _embeddings(d=40)
+    adapter = QamaAdapter(T.AdapterConfig(dim=40))
+    adapter.calibrate(x)
+    cfg = TrainConfig(batch_size=32, w_mse=1.0, w_kl=0.0, w_rank=0.0, w_nce=0.0, train_plans=("2bit", "hybrid"))
+    with caplog.at_level("INFO", logger="qama"):
+        for step in range(5):
+            T.compute_losses(adapter, torch.from_numpy(x[:32]), cfg, step, torch.Generator().manual_seed(0), 1.0)
+    skipped = [r.getMessage() for r in caplog.records if "skipping plan" in r.getMessage()]
+    assert len(skipped) <= 2  # at 10 and at 20 dimensions, once each
