@@ -26,6 +26,7 @@ from __future__ import annotations
 import logging
 import os
 import warnings
+import weakref
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -91,21 +92,40 @@ def fit(
     return train_fit(corpus_emb, TrainConfig(**settings), pairs=pairs, out_dir=out, overwrite=overwrite)
 
 
+#: The plans and sizes :func:`encode` warned of, by adapter (and by adapter folder, loaded at each call).
+_LOST_WARNED: weakref.WeakKeyDictionary[QamaAdapter, set[tuple[str, int]]] = weakref.WeakKeyDictionary()
+_LOST_WARNED_PATHS: dict[str, set[tuple[str, int]]] = {}
+
+
 def encode(adapter: QamaAdapter | str | os.PathLike, emb: np.ndarray, plan: str = "hybrid", dim: int | None = None):
     """Packed uint8 codes ``(n, code_size)`` of embeddings under ``plan`` at nested size ``dim``: the
     adapter's codes, always. Where its never-worse check found untrained codes better at this plan and
-    size, a warning says so: untrained thresholds are fitted on a whole corpus, which
+    size, a warning says so (once per adapter, plan and size): untrained thresholds are fitted on a whole corpus, which
     :func:`build_index` and :func:`qama.encoders.fit_encoder` have and a batch of embeddings is not."""
+    source = None if isinstance(adapter, QamaAdapter) else str(Path(adapter).resolve())
     adapter = adapter if isinstance(adapter, QamaAdapter) else QamaAdapter.load(adapter)
     p = adapter.plan(plan, dim)
     if f"{p.name}@{p.dim}" in adapter.metadata.get("check", {}).get("lost", []):
-        logger.warning(
-            "%s at %d dims: the adapter's check found untrained codes better; these are the adapter's codes "
-            "(build_index or qama.encoders.fit_encoder on the corpus serve untrained ones)",
-            p.name,
-            p.dim,
-        )
+        _warn_lost_once(adapter if source is None else source, p.name, p.dim)
     return adapter.encode(emb, plan, dim)
+
+
+def _warn_lost_once(adapter: QamaAdapter | str, plan: str, dim: int) -> None:
+    """The warning of :func:`encode`, once per adapter (or adapter folder), plan and size: encode is
+    called a batch at a time."""
+    if isinstance(adapter, QamaAdapter):
+        seen = _LOST_WARNED.setdefault(adapter, set())
+    else:
+        seen = _LOST_WARNED_PATHS.setdefault(adapter, set())
+    if (plan, dim) in seen:
+        return
+    seen.add((plan, dim))
+    logger.warning(
+        "%s at %d dims: the adapter's check found untrained codes better; these are the adapter's codes "
+        "(build_index or qama.encoders.fit_encoder on the corpus serve untrained ones)",
+        plan,
+        dim,
+    )
 
 
 def build_index(

@@ -142,3 +142,25 @@ def test_index_corpus_shards_agree_on_titles_that_one_part_lacks(tmp_path, order
     index = qama.open_index(tmp_path / "ix")
     assert sorted(index.ids.to_list()) == sorted(ids)
     assert {index.ids[r]: index.titles[r] for r in range(100)} == dict(zip(ids, titles, strict=True))
+
+
+def test_encode_warns_of_a_lost_plan_once_not_at_every_batch(caplog: pytest.LogCaptureFixture) -> None:
+    # qama.encode is called a batch at a time: the warning that the adapter's check found untrained
+    # codes better at this plan and size was logged at every call
+    from qama.adapter import AdapterConfig, QamaAdapter
+
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((64, 32)).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    adapter = QamaAdapter(AdapterConfig(dim=32), {"check": {"lost": ["2bit@32"]}})
+    adapter.calibrate(x)
+    with caplog.at_level("WARNING", logger="qama.api"):
+        for i in range(0, 64, 16):
+            np.testing.assert_array_equal(
+                qama.api.encode(adapter, x[i : i + 16], "2bit"), adapter.encode(x[i : i + 16], "2bit")
+            )
+        qama.api.encode(adapter, x[:4], "1bit")  # not lost: no warning
+    assert [r.getMessage() for r in caplog.records] == [
+        "2bit at 32 dims: the adapter's check found untrained codes better; these are the adapter's codes "
+        "(build_index or qama.encoders.fit_encoder on the corpus serve untrained ones)"
+    ]
