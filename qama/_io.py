@@ -6,6 +6,7 @@ An interrupted process leaves either the previous complete file or the new compl
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 import tempfile
@@ -180,3 +181,14 @@ class JsonFields:
     def from_dict(cls, data: dict[str, Any]) -> Any:
         names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
         return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items() if k in names})
+
+
+def fingerprint(*arrays: np.ndarray, chunk: int = 1 << 16) -> str:
+    """SHA-256 of arrays' shapes, dtypes and contents, read a block of rows at a time: a changed
+    corpus (or pairs, or queries) never reuses a stale report stage or training checkpoint."""
+    h = hashlib.sha256()
+    for a in arrays:
+        h.update(str((a.shape, str(a.dtype))).encode())
+        for i in range(0, len(a), chunk):
+            h.update(np.ascontiguousarray(a[i : i + chunk]).tobytes())
+    return h.hexdigest()

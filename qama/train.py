@@ -42,7 +42,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import hashlib
 import json
 import logging
 import math
@@ -60,7 +59,7 @@ from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from qama import losses as L
-from qama._io import JsonFields
+from qama._io import JsonFields, fingerprint
 from qama._validate import misfit
 from qama.adapter import (
     CONFIG_NAME,
@@ -415,21 +414,11 @@ def _train_plans(specs: tuple[str, ...], dim: int) -> tuple[Plan, ...]:
 
 
 # ---------------------------------------------------------------------------- checkpoints
-def _data_fingerprint(*arrays: np.ndarray, chunk: int = 1 << 16) -> str:
-    """SHA-256 of the training data (each array's shape and content, a block of rows at a time)."""
-    h = hashlib.sha256()
-    for a in arrays:
-        h.update(repr((a.shape, str(a.dtype))).encode())
-        for i in range(0, len(a), chunk):
-            h.update(np.ascontiguousarray(a[i : i + chunk]).tobytes())
-    return h.hexdigest()
-
-
 def _save_checkpoint(
     path: Path, adapter: QamaAdapter, opt: torch.optim.Optimizer, step: int, cfg: TrainConfig, data: str = ""
 ) -> None:
     """Write ``path`` (a folder) atomically: a temporary folder renamed over the old one. ``data``: the
-    fingerprint of the training data (:func:`_data_fingerprint`), checked when it is resumed."""
+    fingerprint of the training data (:func:`qama._io.fingerprint`), checked when it is resumed."""
     tmp = path.with_name(path.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
@@ -606,7 +595,7 @@ def fit(
     start = 0
     data_key = ""  # fingerprint of the training data, recorded in checkpoints
     if ckpt is not None and (cfg.checkpoint_every > 0 or (ckpt / "meta.json").is_file()):
-        data_key = _data_fingerprint(x_np, *(() if pair_t is None else (pair_t[0].numpy(), pair_t[1].numpy())))
+        data_key = fingerprint(x_np, *(() if pair_t is None else (pair_t[0].numpy(), pair_t[1].numpy())))
     if ckpt is not None and (ckpt / "meta.json").is_file():
         start = _load_checkpoint(ckpt, adapter, opt, cfg, data_key)
         logger.info("resuming from %s at step %d", ckpt, start)

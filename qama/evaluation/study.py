@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
-from qama._io import atomic_open, write_json
+from qama._io import atomic_open, fingerprint, write_json
 from qama.config import ExperimentConfig
 from qama.evaluation.plots import plot_all
 from qama.evaluation.rows import Row, baseline_rows, set_retention
@@ -91,14 +91,14 @@ class _Inputs:
     @functools.cached_property
     def corpus_key(self) -> str:
         """Fingerprint of the whole corpus: part of the key of every stage that depends on it."""
-        return _fingerprint(self.corpus)
+        return fingerprint(self.corpus)
 
     @functools.cached_property
     def eval_key(self) -> str:
         """Fingerprint of what a row is measured on: the judged queries' embeddings, their judgments
         (the split's qrels) and the documents' ids. Part of the key of every stage that scores."""
         dataset = self.evaluator.dataset
-        return _key([_fingerprint(self.judged), dataset.split, dataset.qrels, dataset.doc_ids])
+        return _key([fingerprint(self.judged), dataset.split, dataset.qrels, dataset.doc_ids])
 
 
 def _load(config: ExperimentConfig, spec) -> _Inputs:
@@ -123,16 +123,8 @@ def _train_config(config: ExperimentConfig, data: _Inputs, **extra: Any):
     return config.train_config(data_description=source, **extra)
 
 
-def _fingerprint(array: np.ndarray, chunk: int = 1 << 16) -> str:
-    """SHA-256 of the whole array's content (and shape): a changed corpus never reuses a stale stage."""
-    h = hashlib.sha256(str((array.shape, str(array.dtype))).encode())
-    for i in range(0, len(array), chunk):
-        h.update(np.ascontiguousarray(array[i : i + chunk]).tobytes())
-    return h.hexdigest()
-
-
 def _pairs_key(data: _Inputs) -> list:
-    return [] if data.pairs is None else [_fingerprint(data.pairs[0]), _fingerprint(data.pairs[1])]
+    return [] if data.pairs is None else [fingerprint(data.pairs[0]), fingerprint(data.pairs[1])]
 
 
 def _dataset_stage(config: ExperimentConfig, spec, data: _Inputs, out: Path, bar: tqdm) -> list[Row]:
