@@ -391,6 +391,16 @@ def _short(v: Any, limit: int = 60) -> str:
     return f"{text} ({type(v).__name__})" if not isinstance(v, (dict, list)) else text
 
 
+def check_one_per_row(ids: Sequence[str], titles: Sequence[str] | None, n: int, rows: str) -> None:
+    """One id (unique) and, when titles are given, one title for each of ``n`` ``rows`` of a store's add."""
+    if len(ids) != n:
+        raise ValueError(f"{len(ids)} ids for {n} {rows}")
+    if titles is not None and len(titles) != n:
+        raise ValueError(f"{len(titles)} titles for {n} {rows}")
+    if len(set(ids)) != len(ids):
+        raise ValueError("document ids must be unique")
+
+
 def check_new_documents(
     embeddings: np.ndarray, ids: Sequence[str], titles: Sequence[str] | None, plan_dim: int
 ) -> None:
@@ -400,12 +410,7 @@ def check_new_documents(
     check_not_one_string(titles, "titles", "titles")
     if embeddings.ndim != 2 or embeddings.shape[1] < plan_dim:
         raise ValueError(f"embeddings must be (n, d) with d >= {plan_dim}, got {embeddings.shape}")
-    if len(ids) != len(embeddings):
-        raise ValueError(f"{len(ids)} ids for {len(embeddings)} embeddings")
-    if titles is not None and len(titles) != len(embeddings):
-        raise ValueError(f"{len(titles)} titles for {len(embeddings)} embeddings")
-    if len(set(ids)) != len(ids):
-        raise ValueError("document ids must be unique")
+    check_one_per_row(ids, titles, len(embeddings), "embeddings")
     if not all(isinstance(i, str) for i in ids):
         raise ValueError("document ids must be strings")
     for name, column in (("ids", ids), ("titles", titles or ())):  # checked before anything is written

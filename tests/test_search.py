@@ -176,15 +176,21 @@ def test_search_rescored_holds_the_candidates_of_a_block_of_queries_at_a_time(
     assert len(seen) > 1 and max(seen) <= 200, seen
 
 
+def _funnel_inputs(corpus: np.ndarray, queries: np.ndarray):
+    """``(encoder, codes, query codes, prefix codes, prefix query codes)``: hybrid at 32 dims, a prefix of 8."""
+    enc = ThresholdEncoder.fit(corpus, make_plan("hybrid", 32))
+    codes, qc = enc.encode(corpus), enc.encode_queries(queries)
+    _, nbytes = prefix_plan(enc.plan, 8)
+    return enc, codes, qc, np.ascontiguousarray(codes[:, :nbytes]), np.ascontiguousarray(qc[:, :nbytes])
+
+
 def test_funnel_search_in_blocks_of_queries_equals_one_block(corpus: np.ndarray, monkeypatch) -> None:
     """The funnel's first stage searched every query's prefix codes for each block of queries."""
     import qama.search as S
 
-    enc = ThresholdEncoder.fit(corpus, make_plan("hybrid", 32))
-    codes, queries = enc.encode(corpus), np.concatenate([corpus[:70], corpus[:70] + 0.1]).astype(np.float32)
-    qcodes = enc.encode_queries(queries)
-    _, nbytes = prefix_plan(enc.plan, 8)
-    args = (np.ascontiguousarray(codes[:, :nbytes]), np.ascontiguousarray(qcodes[:, :nbytes]), 10, 4, "asymmetric")
+    queries = np.concatenate([corpus[:70], corpus[:70] + 0.1]).astype(np.float32)
+    enc, codes, _, pc, pq = _funnel_inputs(corpus, queries)
+    args = (pc, pq, 10, 4, "asymmetric")
     expected = funnel_search(*args, codes=codes, encoder=enc, queries=queries)
     monkeypatch.setattr(S, "CANDIDATE_BLOCK", 200)
     got = funnel_search(*args, codes=codes, encoder=enc, queries=queries)
@@ -221,12 +227,8 @@ def test_search_rescored_k_beyond_corpus(corpus: np.ndarray) -> None:
 
 
 def test_funnel_search(corpus: np.ndarray) -> None:
-    plan = make_plan("hybrid", 32)
-    enc = ThresholdEncoder.fit(corpus, plan)
-    codes, q = enc.encode(corpus), corpus[:6]
-    qc = enc.encode(q)
-    _, nbytes = prefix_plan(plan, 8)
-    pc, pq = np.ascontiguousarray(codes[:, :nbytes]), np.ascontiguousarray(qc[:, :nbytes])
+    q = corpus[:6]
+    enc, codes, qc, pc, pq = _funnel_inputs(corpus, q)
     # with every document a candidate, hamming rerank equals full Hamming search
     s, i = funnel_search(pc, pq, 10, 30, "hamming", codes=codes, query_codes=qc)
     d, ri = hamming_search(codes, qc, 10)
@@ -244,12 +246,8 @@ def test_funnel_search_refuses_oversample_below_one(corpus: np.ndarray, rerank: 
     """``oversample=0`` reranked nothing: ``rerank="asymmetric"`` returned the prefix's negated Hamming
     distances as if they were the full codes' scores, ``"hamming"`` said ``k must be positive, got 0``
     (``-1``: ``got -5``)."""
-    plan = make_plan("hybrid", 32)
-    enc = ThresholdEncoder.fit(corpus, plan)
-    codes, q = enc.encode(corpus), corpus[:6]
-    qc = enc.encode(q)
-    _, nbytes = prefix_plan(plan, 8)
-    pc, pq = np.ascontiguousarray(codes[:, :nbytes]), np.ascontiguousarray(qc[:, :nbytes])
+    q = corpus[:6]
+    enc, codes, qc, pc, pq = _funnel_inputs(corpus, q)
     full = dict(codes=codes, query_codes=qc, encoder=enc, queries=q)
     for oversample in (0, -1):
         with pytest.raises(ValueError, match=rf"^oversample must be >= 1, got {oversample}$"):

@@ -55,6 +55,7 @@ from qama._validate import (
     check_k,
     check_new_documents,
     check_not_one_string,
+    check_one_per_row,
     check_oversample,
     check_queries,
 )
@@ -408,12 +409,7 @@ class MilvusBackend:
         cs = self.plan.code_size
         if codes.ndim != 2 or codes.dtype != np.uint8 or codes.shape[1] < cs:
             raise IndexMismatchError(f"codes must be uint8 (n, {cs}) for plan {self.plan.spec()}, got {codes.shape}")
-        if len(ids) != len(codes):
-            raise ValueError(f"{len(ids)} ids for {len(codes)} codes")
-        if titles is not None and len(titles) != len(codes):
-            raise ValueError(f"{len(titles)} titles for {len(codes)} codes")
-        if len(set(ids)) != len(ids):
-            raise ValueError("document ids must be unique")
+        check_one_per_row(ids, titles, len(codes), "codes")
         _check_storable(ids, titles)  # every row before the first upsert
         if self.keep_vectors and (vectors is None or len(vectors) != len(codes)):
             raise ValueError("this collection keeps float vectors: give one per code")
