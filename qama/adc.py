@@ -36,6 +36,7 @@ import numba as nb
 import numpy as np
 
 from qama._segments import RowSegments
+from qama._validate import check_k
 from qama.codes import Plan, unpack
 
 __all__ = [
@@ -381,13 +382,12 @@ def adc_search(
     (an index of several segments): the first pass reads the candidates' rows only, the exact scan
     concatenates the segments.
     """
-    if k <= 0:
-        raise ValueError(f"k must be positive, got {k}")
+    queries = np.asarray(queries, dtype=np.float32)
+    k = check_k(k, len(queries))  # a positive int (not a float, a bool)
     if rerank < 1:
         raise ValueError(f"rerank must be at least 1, got {rerank}")
     plan = encoder.plan
     codes = _check_rows(codes if isinstance(codes, RowSegments) else np.asarray(codes), plan)
-    queries = np.asarray(queries, dtype=np.float32)
     nq, n = len(queries), len(codes)
     out_s = np.full((nq, k), -np.inf, dtype=np.float32)
     out_i = np.full((nq, k), -1, dtype=np.int64)

@@ -557,7 +557,7 @@ class QamaIndex:
     def search_codes(self, query_codes: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """Exact Hamming top-``k`` of ``(nq, code_size)`` (or row-size) query codes: distances, rows."""
         query_codes = np.asarray(query_codes)
-        check_k(k, len(query_codes))
+        k = check_k(k, len(query_codes))
         if (
             query_codes.ndim != 2
             or query_codes.dtype != np.uint8

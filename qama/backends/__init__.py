@@ -31,6 +31,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
+from qama._validate import check_k
 from qama.codes import Plan
 from qama.search import MISSING_DISTANCE, Encoder
 
@@ -362,8 +363,7 @@ class FaissBackend:
         return out
 
     def search_codes(self, query_codes: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        if k <= 0:
-            raise ValueError(f"k must be positive, got {k}")
+        k = check_k(k, len(query_codes))
         if self.index is None:
             return missing_results(len(query_codes), k)
         dist, rows = self.index.search_codes(query_codes, k)
@@ -372,8 +372,7 @@ class FaissBackend:
     def search(
         self, queries: np.ndarray, k: int = 10, oversample: int = 0, rescore: str = "auto", mode: str = "hamming"
     ) -> tuple[np.ndarray, np.ndarray]:
-        if k <= 0:
-            raise ValueError(f"k must be positive, got {k}")
+        k = check_k(k, len(queries))
         if self.index is None:
             dist, ids = missing_results(len(queries), k)
             return np.full(dist.shape, -np.inf, dtype=np.float32), ids
