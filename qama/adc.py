@@ -405,7 +405,14 @@ def adc_search(
         cand = fast.candidates(bw, min(n, max(rerank * k, MIN_CANDIDATES)))
         from qama.search import asymmetric_scores, top_by_score
 
-        return top_by_score(asymmetric_scores(weights, codes, cand, encoder), cand, k)  # candidate rows only
+        out_s, out_i = top_by_score(asymmetric_scores(weights, codes, cand, encoder), cand, k)  # candidate rows only
+        # faiss's fast scan returns no row (-1) for a query whose tables are all zero: every row scores the
+        # same (an all-zero query; a corpus whose every value is one level, e.g. of one row). Those queries
+        # are scanned exactly.
+        short = np.flatnonzero((cand < 0).any(axis=1))
+        if len(short):
+            out_s[short], out_i[short] = adc_search(codes, encoder, queries[short], k, lengths, exact=True, block=block)
+        return out_s, out_i
     codes = np.asarray(codes)  # the exact scan reads one array
     use_len = getattr(encoder, "level_norms2", None) is not None
     if not use_len:
