@@ -28,6 +28,7 @@ import numpy as np
 from safetensors.numpy import load as st_load
 from safetensors.numpy import save as st_save
 
+from qama._validate import check_fit_corpus
 from qama.codes import Plan, pack, value_dims
 from qama.errors import IndexCorruptError, IndexMismatchError
 from qama.quantize import Quantizer, plan_values
@@ -106,6 +107,7 @@ class ThresholdEncoder:
     ) -> ThresholdEncoder:
         """Fit quantile thresholds and centroids on ``(n, d)`` corpus embeddings; with ``query_sample``
         (``(m, d)`` query-like embeddings) also the query thresholds (:meth:`calibrate_queries`)."""
+        emb = check_fit_corpus(emb)  # (n >= 1, d), finite: a NaN threshold would code its dimension 0 everywhere
         encoder = cls(Quantizer.fit(plan_values(np.asarray(emb, dtype=np.float32), plan), plan, sign_1bit=sign_1bit))
         if query_sample is not None:
             encoder.calibrate_queries(query_sample)
@@ -410,7 +412,7 @@ def fit_encoder(
     ``query_sample``: query-like embeddings whose quantiles code the queries; an adapter that brought
     its own query thresholds keeps them when ``replace_query_thresholds`` is false.
     """
-    corpus = np.asarray(corpus, dtype=np.float32)
+    corpus = np.asarray(check_fit_corpus(corpus), dtype=np.float32)
     if adapter is None:
         from qama.codes import make_plan
 
