@@ -254,11 +254,16 @@ def pack(levels: np.ndarray, plan: Plan, chunk: int = 65536, align: int = 1) -> 
     """Expand ``(n, plan.n_values)`` integer levels to thermometer bits and pack each row.
 
     Returns ``(n, plan.row_size(align))`` uint8 codes (``align=1``: ``code_size`` bytes). Levels
-    outside ``[0, levels-1]`` are refused.
+    outside ``[0, levels-1]`` are refused, and levels that are not whole numbers (a float level
+    ``0.5`` would set the bits of level 1, a NaN none).
     """
     levels = np.asarray(levels)
     if levels.ndim != 2 or levels.shape[1] != plan.n_values:
         raise ValueError(f"expected levels of shape (n, {plan.n_values}) for plan {plan.name!r}, got {levels.shape}")
+    if levels.dtype.kind not in "biu":
+        whole = levels.dtype.kind == "f" and bool(np.all(np.floor(levels) == levels))
+        if not whole:
+            raise ValueError(f"levels must be whole numbers for plan {plan.name!r}, got {levels.dtype} levels")
     if levels.size and (levels.min() < 0 or np.any(levels.max(axis=0) >= plan.value_levels)):
         raise ValueError(f"levels out of range for plan {plan.name!r}")
     width = plan.row_size(align)
