@@ -250,6 +250,10 @@ def plans_fitting(specs: Iterable[str], dim: int) -> Iterator[Plan]:
             logger.info("skipping plan %s at %d dimensions: %s", spec, dim, e)
 
 
+#: Bytes of levels expanded to bits at once by :func:`pack` (a chunk of rows).
+PACK_BLOCK_BYTES = 1 << 25
+
+
 def pack(levels: np.ndarray, plan: Plan, chunk: int = 65536, align: int = 1) -> np.ndarray:
     """Expand ``(n, plan.n_values)`` integer levels to thermometer bits and pack each row.
 
@@ -269,6 +273,8 @@ def pack(levels: np.ndarray, plan: Plan, chunk: int = 65536, align: int = 1) -> 
     width = plan.row_size(align)
     out = np.empty((levels.shape[0], width), dtype=np.uint8)
     pad = width * 8 - plan.n_bits
+    # the thermometer bits of a chunk are expanded from its levels' dtype (int64: 8 bytes a bit): bounded
+    chunk = max(1, min(chunk, PACK_BLOCK_BYTES // max(1, plan.n_bits * levels.dtype.itemsize)))
     for i in range(0, levels.shape[0], chunk):
         bits = levels[i : i + chunk, plan._bit_value] > plan._bit_rank  # (c, n_bits) thermometer bits
         out[i : i + chunk] = np.packbits(np.pad(bits, ((0, 0), (0, pad))), axis=-1)

@@ -328,12 +328,13 @@ class FaissBackend:
         from qama.index import QamaIndex
 
         check_not_one_string(ids, "ids", "document ids")  # list("pqr") would be the ids "p", "q", "r"
+        embeddings = np.asarray(embeddings)  # not converted whole: the index reads it a block of rows at a time
         if self.index is None:
             kwargs: dict[str, Any] = {"meta": self.meta} if self.meta is not None else {}
             self.index = QamaIndex.create(
                 self.path,
                 self.encoder,
-                np.asarray(embeddings, dtype=np.float32),
+                embeddings,
                 list(ids),
                 titles=titles,
                 keep_vectors=self.keep_vectors,
@@ -343,7 +344,7 @@ class FaissBackend:
                 **kwargs,
             )
         else:
-            self.index.add(np.asarray(embeddings, dtype=np.float32), list(ids), titles=titles, progress=progress)
+            self.index.add(embeddings, list(ids), titles=titles, progress=progress)
 
     def delete(self, ids: Iterable[str]) -> int:
         self._rows.clear()  # rows after the deleted ones are renumbered
