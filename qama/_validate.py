@@ -40,6 +40,8 @@ __all__ = [
     "Field",
     "check_batch_size",
     "check_fields",
+    "check_finite_rows",
+    "check_fit_corpus",
     "check_k",
     "check_nprobe",
     "check_oversample",
@@ -421,12 +423,33 @@ def check_new_documents(
                 s.encode("utf-8")
             except UnicodeEncodeError as e:
                 raise ValueError(f"{name}[{j}] cannot be stored as UTF-8 ({e.reason}: {s!r:.40})") from None
-    # NaN has no level: its code would be arbitrary, and the document found for nothing. Checked a block
-    # of rows at a time (a memory map is read, not held: the rest of create and add streams it too).
+    # NaN has no level: its code would be arbitrary, and the document found for nothing.
+    check_finite_rows(embeddings, "embeddings")
+
+
+def check_finite_rows(embeddings: np.ndarray, what: str) -> None:
+    """Refuse ``(n, d)`` embeddings with a NaN or inf value (as float32: a float64 beyond its range is
+    inf there), naming the first such row. Checked a block of rows at a time: a memory map is read,
+    not held, and a float64 or non-contiguous corpus is never converted whole."""
     step = max(1, (1 << 20) // max(1, embeddings.shape[1]))
     first, count = -1, 0
     for i in range(0, len(embeddings), step):
         bad = np.flatnonzero(~np.isfinite(np.asarray(embeddings[i : i + step], dtype=np.float32)).all(axis=1))
         first, count = first if first >= 0 or not len(bad) else i + int(bad[0]), count + len(bad)
     if count:
-        raise ValueError(f"embeddings: row {first} has NaN or inf values ({count} rows)")
+        raise ValueError(f"{what}: row {first} has NaN or inf values ({count} rows)")
+
+
+def check_fit_corpus(corpus: Any, what: str = "corpus embeddings") -> np.ndarray:
+    """The ``(n >= 1, d)`` finite real embeddings an encoder is fitted on (quantiles of them), as an
+    array (not converted: read a block at a time by the fit). NaN would make a threshold NaN, so that
+    every value of its dimension took level 0; inf a centroid inf."""
+    corpus = np.asarray(corpus)
+    if corpus.ndim != 2 or corpus.shape[1] == 0:
+        raise ValueError(f"{what} must be a matrix (n, d), got shape {corpus.shape}")
+    if corpus.dtype.kind not in "fiub":
+        raise ValueError(f"{what} must be real numbers, got dtype {corpus.dtype}")
+    if len(corpus) == 0:
+        raise ValueError(f"{what}: no rows to fit the thresholds on")
+    check_finite_rows(corpus, what)
+    return corpus

@@ -36,6 +36,7 @@ import numba as nb
 import numpy as np
 
 from qama._segments import RowSegments
+from qama._validate import check_k
 from qama.codes import Plan, unpack
 
 __all__ = [
@@ -381,13 +382,12 @@ def adc_search(
     (an index of several segments): the first pass reads the candidates' rows only, the exact scan
     concatenates the segments.
     """
-    if k <= 0:
-        raise ValueError(f"k must be positive, got {k}")
+    queries = np.asarray(queries, dtype=np.float32)
+    k = check_k(k, len(queries))  # a positive int (not a float, a bool)
     if rerank < 1:
         raise ValueError(f"rerank must be at least 1, got {rerank}")
     plan = encoder.plan
     codes = _check_rows(codes if isinstance(codes, RowSegments) else np.asarray(codes), plan)
-    queries = np.asarray(queries, dtype=np.float32)
     nq, n = len(queries), len(codes)
     out_s = np.full((nq, k), -np.inf, dtype=np.float32)
     out_i = np.full((nq, k), -1, dtype=np.int64)
@@ -405,7 +405,14 @@ def adc_search(
         cand = fast.candidates(bw, min(n, max(rerank * k, MIN_CANDIDATES)))
         from qama.search import asymmetric_scores, top_by_score
 
-        return top_by_score(asymmetric_scores(weights, codes, cand, encoder), cand, k)  # candidate rows only
+        out_s, out_i = top_by_score(asymmetric_scores(weights, codes, cand, encoder), cand, k)  # candidate rows only
+        # faiss's fast scan returns no row (-1) for a query whose tables are all zero: every row scores the
+        # same (an all-zero query; a corpus whose every value is one level, e.g. of one row). Those queries
+        # are scanned exactly.
+        short = np.flatnonzero((cand < 0).any(axis=1))
+        if len(short):
+            out_s[short], out_i[short] = adc_search(codes, encoder, queries[short], k, lengths, exact=True, block=block)
+        return out_s, out_i
     codes = np.asarray(codes)  # the exact scan reads one array
     use_len = getattr(encoder, "level_norms2", None) is not None
     if not use_len:

@@ -250,20 +250,31 @@ def plans_fitting(specs: Iterable[str], dim: int) -> Iterator[Plan]:
             logger.info("skipping plan %s at %d dimensions: %s", spec, dim, e)
 
 
+#: Bytes of levels expanded to bits at once by :func:`pack` (a chunk of rows).
+PACK_BLOCK_BYTES = 1 << 25
+
+
 def pack(levels: np.ndarray, plan: Plan, chunk: int = 65536, align: int = 1) -> np.ndarray:
     """Expand ``(n, plan.n_values)`` integer levels to thermometer bits and pack each row.
 
     Returns ``(n, plan.row_size(align))`` uint8 codes (``align=1``: ``code_size`` bytes). Levels
-    outside ``[0, levels-1]`` are refused.
+    outside ``[0, levels-1]`` are refused, and levels that are not whole numbers (a float level
+    ``0.5`` would set the bits of level 1, a NaN none).
     """
     levels = np.asarray(levels)
     if levels.ndim != 2 or levels.shape[1] != plan.n_values:
         raise ValueError(f"expected levels of shape (n, {plan.n_values}) for plan {plan.name!r}, got {levels.shape}")
+    if levels.dtype.kind not in "biu":
+        whole = levels.dtype.kind == "f" and bool(np.all(np.floor(levels) == levels))
+        if not whole:
+            raise ValueError(f"levels must be whole numbers for plan {plan.name!r}, got {levels.dtype} levels")
     if levels.size and (levels.min() < 0 or np.any(levels.max(axis=0) >= plan.value_levels)):
         raise ValueError(f"levels out of range for plan {plan.name!r}")
     width = plan.row_size(align)
     out = np.empty((levels.shape[0], width), dtype=np.uint8)
     pad = width * 8 - plan.n_bits
+    # the thermometer bits of a chunk are expanded from its levels' dtype (int64: 8 bytes a bit): bounded
+    chunk = max(1, min(chunk, PACK_BLOCK_BYTES // max(1, plan.n_bits * levels.dtype.itemsize)))
     for i in range(0, levels.shape[0], chunk):
         bits = levels[i : i + chunk, plan._bit_value] > plan._bit_rank  # (c, n_bits) thermometer bits
         out[i : i + chunk] = np.packbits(np.pad(bits, ((0, 0), (0, pad))), axis=-1)

@@ -28,9 +28,10 @@ import numpy as np
 from safetensors.numpy import load as st_load
 from safetensors.numpy import save as st_save
 
+from qama._validate import check_fit_corpus
 from qama.codes import Plan, pack, value_dims
 from qama.errors import IndexCorruptError, IndexMismatchError
-from qama.quantize import Quantizer, plan_values
+from qama.quantize import Quantizer, plan_values, plan_values_f32
 
 logger = logging.getLogger(__name__)
 
@@ -106,14 +107,15 @@ class ThresholdEncoder:
     ) -> ThresholdEncoder:
         """Fit quantile thresholds and centroids on ``(n, d)`` corpus embeddings; with ``query_sample``
         (``(m, d)`` query-like embeddings) also the query thresholds (:meth:`calibrate_queries`)."""
-        encoder = cls(Quantizer.fit(plan_values(np.asarray(emb, dtype=np.float32), plan), plan, sign_1bit=sign_1bit))
+        emb = check_fit_corpus(emb)  # (n >= 1, d), finite: a NaN threshold would code its dimension 0 everywhere
+        encoder = cls(Quantizer.fit(plan_values_f32(emb, plan), plan, sign_1bit=sign_1bit))
         if query_sample is not None:
             encoder.calibrate_queries(query_sample)
         return encoder
 
     def calibrate_queries(self, sample: np.ndarray) -> None:
         """Code queries by quantiles of ``(m, d)`` query-like embeddings (queries, titles, ...)."""
-        self.quantizer.calibrate_queries(plan_values(np.asarray(sample, dtype=np.float32), self.plan))
+        self.quantizer.calibrate_queries(plan_values_f32(np.asarray(sample), self.plan))
 
     @property
     def state(self) -> dict[str, np.ndarray]:
@@ -410,7 +412,7 @@ def fit_encoder(
     ``query_sample``: query-like embeddings whose quantiles code the queries; an adapter that brought
     its own query thresholds keeps them when ``replace_query_thresholds`` is false.
     """
-    corpus = np.asarray(corpus, dtype=np.float32)
+    corpus = check_fit_corpus(corpus)  # not converted whole: both encoders read it a block of rows at a time
     if adapter is None:
         from qama.codes import make_plan
 

@@ -105,6 +105,7 @@ MAX_SEGMENTS = 8
 #: The files of one segment (``titles`` and ``vectors`` in every segment or in none).
 SEGMENT_KEYS = ("codes", "ids", "ids.off", "titles", "titles.off", "vectors")
 WRITE_CHUNK_BYTES = 64 * 2**20  # rows copied into a segment file at a time (merges and deletes)
+ENCODE_CHUNK = 65536  # rows of new documents converted to float32 and encoded at a time (create, add)
 # The names this version writes: a segment's files (generation, segment number) and the encoder's.
 # Only such names of the generation being written are removed as strays of a crashed commit.
 _GENERATED = re.compile(
@@ -409,7 +410,7 @@ class QamaIndex:
         adapter_path: str | os.PathLike | None = None,
         overwrite: bool = False,
         progress: Callable[[int], None] | None = None,
-        chunk: int = 65536,
+        chunk: int | None = None,
         meta: dict[str, Any] | None = None,
     ) -> QamaIndex:
         """Encode ``(n, d)`` float ``embeddings`` and write a new index folder at ``path``.
@@ -451,11 +452,11 @@ class QamaIndex:
             previous: set[str] = set()
             if (path / MANIFEST).exists():  # overwrite: the old index's files go once the new manifest is in place
                 manifest["generation"], previous = _replaced_index(path)
-            codes = _encode_rows(encoder, embeddings, row_size, progress, chunk)
+            codes = _encode_rows(encoder, embeddings, row_size, progress, chunk or ENCODE_CHUNK)
             writer = _Commit(path, manifest, previous)
             # Thresholds are stored whole; an adapter's centroids depend on the corpus they were fitted on.
             writer.write_bytes("encoder", ".safetensors", state_bytes(encoder))
-            vectors = np.ascontiguousarray(embeddings, dtype=np.float32) if keep_vectors else None
+            vectors = [_Float32Rows(embeddings)] if keep_vectors else None
             strings = StringColumn.from_strings
             columns = [strings(list(ids))], None if titles is None else [strings(list(titles))]
             manifest["segments"] = [writer.write_segment(codes, *columns, vectors)]
@@ -557,7 +558,7 @@ class QamaIndex:
     def search_codes(self, query_codes: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """Exact Hamming top-``k`` of ``(nq, code_size)`` (or row-size) query codes: distances, rows."""
         query_codes = np.asarray(query_codes)
-        check_k(k, len(query_codes))
+        k = check_k(k, len(query_codes))
         if (
             query_codes.ndim != 2
             or query_codes.dtype != np.uint8
@@ -633,7 +634,7 @@ class QamaIndex:
             raise ValueError("titles must be given for every document or for none")
         if len(ids) == 0:
             return
-        new_codes = _encode_rows(self.encoder, embeddings, self.row_size, progress, 65536)
+        new_codes = _encode_rows(self.encoder, embeddings, self.row_size, progress, ENCODE_CHUNK)
         with writer_lock(self.path):
             self._catch_up()
             self._add_codes(new_codes, embeddings, ids, titles)
@@ -660,7 +661,7 @@ class QamaIndex:
             [*(self.codes.parts[j] for j in merged), new_codes],
             [*(self.ids.parts[j] for j in merged), StringColumn.from_strings(list(ids))],
             None if titles is None else [*old_titles, StringColumn.from_strings(list(titles))],
-            None if self.vectors is None else [*old_vectors, np.ascontiguousarray(embeddings, dtype=np.float32)],
+            None if self.vectors is None else [*old_vectors, _Float32Rows(embeddings)],
         )
         if merged:
             logger.info("%s: merged the %d newest segments with the appended rows", self.path, len(merged))
@@ -889,6 +890,25 @@ class _Take:
 
     def __getitem__(self, chunk: slice) -> np.ndarray:
         return np.asarray(self.array[self.rows[chunk]])
+
+
+@dataclass(frozen=True)
+class _Float32Rows:
+    """The rows of ``array`` (any real dtype or layout, a memory map) as float32, converted a chunk at a
+    time when written: a float64 corpus kept as vectors is never copied whole."""
+
+    array: np.ndarray
+    dtype = np.dtype(np.float32)
+
+    def __len__(self) -> int:
+        return len(self.array)
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(self.array.shape)
+
+    def __getitem__(self, chunk: slice) -> np.ndarray:
+        return np.asarray(self.array[chunk], dtype=np.float32)
 
 
 def _row_chunks(parts: Sequence[Any], row_bytes: int) -> Iterator[np.ndarray]:

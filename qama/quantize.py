@@ -20,7 +20,7 @@ import numpy as np
 
 from qama.codes import Plan, pack, value_dims
 
-__all__ = ["plan_values", "quantile_thresholds", "Quantizer"]
+__all__ = ["plan_values", "plan_values_f32", "quantile_thresholds", "Quantizer"]
 
 MAX_THRESHOLDS = 3  # 4 levels at most
 
@@ -41,6 +41,25 @@ def plan_values(z: np.ndarray, plan: Plan, merge: PairMerge = mean_merge) -> np.
     out = z[:, dims[:, 0]]
     if pairs.any():
         out[:, pairs] = merge(z[:, dims[pairs]])  # (n, n_pairs, 2) -> (n, n_pairs)
+    return out
+
+
+#: Bytes of float32 embeddings :func:`plan_values_f32` converts at once.
+BLOCK_BYTES = 1 << 24
+
+
+def plan_values_f32(z: np.ndarray, plan: Plan, merge: PairMerge = mean_merge) -> np.ndarray:
+    """:func:`plan_values` of ``(n, d)`` embeddings of any real dtype, as float32, computed a block of rows
+    (:data:`BLOCK_BYTES` of float32) at a time: a float64, integer, Fortran-ordered or memory-mapped corpus
+    is never converted whole (the values, ``(n, plan.n_values)`` float32, are the only array of the corpus's
+    length). The same values as
+    ``plan_values(z.astype(np.float32), plan)``, bit for bit (each row is computed alone)."""
+    if z.ndim != 2 or z.shape[1] < plan.dim:
+        raise ValueError(f"plan {plan.name!r} needs embeddings with at least {plan.dim} dimensions, got {z.shape}")
+    out = np.empty((len(z), plan.n_values), dtype=np.float32)
+    block = max(1, BLOCK_BYTES // (4 * z.shape[1]))
+    for i in range(0, len(z), block):
+        out[i : i + block] = plan_values(np.asarray(z[i : i + block], dtype=np.float32), plan, merge)
     return out
 
 

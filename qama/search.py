@@ -71,13 +71,15 @@ CANDIDATE_BLOCK = 1 << 22
 MISSING_DISTANCE = np.iinfo(np.int32).max
 
 
-def _check_k(k: int, n_queries: int = 1) -> None:
-    check_k(k, n_queries)  # positive, and n_queries × k result slots bounded (qama._validate)
+def _check_k(k: int, n_queries: int = 1) -> int:
+    """``k`` as a Python int (a numpy integer too: faiss takes only ``int``), positive, and ``n_queries × k``
+    result slots bounded (:func:`qama._validate.check_k`)."""
+    return check_k(k, n_queries)
 
 
 def float_search(corpus: np.ndarray, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """Exact maximum-inner-product search (faiss ``IndexFlatIP``); missing slots: id -1, score -inf."""
-    _check_k(k, len(queries))
+    k = _check_k(k, len(queries))
     queries = np.ascontiguousarray(queries, dtype=np.float32)
     if len(corpus) == 0:
         return np.full((len(queries), k), -np.inf, dtype=np.float32), np.full((len(queries), k), -1, dtype=np.int64)
@@ -121,7 +123,7 @@ def hamming_search(codes: np.ndarray | RowSegments, query_codes: np.ndarray, k: 
     merged, the same answer as over the concatenation. Returns int32 distances and int64 ids,
     ``(nq, k)`` each; ties by ascending id.
     """
-    _check_k(k, len(query_codes))
+    k = _check_k(k, len(query_codes))
     _check_codes(codes, query_codes)
     if isinstance(codes, RowSegments):
         if len(codes.parts) > 1:
@@ -190,7 +192,7 @@ def hamming_search_reference(
     codes: np.ndarray, query_codes: np.ndarray, k: int, chunk: int = 256
 ) -> tuple[np.ndarray, np.ndarray]:
     """Pure-numpy reference of :func:`hamming_search` (``np.bitwise_count``; same output contract)."""
-    _check_k(k, len(query_codes))
+    k = _check_k(k, len(query_codes))
     _check_codes(codes, query_codes)
     nq, n = len(query_codes), len(codes)
     dist = np.full((nq, k), MISSING_DISTANCE, dtype=np.int32)
@@ -307,8 +309,8 @@ def search_rescored(
     ``len()`` and ``[int array]`` (a store that fetches rows on demand). Returns float32 scores
     (descending) and int64 rows, ``-1`` where fewer than ``k`` exist.
     """
-    _check_k(k)
-    check_oversample(oversample)  # 0..MAX_OVERSAMPLE
+    k = _check_k(k)
+    oversample = check_oversample(oversample)  # 0..MAX_OVERSAMPLE
     if rescore not in RESCORE_MODES:
         raise ValueError(f"rescore must be one of {', '.join(map(repr, RESCORE_MODES))}, got {rescore!r}")
     if rescore == "vectors" and vectors is None:
@@ -360,8 +362,8 @@ def funnel_search(
     The prefix codes are typically the first bytes of the full codes (:func:`qama.codes.prefix_plan`).
     ``oversample`` is at least 1 (``oversample=0`` would rerank nothing: the prefix's Hamming order).
     """
-    _check_k(k)
-    check_oversample(oversample, minimum=1)
+    k = _check_k(k)
+    oversample = check_oversample(oversample, minimum=1)
     if rerank not in ("hamming", "asymmetric"):
         raise ValueError(f"rerank must be 'hamming' or 'asymmetric', got {rerank!r}")
     if codes is None:

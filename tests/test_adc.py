@@ -182,3 +182,30 @@ def test_adc_search_edge_cases() -> None:
         adc_search(codes, enc, x[:2], 0)
     s, i = adc_search(codes, enc, x[:0], 3)
     assert s.shape == (0, 3)
+
+
+@pytest.mark.parametrize("normed", [False, True])
+def test_adc_search_answers_queries_whose_tables_are_all_zero(tmp_path: Path, normed: bool) -> None:
+    """Every row of equal score (an all-zero query; a corpus of one row, or of one vector repeated, whose
+    every value has one level): faiss's fast scan returns no row for such a query. The full scan answers
+    as the exact scan does: every row, ties by ascending id (before: ids -1 and scores -inf, for a 1-row
+    index searched with ``mode="adc"`` too)."""
+    from qama.index import QamaIndex
+
+    x = _data(300)
+    cls = NormedEncoder if normed else ThresholdEncoder
+    queries = x[:4].copy()
+    queries[1] = 0.0
+    cases = [(x, queries), (x[:1], queries), (np.repeat(x[:1], 50, axis=0), queries)]
+    for corpus, q in cases:
+        enc = cls.fit(corpus, make_plan("hybrid", 96))
+        codes = enc.encode(corpus)
+        s, i = adc_search(codes, enc, q, 5)
+        es, ei = adc_search(codes, enc, q, 5, exact=True)
+        np.testing.assert_array_equal(i, ei)
+        np.testing.assert_allclose(s, es, rtol=1e-6)
+        assert ((i >= 0).sum(axis=1) == min(5, len(corpus))).all()
+    index = QamaIndex.create(tmp_path / "one", ThresholdEncoder.fit(x[:1], make_plan("hybrid", 96)), x[:1], ["d0"])
+    s, i = index.search(x[:3], 2, mode="adc")
+    np.testing.assert_array_equal(i, [[0, -1]] * 3)
+    assert np.isfinite(s[:, 0]).all() and np.isneginf(s[:, 1]).all()

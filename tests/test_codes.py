@@ -102,6 +102,22 @@ def test_pack_refuses_bad_levels() -> None:
         unpack(np.zeros((2, 0), dtype=np.uint8), plan)
 
 
+def test_pack_refuses_levels_that_are_not_whole_numbers() -> None:
+    """A float level 0.5 set the bits of level 1, 1.7 those of level 2, and NaN none: packed silently
+    (the range check passed them). Whole levels of any dtype pack as their integers."""
+    plan = make_plan("2:2,2:1", 4)
+    ints = np.array([[0, 3, 1, 0], [2, 1, 0, 1]])
+    for levels in (ints.astype(np.float64), ints.astype(np.uint8), ints.astype(np.float32)):
+        np.testing.assert_array_equal(pack(levels, plan), pack(ints, plan))
+    for bad in (0.5, 1.7, np.nan):
+        levels = ints.astype(np.float64)
+        levels[1, 0] = bad
+        with pytest.raises(ValueError, match="levels must be whole numbers for plan '2:2,2:1', got float64 levels"):
+            pack(levels, plan)
+    with pytest.raises(ValueError, match="out of range"):
+        pack(np.where(ints == 3, np.inf, ints), plan)
+
+
 def test_prefix_plan_is_code_prefix() -> None:
     plan = make_plan("hybrid", 384)
     levels = np.random.default_rng(1).integers(0, plan.value_levels, size=(5, plan.n_values))

@@ -101,3 +101,30 @@ def test_search_rescored_oversample_contract(corpus: np.ndarray) -> None:
         search_rescored(codes, enc, q, 7, oversample=3, rescore="vectors")
     with pytest.raises(ValueError, match="rescore must be one of"):
         search_rescored(codes, enc, q, 7, oversample=3, rescore="exact")
+
+
+def test_fitting_refuses_a_corpus_with_nan_or_inf_no_rows_or_not_a_matrix(corpus: np.ndarray) -> None:
+    """Untrained thresholds are quantiles of the corpus: a NaN made a dimension's thresholds NaN, so that
+    every value of it took level 0 (before: fitted silently, as was an inf, whose level's centroid was
+    inf); no rows or a vector was numpy's ``IndexError``. Each is a one-line ``ValueError`` now."""
+    from qama.encoders import fit_encoder
+
+    plan = make_plan("hybrid", 32)
+    nan, inf = corpus.copy(), corpus.astype(np.float64)
+    nan[7, 3] = np.nan
+    inf[150:152, 0] = np.inf
+    for fit in (lambda c: ThresholdEncoder.fit(c, plan), lambda c: fit_encoder(c, "hybrid")):
+        with pytest.raises(ValueError, match=r"corpus embeddings: row 7 has NaN or inf values \(1 rows\)"):
+            fit(nan)
+        with pytest.raises(ValueError, match=r"corpus embeddings: row 150 has NaN or inf values \(2 rows\)"):
+            fit(inf)
+        with pytest.raises(ValueError, match="corpus embeddings: no rows to fit the thresholds on"):
+            fit(corpus[:0])
+        with pytest.raises(ValueError, match=r"corpus embeddings must be a matrix \(n, d\), got shape \(32,\)"):
+            fit(corpus[0])
+        with pytest.raises(ValueError, match="corpus embeddings must be real numbers, got dtype <U1"):
+            fit(np.full((3, 32), "a"))
+    # what is refused here was fitted as thresholds before: the finite corpus still fits the same
+    np.testing.assert_array_equal(
+        ThresholdEncoder.fit(corpus, plan).encode(corpus), fit_encoder(corpus, plan).encode(corpus)
+    )

@@ -222,3 +222,51 @@ def test_fitting_thresholds_and_checking_new_documents_read_the_corpus_a_block_a
     levels = (values[:, :, None] > thresholds[None]).sum(axis=2)
     means = [np.where(levels == lv, values, 0.0).sum(axis=0) / (levels == lv).sum(axis=0) for lv in range(4)]
     np.testing.assert_array_equal(encoder.quantizer.centroids, np.stack(means, axis=1).astype(np.float32))
+
+
+def test_a_float64_corpus_is_converted_a_block_at_a_time_by_fit_encoder_and_the_index_backend(tmp_path, monkeypatch):
+    """``fit_encoder`` and ``FaissBackend.add`` took a float32 copy of a whole float64 (or non-contiguous)
+    corpus before reading it a block at a time; with ``keep_vectors``, ``QamaIndex.create`` took another to
+    write the vectors. Now the corpus is converted a block of rows at a time everywhere: the peak of a
+    float64 corpus exceeds that of the same corpus in float32 by about a block, not by the float32 corpus.
+    Codes, thresholds and stored vectors are bit for bit those of the float32 corpus."""
+    import tracemalloc
+
+    import qama.codes
+    import qama.index
+    import qama.quantize
+    from qama.backends import FaissBackend
+    from qama.encoders import fit_encoder
+
+    small = ((qama.quantize, "BLOCK_BYTES"), (qama.codes, "PACK_BLOCK_BYTES"), (qama.index, "WRITE_CHUNK_BYTES"))
+    for module, name in small:
+        monkeypatch.setattr(module, name, 1 << 20)  # blocks small beside the corpus: the test stays small
+    monkeypatch.setattr(qama.index, "ENCODE_CHUNK", 2048)
+    rng = np.random.default_rng(0)
+    x32 = rng.standard_normal((40000, 96), dtype=np.float32)
+    x64 = x32.astype(np.float64)
+    ids = [f"d{i}" for i in range(len(x32))]
+
+    def peak(fn):
+        tracemalloc.start()
+        try:
+            out = fn()
+            return tracemalloc.get_traced_memory()[1], out
+        finally:
+            tracemalloc.stop()
+
+    fit32, enc32 = peak(lambda: fit_encoder(x32, "hybrid"))
+    fit64, enc64 = peak(lambda: fit_encoder(x64, "hybrid"))
+    assert enc64.checksum == enc32.checksum  # thresholds and centroids bit for bit
+    assert fit64 - fit32 < x32.nbytes / 4  # before: the float32 copy of the corpus, x32.nbytes more
+    add = {}
+    for name, x in (("f32", x32), ("f64", x64), ("fortran", np.asfortranarray(x64))):
+        backend = FaissBackend(tmp_path / name, encoder=enc32, create=True, keep_vectors=True)
+        add[name], _ = peak(lambda backend=backend, x=x: backend.add(x, ids))
+    assert add["f64"] - add["f32"] < x32.nbytes / 4  # before: x32.nbytes more (twice with keep_vectors)
+    assert add["fortran"] - add["f32"] < x32.nbytes / 4
+    ref = qama.index.QamaIndex.open(tmp_path / "f32")
+    for name in ("f64", "fortran"):
+        index = qama.index.QamaIndex.open(tmp_path / name)
+        np.testing.assert_array_equal(np.asarray(index.codes), np.asarray(ref.codes))
+        np.testing.assert_array_equal(np.asarray(index.vectors), x32)

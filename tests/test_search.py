@@ -67,6 +67,35 @@ def test_k_must_be_positive(k: int) -> None:
         float_search(codes.astype(np.float32), codes.astype(np.float32), k)
 
 
+def test_k_may_be_a_numpy_integer_and_must_be_an_integer() -> None:
+    """A numpy integer ``k`` (``np.int64(3)``, e.g. from an array) searches as ``3`` on every path; faiss
+    takes only ``int`` (before: a SWIG ``TypeError`` from the faiss scan, ``IndexFlat_search`` and the
+    two-stage search). A float or a bool ``k`` is refused with qama's message (before: ``adc_search``
+    raised numpy's ``TypeError``)."""
+    from qama.adc import adc_search
+
+    rng = np.random.default_rng(0)
+    x, q = rng.standard_normal((50, 16), dtype=np.float32), rng.standard_normal((3, 16), dtype=np.float32)
+    enc = ThresholdEncoder.fit(x, make_plan("8:2,8:1", 16))  # 4-byte codes: faiss's scan
+    codes, qc = enc.encode(x), enc.encode_queries(q)
+    k = np.int64(3)
+    calls = [
+        lambda k: hamming_search(codes, qc, k),
+        lambda k: hamming_search_reference(codes, qc, k),
+        lambda k: float_search(x, q, k),
+        lambda k: search_rescored(codes, enc, q, k, 4),
+        lambda k: search_rescored(codes, enc, q, k, np.int64(2)),
+        lambda k: funnel_search(codes[:, :3], qc[:, :3], k, 4, "hamming", codes=codes, query_codes=qc),
+        lambda k: adc_search(codes, enc, q, k),
+    ]
+    for call in calls:
+        for got, want in zip(call(k), call(3), strict=True):
+            np.testing.assert_array_equal(got, want)
+        for bad in (1.5, True):
+            with pytest.raises(ValueError, match="k must be an integer"):
+                call(bad)
+
+
 def test_hamming_search_refuses_mismatched_codes() -> None:
     with pytest.raises(ValueError, match="one code size"):
         hamming_search(random_codes(4, 8, 0), random_codes(1, 9, 0), 1)

@@ -31,6 +31,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
+from qama._validate import check_k
 from qama.codes import Plan
 from qama.search import MISSING_DISTANCE, Encoder
 
@@ -327,12 +328,13 @@ class FaissBackend:
         from qama.index import QamaIndex
 
         check_not_one_string(ids, "ids", "document ids")  # list("pqr") would be the ids "p", "q", "r"
+        embeddings = np.asarray(embeddings)  # not converted whole: the index reads it a block of rows at a time
         if self.index is None:
             kwargs: dict[str, Any] = {"meta": self.meta} if self.meta is not None else {}
             self.index = QamaIndex.create(
                 self.path,
                 self.encoder,
-                np.asarray(embeddings, dtype=np.float32),
+                embeddings,
                 list(ids),
                 titles=titles,
                 keep_vectors=self.keep_vectors,
@@ -342,7 +344,7 @@ class FaissBackend:
                 **kwargs,
             )
         else:
-            self.index.add(np.asarray(embeddings, dtype=np.float32), list(ids), titles=titles, progress=progress)
+            self.index.add(embeddings, list(ids), titles=titles, progress=progress)
 
     def delete(self, ids: Iterable[str]) -> int:
         self._rows.clear()  # rows after the deleted ones are renumbered
@@ -362,8 +364,7 @@ class FaissBackend:
         return out
 
     def search_codes(self, query_codes: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        if k <= 0:
-            raise ValueError(f"k must be positive, got {k}")
+        k = check_k(k, len(query_codes))
         if self.index is None:
             return missing_results(len(query_codes), k)
         dist, rows = self.index.search_codes(query_codes, k)
@@ -372,8 +373,7 @@ class FaissBackend:
     def search(
         self, queries: np.ndarray, k: int = 10, oversample: int = 0, rescore: str = "auto", mode: str = "hamming"
     ) -> tuple[np.ndarray, np.ndarray]:
-        if k <= 0:
-            raise ValueError(f"k must be positive, got {k}")
+        k = check_k(k, len(queries))
         if self.index is None:
             dist, ids = missing_results(len(queries), k)
             return np.full(dist.shape, -np.inf, dtype=np.float32), ids
