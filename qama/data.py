@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import re
+import sys
 import tarfile
 import tempfile
 import urllib.error
@@ -198,6 +199,10 @@ def _read_jsonl(path: Path, kind: str, id_keys: tuple[str, ...] = ("_id",)) -> l
                 raise DataError(f"{path}:{lineno}: malformed JSON ({e.msg})") from None
             except RecursionError:
                 raise DataError(f"{path}:{lineno}: malformed JSON (nested too deeply)") from None
+            except ValueError:  # json reads integers of at most sys.get_int_max_str_digits() digits
+                raise DataError(
+                    f"{path}:{lineno}: malformed JSON (an integer of more than {sys.get_int_max_str_digits()} digits)"
+                ) from None
             if not isinstance(obj, dict):
                 raise DataError(f"{path}:{lineno}: expected a JSON object, got {type(obj).__name__}")
             key = next((k for k in id_keys if k in obj), None)

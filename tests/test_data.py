@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import sys
 import zipfile
 from pathlib import Path
 
@@ -71,6 +72,20 @@ def test_bad_jsonl(tmp_path, file, content, message):
         load_dataset(root)
     assert message in str(e.value)
     assert str(root / file) in str(e.value)
+
+
+@pytest.mark.parametrize("field", ["_id", "n"])
+def test_an_integer_too_long_to_read_is_a_data_error(tmp_path, field):
+    """An integer of more digits than Python converts (4,300) in a JSONL record, as an id or in any other field:
+    a DataError naming the file and line (before: a bare ValueError from the json module, naming neither)."""
+    root = make(tmp_path)
+    record = {"_id": "d9", "text": "x", field: 0}
+    line = json.dumps(record).replace(f'"{field}": 0', f'"{field}": ' + "7" * 5000)
+    (root / "corpus.jsonl").write_text(json.dumps(DOCS[0]) + "\n" + line + "\n")
+    with pytest.raises(DataError) as e:
+        load_dataset(root)
+    digits = sys.get_int_max_str_digits()
+    assert str(e.value) == f"{root / 'corpus.jsonl'}:2: malformed JSON (an integer of more than {digits} digits)"
 
 
 @pytest.mark.parametrize(
