@@ -215,6 +215,7 @@ def _read_jsonl(path: Path, kind: str, id_keys: tuple[str, ...] = ("_id",)) -> l
             for key in ("title", "text"):
                 if key in obj and not isinstance(obj[key], str):
                     raise DataError(f"{path}:{lineno}: '{key}' must be a string")
+                _check_unicode(obj.get(key, ""), key, path, lineno)
             if not (obj.get("title", "") + obj.get("text", "")).strip():
                 empty.append(lineno)
             rows.append(obj)
@@ -242,7 +243,22 @@ def _record_id(value: object, path: Path, lineno: int) -> str:
     """A record's id: a non-empty string or an integer (kept as its decimal string)."""
     if isinstance(value, bool) or not isinstance(value, (str, int)) or str(value) == "":
         raise DataError(f"{path}:{lineno}: the id must be a non-empty string or an integer, got {value!r:.60}")
+    _check_unicode(str(value), "the id", path, lineno)
     return str(value)
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _check_unicode(text: str, what: str, path: Path, lineno: int) -> None:
+    """Refuse a string with a lone surrogate (JSON's ``\\ud83d`` escape without its other half): it is
+    not Unicode text, and cannot be written as UTF-8 (to a cache key, a tokenizer, an index)."""
+    if not text.isascii() and (m := _SURROGATE.search(text)):
+        name = what if what == "the id" else repr(what)
+        raise DataError(
+            f"{path}:{lineno}: {name} holds a lone surrogate {m.group()!r} (half of an escaped UTF-16 pair): "
+            "not valid Unicode"
+        )
 
 
 def _check_relevance(rel: int, path: Path, lineno: int) -> None:

@@ -89,6 +89,36 @@ def test_an_integer_too_long_to_read_is_a_data_error(tmp_path, field):
 
 
 @pytest.mark.parametrize(
+    ("file", "record", "what"),
+    [
+        ("corpus.jsonl", {"_id": "d9", "title": "T", "text": "emoji cut \ud83d in half"}, "'text'"),
+        ("corpus.jsonl", {"_id": "d9", "title": "\udc00", "text": "x"}, "'title'"),
+        ("corpus.jsonl", {"_id": "d\ud83d", "text": "x"}, "the id"),
+        ("queries.jsonl", {"_id": "q9", "text": "why \ud83d"}, "'text'"),
+    ],
+)
+def test_a_lone_surrogate_is_a_data_error(tmp_path, file, record, what):
+    """JSON's escape of half a UTF-16 pair (``"\\ud83d"``, an emoji cut in two) is no Unicode text: refused with the
+    file and line (before: loaded, then a bare UnicodeEncodeError at the embedding cache's key or the index)."""
+    root = make(tmp_path)
+    with (root / file).open("a") as f:
+        f.write(json.dumps(record) + "\n")  # json.dumps writes the lone surrogate as its escape
+    with pytest.raises(DataError) as e:
+        load_dataset(root)
+    lone = next(c for v in record.values() for c in v if 0xD800 <= ord(c) <= 0xDFFF)
+    assert str(e.value) == (
+        f"{root / file}:4: {what} holds a lone surrogate {lone!r} (half of an escaped UTF-16 pair): not valid Unicode"
+    )
+
+
+def test_a_surrogate_pair_escape_is_read_as_its_character(tmp_path):
+    root = make(tmp_path)
+    with (root / "corpus.jsonl").open("a") as f:
+        f.write('{"_id": "d9", "text": "smile \\ud83d\\ude00"}\n')
+    assert load_dataset(root).doc_texts[-1] == "smile \U0001f600"
+
+
+@pytest.mark.parametrize(
     ("line", "message"),
     [
         ("q1\tnope\t1", "test.tsv:2: unknown document 'nope'"),
