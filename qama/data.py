@@ -19,6 +19,7 @@ import tempfile
 import urllib.error
 import urllib.request
 import zipfile
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -426,8 +427,14 @@ def download_beir(name: str, cache_dir: Path, url: str | None = None, timeout: f
         if expected and md5.hexdigest() != expected:
             raise DataError(f"{url}: md5 {md5.hexdigest()} does not match the published {expected}")
         extracted = Path(tmp) / "out"
-        with zipfile.ZipFile(archive) as zf:
-            _safe_extract(zf, extracted)
+        try:
+            with zipfile.ZipFile(archive) as zf:
+                _safe_extract(zf, extracted)
+        except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError) as e:
+            raise DataError(
+                f"{url}: not a readable zip archive ({e}): a truncated download, or a web page in its place; "
+                "nothing kept"
+            ) from None
         inner = extracted / name if (extracted / name).is_dir() else extracted
         if not (inner / "corpus.jsonl").is_file():
             raise DataError(f"{url}: archive has no corpus.jsonl")

@@ -219,6 +219,23 @@ def test_download_never_removes_a_folder_of_the_users_in_the_cache(tmp_path, mon
     assert download_beir("mini", tmp_path) == mine and (mine / "corpus.jsonl").is_file()
 
 
+@pytest.mark.parametrize("cut", ["truncated", "web page", "corrupt member"])
+def test_download_of_an_archive_that_is_not_a_readable_zip_is_a_data_error(tmp_path, monkeypatch, cut):
+    """A download cut short, an HTML page served in the archive's place (a proxy, a moved URL), or a member whose
+    bytes were damaged, for a dataset BEIR publishes no md5 of: a DataError, nothing kept (before: a
+    zipfile.BadZipFile traceback, even on the command line)."""
+    payload = _zip(_beir_members("mini"))
+    payload = {
+        "truncated": payload[: len(payload) // 2],
+        "web page": b"<html><body>moved</body></html>",
+        "corrupt member": payload.replace(b'"text": "one"', b'"text": "ONE"'),  # its CRC no longer matches
+    }[cut]
+    _serve(monkeypatch, payload)
+    with pytest.raises(DataError, match=r"mini.zip: not a readable zip archive \(.*\): a truncated download, or a web"):
+        download_beir("mini", tmp_path)
+    assert list((tmp_path / "datasets").iterdir()) == []  # no folder, no temporary file left
+
+
 def test_download_refuses_plain_http(tmp_path):
     with pytest.raises(DataError, match="refusing to download over plain HTTP"):
         download_beir("mini", tmp_path, url="http://example.org/mini.zip")
