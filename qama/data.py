@@ -438,9 +438,13 @@ def download_beir(name: str, cache_dir: Path, url: str | None = None, timeout: f
         inner = extracted / name if (extracted / name).is_dir() else extracted
         if not (inner / "corpus.jsonl").is_file():
             raise DataError(f"{url}: archive has no corpus.jsonl")
-        if target.exists():  # an empty folder (checked above)
-            target.rmdir()
-        os.replace(inner, target)
+        try:
+            if target.exists():  # an empty folder (checked above)
+                target.rmdir()
+            os.replace(inner, target)
+        except OSError:  # another process (a --shard worker) downloaded it first: its copy is used
+            if not (target / "corpus.jsonl").is_file():
+                raise
     return target
 
 

@@ -236,6 +236,34 @@ def test_download_of_an_archive_that_is_not_a_readable_zip_is_a_data_error(tmp_p
     assert list((tmp_path / "datasets").iterdir()) == []  # no folder, no temporary file left
 
 
+def test_concurrent_downloads_of_one_dataset_both_succeed(tmp_path, monkeypatch):
+    """Two processes (``qama index --shard I/N`` workers started together) download one dataset at once: the one
+    that finishes second uses the copy of the first (before: ``[Errno 39] Directory not empty``)."""
+    payload = _zip(_beir_members("mini"))
+    target = tmp_path / "datasets" / "mini"
+
+    class Response(io.BytesIO):
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+        def read(self, n=-1):
+            chunk = super().read(n)
+            if not chunk and not target.exists():  # the other process renames its copy in meanwhile
+                other = tmp_path / "other"
+                with zipfile.ZipFile(io.BytesIO(payload)) as zf:
+                    zf.extractall(other)
+                (other / "mini").rename(target)
+            return chunk
+
+    monkeypatch.setattr(data.urllib.request, "urlopen", lambda url, timeout: Response(payload))
+    assert download_beir("mini", tmp_path) == target
+    assert load_dataset("mini", cache_dir=tmp_path).doc_ids == ["d1", "d2", "3"]
+    assert sorted(p.name for p in target.parent.iterdir()) == ["mini"]  # the second copy's temporary folder gone
+
+
 def test_download_refuses_plain_http(tmp_path):
     with pytest.raises(DataError, match="refusing to download over plain HTTP"):
         download_beir("mini", tmp_path, url="http://example.org/mini.zip")
