@@ -32,6 +32,7 @@ __all__ = [
     "load_dataset",
     "download_beir",
     "default_cache_dir",
+    "dataset_name",
     "read_jsonl_corpus",
     "jsonl_dataset",
     "embedded_dataset",
@@ -170,6 +171,13 @@ def sentence_sample(dataset: Dataset, max_docs: int = SENTENCE_SAMPLE_DOCS, seed
             if len(out) == max_docs:
                 break
     return out
+
+
+def dataset_name(path_or_name: str | os.PathLike) -> str:
+    """The name of the dataset in the folder ``path_or_name`` (or of the BEIR dataset so named): the folder's
+    own name, with ``.`` and ``..`` read as the folders they stand for (not following links), so that
+    ``--dataset .`` is named after the working folder, not ``""``, and ``--dataset ..`` not ``".."``."""
+    return Path(os.path.abspath(path_or_name)).name
 
 
 def default_cache_dir() -> Path:
@@ -330,7 +338,7 @@ def load_dataset(path_or_name: str | os.PathLike, split: str = "test", cache_dir
     if not qrels:
         raise DataError(f"{qrels_path}: no query has a relevant document")
     return Dataset(
-        name=path.name,
+        name=dataset_name(path),
         doc_ids=doc_ids,
         doc_texts=[(d.get("title", "") + " " + d.get("text", "")).strip() for d in corpus],
         titles=[d.get("title", "") for d in corpus],

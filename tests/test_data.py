@@ -144,6 +144,25 @@ def test_no_relevant_judgment(tmp_path):
         load_dataset(make(tmp_path, qrels=[("q1", "d1", 0)]))
 
 
+def test_a_dataset_given_as_dot_or_dotdot_is_named_after_its_folder(tmp_path, monkeypatch):
+    """``--dataset .`` (run inside the dataset's folder) and ``--dataset ..``: named after the folder they stand for
+    (before: ``""`` and ``".."``: the eval JSON's dataset, the cache files ``-corpus-KEY.npy``, and a report's
+    adapter folder ``adapters/..``, the report folder itself), as the report's check of dataset names reads them."""
+    from types import SimpleNamespace
+
+    from qama.evaluation.study import _dataset_name
+
+    root = make(tmp_path)
+    (root / "sub").mkdir()
+    monkeypatch.chdir(root / "sub")
+    for arg in ("..", "../sub/..", "../."):
+        assert load_dataset(arg).name == "ds"
+        assert _dataset_name(SimpleNamespace(path=arg)) == "ds"
+    monkeypatch.chdir(root)
+    assert load_dataset(".").name == "ds" and _dataset_name(SimpleNamespace(path=".")) == "ds"
+    assert load_dataset(str(root) + "/").name == "ds"
+
+
 def test_missing_folder_or_file(tmp_path):
     with pytest.raises(DataError, match="no such dataset folder"):
         load_dataset(tmp_path / "absent")
