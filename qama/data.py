@@ -364,12 +364,22 @@ def embedded_dataset(name: str, cache_dir: Path | None = None) -> Path | None:
     try:
         parent = Path(cache_dir or default_cache_dir()) / "datasets" / f"embedded-{digest}"
         parent.mkdir(parents=True, exist_ok=True)
-    except OSError:
+        return _unpack_embedded(archive, parent / name, members)
+    except OSError as e:  # a cache folder that exists but is read-only, too
         parent = Path(tempfile.mkdtemp(prefix=f"qama-{name}-"))
-    target = parent / name
+        logger.info("cannot unpack %s into the cache (%s): unpacked into %s", name, e.strerror or e, parent)
+        return _unpack_embedded(archive, parent / name, members)
+
+
+def _unpack_embedded(archive: Path, target: Path, members: tuple[str, ...]) -> Path:
+    """``target``, holding ``members`` of ``archive`` (unpacked there unless already there)."""
     if all((target / m).is_file() for m in members):
         return target
-    with tempfile.TemporaryDirectory(dir=parent, prefix=f".{name}-") as tmp, tarfile.open(archive, "r:xz") as tar:
+    name = target.name
+    with (
+        tempfile.TemporaryDirectory(dir=target.parent, prefix=f".{name}-") as tmp,
+        tarfile.open(archive, "r:xz") as tar,
+    ):
         staged = Path(tmp) / name
         for member in members:  # only these, written by name: nothing else in the archive is extracted
             src = tar.extractfile(member)
