@@ -319,8 +319,9 @@ def query_sample(
     uses of the titles); ``"sentences"``: :func:`embed_sentences`, one sentence drawn from each of up to
     2,000 documents (what ``auto`` falls back to for untrained codes: measured in
     ``benchmarks/RESULTS_training.md``, "Sentences as query-like texts");
-    a ``.npy`` file of ``(m, d)`` query embeddings; a text file of queries, one a line (embedded
-    with ``model_name``); else the name of a qrels split of ``dataset`` (its judged queries from
+    a ``.npy`` file of ``(m, d)`` query embeddings; a text file of queries, one a line, or a ``.jsonl``
+    file of ``{"_id", "text"}`` records (a BEIR ``queries.jsonl``: its texts), embedded with ``model_name``;
+    else the name of a qrels split of ``dataset`` (its judged queries from
     ``queries``, the rows of ``dataset.query_ids``), e.g. ``train``. Only query texts are used,
     never their judgments. Calibrating on the evaluated split's own queries is allowed but logged:
     it measures an upper bound.
@@ -355,10 +356,15 @@ def query_sample(
         emb = check_embeddings(load_npy(path, error=EmbeddingError), None, str(path), dim=corpus.shape[1])
         return emb, f"{len(emb)} query embeddings from {path}"
     if path.is_file():
-        try:
-            texts = [t.strip() for t in path.read_text(encoding="utf-8-sig").splitlines() if t.strip()]
-        except UnicodeDecodeError as e:
-            raise EmbeddingError(f"{path}: not a UTF-8 text file of queries ({e})") from None
+        if path.suffix == ".jsonl":  # a BEIR queries.jsonl: the texts of its records, not its lines of JSON
+            from qama.data import read_jsonl_corpus
+
+            texts = [t for t in read_jsonl_corpus(path)[2] if t]
+        else:
+            try:
+                texts = [t.strip() for t in path.read_text(encoding="utf-8-sig").splitlines() if t.strip()]
+            except UnicodeDecodeError as e:
+                raise EmbeddingError(f"{path}: not a UTF-8 text file of queries ({e})") from None
         if len(texts) < 2:
             raise EmbeddingError(f"{path}: a query sample needs at least 2 non-empty lines, got {len(texts)}")
         emb = check_embeddings(encode(load_model(model_name), texts, batch_size, progress), None, str(path))
