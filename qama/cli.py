@@ -233,7 +233,8 @@ def _add_input_args(p: argparse.ArgumentParser, required: bool = True) -> None:
     p.add_argument("--batch-size", type=int, default=64, help="embedding batch size")
     sample_help = "query-like texts whose quantiles code the queries: auto (default: the titles if any, else, for "
     sample_help += "codes without an adapter, sentences), titles, sentences (one of each of up to 2,000 documents), "
-    sample_help += "none, a qrels split of --dataset (its query texts), a .npy of embeddings or a text file"
+    sample_help += "none, a qrels split of --dataset (its query texts), a .npy of embeddings, "
+    sample_help += "a text file (a query a line) or a .jsonl of queries"
     p.add_argument("--query-sample", default="auto", metavar="SOURCE", help=sample_help)
     p.add_argument("--cache-dir", type=Path, default=None, help="cache folder (default: $QAMA_CACHE or ~/.cache/qama)")
 

@@ -13,11 +13,13 @@ import json
 import logging
 import os
 import re
+import sys
 import tarfile
 import tempfile
 import urllib.error
 import urllib.request
 import zipfile
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +32,7 @@ __all__ = [
     "load_dataset",
     "download_beir",
     "default_cache_dir",
+    "dataset_name",
     "read_jsonl_corpus",
     "jsonl_dataset",
     "embedded_dataset",
@@ -170,6 +173,13 @@ def sentence_sample(dataset: Dataset, max_docs: int = SENTENCE_SAMPLE_DOCS, seed
     return out
 
 
+def dataset_name(path_or_name: str | os.PathLike) -> str:
+    """The name of the dataset in the folder ``path_or_name`` (or of the BEIR dataset so named): the folder's
+    own name, with ``.`` and ``..`` read as the folders they stand for (not following links), so that
+    ``--dataset .`` is named after the working folder, not ``""``, and ``--dataset ..`` not ``".."``."""
+    return Path(os.path.abspath(path_or_name)).name
+
+
 def default_cache_dir() -> Path:
     """``$QAMA_CACHE`` or ``~/.cache/qama``."""
     return Path(os.environ.get("QAMA_CACHE", Path.home() / ".cache" / "qama"))
@@ -198,6 +208,10 @@ def _read_jsonl(path: Path, kind: str, id_keys: tuple[str, ...] = ("_id",)) -> l
                 raise DataError(f"{path}:{lineno}: malformed JSON ({e.msg})") from None
             except RecursionError:
                 raise DataError(f"{path}:{lineno}: malformed JSON (nested too deeply)") from None
+            except ValueError:  # json reads integers of at most sys.get_int_max_str_digits() digits
+                raise DataError(
+                    f"{path}:{lineno}: malformed JSON (an integer of more than {sys.get_int_max_str_digits()} digits)"
+                ) from None
             if not isinstance(obj, dict):
                 raise DataError(f"{path}:{lineno}: expected a JSON object, got {type(obj).__name__}")
             key = next((k for k in id_keys if k in obj), None)
@@ -210,6 +224,7 @@ def _read_jsonl(path: Path, kind: str, id_keys: tuple[str, ...] = ("_id",)) -> l
             for key in ("title", "text"):
                 if key in obj and not isinstance(obj[key], str):
                     raise DataError(f"{path}:{lineno}: '{key}' must be a string")
+                _check_unicode(obj.get(key, ""), key, path, lineno)
             if not (obj.get("title", "") + obj.get("text", "")).strip():
                 empty.append(lineno)
             rows.append(obj)
@@ -237,7 +252,22 @@ def _record_id(value: object, path: Path, lineno: int) -> str:
     """A record's id: a non-empty string or an integer (kept as its decimal string)."""
     if isinstance(value, bool) or not isinstance(value, (str, int)) or str(value) == "":
         raise DataError(f"{path}:{lineno}: the id must be a non-empty string or an integer, got {value!r:.60}")
+    _check_unicode(str(value), "the id", path, lineno)
     return str(value)
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _check_unicode(text: str, what: str, path: Path, lineno: int) -> None:
+    """Refuse a string with a lone surrogate (JSON's ``\\ud83d`` escape without its other half): it is
+    not Unicode text, and cannot be written as UTF-8 (to a cache key, a tokenizer, an index)."""
+    if not text.isascii() and (m := _SURROGATE.search(text)):
+        name = what if what == "the id" else repr(what)
+        raise DataError(
+            f"{path}:{lineno}: {name} holds a lone surrogate {m.group()!r} (half of an escaped UTF-16 pair): "
+            "not valid Unicode"
+        )
 
 
 def _check_relevance(rel: int, path: Path, lineno: int) -> None:
@@ -308,7 +338,7 @@ def load_dataset(path_or_name: str | os.PathLike, split: str = "test", cache_dir
     if not qrels:
         raise DataError(f"{qrels_path}: no query has a relevant document")
     return Dataset(
-        name=path.name,
+        name=dataset_name(path),
         doc_ids=doc_ids,
         doc_texts=[(d.get("title", "") + " " + d.get("text", "")).strip() for d in corpus],
         titles=[d.get("title", "") for d in corpus],
@@ -334,12 +364,22 @@ def embedded_dataset(name: str, cache_dir: Path | None = None) -> Path | None:
     try:
         parent = Path(cache_dir or default_cache_dir()) / "datasets" / f"embedded-{digest}"
         parent.mkdir(parents=True, exist_ok=True)
-    except OSError:
+        return _unpack_embedded(archive, parent / name, members)
+    except OSError as e:  # a cache folder that exists but is read-only, too
         parent = Path(tempfile.mkdtemp(prefix=f"qama-{name}-"))
-    target = parent / name
+        logger.info("cannot unpack %s into the cache (%s): unpacked into %s", name, e.strerror or e, parent)
+        return _unpack_embedded(archive, parent / name, members)
+
+
+def _unpack_embedded(archive: Path, target: Path, members: tuple[str, ...]) -> Path:
+    """``target``, holding ``members`` of ``archive`` (unpacked there unless already there)."""
     if all((target / m).is_file() for m in members):
         return target
-    with tempfile.TemporaryDirectory(dir=parent, prefix=f".{name}-") as tmp, tarfile.open(archive, "r:xz") as tar:
+    name = target.name
+    with (
+        tempfile.TemporaryDirectory(dir=target.parent, prefix=f".{name}-") as tmp,
+        tarfile.open(archive, "r:xz") as tar,
+    ):
         staged = Path(tmp) / name
         for member in members:  # only these, written by name: nothing else in the archive is extracted
             src = tar.extractfile(member)
@@ -405,14 +445,24 @@ def download_beir(name: str, cache_dir: Path, url: str | None = None, timeout: f
         if expected and md5.hexdigest() != expected:
             raise DataError(f"{url}: md5 {md5.hexdigest()} does not match the published {expected}")
         extracted = Path(tmp) / "out"
-        with zipfile.ZipFile(archive) as zf:
-            _safe_extract(zf, extracted)
+        try:
+            with zipfile.ZipFile(archive) as zf:
+                _safe_extract(zf, extracted)
+        except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError) as e:
+            raise DataError(
+                f"{url}: not a readable zip archive ({e}): a truncated download, or a web page in its place; "
+                "nothing kept"
+            ) from None
         inner = extracted / name if (extracted / name).is_dir() else extracted
         if not (inner / "corpus.jsonl").is_file():
             raise DataError(f"{url}: archive has no corpus.jsonl")
-        if target.exists():  # an empty folder (checked above)
-            target.rmdir()
-        os.replace(inner, target)
+        try:
+            if target.exists():  # an empty folder (checked above)
+                target.rmdir()
+            os.replace(inner, target)
+        except OSError:  # another process (a --shard worker) downloaded it first: its copy is used
+            if not (target / "corpus.jsonl").is_file():
+                raise
     return target
 
 

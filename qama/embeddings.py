@@ -162,7 +162,8 @@ def embed_dataset(
     queries = _embed_cached(
         model, model_name, root, f"{dataset.name}-queries", dataset.query_texts, batch_size, progress
     )
-    write_json(root / f"{dataset.name}-meta.json", {"model": model_name, "dataset": str(dataset.path)})
+    meta = root / f"{dataset.name}-meta.json"
+    _write_cache(meta, lambda: write_json(meta, {"model": model_name, "dataset": str(dataset.path)}))
     return corpus, queries
 
 
@@ -318,8 +319,9 @@ def query_sample(
     uses of the titles); ``"sentences"``: :func:`embed_sentences`, one sentence drawn from each of up to
     2,000 documents (what ``auto`` falls back to for untrained codes: measured in
     ``benchmarks/RESULTS_training.md``, "Sentences as query-like texts");
-    a ``.npy`` file of ``(m, d)`` query embeddings; a text file of queries, one a line (embedded
-    with ``model_name``); else the name of a qrels split of ``dataset`` (its judged queries from
+    a ``.npy`` file of ``(m, d)`` query embeddings; a text file of queries, one a line, or a ``.jsonl``
+    file of ``{"_id", "text"}`` records (a BEIR ``queries.jsonl``: its texts), embedded with ``model_name``;
+    else the name of a qrels split of ``dataset`` (its judged queries from
     ``queries``, the rows of ``dataset.query_ids``), e.g. ``train``. Only query texts are used,
     never their judgments. Calibrating on the evaluated split's own queries is allowed but logged:
     it measures an upper bound.
@@ -354,10 +356,15 @@ def query_sample(
         emb = check_embeddings(load_npy(path, error=EmbeddingError), None, str(path), dim=corpus.shape[1])
         return emb, f"{len(emb)} query embeddings from {path}"
     if path.is_file():
-        try:
-            texts = [t.strip() for t in path.read_text(encoding="utf-8-sig").splitlines() if t.strip()]
-        except UnicodeDecodeError as e:
-            raise EmbeddingError(f"{path}: not a UTF-8 text file of queries ({e})") from None
+        if path.suffix == ".jsonl":  # a BEIR queries.jsonl: the texts of its records, not its lines of JSON
+            from qama.data import read_jsonl_corpus
+
+            texts = [t for t in read_jsonl_corpus(path)[2] if t]
+        else:
+            try:
+                texts = [t.strip() for t in path.read_text(encoding="utf-8-sig").splitlines() if t.strip()]
+            except UnicodeDecodeError as e:
+                raise EmbeddingError(f"{path}: not a UTF-8 text file of queries ({e})") from None
         if len(texts) < 2:
             raise EmbeddingError(f"{path}: a query sample needs at least 2 non-empty lines, got {len(texts)}")
         emb = check_embeddings(encode(load_model(model_name), texts, batch_size, progress), None, str(path))
@@ -417,11 +424,20 @@ def _embed_cached(
             return cached
         except EmbeddingError as e:
             logger.warning("discarding a bad cache file: %s", e)
-            path.unlink()
+            path.unlink(missing_ok=True)  # another process may have discarded it first
     logger.info("embedding %d texts (%s) with %s", len(texts), stem, model_name)
     emb = encode(model, texts, batch_size=batch_size, progress=progress)
-    save_npy(path, emb)
+    _write_cache(path, lambda: save_npy(path, emb))
     return emb
+
+
+def _write_cache(path: Path, write: Callable[[], None]) -> None:
+    """``write()`` a file of the embedding cache; a cache that cannot be written (a read-only shared cache, a
+    full disk) costs only the caching: the embeddings just computed are still returned."""
+    try:
+        write()
+    except OSError as e:
+        logger.warning("cannot write the embedding cache %s (%s): not cached", path, e.strerror or e)
 
 
 def dataset_embeddings(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import sys
 import zipfile
 from pathlib import Path
 
@@ -73,6 +74,50 @@ def test_bad_jsonl(tmp_path, file, content, message):
     assert str(root / file) in str(e.value)
 
 
+@pytest.mark.parametrize("field", ["_id", "n"])
+def test_an_integer_too_long_to_read_is_a_data_error(tmp_path, field):
+    """An integer of more digits than Python converts (4,300) in a JSONL record, as an id or in any other field:
+    a DataError naming the file and line (before: a bare ValueError from the json module, naming neither)."""
+    root = make(tmp_path)
+    record = {"_id": "d9", "text": "x", field: 0}
+    line = json.dumps(record).replace(f'"{field}": 0', f'"{field}": ' + "7" * 5000)
+    (root / "corpus.jsonl").write_text(json.dumps(DOCS[0]) + "\n" + line + "\n")
+    with pytest.raises(DataError) as e:
+        load_dataset(root)
+    digits = sys.get_int_max_str_digits()
+    assert str(e.value) == f"{root / 'corpus.jsonl'}:2: malformed JSON (an integer of more than {digits} digits)"
+
+
+@pytest.mark.parametrize(
+    ("file", "record", "what"),
+    [
+        ("corpus.jsonl", {"_id": "d9", "title": "T", "text": "emoji cut \ud83d in half"}, "'text'"),
+        ("corpus.jsonl", {"_id": "d9", "title": "\udc00", "text": "x"}, "'title'"),
+        ("corpus.jsonl", {"_id": "d\ud83d", "text": "x"}, "the id"),
+        ("queries.jsonl", {"_id": "q9", "text": "why \ud83d"}, "'text'"),
+    ],
+)
+def test_a_lone_surrogate_is_a_data_error(tmp_path, file, record, what):
+    """JSON's escape of half a UTF-16 pair (``"\\ud83d"``, an emoji cut in two) is no Unicode text: refused with the
+    file and line (before: loaded, then a bare UnicodeEncodeError at the embedding cache's key or the index)."""
+    root = make(tmp_path)
+    with (root / file).open("a") as f:
+        f.write(json.dumps(record) + "\n")  # json.dumps writes the lone surrogate as its escape
+    with pytest.raises(DataError) as e:
+        load_dataset(root)
+    lone = next(c for v in record.values() for c in v if 0xD800 <= ord(c) <= 0xDFFF)
+    assert str(e.value) == (
+        f"{root / file}:4: {what} holds a lone surrogate {lone!r} (half of an escaped UTF-16 pair): not valid Unicode"
+    )
+
+
+def test_a_surrogate_pair_escape_is_read_as_its_character(tmp_path):
+    root = make(tmp_path)
+    with (root / "corpus.jsonl").open("a") as f:
+        f.write('{"_id": "d9", "text": "smile \\ud83d\\ude00"}\n')
+    assert load_dataset(root).doc_texts[-1] == "smile \U0001f600"
+
+
 @pytest.mark.parametrize(
     ("line", "message"),
     [
@@ -97,6 +142,25 @@ def test_missing_split_lists_the_ones_found(tmp_path):
 def test_no_relevant_judgment(tmp_path):
     with pytest.raises(DataError, match="no query has a relevant document"):
         load_dataset(make(tmp_path, qrels=[("q1", "d1", 0)]))
+
+
+def test_a_dataset_given_as_dot_or_dotdot_is_named_after_its_folder(tmp_path, monkeypatch):
+    """``--dataset .`` (run inside the dataset's folder) and ``--dataset ..``: named after the folder they stand for
+    (before: ``""`` and ``".."``: the eval JSON's dataset, the cache files ``-corpus-KEY.npy``, and a report's
+    adapter folder ``adapters/..``, the report folder itself), as the report's check of dataset names reads them."""
+    from types import SimpleNamespace
+
+    from qama.evaluation.study import _dataset_name
+
+    root = make(tmp_path)
+    (root / "sub").mkdir()
+    monkeypatch.chdir(root / "sub")
+    for arg in ("..", "../sub/..", "../."):
+        assert load_dataset(arg).name == "ds"
+        assert _dataset_name(SimpleNamespace(path=arg)) == "ds"
+    monkeypatch.chdir(root)
+    assert load_dataset(".").name == "ds" and _dataset_name(SimpleNamespace(path=".")) == "ds"
+    assert load_dataset(str(root) + "/").name == "ds"
 
 
 def test_missing_folder_or_file(tmp_path):
@@ -172,6 +236,51 @@ def test_download_never_removes_a_folder_of_the_users_in_the_cache(tmp_path, mon
     assert (mine / "notes.txt").read_text() == "mine"  # was removed whole and replaced by the download
     (mine / "notes.txt").unlink()  # an empty folder is filled
     assert download_beir("mini", tmp_path) == mine and (mine / "corpus.jsonl").is_file()
+
+
+@pytest.mark.parametrize("cut", ["truncated", "web page", "corrupt member"])
+def test_download_of_an_archive_that_is_not_a_readable_zip_is_a_data_error(tmp_path, monkeypatch, cut):
+    """A download cut short, an HTML page served in the archive's place (a proxy, a moved URL), or a member whose
+    bytes were damaged, for a dataset BEIR publishes no md5 of: a DataError, nothing kept (before: a
+    zipfile.BadZipFile traceback, even on the command line)."""
+    payload = _zip(_beir_members("mini"))
+    payload = {
+        "truncated": payload[: len(payload) // 2],
+        "web page": b"<html><body>moved</body></html>",
+        "corrupt member": payload.replace(b'"text": "one"', b'"text": "ONE"'),  # its CRC no longer matches
+    }[cut]
+    _serve(monkeypatch, payload)
+    with pytest.raises(DataError, match=r"mini.zip: not a readable zip archive \(.*\): a truncated download, or a web"):
+        download_beir("mini", tmp_path)
+    assert list((tmp_path / "datasets").iterdir()) == []  # no folder, no temporary file left
+
+
+def test_concurrent_downloads_of_one_dataset_both_succeed(tmp_path, monkeypatch):
+    """Two processes (``qama index --shard I/N`` workers started together) download one dataset at once: the one
+    that finishes second uses the copy of the first (before: ``[Errno 39] Directory not empty``)."""
+    payload = _zip(_beir_members("mini"))
+    target = tmp_path / "datasets" / "mini"
+
+    class Response(io.BytesIO):
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+        def read(self, n=-1):
+            chunk = super().read(n)
+            if not chunk and not target.exists():  # the other process renames its copy in meanwhile
+                other = tmp_path / "other"
+                with zipfile.ZipFile(io.BytesIO(payload)) as zf:
+                    zf.extractall(other)
+                (other / "mini").rename(target)
+            return chunk
+
+    monkeypatch.setattr(data.urllib.request, "urlopen", lambda url, timeout: Response(payload))
+    assert download_beir("mini", tmp_path) == target
+    assert load_dataset("mini", cache_dir=tmp_path).doc_ids == ["d1", "d2", "3"]
+    assert sorted(p.name for p in target.parent.iterdir()) == ["mini"]  # the second copy's temporary folder gone
 
 
 def test_download_refuses_plain_http(tmp_path):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -182,6 +183,46 @@ def test_corrupt_cache_file_is_discarded(tiny, tmp_path):
         f.write_bytes(b"garbage")
     corpus, _ = embed_dataset(ds, "fake/model", cache_dir=tmp_path, model=model, progress=False)
     assert model.calls == 3 and corpus.shape == (40, 3)
+
+
+def test_a_bad_cache_file_another_process_discarded_first_is_embedded_anew(tiny, tmp_path, monkeypatch):
+    """Two processes find one bad cache file; the other removes it between this one's read and its removal
+    (before: FileNotFoundError, the run lost)."""
+    import qama.embeddings as E
+
+    ds = load_dataset(tiny)
+    model = CountingModel()
+    embed_dataset(ds, "fake/model", cache_dir=tmp_path, model=model, progress=False)
+    (cached,) = (tmp_path / "embeddings" / "fake__model").glob("*-corpus-*.npy")
+    cached.write_bytes(b"garbage")
+    read = E.load_npy
+
+    def read_then_lose_the_race(path, **kwargs):
+        if Path(path) == cached and cached.exists():
+            try:
+                return read(path, **kwargs)
+            finally:
+                cached.unlink()  # the other process discards it
+        return read(path, **kwargs)
+
+    monkeypatch.setattr(E, "load_npy", read_then_lose_the_race)
+    corpus, _ = embed_dataset(ds, "fake/model", cache_dir=tmp_path, model=model, progress=False)
+    assert model.calls == 3 and corpus.shape == (40, 3)
+    np.testing.assert_array_equal(np.load(cached), corpus)  # cached anew
+
+
+def test_a_cache_that_cannot_be_written_costs_only_the_caching(tiny, tmp_path, caplog):
+    """A cache folder that cannot be written (a read-only shared cache, a full disk; here a file where its folder
+    should be): the embeddings just computed are returned, with a warning (before: the OSError of the write ended
+    the run after all the embedding work)."""
+    ds = load_dataset(tiny)
+    model = CountingModel()
+    (tmp_path / "embeddings").write_text("not a folder")
+    corpus, queries = embed_dataset(ds, "fake/model", cache_dir=tmp_path, model=model, progress=False)
+    assert model.calls == 2 and corpus.shape == (40, 3) and queries.shape == (6, 3)
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 3 and all("cannot write the embedding cache" in w and "not cached" in w for w in warnings)
+    assert (tmp_path / "embeddings").read_text() == "not a folder"
 
 
 def test_default_model_offline_matches_shared_embeddings(monkeypatch):

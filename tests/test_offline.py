@@ -31,6 +31,29 @@ def test_embedded_cranfield_loads_with_its_documented_counts(tmp_path):
     assert again.path == ds.path and again.doc_texts == ds.doc_texts
 
 
+def test_cranfield_loads_from_a_read_only_cache_folder(tmp_path, monkeypatch):
+    """A cache folder that exists but cannot be written (a read-only shared ``$QAMA_CACHE``; as root, the refusal
+    is simulated): Cranfield is unpacked into a temporary folder, as when the cache cannot be made (before:
+    PermissionError: only a cache that could not be created fell back)."""
+    import tempfile
+
+    cache = tmp_path / "cache"
+    (cache / "datasets").mkdir(parents=True)
+    real = tempfile.TemporaryDirectory
+
+    def temporary_directory(*args, dir=None, **kwargs):
+        if dir is not None and Path(dir).is_relative_to(cache):
+            raise PermissionError(13, "Permission denied", str(dir))
+        return real(*args, dir=dir, **kwargs)
+
+    monkeypatch.setattr(data.tempfile, "TemporaryDirectory", temporary_directory)
+    (tmp_path / "tmp").mkdir()
+    monkeypatch.setattr(data.tempfile, "tempdir", str(tmp_path / "tmp"))  # the fallback's folder, removed with tmp_path
+    ds = load_dataset("cranfield", cache_dir=cache)
+    assert (len(ds.doc_ids), len(ds.query_ids), len(ds.qrels)) == (1400, 225, 225) and ds.name == "cranfield"
+    assert ds.path.parent.parent == tmp_path / "tmp" and ds.path.parent.name.startswith("qama-cranfield-")
+
+
 def test_a_folder_wins_over_the_embedded_name(tmp_path, monkeypatch):
     write_beir(tmp_path / "cranfield", [{"_id": "d1", "text": "x"}], [{"_id": "q1", "text": "y"}], [("q1", "d1", 1)])
     monkeypatch.chdir(tmp_path)

@@ -277,6 +277,22 @@ def _fake_model(monkeypatch, vectors) -> list[list[str]]:
     return seen
 
 
+def test_a_query_sample_of_a_beir_queries_jsonl_embeds_its_query_texts(tmp_path, tiny, monkeypatch):
+    """``--query-sample queries.jsonl`` (the BEIR file of queries): the texts of its records are embedded (before:
+    each line of JSON, ``{"_id": "q0", "text": "query 0"}``, was embedded as a query text, silently)."""
+    emb = tiny.parent / "tiny-emb"
+    vectors = np.random.default_rng(3).normal(size=(6, 16)).astype(np.float32)
+    seen = _fake_model(monkeypatch, lambda texts, call: vectors[: len(texts)])
+    args = ["-q", "index", "--dataset", str(tiny), "--embeddings", str(emb), "--plan", "2bit"]
+    sample = tiny / "queries.jsonl"
+    assert main([*args, "--query-sample", str(sample), "--out", str(tmp_path / "ix")]) == 0
+    assert seen == [[f"query {i}" for i in range(6)]]
+    index = QamaIndex.open(tmp_path / "ix")
+    normed = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+    expected = quantile_thresholds(plan_values(normed, index.plan), index.plan.value_levels)
+    np.testing.assert_array_equal(index.encoder.quantizer.query_thresholds, expected)
+
+
 def test_sentence_sample_draws_one_sentence_of_five_words_from_each_document():
     from qama.data import Dataset, sentence_sample
 

@@ -311,7 +311,9 @@ def check_report_folder(out: Path) -> None:
 
 def _dataset_name(spec) -> str:
     """The name :func:`qama.data.load_dataset` gives the dataset of ``spec`` (its folder's, or the BEIR name)."""
-    return Path(spec.path).name or Path(spec.path).resolve().name
+    from qama.data import dataset_name
+
+    return dataset_name(spec.path)
 
 
 def check_dataset_names(config: ExperimentConfig) -> None:
