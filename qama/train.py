@@ -437,6 +437,25 @@ def _save_checkpoint(
     shutil.rmtree(old, ignore_errors=True)
 
 
+def _recover_checkpoint(path: Path) -> None:
+    """Put back the previous checkpoint when a write was killed between its two renames (``path`` moved
+    to ``path.old``, ``path.tmp`` not yet renamed to ``path``): ``path.old`` is a whole checkpoint that was
+    in place, resumed as any other (else the run would start again at step 0 and the next checkpoint
+    would remove it)."""
+    old = path.with_name(path.name + ".old")
+    if not path.exists() and not path.is_symlink() and _is_checkpoint(old):
+        logger.warning("%s: a checkpoint write was interrupted; resuming the previous checkpoint", path)
+        os.replace(old, path)
+
+
+def _is_checkpoint(p: Path) -> bool:
+    """Whether ``p`` is a folder holding every file of a checkpoint (and nothing else)."""
+    if not p.is_dir() or p.is_symlink():
+        return False
+    names = {c.name for c in p.iterdir() if c.is_file() and not c.is_symlink()}
+    return names == set(CHECKPOINT_FILES) and len(list(p.iterdir())) == len(CHECKPOINT_FILES)
+
+
 def _read_checkpoint_meta(p: Path) -> dict:
     """A checkpoint's ``meta.json``: ``{"step": int >= 0, "config": {...}}``, or a one-line ValueError."""
     from qama._validate import Field, check_fields, read_json_file
@@ -490,7 +509,8 @@ def check_out_dir(out_dir: str | os.PathLike, overwrite: bool = False) -> None:
                 "move it or choose another --out"
             )
     existing = [name for name in (CONFIG_NAME, WEIGHTS_NAME) if (out / name).exists()]
-    if existing and not overwrite and not ckpt.exists():
+    resumable = ckpt.exists() or _is_checkpoint(ckpt.with_name(ckpt.name + ".old"))  # (see _recover_checkpoint)
+    if existing and not overwrite and not resumable:
         raise FileExistsError(
             f"{out}: already holds {' and '.join(existing)} (--overwrite, or overwrite=True in Python, replaces them)"
         )
@@ -594,6 +614,8 @@ def fit(
     ckpt = out / CHECKPOINT_DIR if out is not None else None
     start = 0
     data_key = ""  # fingerprint of the training data, recorded in checkpoints
+    if ckpt is not None:
+        _recover_checkpoint(ckpt)
     if ckpt is not None and (cfg.checkpoint_every > 0 or (ckpt / "meta.json").is_file()):
         data_key = fingerprint(x_np, *(() if pair_t is None else (pair_t[0].numpy(), pair_t[1].numpy())))
     if ckpt is not None and (ckpt / "meta.json").is_file():

@@ -62,6 +62,38 @@ def test_fit_saves_and_interrupted_run_resumes_to_the_same_adapter(tmp_path, mon
     assert loaded.metadata["training"]["steps"] == 6 and loaded.metadata["data"]["n_vectors"] == 96
 
 
+def test_a_checkpoint_write_killed_between_its_renames_resumes_the_previous_checkpoint(tmp_path, monkeypatch) -> None:
+    """A checkpoint is swapped in by two renames (``checkpoint`` to ``checkpoint.old``, ``checkpoint.tmp`` to
+    ``checkpoint``): killed between them, the folder holds no ``checkpoint``. The next run resumes
+    ``checkpoint.old`` (before: it started again at step 0, and its first checkpoint removed the old one)."""
+    import os
+
+    x = _embeddings()
+    reference = _state(fit(x, TINY))
+    real_replace, calls = os.replace, {"n": 0}
+
+    def replace(src, dst):
+        if str(src).endswith("checkpoint.tmp"):
+            calls["n"] += 1
+            if calls["n"] == 2:  # the second checkpoint (step 4): the first one is already checkpoint.old
+                raise KeyboardInterrupt
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", replace)
+    with pytest.raises(KeyboardInterrupt):
+        fit(x, TINY, out_dir=tmp_path / "ad")
+    monkeypatch.setattr(os, "replace", real_replace)
+    out = tmp_path / "ad"
+    assert not (out / "checkpoint").exists() and (out / "checkpoint.old" / "meta.json").is_file()
+    steps = []
+    original = T.compute_losses
+    monkeypatch.setattr(T, "compute_losses", lambda *a, **k: steps.append(a[3]) or original(*a, **k))
+    state = _state(fit(x, TINY, out_dir=out))
+    assert steps == [2, 3, 4, 5]  # resumed at step 2, the checkpoint that was in place
+    assert all(np.allclose(state[k], reference[k], atol=1e-6) for k in reference)
+    assert sorted(p.name for p in out.iterdir()) == ["config.json", "model.safetensors"]
+
+
 def test_resume_refuses_a_checkpoint_of_another_config(tmp_path, monkeypatch) -> None:
     x = _embeddings()
     interrupted_fit(monkeypatch, x, TINY, tmp_path, at_call=4)

@@ -186,11 +186,14 @@ def _drop_stale_checkpoint(adapter_dir: Path, fit_key: str) -> None:
     other settings or data (``fitting-key.json``): the fit is a stage whose settings changed, done anew."""
     from qama.train import CHECKPOINT_DIR
 
-    ckpt = adapter_dir / CHECKPOINT_DIR
     marker = adapter_dir / "fitting-key.json"
-    if ckpt.is_dir() and not ckpt.is_symlink() and marker.is_file() and _cached(marker, fit_key) is None:
-        logger.info("the settings of %s changed since its fit was interrupted: fitting anew", adapter_dir)
-        shutil.rmtree(ckpt)
+    if not marker.is_file() or _cached(marker, fit_key) is not None:
+        return
+    # (``checkpoint.old``: the checkpoint a write killed between its renames left, which fit would resume)
+    for ckpt in (adapter_dir / CHECKPOINT_DIR, adapter_dir / f"{CHECKPOINT_DIR}.old"):
+        if ckpt.is_dir() and not ckpt.is_symlink():
+            logger.info("the settings of %s changed since its fit was interrupted: fitting anew", adapter_dir)
+            shutil.rmtree(ckpt)
 
 
 def _ablation_stage(config: ExperimentConfig, data: _Inputs, out: Path, bar: tqdm) -> dict[str, dict[str, float]]:
