@@ -479,7 +479,15 @@ def _load_checkpoint(
             f"checkpoint {path} was written for other training data (the corpus or the pairs differ); "
             "remove it to start anew"
         )
-    tensors = load_file(str(path / "state.safetensors"))
+    state_file = path / "state.safetensors"
+    if not state_file.is_file():
+        raise ValueError(f"{state_file}: file not found; remove {path} to start anew")
+    try:
+        tensors = load_file(str(state_file))
+    except Exception as e:  # safetensors raises its own error type for a truncated or malformed file
+        raise ValueError(
+            f"{state_file}: unreadable or truncated checkpoint ({e}); remove {path} to start anew"
+        ) from None
     adapter.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
     params = [p for group in opt.param_groups for p in group["params"]]
     for i, p in enumerate(params):

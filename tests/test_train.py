@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 
 import numpy as np
 import pytest
@@ -92,6 +93,26 @@ def test_a_checkpoint_write_killed_between_its_renames_resumes_the_previous_chec
     assert steps == [2, 3, 4, 5]  # resumed at step 2, the checkpoint that was in place
     assert all(np.allclose(state[k], reference[k], atol=1e-6) for k in reference)
     assert sorted(p.name for p in out.iterdir()) == ["config.json", "model.safetensors"]
+
+
+@pytest.mark.parametrize("cut", ["half", "empty", "missing"])
+def test_a_checkpoint_whose_state_is_cut_short_is_refused_with_its_name(tmp_path, monkeypatch, cut) -> None:
+    """A checkpoint's ``state.safetensors`` truncated (a power cut), empty or missing: one ``ValueError`` that
+    names it and says how to start anew (before: safetensors' own ``SafetensorError``, a traceback in
+    ``qama train``), and the checkpoint is left as it was."""
+    x = _embeddings()
+    interrupted_fit(monkeypatch, x, TINY, tmp_path, at_call=5)
+    state = tmp_path / "checkpoint" / "state.safetensors"
+    blob = state.read_bytes()
+    if cut == "missing":
+        state.unlink()
+    else:
+        state.write_bytes(blob[: len(blob) // 2] if cut == "half" else b"")
+    message = f"{state}: " + ("file not found" if cut == "missing" else "unreadable or truncated checkpoint")
+    with pytest.raises(ValueError, match=re.escape(message)) as e:
+        fit(x, TINY, out_dir=tmp_path)
+    assert str(e.value).endswith(f"; remove {tmp_path / 'checkpoint'} to start anew")
+    assert (tmp_path / "checkpoint" / "meta.json").is_file()
 
 
 def test_resume_refuses_a_checkpoint_of_another_config(tmp_path, monkeypatch) -> None:
