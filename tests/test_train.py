@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -93,6 +94,54 @@ def test_a_checkpoint_write_killed_between_its_renames_resumes_the_previous_chec
     assert steps == [2, 3, 4, 5]  # resumed at step 2, the checkpoint that was in place
     assert all(np.allclose(state[k], reference[k], atol=1e-6) for k in reference)
     assert sorted(p.name for p in out.iterdir()) == ["config.json", "model.safetensors"]
+
+
+def test_a_checkpoint_is_on_disk_before_it_replaces_the_previous_one(tmp_path, monkeypatch) -> None:
+    """A checkpoint's files are fsynced, and its folder, before the renames that make it the checkpoint,
+    and the adapter folder after them, before the previous checkpoint is removed (before: nothing was
+    fsynced, so a power cut could leave a renamed checkpoint with empty or cut files, the previous gone)."""
+    import os
+    import shutil
+    import stat
+
+    events: list = []
+    real_fsync, real_replace, real_rmtree = os.fsync, os.replace, shutil.rmtree
+
+    def fsync(fd):
+        st = os.fstat(fd)
+        events.append(("fsync", "folder" if stat.S_ISDIR(st.st_mode) else st.st_size))
+        real_fsync(fd)
+
+    def replace(src, dst):
+        real_replace(src, dst)
+        events.append(("rename", Path(dst).name))
+
+    def rmtree(p, *args, **kwargs):
+        if Path(p).exists():
+            events.append(("remove", Path(p).name))
+        real_rmtree(p, *args, **kwargs)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "replace", replace)
+    monkeypatch.setattr(shutil, "rmtree", rmtree)
+    T._save_checkpoint(tmp_path / "checkpoint", QamaAdapter(T.AdapterConfig(dim=8)), _opt(), 2, TINY)
+    first = events[:]
+    assert first[:3] == [("fsync", first[0][1]), ("fsync", first[1][1]), ("fsync", "folder")], first
+    assert first[0][1] > 0 and first[1][1] > 0  # state.safetensors and meta.json, whole
+    assert first[3:] == [("rename", "checkpoint"), ("fsync", "folder")], first
+    events.clear()
+    T._save_checkpoint(tmp_path / "checkpoint", QamaAdapter(T.AdapterConfig(dim=8)), _opt(), 4, TINY)
+    assert events[2:] == [
+        ("fsync", "folder"),
+        ("rename", "checkpoint.old"),
+        ("rename", "checkpoint"),
+        ("fsync", "folder"),
+        ("remove", "checkpoint.old"),
+    ], events
+
+
+def _opt() -> torch.optim.Optimizer:
+    return torch.optim.AdamW([torch.nn.Parameter(torch.zeros(2))])
 
 
 @pytest.mark.parametrize("cut", ["half", "empty", "missing"])
