@@ -59,7 +59,7 @@ from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from qama import losses as L
-from qama._io import JsonFields, fingerprint, fsync_dir
+from qama._io import JsonFields, fingerprint, folder_lock, fsync_dir
 from qama._validate import misfit
 from qama.adapter import (
     CONFIG_NAME,
@@ -570,9 +570,34 @@ def fit(
     ``overwrite`` (checked before any work, see :func:`check_out_dir`). ``query_sample``: ``(m, d)``
     query-like embeddings (queries, or pseudo-queries such as titles) whose quantiles become the
     adapter's query thresholds (:meth:`~qama.adapter.QamaAdapter.calibrate_queries`).
+
+    One training at a time writes ``out_dir``: a second is refused at once with
+    :class:`~qama.errors.FolderLockedError` (two would swap each other's checkpoints).
     """
-    if out_dir is not None:
-        check_out_dir(out_dir, overwrite)
+    if out_dir is None:
+        return _fit(corpus_emb, config, pairs, None, query_sample)
+    check_out_dir(out_dir, overwrite)
+    out = Path(out_dir)
+    made = not out.exists()
+    out.mkdir(parents=True, exist_ok=True)
+    try:
+        with folder_lock(out, "another process is training into this folder; wait for it or choose another --out"):
+            check_out_dir(out, overwrite)  # again, under the lock: a training that just finished saved its adapter
+            return _fit(corpus_emb, config, pairs, out, query_sample)
+    except BaseException:
+        if made and not any(out.iterdir()):  # refused or failed before it wrote anything: leave no empty folder
+            out.rmdir()
+        raise
+
+
+def _fit(
+    corpus_emb: np.ndarray,
+    config: TrainConfig | None,
+    pairs: tuple[np.ndarray, np.ndarray] | None,
+    out: Path | None,
+    query_sample: np.ndarray | None,
+) -> QamaAdapter:
+    """:func:`fit`, with ``out`` (if any) checked and locked."""
     cfg = config or TrainConfig()
     x_np = check_training_input(corpus_emb, cfg.batch_size)
     d = x_np.shape[1]
@@ -630,7 +655,6 @@ def fit(
 
     params = [p for p in adapter.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    out = Path(out_dir) if out_dir is not None else None
     ckpt = out / CHECKPOINT_DIR if out is not None else None
     start = 0
     data_key = ""  # fingerprint of the training data, recorded in checkpoints
