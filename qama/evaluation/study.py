@@ -147,6 +147,9 @@ def _dataset_stage(config: ExperimentConfig, spec, data: _Inputs, out: Path, bar
     bar.set_description(f"{name}: fitting the adapter")
     if _cached(adapter_dir / "fit-key.json", fit_key) is None:
         _drop_stale_checkpoint(adapter_dir, fit_key)
+        # The adapter there is about to be replaced: its settings' record goes first (else a run interrupted
+        # after the save, before the new record, leaves the new adapter under the old settings' key).
+        (adapter_dir / "fit-key.json").unlink(missing_ok=True)
         _save(adapter_dir / "fitting-key.json", fit_key, True)  # the settings of the checkpoints to come
         fit(corpus, train_cfg, pairs=data.pairs, out_dir=adapter_dir, overwrite=True)  # the report's own folder
         _save(adapter_dir / "fit-key.json", fit_key, True)
