@@ -113,3 +113,21 @@ def test_two_trainings_into_one_folder_one_is_refused(tmp_path, monkeypatch):
     with pytest.raises(FileExistsError, match="already holds config.json and model.safetensors"):
         T.fit(x, cfg, out_dir=out)
     assert all(p.is_file() for p in first)
+
+
+def test_two_reports_into_one_folder_one_is_refused(tmp_path):
+    """Two reports into one folder wrote each other's config.json and stages, and fitted into one adapter
+    folder: the second is now refused at once, before any work, and writes nothing."""
+    import qama._io
+    from qama.config import ExperimentConfig
+    from qama.errors import FolderLockedError
+    from qama.evaluation.study import run_report
+
+    out = tmp_path / "report"
+    (out / "stages").mkdir(parents=True)
+    config = ExperimentConfig(datasets=[{"path": str(tmp_path / "no-such-dataset")}])
+    with qama._io.folder_lock(out, "held by the test"):
+        with pytest.raises(FolderLockedError) as e:
+            run_report(config, out, progress=False)
+    assert str(e.value) == f"{out}: another qama report is running in this folder; wait for it or choose another --out"
+    assert [p.name for p in out.iterdir()] == ["stages"]

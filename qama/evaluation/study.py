@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
-from qama._io import atomic_open, fingerprint, write_json
+from qama._io import atomic_open, fingerprint, folder_lock, write_json
 from qama.config import ExperimentConfig
 from qama.evaluation.plots import plot_all
 from qama.evaluation.rows import Row, baseline_rows, set_retention
@@ -340,11 +340,18 @@ def run_report(
 ) -> dict[str, Any]:
     """Run (or resume) the study of ``config`` into the folder ``out``; returns ``results.json``'s content.
 
-    ``progress``: a bar over the stages, and one over each fit's steps."""
+    ``progress``: a bar over the stages, and one over each fit's steps. One report at a time writes
+    ``out``: a second is refused at once with :class:`~qama.errors.FolderLockedError`."""
     out = Path(out)
     check_dataset_names(config)
     check_report_folder(out)
     (out / "stages").mkdir(parents=True, exist_ok=True)  # marks the folder as a report's, for re-runs
+    with folder_lock(out, "another qama report is running in this folder; wait for it or choose another --out"):
+        return _run_report(config, out, command, progress)
+
+
+def _run_report(config: ExperimentConfig, out: Path, command: str, progress: bool) -> dict[str, Any]:
+    """:func:`run_report` in the folder ``out``, checked and locked."""
     write_json(out / "config.json", config.to_dict())
     start = time.perf_counter()
     from qama.train import ABLATIONS
