@@ -174,6 +174,33 @@ def test_download_never_removes_a_folder_of_the_users_in_the_cache(tmp_path, mon
     assert download_beir("mini", tmp_path) == mine and (mine / "corpus.jsonl").is_file()
 
 
+def test_two_downloads_of_one_dataset_at_once_both_get_it(tmp_path, monkeypatch):
+    """Two processes downloading one dataset into one cache: the second to finish found the folder the
+    first had moved into place and failed with `OSError: [Errno 39] Directory not empty` (its rmdir of what
+    it took for an empty folder). It now uses the dataset the other one put there."""
+    payload = _zip(_beir_members("mini"))
+    served: list[int] = []
+
+    class Response(io.BytesIO):
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+    def urlopen(url, timeout):
+        served.append(1)
+        if len(served) == 1:  # the other process downloads it while this one does
+            download_beir("mini", tmp_path)
+        return Response(payload)
+
+    monkeypatch.setattr(data.urllib.request, "urlopen", urlopen)
+    target = tmp_path / "datasets" / "mini"
+    assert download_beir("mini", tmp_path) == target and len(served) == 2
+    assert load_dataset("mini", cache_dir=tmp_path).doc_ids == ["d1", "d2", "3"]
+    assert [p.name for p in target.parent.iterdir()] == ["mini"]  # no temporary folder left
+
+
 def test_download_refuses_plain_http(tmp_path):
     with pytest.raises(DataError, match="refusing to download over plain HTTP"):
         download_beir("mini", tmp_path, url="http://example.org/mini.zip")
