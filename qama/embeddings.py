@@ -417,7 +417,7 @@ def _embed_cached(
             return cached
         except EmbeddingError as e:
             logger.warning("discarding a bad cache file: %s", e)
-            path.unlink()
+            path.unlink(missing_ok=True)  # (another embed into this cache may have discarded it first)
     logger.info("embedding %d texts (%s) with %s", len(texts), stem, model_name)
     emb = encode(model, texts, batch_size=batch_size, progress=progress)
     save_npy(path, emb)

