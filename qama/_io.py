@@ -21,6 +21,7 @@ from qama._validate import file_mode
 
 __all__ = [
     "atomic_open",
+    "folder_lock",
     "fsync_dir",
     "write_json",
     "write_text",
@@ -48,6 +49,29 @@ def atomic_open(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO[Any]]:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+@contextmanager
+def folder_lock(path: str | os.PathLike, busy: str) -> Iterator[None]:
+    """Hold an exclusive advisory lock (``flock``) on the folder ``path`` itself (no lock file is left in
+    it); another process holding it: :class:`~qama.errors.FolderLockedError` ``"PATH: BUSY"`` at once.
+    Where folders cannot be locked (Windows), nothing is locked."""
+    from qama.errors import FolderLockedError
+
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows
+        yield
+        return
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except (BlockingIOError, PermissionError):
+            raise FolderLockedError(f"{path}: {busy}") from None
+        yield
+    finally:
+        os.close(fd)  # (releases the lock)
 
 
 def fsync_dir(path: str | os.PathLike) -> None:

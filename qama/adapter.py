@@ -542,8 +542,9 @@ class QamaAdapter(nn.Module):
             "weights_sha256": hashlib.sha256(blob).hexdigest(),
         }
         weights, prev = path / WEIGHTS_NAME, path / (WEIGHTS_NAME + ".prev")
-        if weights.is_file() and (path / CONFIG_NAME).is_file():
+        if weights.is_file() and (path / CONFIG_NAME).is_file() and not _is_recorded(prev, path / CONFIG_NAME):
             os.replace(weights, prev)  # the previous version stays complete: its config still names it
+        # (else an interrupted save left ``prev`` as the weights the config names, and unrecorded weights)
         with atomic_open(weights, "wb") as f:
             f.write(blob)
         write_json(path / CONFIG_NAME, config)
@@ -638,6 +639,18 @@ def _check_weight_size(size: int, config: AdapterConfig, cfg_path: Path) -> None
             f"{cfg_path}: dim {config.dim} and expansion {config.expansion} need at least {need} bytes of "
             f"weights, {WEIGHTS_NAME} has {size}"
         )
+
+
+def _is_recorded(weights: Path, config: Path) -> bool:
+    """Whether ``weights`` is a file holding the weights whose SHA-256 ``config`` records."""
+    if not weights.is_file() or weights.is_symlink():
+        return False
+    try:
+        data = read_json_file(config, "adapter config")
+        sha256 = data.get("weights_sha256") if isinstance(data, dict) else None
+        return isinstance(sha256, str) and hashlib.sha256(weights.read_bytes()).hexdigest() == sha256
+    except (OSError, ValueError):
+        return False
 
 
 def _read_weights(path: Path, sha256: str | None) -> bytes:

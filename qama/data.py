@@ -456,13 +456,19 @@ def download_beir(name: str, cache_dir: Path, url: str | None = None, timeout: f
         inner = extracted / name if (extracted / name).is_dir() else extracted
         if not (inner / "corpus.jsonl").is_file():
             raise DataError(f"{url}: archive has no corpus.jsonl")
+        # Another process may have downloaded it meanwhile (or the user made the folder): checked again.
+        if (target / "corpus.jsonl").is_file():
+            return target
+        if target.exists() and (not target.is_dir() or any(target.iterdir())):
+            raise DataError(f"{target}: exists but holds no corpus.jsonl; move it or choose another cache folder")
         try:
-            if target.exists():  # an empty folder (checked above)
+            if target.exists():  # an empty folder
                 target.rmdir()
             os.replace(inner, target)
-        except OSError:  # another process (a --shard worker) downloaded it first: its copy is used
-            if not (target / "corpus.jsonl").is_file():
-                raise
+        except OSError as e:  # another download moved into place between the check and the rename
+            if (target / "corpus.jsonl").is_file():
+                return target
+            raise DataError(f"{target}: cannot move the downloaded dataset into place ({e})") from None
     return target
 
 

@@ -2,11 +2,13 @@
 
 An index folder (:mod:`qama.index`) and a Milvus collection (:mod:`qama.backends.milvus`) raise the
 same classes with the same texts; :mod:`qama.index` re-exports them under their old import path.
+:class:`FolderLockedError` is raised by the other writers of a folder (a training's adapter folder, a
+report's folder) when another process is writing it.
 """
 
 from __future__ import annotations
 
-__all__ = ["IndexCorruptError", "IndexLockedError", "IndexMismatchError"]
+__all__ = ["FolderLockedError", "IndexCorruptError", "IndexLockedError", "IndexMismatchError"]
 
 
 class IndexCorruptError(ValueError):
@@ -19,3 +21,7 @@ class IndexLockedError(RuntimeError):
 
 class IndexMismatchError(ValueError):
     """The index does not fit what it is used with (encoder, query codes, dimensions)."""
+
+
+class FolderLockedError(RuntimeError):
+    """Another process is writing the folder (training into an adapter folder, a report into its folder)."""

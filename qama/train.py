@@ -59,7 +59,7 @@ from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from qama import losses as L
-from qama._io import JsonFields, fingerprint
+from qama._io import JsonFields, fingerprint, folder_lock, fsync_dir
 from qama._validate import misfit
 from qama.adapter import (
     CONFIG_NAME,
@@ -429,12 +429,43 @@ def _save_checkpoint(
             tensors[f"opt.{i}.{k}"] = torch.as_tensor(v).detach().clone().contiguous()
     save_file(tensors, str(tmp / "state.safetensors"))
     (tmp / "meta.json").write_text(json.dumps({"step": step, "config": cfg.to_dict(), "data": data}, indent=2))
+    for name in CHECKPOINT_FILES:  # the files' contents on disk before the renames make them the checkpoint
+        _fsync_file(tmp / name)
+    fsync_dir(tmp)
     old = path.with_name(path.name + ".old")
     shutil.rmtree(old, ignore_errors=True)
     if path.exists():
         os.replace(path, old)
     os.replace(tmp, path)
+    fsync_dir(path.parent)  # the renames on disk before the previous checkpoint is removed
     shutil.rmtree(old, ignore_errors=True)
+
+
+def _fsync_file(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _recover_checkpoint(path: Path) -> None:
+    """Put back the previous checkpoint when a write was killed between its two renames (``path`` moved
+    to ``path.old``, ``path.tmp`` not yet renamed to ``path``): ``path.old`` is a whole checkpoint that was
+    in place, resumed as any other (else the run would start again at step 0 and the next checkpoint
+    would remove it)."""
+    old = path.with_name(path.name + ".old")
+    if not path.exists() and not path.is_symlink() and _is_checkpoint(old):
+        logger.warning("%s: a checkpoint write was interrupted; resuming the previous checkpoint", path)
+        os.replace(old, path)
+
+
+def _is_checkpoint(p: Path) -> bool:
+    """Whether ``p`` is a folder holding every file of a checkpoint (and nothing else)."""
+    if not p.is_dir() or p.is_symlink():
+        return False
+    names = {c.name for c in p.iterdir() if c.is_file() and not c.is_symlink()}
+    return names == set(CHECKPOINT_FILES) and len(list(p.iterdir())) == len(CHECKPOINT_FILES)
 
 
 def _read_checkpoint_meta(p: Path) -> dict:
@@ -460,7 +491,15 @@ def _load_checkpoint(
             f"checkpoint {path} was written for other training data (the corpus or the pairs differ); "
             "remove it to start anew"
         )
-    tensors = load_file(str(path / "state.safetensors"))
+    state_file = path / "state.safetensors"
+    if not state_file.is_file():
+        raise ValueError(f"{state_file}: file not found; remove {path} to start anew")
+    try:
+        tensors = load_file(str(state_file))
+    except Exception as e:  # safetensors raises its own error type for a truncated or malformed file
+        raise ValueError(
+            f"{state_file}: unreadable or truncated checkpoint ({e}); remove {path} to start anew"
+        ) from None
     adapter.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
     params = [p for group in opt.param_groups for p in group["params"]]
     for i, p in enumerate(params):
@@ -490,7 +529,8 @@ def check_out_dir(out_dir: str | os.PathLike, overwrite: bool = False) -> None:
                 "move it or choose another --out"
             )
     existing = [name for name in (CONFIG_NAME, WEIGHTS_NAME) if (out / name).exists()]
-    if existing and not overwrite and not ckpt.exists():
+    resumable = ckpt.exists() or _is_checkpoint(ckpt.with_name(ckpt.name + ".old"))  # (see _recover_checkpoint)
+    if existing and not overwrite and not resumable:
         raise FileExistsError(
             f"{out}: already holds {' and '.join(existing)} (--overwrite, or overwrite=True in Python, replaces them)"
         )
@@ -530,9 +570,34 @@ def fit(
     ``overwrite`` (checked before any work, see :func:`check_out_dir`). ``query_sample``: ``(m, d)``
     query-like embeddings (queries, or pseudo-queries such as titles) whose quantiles become the
     adapter's query thresholds (:meth:`~qama.adapter.QamaAdapter.calibrate_queries`).
+
+    One training at a time writes ``out_dir``: a second is refused at once with
+    :class:`~qama.errors.FolderLockedError` (two would swap each other's checkpoints).
     """
-    if out_dir is not None:
-        check_out_dir(out_dir, overwrite)
+    if out_dir is None:
+        return _fit(corpus_emb, config, pairs, None, query_sample)
+    check_out_dir(out_dir, overwrite)
+    out = Path(out_dir)
+    made = not out.exists()
+    out.mkdir(parents=True, exist_ok=True)
+    try:
+        with folder_lock(out, "another process is training into this folder; wait for it or choose another --out"):
+            check_out_dir(out, overwrite)  # again, under the lock: a training that just finished saved its adapter
+            return _fit(corpus_emb, config, pairs, out, query_sample)
+    except BaseException:
+        if made and not any(out.iterdir()):  # refused or failed before it wrote anything: leave no empty folder
+            out.rmdir()
+        raise
+
+
+def _fit(
+    corpus_emb: np.ndarray,
+    config: TrainConfig | None,
+    pairs: tuple[np.ndarray, np.ndarray] | None,
+    out: Path | None,
+    query_sample: np.ndarray | None,
+) -> QamaAdapter:
+    """:func:`fit`, with ``out`` (if any) checked and locked."""
     cfg = config or TrainConfig()
     x_np = check_training_input(corpus_emb, cfg.batch_size)
     d = x_np.shape[1]
@@ -590,10 +655,11 @@ def fit(
 
     params = [p for p in adapter.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    out = Path(out_dir) if out_dir is not None else None
     ckpt = out / CHECKPOINT_DIR if out is not None else None
     start = 0
     data_key = ""  # fingerprint of the training data, recorded in checkpoints
+    if ckpt is not None:
+        _recover_checkpoint(ckpt)
     if ckpt is not None and (cfg.checkpoint_every > 0 or (ckpt / "meta.json").is_file()):
         data_key = fingerprint(x_np, *(() if pair_t is None else (pair_t[0].numpy(), pair_t[1].numpy())))
     if ckpt is not None and (ckpt / "meta.json").is_file():

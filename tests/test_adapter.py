@@ -164,6 +164,46 @@ def test_save_load_round_trip(tmp_path) -> None:
     assert loaded.config == adapter.config
 
 
+def test_two_interrupted_saves_in_a_row_leave_the_adapter_loadable(tmp_path, monkeypatch) -> None:
+    """A save interrupted after its weights, before its config, leaves the config naming the previous
+    weights (kept as ``model.safetensors.prev``). A second save then moved the unrecorded weights over
+    ``.prev``: interrupted in turn before its config, no file held the weights the config names (the
+    adapter no longer loaded). ``.prev`` is kept when it holds the recorded weights."""
+    import qama.adapter as A
+
+    x = _embeddings()
+    adapters = []
+    for seed in range(3):
+        torch.manual_seed(seed)
+        adapter = QamaAdapter(AdapterConfig(dim=16))
+        adapter.fc2.weight.data.normal_(0, 0.05)
+        adapter.calibrate(x)
+        adapters.append(adapter)
+    adapters[0].save(tmp_path / "ad")
+    real_write_json, real_atomic_open = A.write_json, A.atomic_open
+
+    def no_config(path, obj):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(A, "write_json", no_config)
+    with pytest.raises(KeyboardInterrupt):
+        adapters[1].save(tmp_path / "ad")  # new weights written, the config still names the first's
+
+    def no_weights(path, mode="wb"):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(A, "atomic_open", no_weights)
+    with pytest.raises(KeyboardInterrupt):
+        adapters[2].save(tmp_path / "ad")  # interrupted before its weights are written
+    monkeypatch.setattr(A, "write_json", real_write_json)
+    monkeypatch.setattr(A, "atomic_open", real_atomic_open)
+    loaded = QamaAdapter.load(tmp_path / "ad")
+    assert np.array_equal(loaded.transform(x), adapters[0].transform(x))
+    adapters[2].save(tmp_path / "ad")  # a save that completes
+    assert np.array_equal(QamaAdapter.load(tmp_path / "ad").transform(x), adapters[2].transform(x))
+    assert sorted(p.name for p in (tmp_path / "ad").iterdir()) == ["config.json", "model.safetensors"]
+
+
 def test_load_missing_folder_says_what_is_missing(tmp_path) -> None:
     with pytest.raises(
         FileNotFoundError, match=r"config.json not found: an adapter folder holds config.json and model"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import subprocess
 import sys
 from pathlib import Path
@@ -73,3 +74,60 @@ def test_sigkill_leaves_a_complete_version():
     )
     assert out.returncode == 0, out.stdout + out.stderr
     assert "4 kills" in out.stdout and " 0 torn states" in out.stdout
+
+
+def test_two_trainings_into_one_folder_one_is_refused(tmp_path, monkeypatch):
+    """Two trainings into one adapter folder swapped each other's checkpoints (``checkpoint.tmp`` removed
+    under the other's feet: a `FileNotFoundError`, or a checkpoint of one's weights and the other's step).
+    The folder is locked while a training writes it: a second is refused at once, and one that gets the
+    lock after the first finished checks the folder again (the first's adapter is not replaced)."""
+    import qama._io
+    import qama.train as T
+    from qama.errors import FolderLockedError
+
+    x = np.random.default_rng(0).standard_normal((96, 16)).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    cfg = T.TrainConfig(steps=2, batch_size=32, progress=False, checkpoint_every=1, check=False)
+    out = tmp_path / "ad"
+    out.mkdir()
+    with qama._io.folder_lock(out, "held by the test"):
+        with pytest.raises(FolderLockedError) as e:
+            T.fit(x, cfg, out_dir=out)
+    assert str(e.value) == f"{out}: another process is training into this folder; wait for it or choose another --out"
+    assert not any(out.iterdir())
+    with pytest.raises(ValueError):  # bad input: the folder the training made for its adapter is not left
+        T.fit(x[:, :0], cfg, out_dir=tmp_path / "new")
+    assert not (tmp_path / "new").exists()
+
+    real_lock = T.folder_lock
+
+    @contextlib.contextmanager
+    def lock_after_another_finished(path, busy):
+        monkeypatch.setattr(T, "folder_lock", real_lock)
+        T.fit(x, cfg, out_dir=path)  # the other training, done between the first check and the lock
+        with real_lock(path, busy):
+            yield
+
+    monkeypatch.setattr(T, "folder_lock", lock_after_another_finished)
+    first = (out / "config.json", out / "model.safetensors")
+    with pytest.raises(FileExistsError, match="already holds config.json and model.safetensors"):
+        T.fit(x, cfg, out_dir=out)
+    assert all(p.is_file() for p in first)
+
+
+def test_two_reports_into_one_folder_one_is_refused(tmp_path):
+    """Two reports into one folder wrote each other's config.json and stages, and fitted into one adapter
+    folder: the second is now refused at once, before any work, and writes nothing."""
+    import qama._io
+    from qama.config import ExperimentConfig
+    from qama.errors import FolderLockedError
+    from qama.evaluation.study import run_report
+
+    out = tmp_path / "report"
+    (out / "stages").mkdir(parents=True)
+    config = ExperimentConfig(datasets=[{"path": str(tmp_path / "no-such-dataset")}])
+    with qama._io.folder_lock(out, "held by the test"):
+        with pytest.raises(FolderLockedError) as e:
+            run_report(config, out, progress=False)
+    assert str(e.value) == f"{out}: another qama report is running in this folder; wait for it or choose another --out"
+    assert [p.name for p in out.iterdir()] == ["stages"]

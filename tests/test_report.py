@@ -207,3 +207,38 @@ def test_a_report_whose_training_settings_changed_after_an_interrupted_fit_fits_
     fresh = run_report(config, tmp_path / "fresh", progress=False)
     assert resumed["main"] == fresh["main"]
     assert not (out / "adapters" / "ds" / "checkpoint").exists()
+
+
+def test_a_report_interrupted_after_refitting_its_adapter_never_takes_it_for_the_old_settings(
+    small,  # noqa: F811
+    tmp_path,
+    monkeypatch,
+):
+    """A report re-run with other training settings replaces its adapter, then records the new settings in
+    ``fit-key.json``. Interrupted between the two, and run again with the old settings, the report took the
+    new adapter for the old settings' (``fit-key.json`` still named them) and measured it silently. The old
+    ``fit-key.json`` is now removed before the adapter is replaced: the old settings fit anew (a stage of
+    theirs already saved stays valid: its key holds the settings)."""
+    import qama.evaluation.study as S
+
+    root, emb = small
+    config = _split_config(root, emb, "test")
+    out = tmp_path / "report"
+    first = run_report(config, out, progress=False)
+    config.train["lr"] = 0.05  # other settings: the adapter is fitted anew into the same folder
+    original = S._save
+
+    def crash(path, key, result):
+        if path.name == "fit-key.json":
+            raise KeyboardInterrupt  # after the new adapter is saved, before its settings are recorded
+        return original(path, key, result)
+
+    monkeypatch.setattr(S, "_save", crash)
+    with pytest.raises(KeyboardInterrupt):
+        run_report(config, out, progress=False)
+    monkeypatch.setattr(S, "_save", original)
+    del config.train["lr"]
+    config.plans = ["1bit"]  # a stage of the old settings that is not saved yet: measured with the adapter there
+    again = run_report(config, out, progress=False)
+    assert again["main"] == run_report(config, tmp_path / "fresh", progress=False)["main"]
+    assert first["main"] != again["main"]

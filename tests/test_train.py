@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -60,6 +62,106 @@ def test_fit_saves_and_interrupted_run_resumes_to_the_same_adapter(tmp_path, mon
     loaded = QamaAdapter.load(tmp_path / "ad")
     assert np.array_equal(loaded.encode(x, "hybrid"), resumed.encode(x, "hybrid"))
     assert loaded.metadata["training"]["steps"] == 6 and loaded.metadata["data"]["n_vectors"] == 96
+
+
+def test_a_checkpoint_write_killed_between_its_renames_resumes_the_previous_checkpoint(tmp_path, monkeypatch) -> None:
+    """A checkpoint is swapped in by two renames (``checkpoint`` to ``checkpoint.old``, ``checkpoint.tmp`` to
+    ``checkpoint``): killed between them, the folder holds no ``checkpoint``. The next run resumes
+    ``checkpoint.old`` (before: it started again at step 0, and its first checkpoint removed the old one)."""
+    import os
+
+    x = _embeddings()
+    reference = _state(fit(x, TINY))
+    real_replace, calls = os.replace, {"n": 0}
+
+    def replace(src, dst):
+        if str(src).endswith("checkpoint.tmp"):
+            calls["n"] += 1
+            if calls["n"] == 2:  # the second checkpoint (step 4): the first one is already checkpoint.old
+                raise KeyboardInterrupt
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", replace)
+    with pytest.raises(KeyboardInterrupt):
+        fit(x, TINY, out_dir=tmp_path / "ad")
+    monkeypatch.setattr(os, "replace", real_replace)
+    out = tmp_path / "ad"
+    assert not (out / "checkpoint").exists() and (out / "checkpoint.old" / "meta.json").is_file()
+    steps = []
+    original = T.compute_losses
+    monkeypatch.setattr(T, "compute_losses", lambda *a, **k: steps.append(a[3]) or original(*a, **k))
+    state = _state(fit(x, TINY, out_dir=out))
+    assert steps == [2, 3, 4, 5]  # resumed at step 2, the checkpoint that was in place
+    assert all(np.allclose(state[k], reference[k], atol=1e-6) for k in reference)
+    assert sorted(p.name for p in out.iterdir()) == ["config.json", "model.safetensors"]
+
+
+def test_a_checkpoint_is_on_disk_before_it_replaces_the_previous_one(tmp_path, monkeypatch) -> None:
+    """A checkpoint's files are fsynced, and its folder, before the renames that make it the checkpoint,
+    and the adapter folder after them, before the previous checkpoint is removed (before: nothing was
+    fsynced, so a power cut could leave a renamed checkpoint with empty or cut files, the previous gone)."""
+    import os
+    import shutil
+    import stat
+
+    events: list = []
+    real_fsync, real_replace, real_rmtree = os.fsync, os.replace, shutil.rmtree
+
+    def fsync(fd):
+        st = os.fstat(fd)
+        events.append(("fsync", "folder" if stat.S_ISDIR(st.st_mode) else st.st_size))
+        real_fsync(fd)
+
+    def replace(src, dst):
+        real_replace(src, dst)
+        events.append(("rename", Path(dst).name))
+
+    def rmtree(p, *args, **kwargs):
+        if Path(p).exists():
+            events.append(("remove", Path(p).name))
+        real_rmtree(p, *args, **kwargs)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "replace", replace)
+    monkeypatch.setattr(shutil, "rmtree", rmtree)
+    T._save_checkpoint(tmp_path / "checkpoint", QamaAdapter(T.AdapterConfig(dim=8)), _opt(), 2, TINY)
+    first = events[:]
+    assert first[:3] == [("fsync", first[0][1]), ("fsync", first[1][1]), ("fsync", "folder")], first
+    assert first[0][1] > 0 and first[1][1] > 0  # state.safetensors and meta.json, whole
+    assert first[3:] == [("rename", "checkpoint"), ("fsync", "folder")], first
+    events.clear()
+    T._save_checkpoint(tmp_path / "checkpoint", QamaAdapter(T.AdapterConfig(dim=8)), _opt(), 4, TINY)
+    assert events[2:] == [
+        ("fsync", "folder"),
+        ("rename", "checkpoint.old"),
+        ("rename", "checkpoint"),
+        ("fsync", "folder"),
+        ("remove", "checkpoint.old"),
+    ], events
+
+
+def _opt() -> torch.optim.Optimizer:
+    return torch.optim.AdamW([torch.nn.Parameter(torch.zeros(2))])
+
+
+@pytest.mark.parametrize("cut", ["half", "empty", "missing"])
+def test_a_checkpoint_whose_state_is_cut_short_is_refused_with_its_name(tmp_path, monkeypatch, cut) -> None:
+    """A checkpoint's ``state.safetensors`` truncated (a power cut), empty or missing: one ``ValueError`` that
+    names it and says how to start anew (before: safetensors' own ``SafetensorError``, a traceback in
+    ``qama train``), and the checkpoint is left as it was."""
+    x = _embeddings()
+    interrupted_fit(monkeypatch, x, TINY, tmp_path, at_call=5)
+    state = tmp_path / "checkpoint" / "state.safetensors"
+    blob = state.read_bytes()
+    if cut == "missing":
+        state.unlink()
+    else:
+        state.write_bytes(blob[: len(blob) // 2] if cut == "half" else b"")
+    message = f"{state}: " + ("file not found" if cut == "missing" else "unreadable or truncated checkpoint")
+    with pytest.raises(ValueError, match=re.escape(message)) as e:
+        fit(x, TINY, out_dir=tmp_path)
+    assert str(e.value).endswith(f"; remove {tmp_path / 'checkpoint'} to start anew")
+    assert (tmp_path / "checkpoint" / "meta.json").is_file()
 
 
 def test_resume_refuses_a_checkpoint_of_another_config(tmp_path, monkeypatch) -> None:

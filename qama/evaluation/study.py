@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
-from qama._io import atomic_open, fingerprint, write_json
+from qama._io import atomic_open, fingerprint, folder_lock, write_json
 from qama.config import ExperimentConfig
 from qama.evaluation.plots import plot_all
 from qama.evaluation.rows import Row, baseline_rows, set_retention
@@ -147,6 +147,9 @@ def _dataset_stage(config: ExperimentConfig, spec, data: _Inputs, out: Path, bar
     bar.set_description(f"{name}: fitting the adapter")
     if _cached(adapter_dir / "fit-key.json", fit_key) is None:
         _drop_stale_checkpoint(adapter_dir, fit_key)
+        # The adapter there is about to be replaced: its settings' record goes first (else a run interrupted
+        # after the save, before the new record, leaves the new adapter under the old settings' key).
+        (adapter_dir / "fit-key.json").unlink(missing_ok=True)
         _save(adapter_dir / "fitting-key.json", fit_key, True)  # the settings of the checkpoints to come
         fit(corpus, train_cfg, pairs=data.pairs, out_dir=adapter_dir, overwrite=True)  # the report's own folder
         _save(adapter_dir / "fit-key.json", fit_key, True)
@@ -186,11 +189,14 @@ def _drop_stale_checkpoint(adapter_dir: Path, fit_key: str) -> None:
     other settings or data (``fitting-key.json``): the fit is a stage whose settings changed, done anew."""
     from qama.train import CHECKPOINT_DIR
 
-    ckpt = adapter_dir / CHECKPOINT_DIR
     marker = adapter_dir / "fitting-key.json"
-    if ckpt.is_dir() and not ckpt.is_symlink() and marker.is_file() and _cached(marker, fit_key) is None:
-        logger.info("the settings of %s changed since its fit was interrupted: fitting anew", adapter_dir)
-        shutil.rmtree(ckpt)
+    if not marker.is_file() or _cached(marker, fit_key) is not None:
+        return
+    # (``checkpoint.old``: the checkpoint a write killed between its renames left, which fit would resume)
+    for ckpt in (adapter_dir / CHECKPOINT_DIR, adapter_dir / f"{CHECKPOINT_DIR}.old"):
+        if ckpt.is_dir() and not ckpt.is_symlink():
+            logger.info("the settings of %s changed since its fit was interrupted: fitting anew", adapter_dir)
+            shutil.rmtree(ckpt)
 
 
 def _ablation_stage(config: ExperimentConfig, data: _Inputs, out: Path, bar: tqdm) -> dict[str, dict[str, float]]:
@@ -336,11 +342,18 @@ def run_report(
 ) -> dict[str, Any]:
     """Run (or resume) the study of ``config`` into the folder ``out``; returns ``results.json``'s content.
 
-    ``progress``: a bar over the stages, and one over each fit's steps."""
+    ``progress``: a bar over the stages, and one over each fit's steps. One report at a time writes
+    ``out``: a second is refused at once with :class:`~qama.errors.FolderLockedError`."""
     out = Path(out)
     check_dataset_names(config)
     check_report_folder(out)
     (out / "stages").mkdir(parents=True, exist_ok=True)  # marks the folder as a report's, for re-runs
+    with folder_lock(out, "another qama report is running in this folder; wait for it or choose another --out"):
+        return _run_report(config, out, command, progress)
+
+
+def _run_report(config: ExperimentConfig, out: Path, command: str, progress: bool) -> dict[str, Any]:
+    """:func:`run_report` in the folder ``out``, checked and locked."""
     write_json(out / "config.json", config.to_dict())
     start = time.perf_counter()
     from qama.train import ABLATIONS
