@@ -185,6 +185,11 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("QAMA_CACHE", Path.home() / ".cache" / "qama"))
 
 
+#: The fields of a JSONL record that are kept; the others (BEIR's ``metadata``, a corpus's own fields) are
+#: read and dropped, so that a corpus's memory is its texts.
+RECORD_FIELDS = ("_id", "title", "text")
+
+
 def _read_jsonl(path: Path, kind: str, id_keys: tuple[str, ...] = ("_id",)) -> list[dict]:
     """The records of a JSONL file; ``id_keys``: the keys that may hold a record's id (the first
     present is used and stored as ``_id``)."""
@@ -227,7 +232,7 @@ def _read_jsonl(path: Path, kind: str, id_keys: tuple[str, ...] = ("_id",)) -> l
                 _check_unicode(obj.get(key, ""), key, path, lineno)
             if not (obj.get("title", "") + obj.get("text", "")).strip():
                 empty.append(lineno)
-            rows.append(obj)
+            rows.append({k: obj[k] for k in RECORD_FIELDS if k in obj})  # not the rest (metadata, urls, ...)
     if not rows:
         raise DataError(f"{path}: no {kind} (the file is empty)")
     if empty and kind == "queries":
