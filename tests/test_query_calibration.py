@@ -654,3 +654,22 @@ def test_quality_targets_compares_the_adapter_with_untrained_codes_query_by_quer
     assert "| 2-bit 192 | ≥ 97.0 | **90.0 (90.0–90.0) [90.0]** | +0.0 ± 8.2 |" in table
     assert "| 1-bit 384 | ≥ 95.0 | **90.0 (90.0–90.0) [90.0]** | — |" in table
     assert "| adapter FP32 output, 384 | ≥ 99.5 | **90.0 (90.0–90.0)** | — |" in table
+
+
+def test_a_query_log_longer_than_the_sample_cap_is_sampled_not_embedded_whole(tmp_path, monkeypatch):
+    """A query log of more lines than ``SAMPLE_TEXTS_MAX``: a draw of that many (in file order) is embedded,
+    and the description says so (before: every line, uncached: hours for a log of a million queries)."""
+    import qama.embeddings as E
+
+    log = tmp_path / "log.txt"
+    log.write_text("".join(f"query {i}\n" for i in range(30)))
+    corpus = np.ones((4, 16), dtype=np.float32)
+    seen = _fake_model(monkeypatch, lambda texts, call: np.random.default_rng(call).normal(size=(len(texts), 16)))
+    monkeypatch.setattr(E, "SAMPLE_TEXTS_MAX", 10)
+    emb, what = E.query_sample(None, corpus, None, str(log))
+    (texts,) = seen
+    order = [int(t.split()[1]) for t in texts]
+    assert len(set(texts)) == 10 and order == sorted(order) and emb.shape == (10, 16)
+    assert what == f"10 of the 30 queries from {log} (drawn at random)"
+    monkeypatch.setattr(E, "SAMPLE_TEXTS_MAX", 30)  # a log within the cap: every line
+    assert E.query_sample(None, corpus, None, str(log))[1] == f"30 queries from {log}" and len(seen[1]) == 30
