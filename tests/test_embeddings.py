@@ -305,3 +305,18 @@ def test_a_file_that_is_not_npy_is_named_so(tmp_path):
         with pytest.raises(EmbeddingError) as e:
             load_npy(path, error=EmbeddingError)
         assert str(e.value) == f"{path}: not a .npy file (it does not begin with the .npy signature \\x93NUMPY)"
+
+
+def test_embed_titles_of_a_corpus_beyond_the_cap_draws_that_many(tiny, tmp_path, monkeypatch):
+    """A corpus with more titles than ``TITLES_MAX``: that many documents drawn at random, in corpus order,
+    their titles embedded (before: every title, hours for a million documents on a CPU)."""
+    import qama.embeddings as E
+
+    monkeypatch.setattr(E, "TITLES_MAX", 7)
+    ds = load_dataset(tiny)
+    ds.titles[3] = ""
+    model = CountingModel()
+    rows, emb = embed_titles(ds, "fake/model", cache_dir=tmp_path, model=model, progress=False)
+    assert len(rows) == 7 and rows.tolist() == sorted(set(rows.tolist())) and 3 not in rows.tolist()
+    np.testing.assert_array_equal(emb, model.encode([ds.titles[i] for i in rows], 64, False, True, True))
+    assert embed_titles(ds, "fake/model", cache_dir=tmp_path, model=model, progress=False)[0].tolist() == rows.tolist()
