@@ -177,10 +177,21 @@ def _store(args: argparse.Namespace, folder: Path | None, flag: str, faiss: dict
 
 
 def cmd_index(args: argparse.Namespace) -> int:
-    from qama.api import index_corpus, load_adapter
+    from qama.api import add_to_store, index_corpus, load_adapter
     from qama.backends import check_new_store
 
     _check_corpus_or_dataset(args)
+    if args.add:
+        if args.overwrite or args.shard:
+            raise ValueError("--add adds documents to an index; it takes neither --overwrite nor --shard")
+        uri, kind, options = _store(args, args.out, "--out", {"verify": True})
+        _resolve_model(args)
+        dataset, corpus, _ = _load_inputs(args)
+        add_to_store(
+            uri, corpus, dataset.doc_ids, dataset.titles, args.recorded_model, kind, args.adapter, not args.quiet,
+            **options,
+        )  # fmt: skip
+        return 0
     uri, kind, options = _store(args, args.out, "--out", {"adapter_path": args.adapter, "overwrite": args.overwrite})
     # before any work: an index folder must be new, empty, or --overwrite (with --shard: an index is appended to)
     check_new_store(uri, kind, args.overwrite, args.shard)
@@ -349,6 +360,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--plan", default="hybrid", help="plan of the codes (default: hybrid)")
     p.add_argument("--keep-vectors", action="store_true", help="also store float32 vectors for exact rescoring")
     p.add_argument("--overwrite", action="store_true", help="replace an existing index at --out")
+    add_help = "add the documents to the index already at --out (or --uri), coded by its own encoder and plan"
+    p.add_argument("--add", action="store_true", help=add_help)
     p.add_argument("--out", type=Path, help="index folder to write (faiss backend)")
     _add_backend_args(p)
     p.add_argument("--shard", help="I/N: encode and load only part I of N of the corpus (N workers, one store)")

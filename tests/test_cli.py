@@ -419,3 +419,64 @@ def test_train_and_index_a_plain_jsonl_corpus_embedding_it_once(tmp_path, monkey
     assert main(["-q", "train", "--out", str(tmp_path / "ad4")]) == 2
     assert capsys.readouterr().err.strip() == "qama: error: give either --dataset or --corpus"
     assert not (tmp_path / "ad3").exists() and not (tmp_path / "ad4").exists()
+
+
+def test_index_add_appends_documents_with_the_index_own_encoder(tmp_path, monkeypatch, capsys, caplog):
+    """Documents that come later: `qama index --add --corpus NEW.jsonl --out IX` codes them with the index's
+    own encoder (nothing refitted) and appends them, titled or not beside the others; each is then found by
+    its own embedding (before: refused, `an index already exists here`, and `--shard` refitted the encoder on
+    the new documents alone, so the index refused it: `the encoder given … is not the one this index was
+    built with`). Embeddings of another model, a second add of the same ids, and --overwrite are refused."""
+    from qama.index import QamaIndex
+
+    rng = np.random.default_rng(0)
+
+    def corpus(name: str, n: int, start: int, titled: bool, model: str = "org/model") -> tuple[Path, Path]:
+        docs = [
+            {"id": f"d{i}", "text": f"text {i}"} | ({"title": f"title {i}"} if titled else {})
+            for i in range(start, start + n)
+        ]
+        (tmp_path / f"{name}.jsonl").write_text("".join(json.dumps(d) + "\n" for d in docs))
+        (tmp_path / name).mkdir()
+        np.save(tmp_path / name / "emb.npy", rng.normal(size=(n, 32)).astype(np.float32))
+        (tmp_path / name / "meta.json").write_text(json.dumps({"model": model}))
+        return tmp_path / f"{name}.jsonl", tmp_path / name / "emb.npy"
+
+    def run(*args: str) -> int:
+        return main(["-q", "index", "--query-sample", "none", "--plan", "2bit", "--keep-vectors", *args])
+
+    first, later, other = (
+        corpus("first", 300, 0, False),
+        corpus("later", 40, 300, True),
+        corpus("x", 5, 900, True, "org/b"),
+    )
+    ix = tmp_path / "ix"
+    assert run("--corpus", str(first[0]), "--embeddings", str(first[1]), "--out", str(ix)) == 0
+    before = json.loads((ix / "manifest.json").read_text())["encoder"]
+    assert run("--add", "--corpus", str(later[0]), "--embeddings", str(later[1]), "--out", str(ix)) == 0
+    index = QamaIndex.open(ix)
+    assert len(index) == 340 and json.loads((ix / "manifest.json").read_text())["encoder"] == before
+    new = np.load(later[1])
+    _, rows = index.search(new / np.linalg.norm(new, axis=1, keepdims=True), 1)
+    assert [index.ids[int(r)] for r in rows[:, 0]] == [f"d{i}" for i in range(300, 340)]
+    assert index.titles is None  # the index keeps no titles (the first documents had none): said, not stored
+    said = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert said == [f"{ix}: this index keeps no titles; the titles of the added documents are not stored"]
+    capsys.readouterr()
+    for args, message in [
+        (["--corpus", str(later[0]), "--embeddings", str(later[1])], "40 document id(s) already in the index"),
+        (
+            ["--corpus", str(other[0]), "--embeddings", str(other[1])],
+            f"{ix}: the documents there were embedded with org/model, these with org/b",
+        ),
+        (["--corpus", str(other[0]), "--embeddings", str(other[1]), "--overwrite"], "--add adds documents to an index"),
+    ]:
+        assert run("--add", *args, "--out", str(ix)) == 2
+        assert capsys.readouterr().err.startswith(f"qama: error: {message}")
+    assert len(QamaIndex.open(ix)) == 340
+    # an index with titles takes documents without any: stored with empty titles
+    assert run("--corpus", str(later[0]), "--embeddings", str(later[1]), "--out", str(tmp_path / "ix2")) == 0
+    extra = corpus("extra", 3, 500, False)
+    assert run("--add", "--corpus", str(extra[0]), "--embeddings", str(extra[1]), "--out", str(tmp_path / "ix2")) == 0
+    index = QamaIndex.open(tmp_path / "ix2")
+    assert [index.title(r) for r in range(len(index))] == [f"title {i}" for i in range(300, 340)] + ["", "", ""]
