@@ -122,15 +122,21 @@ def never_worse_check(
             lost = bool(diff.mean() < -margin and diff.mean() < -z * stderr)
             results.append(CheckResult(name, dims, float(ours.mean()), float(theirs.mean()), stderr, lost))
             level = logging.WARNING if lost else logging.INFO
+            rule = f"behind by more than {margin:g} and {z:g} standard errors"
+            verdict = (
+                f"lost ({rule}): untrained codes serve it" if lost else f"the adapter serves it (lost only if {rule})"
+            )
             logger.log(
                 level,
-                "check %s@%d on %d held-out pseudo-queries: adapter %.4f, untrained %.4f%s",
+                "check %s@%d on %d held-out pseudo-queries: adapter %.4f, untrained %.4f, difference %+.4f ± %.4f; %s",
                 name,
                 dims,
                 len(diff),
                 ours.mean(),
                 theirs.mean(),
-                " -> training lost here: untrained codes are kept for this plan and size" if lost else "",
+                diff.mean(),
+                stderr,
+                verdict,
             )
     lost_at = [f"{r.plan}@{r.dims}" for r in results if r.lost]
     logger.log(
