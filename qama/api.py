@@ -50,6 +50,7 @@ __all__ = [
     "evaluate_dataset",
     "load_adapter",
     "index_corpus",
+    "add_to_store",
     "search_store",
 ]
 
@@ -230,6 +231,43 @@ def index_corpus(
             store.add(corpus_emb, ids, titles=titles, progress=bar.update)
         n = store.count()
         logger.info("%r: %d documents", store, n)
+    return n
+
+
+def add_to_store(
+    uri: str | os.PathLike,
+    corpus_emb: np.ndarray,
+    ids: Sequence[str],
+    titles: Sequence[str] | None = None,
+    model: str | None = None,
+    backend: str | None = None,
+    adapter: QamaAdapter | str | os.PathLike | None = None,
+    progress: bool = True,
+    **options: Any,
+) -> int:
+    """Add documents to the store that already exists at ``uri`` (an index folder or a Milvus collection,
+    :func:`qama.backends.open_backend`, which takes ``backend``, ``adapter`` and ``options``), as
+    ``qama index --add`` does; returns the number of documents in the store. They are coded with the
+    store's own encoder (its plan, thresholds and adapter: nothing is refitted, so the codes already
+    there stay comparable); their ids must be new to an index folder (a Milvus collection upserts).
+    ``model``: the model of the embeddings, refused when the store recorded another."""
+    from tqdm.auto import tqdm
+
+    from qama.backends import open_backend
+    from qama.embeddings import same_model
+
+    with open_backend(uri, backend, adapter=adapter, **options) as store:
+        recorded = store.manifest.get("meta", {}).get("model")
+        if model and recorded and not same_model(model, recorded):
+            raise ValueError(
+                f"{uri}: the documents there were embedded with {recorded}, these with {model}: "
+                "their codes would not be comparable"
+            )
+        titles = titles if titles is not None and any(titles) else None
+        with tqdm(total=len(corpus_emb), desc="encoding", unit="doc", disable=not progress) as bar:
+            store.add(corpus_emb, ids, titles=titles, progress=bar.update)
+        n = store.count()
+        logger.info("%r: %d documents (%d added)", store, n, len(ids))
     return n
 
 

@@ -36,6 +36,8 @@ logger = logging.getLogger(__name__)
 #: Share of the pairs held out of the fit for the check, and the most that are held out.
 HOLDOUT_FRACTION = 0.2
 HOLDOUT_MAX = 1000
+#: The fewest pairs held out: with fewer, none are and the check is not run.
+HOLDOUT_MIN = 20
 #: Documents the known-item search runs over, at most: the held-out targets and a random sample of the rest.
 CHECK_CORPUS_MAX = 20000
 #: A plan and size is lost when the adapter is behind by more than MARGIN (nDCG@10) and Z standard errors.
@@ -60,9 +62,9 @@ class CheckResult:
 
 def holdout_split(n_pairs: int, seed: int = 0, fraction: float = HOLDOUT_FRACTION) -> tuple[np.ndarray, np.ndarray]:
     """``(fit_rows, held_rows)`` of ``n_pairs`` pairs: ``fraction`` of them (at most :data:`HOLDOUT_MAX`,
-    none when fewer than 20 pairs would be held out) are held out of the fit, chosen at random."""
+    none when fewer than :data:`HOLDOUT_MIN` would be held out) are held out of the fit, chosen at random."""
     held = min(int(n_pairs * fraction), HOLDOUT_MAX)
-    if held < 20:
+    if held < HOLDOUT_MIN:
         return np.arange(n_pairs), np.zeros(0, dtype=np.int64)
     perm = np.random.default_rng(seed).permutation(n_pairs)
     return np.sort(perm[held:]), np.sort(perm[:held])
@@ -120,15 +122,21 @@ def never_worse_check(
             lost = bool(diff.mean() < -margin and diff.mean() < -z * stderr)
             results.append(CheckResult(name, dims, float(ours.mean()), float(theirs.mean()), stderr, lost))
             level = logging.WARNING if lost else logging.INFO
+            rule = f"behind by more than {margin:g} and {z:g} standard errors"
+            verdict = (
+                f"lost ({rule}): untrained codes serve it" if lost else f"the adapter serves it (lost only if {rule})"
+            )
             logger.log(
                 level,
-                "check %s@%d on %d held-out pseudo-queries: adapter %.4f, untrained %.4f%s",
+                "check %s@%d on %d held-out pseudo-queries: adapter %.4f, untrained %.4f, difference %+.4f ± %.4f; %s",
                 name,
                 dims,
                 len(diff),
                 ours.mean(),
                 theirs.mean(),
-                " -> training lost here: untrained codes are kept for this plan and size" if lost else "",
+                diff.mean(),
+                stderr,
+                verdict,
             )
     lost_at = [f"{r.plan}@{r.dims}" for r in results if r.lost]
     logger.log(

@@ -31,15 +31,36 @@ def _resolve_model(args: argparse.Namespace) -> None:
     args.model, args.recorded_model = resolve_model(args.embeddings, args.model, args.batch_size)
 
 
-def _load_inputs(args: argparse.Namespace):
-    """The dataset and its ``(corpus, queries)`` embeddings, from ``--embeddings`` or ``--model``."""
-    from qama.data import load_dataset
-    from qama.embeddings import dataset_embeddings
+def _check_corpus_or_dataset(args: argparse.Namespace) -> None:
+    """A command that takes a plain JSONL corpus or a dataset (``qama train``, ``qama index``): one of them."""
+    if (args.corpus is None) == (args.dataset is None):
+        raise ValueError("give either --dataset or --corpus")
 
+
+def _load_inputs(args: argparse.Namespace):
+    """The dataset and its ``(corpus, queries)`` embeddings, from ``--embeddings`` or ``--model``; for
+    ``--corpus`` (a plain JSONL file) a dataset with no queries, and ``queries`` None."""
+    from qama.data import load_dataset
+    from qama.embeddings import dataset_embeddings, jsonl_corpus_embeddings
+
+    if getattr(args, "corpus", None) is not None:
+        progress = not args.quiet
+        dataset, corpus = jsonl_corpus_embeddings(
+            args.corpus, args.embeddings, args.model, args.batch_size, args.cache_dir, progress
+        )
+        logger.info("%r", dataset)
+        return dataset, corpus, None
     dataset = load_dataset(args.dataset, split=args.split, cache_dir=args.cache_dir)
     logger.info("%r", dataset)
     corpus, queries = dataset_embeddings(dataset, args.model, args.embeddings, args.cache_dir, args.batch_size)
     return dataset, corpus, queries
+
+
+def _embeddings_folder(args: argparse.Namespace) -> Path | None:
+    """The folder of ``--embeddings``, whose ``meta.json`` names their model: ``--corpus`` takes the
+    ``.npy`` file itself, ``--dataset`` a folder."""
+    folder = args.embeddings
+    return folder.parent if folder is not None and folder.is_file() else folder
 
 
 def _query_sample(args: argparse.Namespace, dataset, corpus, queries, embed_titles=None, untrained=False):
@@ -48,10 +69,9 @@ def _query_sample(args: argparse.Namespace, dataset, corpus, queries, embed_titl
     codes without an adapter, for which ``auto`` falls back to the documents' sentences."""
     from qama.embeddings import query_sample
 
-    folder = args.embeddings  # (--corpus takes the .npy file itself: its folder holds meta.json)
-    folder = folder.parent if folder is not None and folder.is_file() else folder
     sample, what = query_sample(
-        dataset, corpus, queries, args.query_sample, args.model, folder, args.cache_dir, args.batch_size,
+        dataset, corpus, queries, args.query_sample, args.model, _embeddings_folder(args), args.cache_dir,
+        args.batch_size,
         not args.quiet, embed_titles, untrained,
     )  # fmt: skip
     logger.info("query thresholds: %s", what)
@@ -86,9 +106,9 @@ def _training_setup(args: argparse.Namespace, dataset, corpus, queries, embed_ti
     from qama.train import training_setup
 
     cfg, pairs = training_setup(
-        dataset, corpus, queries, args.pseudo_queries, args.pairs, args.nce_weight, args.model, args.embeddings,
-        args.cache_dir, args.batch_size, not args.quiet, embed_titles, steps=args.steps, expansion=args.expansion,
-        seed=args.seed, nested_dims=args.nested_dims, batch_size=args.train_batch_size,
+        dataset, corpus, queries, args.pseudo_queries, args.pairs, args.nce_weight, args.model,
+        _embeddings_folder(args), args.cache_dir, args.batch_size, not args.quiet, embed_titles, steps=args.steps,
+        expansion=args.expansion, seed=args.seed, nested_dims=args.nested_dims, batch_size=args.train_batch_size,
         drop_mean_direction=False if args.keep_mean_direction else None,
     )  # fmt: skip
     cfg.model_name = args.recorded_model or ""  # the model of the embeddings, when known (meta.json)
@@ -99,6 +119,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     from qama.embeddings import title_embedder
     from qama.train import check_out_dir, fit
 
+    _check_corpus_or_dataset(args)
+    if args.corpus is not None and args.pairs:
+        raise ValueError("--pairs takes a qrels split of --dataset; a --corpus file has no judgments")
     check_out_dir(args.out, args.overwrite)  # before loading or training anything
     _resolve_model(args)
     dataset, corpus, queries = _load_inputs(args)
@@ -154,22 +177,27 @@ def _store(args: argparse.Namespace, folder: Path | None, flag: str, faiss: dict
 
 
 def cmd_index(args: argparse.Namespace) -> int:
-    from qama.api import index_corpus, load_adapter
+    from qama.api import add_to_store, index_corpus, load_adapter
     from qama.backends import check_new_store
-    from qama.embeddings import jsonl_corpus_embeddings
 
-    if (args.corpus is None) == (args.dataset is None):
-        raise ValueError("give either --dataset or --corpus")
+    _check_corpus_or_dataset(args)
+    if args.add:
+        if args.overwrite or args.shard:
+            raise ValueError("--add adds documents to an index; it takes neither --overwrite nor --shard")
+        uri, kind, options = _store(args, args.out, "--out", {"verify": True})
+        _resolve_model(args)
+        dataset, corpus, _ = _load_inputs(args)
+        add_to_store(
+            uri, corpus, dataset.doc_ids, dataset.titles, args.recorded_model, kind, args.adapter, not args.quiet,
+            **options,
+        )  # fmt: skip
+        return 0
     uri, kind, options = _store(args, args.out, "--out", {"adapter_path": args.adapter, "overwrite": args.overwrite})
     # before any work: an index folder must be new, empty, or --overwrite (with --shard: an index is appended to)
     check_new_store(uri, kind, args.overwrite, args.shard)
     _resolve_model(args)
     adapter = load_adapter(args.adapter, args.recorded_model)
-    if args.corpus:
-        queries = None
-        dataset, corpus = jsonl_corpus_embeddings(args.corpus, args.embeddings, args.model, args.batch_size)
-    else:
-        dataset, corpus, queries = _load_inputs(args)
+    dataset, corpus, queries = _load_inputs(args)
     ids, titles = dataset.doc_ids, dataset.titles
     # (auto leaves an adapter's own query thresholds as they are: see fit_encoder)
     sample = _query_sample(args, dataset, corpus, queries, untrained=adapter is None)
@@ -229,7 +257,8 @@ def _add_input_args(p: argparse.ArgumentParser, required: bool = True) -> None:
     model_help = "sentence-transformers model of the dataset's embeddings and of its titles (default: the "
     model_help += f"model in meta.json of --embeddings, else {DEFAULT_MODEL}; one contradicting it is refused)"
     p.add_argument("--model", default=None, help=model_help)
-    p.add_argument("--embeddings", type=Path, help="folder with precomputed corpus.npy and queries.npy of --model")
+    emb_help = "folder with precomputed corpus.npy and queries.npy of --model (with --corpus: a .npy file)"
+    p.add_argument("--embeddings", type=Path, help=emb_help)
     p.add_argument("--batch-size", type=int, default=64, help="embedding batch size")
     sample_help = "query-like texts whose quantiles code the queries: auto (default: the titles if any, else, for "
     sample_help += "codes without an adapter, sentences), titles, sentences (one of each of up to 2,000 documents), "
@@ -237,6 +266,12 @@ def _add_input_args(p: argparse.ArgumentParser, required: bool = True) -> None:
     sample_help += "a text file (a query a line) or a .jsonl of queries"
     p.add_argument("--query-sample", default="auto", metavar="SOURCE", help=sample_help)
     p.add_argument("--cache-dir", type=Path, default=None, help="cache folder (default: $QAMA_CACHE or ~/.cache/qama)")
+
+
+def _add_corpus_arg(p: argparse.ArgumentParser) -> None:
+    corpus_help = "plain JSONL corpus ({_id or id, text, title?} a line) instead of --dataset; its "
+    corpus_help += "--embeddings is a .npy file, one row per line"
+    p.add_argument("--corpus", type=Path, help=corpus_help)
 
 
 def _add_train_args(p: argparse.ArgumentParser) -> None:
@@ -303,8 +338,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True, help="report folder (re-running resumes)")
     p.set_defaults(func=cmd_report, datasets=None)
 
-    p = sub.add_parser("train", help="fit a QAMA adapter on a dataset's corpus embeddings")
-    _add_input_args(p)
+    p = sub.add_parser("train", help="fit a QAMA adapter on a dataset's or a JSONL corpus's embeddings")
+    _add_input_args(p, required=False)
+    _add_corpus_arg(p)
     _add_train_args(p)
     p.add_argument("--out", type=Path, required=True, help="adapter folder (config.json + model.safetensors)")
     p.add_argument("--overwrite", action="store_true", help="replace an adapter already in --out")
@@ -319,11 +355,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("index", help="encode a corpus into a persistent qama index folder or a Milvus collection")
     _add_input_args(p, required=False)
-    p.add_argument("--corpus", type=Path, help="plain JSONL corpus ({_id, text, title?} a line) instead of --dataset")
+    _add_corpus_arg(p)
     p.add_argument("--adapter", type=Path, help="trained adapter folder (default: untrained quantile thresholds)")
     p.add_argument("--plan", default="hybrid", help="plan of the codes (default: hybrid)")
     p.add_argument("--keep-vectors", action="store_true", help="also store float32 vectors for exact rescoring")
     p.add_argument("--overwrite", action="store_true", help="replace an existing index at --out")
+    add_help = "add the documents to the index already at --out (or --uri), coded by its own encoder and plan"
+    p.add_argument("--add", action="store_true", help=add_help)
     p.add_argument("--out", type=Path, help="index folder to write (faiss backend)")
     _add_backend_args(p)
     p.add_argument("--shard", help="I/N: encode and load only part I of N of the corpus (N workers, one store)")

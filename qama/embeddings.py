@@ -587,10 +587,13 @@ def jsonl_corpus_embeddings(
     embeddings: str | os.PathLike | None = None,
     model_name: str = DEFAULT_MODEL,
     batch_size: int = 64,
+    cache_dir: Path | None = None,
+    progress: bool = True,
 ) -> tuple[Dataset, np.ndarray]:
     """``(dataset, embeddings)`` of a plain JSONL corpus (:func:`qama.data.jsonl_dataset`: its ids,
     titles and texts, no queries): its embeddings from the ``.npy`` file ``embeddings`` (one row per
-    document), else embedded with ``model_name``."""
+    document), else embedded with ``model_name`` and cached as a dataset's are (``qama train --corpus``
+    and ``qama index --corpus`` of one file embed it once)."""
     from qama.data import jsonl_dataset
 
     dataset = jsonl_dataset(path)
@@ -598,7 +601,9 @@ def jsonl_corpus_embeddings(
         corpus = check_embeddings(load_npy(embeddings), len(dataset.doc_ids), str(embeddings))
         check_meta_dimension(Path(embeddings).parent, corpus.shape[1], str(embeddings))
         return dataset, corpus
-    return dataset, encode(load_model(model_name), dataset.doc_texts, batch_size=batch_size)
+    root, stem = _cache_root(model_name, cache_dir), f"{dataset.name}-corpus"
+    model = load_model(model_name)
+    return dataset, _embed_cached(model, model_name, root, stem, dataset.doc_texts, batch_size, progress)
 
 
 def query_embeddings(

@@ -70,7 +70,7 @@ from qama.adapter import (
     default_nested_dims,
     mean_direction,
 )
-from qama.check import holdout_split, never_worse_check
+from qama.check import HOLDOUT_FRACTION, HOLDOUT_MIN, holdout_split, never_worse_check
 from qama.codes import DEFAULT_PLANS, Plan, plans_fitting
 
 __all__ = [
@@ -618,6 +618,14 @@ def _fit(
                 held = (q_np[held_rows], p_np[held_rows])
                 q_np, p_np = q_np[fit_rows], p_np[fit_rows]
         pair_t = (torch.from_numpy(q_np), torch.from_numpy(p_np))
+    if cfg.check and held is None:  # said, so that no one reads the silence as a check passed
+        least = math.ceil(HOLDOUT_MIN / HOLDOUT_FRACTION)
+        why = "no pseudo-query pairs" if pairs is None else f"{len(pairs[0])} pairs, fewer than {least}"
+        logger.warning(
+            "never-worse check: not run (%s): every plan and size will be served by the adapter's codes, "
+            "unchecked against untrained codes; `qama eval --adapter` on judged queries measures them",
+            why,
+        )
     torch.set_num_threads(max(1, cfg.threads))
     torch.manual_seed(cfg.seed)
     acfg = AdapterConfig(

@@ -363,3 +363,120 @@ def test_index_overwrite_of_a_milvus_collection_is_refused_before_any_work(small
         "collection by id, so drop the collection in Milvus to start anew\n"
     )
     assert not (tmp_path / "m.db").exists()
+
+
+def test_train_and_index_a_plain_jsonl_corpus_embedding_it_once(tmp_path, monkeypatch, capsys):
+    """A user's own corpus is a JSONL file, not a BEIR folder: `qama train --corpus F.jsonl` fits an adapter on
+    it (titles, where some documents have them, as pseudo-queries), and `qama index --corpus F.jsonl` with that
+    adapter finds each document by its own embedding; the corpus is embedded once, then read from the cache
+    (before: `qama train` required --dataset, a folder with qrels; `index --corpus` embedded it anew each run)."""
+    import qama.embeddings
+    from qama.index import QamaIndex
+
+    rng = np.random.default_rng(0)
+    docs = [
+        {"id": f"d{i}", "text": f"document {i} says something"} | ({"title": f"t{i}"} if i % 2 else {})
+        for i in range(200)
+    ]
+    corpus_file = tmp_path / "mine.jsonl"
+    corpus_file.write_text("".join(json.dumps(d) + "\n" for d in docs))
+    vectors = rng.normal(size=(200, 32)).astype(np.float32)
+    embedded: list[list[str]] = []
+
+    class Model:
+        max_seq_length = 128
+
+    def encode(model, texts, batch_size=64, progress=True):
+        embedded.append(list(texts))
+        if texts[0].startswith("t"):  # the titles: near their documents
+            return vectors[1::2][: len(texts)] + 0.1
+        return vectors[: len(texts)]
+
+    monkeypatch.setattr(qama.embeddings, "load_model", lambda name, device=None: Model())
+    monkeypatch.setattr(qama.embeddings, "encode", encode)
+    cache = ["--cache-dir", str(tmp_path / "cache")]
+    train = ["-q", "train", "--corpus", str(corpus_file), *cache, "--steps", "2", "--train-batch-size", "64"]
+    assert main([*train, "--out", str(tmp_path / "ad")]) == 0
+    config = json.loads((tmp_path / "ad" / "config.json").read_text())
+    assert config["adapter"]["dim"] == 32 and config["data"]["n_pairs"] == 100  # the 100 titled documents
+    assert embedded[0] == [f"{d.get('title', '')} {d['text']}".strip() for d in docs]
+    assert embedded[1] == [f"t{i}" for i in range(1, 200, 2)] and len(embedded) == 2
+    index = ["-q", "index", "--corpus", str(corpus_file), *cache, "--adapter", str(tmp_path / "ad"), "--plan", "2bit"]
+    assert main([*index, "--keep-vectors", "--out", str(tmp_path / "ix")]) == 0
+    assert len(embedded) == 2  # the corpus and the titles, from the cache
+    ix = QamaIndex.open_with_adapter(tmp_path / "ix")
+    _, rows = ix.search(vectors[:20] / np.linalg.norm(vectors[:20], axis=1, keepdims=True), 1, oversample=20)
+    assert [ix.ids[int(r)] for r in rows[:, 0]] == [f"d{i}" for i in range(20)]
+    # precomputed embeddings: a .npy file, one row per line; --pairs needs judgments a plain corpus has not
+    np.save(tmp_path / "mine.npy", vectors)
+    npy = ["-q", "train", "--corpus", str(corpus_file), "--embeddings", str(tmp_path / "mine.npy"), *cache]
+    assert main([*npy, "--steps", "2", "--train-batch-size", "64", "--out", str(tmp_path / "ad2")]) == 0
+    assert (tmp_path / "ad2" / "model.safetensors").is_file()
+    capsys.readouterr()
+    assert main([*npy, "--pairs", "train", "--out", str(tmp_path / "ad3")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == "qama: error: --pairs takes a qrels split of --dataset; a --corpus file has no judgments"
+    assert main(["-q", "train", "--out", str(tmp_path / "ad4")]) == 2
+    assert capsys.readouterr().err.strip() == "qama: error: give either --dataset or --corpus"
+    assert not (tmp_path / "ad3").exists() and not (tmp_path / "ad4").exists()
+
+
+def test_index_add_appends_documents_with_the_index_own_encoder(tmp_path, monkeypatch, capsys, caplog):
+    """Documents that come later: `qama index --add --corpus NEW.jsonl --out IX` codes them with the index's
+    own encoder (nothing refitted) and appends them, titled or not beside the others; each is then found by
+    its own embedding (before: refused, `an index already exists here`, and `--shard` refitted the encoder on
+    the new documents alone, so the index refused it: `the encoder given … is not the one this index was
+    built with`). Embeddings of another model, a second add of the same ids, and --overwrite are refused."""
+    from qama.index import QamaIndex
+
+    rng = np.random.default_rng(0)
+
+    def corpus(name: str, n: int, start: int, titled: bool, model: str = "org/model") -> tuple[Path, Path]:
+        docs = [
+            {"id": f"d{i}", "text": f"text {i}"} | ({"title": f"title {i}"} if titled else {})
+            for i in range(start, start + n)
+        ]
+        (tmp_path / f"{name}.jsonl").write_text("".join(json.dumps(d) + "\n" for d in docs))
+        (tmp_path / name).mkdir()
+        np.save(tmp_path / name / "emb.npy", rng.normal(size=(n, 32)).astype(np.float32))
+        (tmp_path / name / "meta.json").write_text(json.dumps({"model": model}))
+        return tmp_path / f"{name}.jsonl", tmp_path / name / "emb.npy"
+
+    def run(*args: str) -> int:
+        return main(["-q", "index", "--query-sample", "none", "--plan", "2bit", "--keep-vectors", *args])
+
+    first, later, other = (
+        corpus("first", 300, 0, False),
+        corpus("later", 40, 300, True),
+        corpus("x", 5, 900, True, "org/b"),
+    )
+    ix = tmp_path / "ix"
+    assert run("--corpus", str(first[0]), "--embeddings", str(first[1]), "--out", str(ix)) == 0
+    before = json.loads((ix / "manifest.json").read_text())["encoder"]
+    assert run("--add", "--corpus", str(later[0]), "--embeddings", str(later[1]), "--out", str(ix)) == 0
+    index = QamaIndex.open(ix)
+    assert len(index) == 340 and json.loads((ix / "manifest.json").read_text())["encoder"] == before
+    new = np.load(later[1])
+    _, rows = index.search(new / np.linalg.norm(new, axis=1, keepdims=True), 1)
+    assert [index.ids[int(r)] for r in rows[:, 0]] == [f"d{i}" for i in range(300, 340)]
+    assert index.titles is None  # the index keeps no titles (the first documents had none): said, not stored
+    said = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert said == [f"{ix}: this index keeps no titles; the titles of the added documents are not stored"]
+    capsys.readouterr()
+    for args, message in [
+        (["--corpus", str(later[0]), "--embeddings", str(later[1])], "40 document id(s) already in the index"),
+        (
+            ["--corpus", str(other[0]), "--embeddings", str(other[1])],
+            f"{ix}: the documents there were embedded with org/model, these with org/b",
+        ),
+        (["--corpus", str(other[0]), "--embeddings", str(other[1]), "--overwrite"], "--add adds documents to an index"),
+    ]:
+        assert run("--add", *args, "--out", str(ix)) == 2
+        assert capsys.readouterr().err.startswith(f"qama: error: {message}")
+    assert len(QamaIndex.open(ix)) == 340
+    # an index with titles takes documents without any: stored with empty titles
+    assert run("--corpus", str(later[0]), "--embeddings", str(later[1]), "--out", str(tmp_path / "ix2")) == 0
+    extra = corpus("extra", 3, 500, False)
+    assert run("--add", "--corpus", str(extra[0]), "--embeddings", str(extra[1]), "--out", str(tmp_path / "ix2")) == 0
+    index = QamaIndex.open(tmp_path / "ix2")
+    assert [index.title(r) for r in range(len(index))] == [f"title {i}" for i in range(300, 340)] + ["", "", ""]

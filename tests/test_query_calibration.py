@@ -673,3 +673,27 @@ def test_a_query_log_longer_than_the_sample_cap_is_sampled_not_embedded_whole(tm
     assert what == f"10 of the 30 queries from {log} (drawn at random)"
     monkeypatch.setattr(E, "SAMPLE_TEXTS_MAX", 30)  # a log within the cap: every line
     assert E.query_sample(None, corpus, None, str(log))[1] == f"30 queries from {log}" and len(seen[1]) == 30
+
+
+def test_each_line_of_the_check_gives_the_difference_its_standard_error_and_the_verdict(tmp_path, caplog):
+    """Each plan and size of the never-worse check says the difference, its standard error and the rule it
+    is judged by, and who serves it: a user sees why a plan where the adapter is behind is still kept
+    (before: only the two means, and an arrow on lost ones)."""
+    from qama.train import TrainConfig, fit
+
+    docs, titles = _clustered()
+    cfg = TrainConfig(steps=60, lr=0.3, batch_size=64, nested_dims=(16, 32), w_nce=1.0, progress=False)
+    with caplog.at_level(logging.INFO, logger="qama.check"):
+        adapter = fit(docs, cfg, pairs=(titles, docs))
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("check ")]
+    expected = []
+    for r in adapter.metadata["check"]["results"]:
+        rule = "behind by more than 0.02 and 3 standard errors"
+        verdict = (
+            f"lost ({rule}): untrained codes serve it" if r["lost"] else f"the adapter serves it (lost only if {rule})"
+        )
+        expected.append(
+            f"check {r['plan']}@{r['dims']} on 160 held-out pseudo-queries: adapter {r['adapter']:.4f}, untrained "
+            f"{r['untrained']:.4f}, difference {r['adapter'] - r['untrained']:+.4f} ± {r['stderr']:.4f}; {verdict}"
+        )
+    assert lines == expected and any(r["lost"] for r in adapter.metadata["check"]["results"])

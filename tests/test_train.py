@@ -415,3 +415,26 @@ def test_a_training_plan_left_out_at_a_nested_size_is_logged_once_not_at_every_s
             T.compute_losses(adapter, torch.from_numpy(x[:32]), cfg, step, torch.Generator().manual_seed(0), 1.0)
     skipped = [r.getMessage() for r in caplog.records if "skipping plan" in r.getMessage()]
     assert len(skipped) <= 2  # at 10 and at 20 dimensions, once each
+
+
+def test_a_fit_whose_never_worse_check_cannot_run_says_so(caplog: pytest.LogCaptureFixture) -> None:
+    """A corpus without titles (no pairs) or with too few for a held-out set: the fit says the check was not
+    run and that the adapter serves every plan and size unchecked (before: nothing was said, as if it passed)."""
+    x = _embeddings(200)
+    cfg = dataclasses.replace(TINY, checkpoint_every=0, w_nce=0.5)
+    expected = (
+        "never-worse check: not run ({}): every plan and size will be served by the adapter's codes, unchecked "
+        "against untrained codes; `qama eval --adapter` on judged queries measures them"
+    )
+    for pairs, why in [(None, "no pseudo-query pairs"), ((x[:50], x[:50]), "50 pairs, fewer than 100")]:
+        caplog.clear()
+        with caplog.at_level("INFO", logger="qama"):
+            adapter = fit(x, cfg, pairs=pairs)
+        said = [r.getMessage() for r in caplog.records if r.getMessage().startswith("never-worse check")]
+        assert said == [expected.format(why)] and "check" not in adapter.metadata
+    caplog.clear()
+    with caplog.at_level("INFO", logger="qama"):
+        fit(x, dataclasses.replace(cfg, check=False))  # switched off: nothing to say
+        fit(x, cfg, pairs=(x[:100], x[:100]))  # 20 held out: the check runs and says its own summary
+    said = [r.getMessage() for r in caplog.records if r.getMessage().startswith("never-worse check")]
+    assert len(said) == 1 and not said[0].startswith("never-worse check: not run")

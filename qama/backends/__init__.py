@@ -328,6 +328,7 @@ class FaissBackend:
         from qama.index import QamaIndex
 
         check_not_one_string(ids, "ids", "document ids")  # list("pqr") would be the ids "p", "q", "r"
+        check_not_one_string(titles, "titles", "titles")
         embeddings = np.asarray(embeddings)  # not converted whole: the index reads it a block of rows at a time
         if self.index is None:
             kwargs: dict[str, Any] = {"meta": self.meta} if self.meta is not None else {}
@@ -344,6 +345,15 @@ class FaissBackend:
                 **kwargs,
             )
         else:
+            if titles is not None and not any(titles):
+                titles = None  # no title at all: as a first add stores none
+            if self.index.titles is not None and titles is None:
+                titles = [""] * len(ids)  # documents without a title, beside titled ones
+            elif self.index.titles is None and titles is not None and len(self.index):
+                logger.warning(
+                    "%s: this index keeps no titles; the titles of the added documents are not stored", self.path
+                )
+                titles = None
             self.index.add(embeddings, list(ids), titles=titles, progress=progress)
 
     def delete(self, ids: Iterable[str]) -> int:
