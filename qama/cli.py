@@ -57,8 +57,12 @@ def _load_inputs(args: argparse.Namespace):
 
 
 def _embeddings_folder(args: argparse.Namespace) -> Path | None:
-    """The folder of ``--embeddings``, whose ``meta.json`` names their model: ``--corpus`` takes the
-    ``.npy`` file itself, ``--dataset`` a folder."""
+    """The folder of ``--embeddings``, whose ``meta.json`` names their model (``--corpus`` takes the
+    ``.npy`` file itself, ``--dataset`` a folder), for the check that titles and sentences are embedded
+    with that model; None when the model is known already: ``--model`` named it (one contradicting a
+    ``meta.json`` was refused by :func:`_resolve_model`), or a ``meta.json`` did."""
+    if args.recorded_model is not None:
+        return None
     folder = args.embeddings
     return folder.parent if folder is not None and folder.is_file() else folder
 

@@ -419,6 +419,15 @@ def test_train_and_index_a_plain_jsonl_corpus_embedding_it_once(tmp_path, monkey
     assert main(["-q", "train", "--out", str(tmp_path / "ad4")]) == 2
     assert capsys.readouterr().err.strip() == "qama: error: give either --dataset or --corpus"
     assert not (tmp_path / "ad3").exists() and not (tmp_path / "ad4").exists()
+    # embeddings without a meta.json: their model is unknown, so no titles; --model names it, and they are used
+    assert json.loads((tmp_path / "ad2" / "config.json").read_text())["data"]["n_pairs"] == 0
+    assert (
+        main(
+            [*npy, "--model", "fake/model", "--steps", "2", "--train-batch-size", "64", "--out", str(tmp_path / "ad5")]
+        )
+        == 0
+    )
+    assert json.loads((tmp_path / "ad5" / "config.json").read_text())["data"]["n_pairs"] == 100
 
 
 def test_index_add_appends_documents_with_the_index_own_encoder(tmp_path, monkeypatch, capsys, caplog):
