@@ -489,3 +489,16 @@ def test_index_add_appends_documents_with_the_index_own_encoder(tmp_path, monkey
     assert run("--add", "--corpus", str(extra[0]), "--embeddings", str(extra[1]), "--out", str(tmp_path / "ix2")) == 0
     index = QamaIndex.open(tmp_path / "ix2")
     assert [index.title(r) for r in range(len(index))] == [f"title {i}" for i in range(300, 340)] + ["", "", ""]
+
+
+def test_quiet_silences_the_hugging_face_progress_bars(tmp_path, monkeypatch):
+    """``-q`` (only warnings and errors) also turns off the bars of the Hugging Face libraries, such as
+    "Loading weights" of a model (HF_HUB_DISABLE_PROGRESS_BARS); a value the user set is kept."""
+    import os
+
+    args = ["search", "--index", str(tmp_path / "none"), "x"]
+    monkeypatch.delenv("HF_HUB_DISABLE_PROGRESS_BARS", raising=False)
+    assert main(args) == 2 and "HF_HUB_DISABLE_PROGRESS_BARS" not in os.environ
+    assert main(["-q", *args]) == 2 and os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] == "1"
+    monkeypatch.setenv("HF_HUB_DISABLE_PROGRESS_BARS", "0")
+    assert main(["-q", *args]) == 2 and os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] == "0"
