@@ -204,8 +204,11 @@ def cmd_index(args: argparse.Namespace) -> int:
     adapter = load_adapter(args.adapter, args.recorded_model)
     dataset, corpus, queries = _load_inputs(args)
     ids, titles = dataset.doc_ids, dataset.titles
-    # (auto leaves an adapter's own query thresholds as they are: see fit_encoder)
-    sample = _query_sample(args, dataset, corpus, queries, untrained=adapter is None)
+    if adapter is not None and args.query_sample == "auto" and adapter.query_calibrated:
+        sample = None  # auto leaves an adapter's own query thresholds as they are (fit_encoder): nothing to embed
+        logger.info("query thresholds: the adapter's own, fitted with it")
+    else:
+        sample = _query_sample(args, dataset, corpus, queries, untrained=adapter is None)
     index_corpus(
         uri, corpus, ids, titles, args.plan, adapter, sample, args.query_sample != "auto", args.recorded_model,
         args.shard, kind, args.keep_vectors, not args.quiet, **options,

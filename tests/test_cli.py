@@ -428,6 +428,12 @@ def test_train_and_index_a_plain_jsonl_corpus_embedding_it_once(tmp_path, monkey
         == 0
     )
     assert json.loads((tmp_path / "ad5" / "config.json").read_text())["data"]["n_pairs"] == 100
+    # an adapter fitted with query thresholds keeps them (auto): no query sample is made for the index
+    monkeypatch.setattr(qama.embeddings, "query_sample", lambda *a, **k: pytest.fail("a query sample was made"))
+    assert main([*index, "--out", str(tmp_path / "ix2")]) == 0
+    ix1, ix2 = (QamaIndex.open_with_adapter(tmp_path / name).encoder.quantizer for name in ("ix", "ix2"))
+    assert ix2.query_thresholds is not None
+    np.testing.assert_array_equal(ix2.query_thresholds, ix1.query_thresholds)
 
 
 def test_index_add_appends_documents_with_the_index_own_encoder(tmp_path, monkeypatch, capsys, caplog):
