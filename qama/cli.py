@@ -184,6 +184,7 @@ def _store(args: argparse.Namespace, folder: Path | None, flag: str, faiss: dict
 def cmd_index(args: argparse.Namespace) -> int:
     from qama.api import add_to_store, index_corpus, load_adapter
     from qama.backends import check_new_store
+    from qama.encoders import uses_query_sample
 
     _check_corpus_or_dataset(args)
     if args.add:
@@ -204,7 +205,7 @@ def cmd_index(args: argparse.Namespace) -> int:
     adapter = load_adapter(args.adapter, args.recorded_model)
     dataset, corpus, queries = _load_inputs(args)
     ids, titles = dataset.doc_ids, dataset.titles
-    if adapter is not None and args.query_sample == "auto" and adapter.query_calibrated:
+    if args.query_sample == "auto" and not uses_query_sample(adapter, args.plan):
         sample = None  # auto leaves an adapter's own query thresholds as they are (fit_encoder): nothing to embed
         logger.info("query thresholds: the adapter's own, fitted with it")
     else:

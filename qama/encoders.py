@@ -44,6 +44,7 @@ __all__ = [
     "check_encoder",
     "open_encoder",
     "fit_encoder",
+    "uses_query_sample",
 ]
 
 
@@ -108,6 +109,13 @@ class ThresholdEncoder:
         """Fit quantile thresholds and centroids on ``(n, d)`` corpus embeddings; with ``query_sample``
         (``(m, d)`` query-like embeddings) also the query thresholds (:meth:`calibrate_queries`)."""
         emb = check_fit_corpus(emb)  # (n >= 1, d), finite: a NaN threshold would code its dimension 0 everywhere
+        return cls._fit(emb, plan, sign_1bit, query_sample)
+
+    @classmethod
+    def _fit(
+        cls, emb: np.ndarray, plan: Plan, sign_1bit: bool = False, query_sample: np.ndarray | None = None
+    ) -> ThresholdEncoder:
+        """:meth:`fit` of a corpus already checked (:func:`qama._validate.check_fit_corpus`)."""
         encoder = cls(Quantizer.fit(plan_values_f32(emb, plan), plan, sign_1bit=sign_1bit))
         if query_sample is not None:
             encoder.calibrate_queries(query_sample)
@@ -418,16 +426,37 @@ def fit_encoder(
 
         logger.info("no adapter: fitting untrained quantile thresholds (%s) on the corpus", plan)
         p = plan if isinstance(plan, Plan) and dim is None else make_plan(plan, dim or corpus.shape[1])
-        return ThresholdEncoder.fit(corpus, p, query_sample=query_sample)
+        return ThresholdEncoder._fit(corpus, p, query_sample=query_sample)
     from qama.adapter import QamaAdapter
 
     if isinstance(adapter, (str, os.PathLike)):
         adapter = QamaAdapter.load(adapter)
     p = adapter.plan(plan, dim)
-    if f"{p.name}@{p.dim}" in adapter.metadata.get("check", {}).get("lost", []):
+    if _check_lost(adapter, p):
         logger.warning("%s at %d dims: the adapter's check found untrained codes better; using them", p.name, p.dim)
-        return ThresholdEncoder.fit(corpus, p, query_sample=query_sample)
+        return ThresholdEncoder._fit(corpus, p, query_sample=query_sample)
     encoder = AdapterEncoder(adapter, p, fit_emb=corpus)
-    if query_sample is not None and (replace_query_thresholds or not bool(adapter.query_calibrated)):
+    if query_sample is not None and not _keeps_own_query_thresholds(adapter, replace_query_thresholds):
         encoder.calibrate_queries(query_sample)
     return encoder
+
+
+def uses_query_sample(
+    adapter: Any, plan: str | Plan, replace_query_thresholds: bool = False, dim: int | None = None
+) -> bool:
+    """Whether :func:`fit_encoder` with these arguments codes the queries by a query sample given to it:
+    false only where the adapter serves the plan and size itself and keeps the query thresholds it was
+    fitted with (``replace_query_thresholds`` false), so that no sample need be made."""
+    if adapter is None or _check_lost(adapter, adapter.plan(plan, dim)):
+        return True
+    return not _keeps_own_query_thresholds(adapter, replace_query_thresholds)
+
+
+def _check_lost(adapter: Any, plan: Plan) -> bool:
+    """Whether the adapter's never-worse check served ``plan`` (at its size) with untrained codes."""
+    return f"{plan.name}@{plan.dim}" in adapter.metadata.get("check", {}).get("lost", [])
+
+
+def _keeps_own_query_thresholds(adapter: Any, replace_query_thresholds: bool) -> bool:
+    """Whether an adapter's codes keep the query thresholds it was fitted with instead of a sample's."""
+    return not replace_query_thresholds and bool(adapter.query_calibrated)

@@ -697,3 +697,22 @@ def test_each_line_of_the_check_gives_the_difference_its_standard_error_and_the_
             f"{r['untrained']:.4f}, difference {r['adapter'] - r['untrained']:+.4f} ± {r['stderr']:.4f}; {verdict}"
         )
     assert lines == expected and any(r["lost"] for r in adapter.metadata["check"]["results"])
+
+
+def test_uses_query_sample_is_false_only_where_the_adapter_serves_with_its_own_query_thresholds():
+    """``qama index`` makes no query sample (embeds no titles) only where :func:`fit_encoder` would not use
+    it: a plan and size the adapter serves itself, with the query thresholds it was fitted with. A plan its
+    check lost is served by untrained codes, whose queries the sample codes."""
+    from types import SimpleNamespace
+
+    from qama.encoders import uses_query_sample
+
+    def adapter(calibrated: bool):
+        lost = {"check": {"lost": ["2bit@16"]}}
+        return SimpleNamespace(metadata=lost, query_calibrated=calibrated, plan=lambda p, d: make_plan(p, d or 16))
+
+    assert uses_query_sample(None, "2bit")
+    assert not uses_query_sample(adapter(True), "1bit")
+    assert uses_query_sample(adapter(True), "2bit")  # lost: untrained codes serve it
+    assert uses_query_sample(adapter(True), "1bit", replace_query_thresholds=True)
+    assert uses_query_sample(adapter(False), "1bit")
