@@ -413,6 +413,17 @@ def _safe_extract(zf: zipfile.ZipFile, target: Path) -> None:
     zf.extractall(root)
 
 
+def _downloaded(target: Path) -> bool:
+    """Whether the dataset folder ``target`` is in place (it holds ``corpus.jsonl``); a file or a folder
+    with other things there is refused (:class:`DataError`): never qama's, which renames a download in
+    whole, so the user's. An empty folder or none: False."""
+    if (target / "corpus.jsonl").is_file():
+        return True
+    if target.exists() and (not target.is_dir() or any(target.iterdir())):
+        raise DataError(f"{target}: exists but holds no corpus.jsonl; move it or choose another cache folder")
+    return False
+
+
 def download_beir(name: str, cache_dir: Path, url: str | None = None, timeout: float = 60.0) -> Path:
     """Download and unpack the public BEIR archive ``name`` into ``cache_dir/datasets/name``.
 
@@ -420,10 +431,8 @@ def download_beir(name: str, cache_dir: Path, url: str | None = None, timeout: f
     temporary file and renamed, so an interrupted download leaves nothing half-done behind.
     """
     target = Path(cache_dir) / "datasets" / name
-    if (target / "corpus.jsonl").is_file():
+    if _downloaded(target):
         return target
-    if target.exists() and (not target.is_dir() or any(target.iterdir())):  # never qama's: it renames in whole
-        raise DataError(f"{target}: exists but holds no corpus.jsonl; move it or choose another cache folder")
     url = url or BEIR_URL.format(name=name)
     if not url.startswith("https://"):
         raise DataError(f"refusing to download over plain HTTP: {url}")
@@ -461,11 +470,8 @@ def download_beir(name: str, cache_dir: Path, url: str | None = None, timeout: f
         inner = extracted / name if (extracted / name).is_dir() else extracted
         if not (inner / "corpus.jsonl").is_file():
             raise DataError(f"{url}: archive has no corpus.jsonl")
-        # Another process may have downloaded it meanwhile (or the user made the folder): checked again.
-        if (target / "corpus.jsonl").is_file():
+        if _downloaded(target):  # by another process meanwhile (or the user made the folder): checked again
             return target
-        if target.exists() and (not target.is_dir() or any(target.iterdir())):
-            raise DataError(f"{target}: exists but holds no corpus.jsonl; move it or choose another cache folder")
         try:
             if target.exists():  # an empty folder
                 target.rmdir()
