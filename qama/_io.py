@@ -23,6 +23,7 @@ __all__ = [
     "atomic_open",
     "folder_lock",
     "fsync_dir",
+    "fsync_file",
     "write_json",
     "write_text",
     "check_output_files",
@@ -72,6 +73,15 @@ def folder_lock(path: str | os.PathLike, busy: str) -> Iterator[None]:
         yield
     finally:
         os.close(fd)  # (releases the lock)
+
+
+def fsync_file(path: str | os.PathLike) -> None:
+    """Make the content of the file ``path`` durable (before a rename makes it the one in use)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def fsync_dir(path: str | os.PathLike) -> None:

@@ -59,7 +59,7 @@ from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from qama import losses as L
-from qama._io import JsonFields, fingerprint, folder_lock, fsync_dir
+from qama._io import JsonFields, fingerprint, folder_lock, fsync_dir, fsync_file
 from qama._validate import misfit
 from qama.adapter import (
     CONFIG_NAME,
@@ -430,7 +430,7 @@ def _save_checkpoint(
     save_file(tensors, str(tmp / "state.safetensors"))
     (tmp / "meta.json").write_text(json.dumps({"step": step, "config": cfg.to_dict(), "data": data}, indent=2))
     for name in CHECKPOINT_FILES:  # the files' contents on disk before the renames make them the checkpoint
-        _fsync_file(tmp / name)
+        fsync_file(tmp / name)
     fsync_dir(tmp)
     old = path.with_name(path.name + ".old")
     shutil.rmtree(old, ignore_errors=True)
@@ -439,14 +439,6 @@ def _save_checkpoint(
     os.replace(tmp, path)
     fsync_dir(path.parent)  # the renames on disk before the previous checkpoint is removed
     shutil.rmtree(old, ignore_errors=True)
-
-
-def _fsync_file(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _recover_checkpoint(path: Path) -> None:
