@@ -263,9 +263,8 @@ def add_to_store(
                 f"{uri}: the documents there were embedded with {recorded}, these with {model}: "
                 "their codes would not be comparable"
             )
-        titles = titles if titles is not None and any(titles) else None
         with tqdm(total=len(corpus_emb), desc="encoding", unit="doc", disable=not progress) as bar:
-            store.add(corpus_emb, ids, titles=titles, progress=bar.update)
+            store.add(corpus_emb, ids, titles=titles, progress=bar.update)  # the store keeps titles or not
         n = store.count()
         logger.info("%r: %d documents (%d added)", store, n, len(ids))
     return n

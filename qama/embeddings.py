@@ -173,6 +173,11 @@ def embed_dataset(
 TITLES_MAX = 100_000
 
 
+def _draw(n: int, k: int) -> np.ndarray:
+    """``k`` of the positions ``0..n-1`` drawn at random without replacement (seed 0), in ascending order."""
+    return np.sort(np.random.default_rng(0).choice(n, k, replace=False))
+
+
 def embed_titles(
     dataset: Dataset,
     model_name: str = DEFAULT_MODEL,
@@ -192,7 +197,7 @@ def embed_titles(
         logger.info(
             "%s: the titles of %d of its %d titled documents, drawn at random", dataset.name, TITLES_MAX, len(rows)
         )
-        rows = np.sort(np.random.default_rng(0).choice(rows, TITLES_MAX, replace=False))
+        rows = rows[_draw(len(rows), TITLES_MAX)]
     model = model or load_model(model_name)
     texts = [dataset.titles[i].strip() for i in rows]
     root = _cache_root(model_name, cache_dir)
@@ -386,7 +391,7 @@ def query_sample(
             raise EmbeddingError(f"{path}: a query sample needs at least 2 non-empty lines, got {len(texts)}")
         what = f"{len(texts)} queries from {path}"
         if len(texts) > SAMPLE_TEXTS_MAX:  # a query log: its quantiles need a sample, not every line embedded
-            keep = np.sort(np.random.default_rng(0).choice(len(texts), SAMPLE_TEXTS_MAX, replace=False))
+            keep = _draw(len(texts), SAMPLE_TEXTS_MAX)
             texts, what = [texts[i] for i in keep], f"{SAMPLE_TEXTS_MAX} of the {what} (drawn at random)"
         emb = check_embeddings(encode(load_model(model_name), texts, batch_size, progress), None, str(path))
         return _check_sample_dim(emb, corpus, what, source, model_name)

@@ -144,6 +144,24 @@ def test_index_corpus_shards_agree_on_titles_that_one_part_lacks(tmp_path, order
     assert {index.ids[r]: index.titles[r] for r in range(100)} == dict(zip(ids, titles, strict=True))
 
 
+def test_add_to_store_follows_whether_the_store_keeps_titles(tmp_path, caplog):
+    """Documents added to an index folder take its choice: untitled ones beside titled ones get ``""``,
+    and titles added to an index that keeps none are dropped with a warning."""
+    rng = np.random.default_rng(7)
+    docs = rng.standard_normal((40, 16)).astype(np.float32)
+    docs /= np.linalg.norm(docs, axis=1, keepdims=True)
+    ids = [f"d{i}" for i in range(40)]
+    qama.api.index_corpus(tmp_path / "t", docs[:20], ids[:20], [f"t{i}" for i in range(20)], "2bit", progress=False)
+    assert qama.api.add_to_store(tmp_path / "t", docs[20:], ids[20:], [""] * 20, progress=False) == 40
+    index = qama.open_index(tmp_path / "t")
+    assert [index.titles[r] for r in (0, 19, 20, 39)] == ["t0", "t19", "", ""]
+    qama.api.index_corpus(tmp_path / "u", docs[:20], ids[:20], None, "2bit", progress=False)
+    with caplog.at_level("WARNING"):
+        assert qama.api.add_to_store(tmp_path / "u", docs[20:], ids[20:], ids[20:], progress=False) == 40
+    assert "this index keeps no titles; the titles of the added documents are not stored" in caplog.text
+    assert qama.open_index(tmp_path / "u").titles is None
+
+
 def test_encode_warns_of_a_lost_plan_once_not_at_every_batch(caplog: pytest.LogCaptureFixture) -> None:
     # qama.encode is called a batch at a time: the warning that the adapter's check found untrained
     # codes better at this plan and size was logged at every call
