@@ -254,7 +254,7 @@ def main() -> None:
     ]
     section = "\n".join(lines)
     print(section)
-    old = args.out.read_text()
+    old = args.out.read_text() if args.out.exists() else ""  # a new file: the section alone
     parts = old.rstrip("\n").split("\n## ")
     title = section.split("\n")[0][3:]
     at = [i for i, part in enumerate(parts) if part.split("\n")[0] == title]
