@@ -34,7 +34,7 @@ import faiss
 import numpy as np
 
 from qama._segments import RowSegments
-from qama._validate import check_k, check_oversample, n_candidates
+from qama._validate import MAX_RESULT_SLOTS, check_k, check_oversample, n_candidates
 from qama.codes import hamming, hamming_distances
 from qama.encoders import AdapterEncoder, Encoder, ThresholdEncoder  # re-exported: their old home
 
@@ -78,16 +78,30 @@ def _check_k(k: int, n_queries: int = 1) -> int:
 
 
 def float_search(corpus: np.ndarray, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Exact maximum-inner-product search (faiss ``IndexFlatIP``); missing slots: id -1, score -inf."""
+    """Exact maximum-inner-product search (faiss ``IndexFlatIP``); missing slots: id -1, score -inf.
+
+    Ties by ascending row id, as every search here: faiss keeps rows of its own choosing among those
+    tied with the ``k``-th, so one more row is asked for, and a query whose ``k``-th score is also the
+    next row's is searched again for twice as many rows until the tie ends (or every row is returned)."""
     k = _check_k(k, len(queries))
     queries = np.ascontiguousarray(queries, dtype=np.float32)
-    if len(corpus) == 0:
-        return np.full((len(queries), k), -np.inf, dtype=np.float32), np.full((len(queries), k), -1, dtype=np.int64)
+    nq, n = len(queries), len(corpus)
+    out_s, out_i = np.full((nq, k), -np.inf, dtype=np.float32), np.full((nq, k), -1, dtype=np.int64)
+    if n == 0 or nq == 0:
+        return out_s, out_i
     index = faiss.IndexFlatIP(corpus.shape[1])
     index.add(np.ascontiguousarray(corpus, dtype=np.float32))
-    scores, ids = index.search(queries, k)
-    scores[ids < 0] = -np.inf
-    return scores, ids
+    kk = min(k, n)
+    todo, m = np.arange(nq), min(kk + 1, n)
+    while len(todo):
+        again = []
+        for rows in np.array_split(todo, -(-len(todo) * m // MAX_RESULT_SLOTS)):  # bounded result slots
+            scores, ids = index.search(queries[rows], m)
+            tied = scores[:, kk - 1] == scores[:, m - 1] if m < n else np.zeros(len(rows), dtype=bool)
+            out_s[rows[~tied]], out_i[rows[~tied]] = top_by_score(scores[~tied], ids[~tied], k)
+            again.append(rows[tied])
+        todo, m = np.concatenate(again), min(2 * m, n)
+    return out_s, out_i
 
 
 def _check_codes(codes: np.ndarray | RowSegments, query_codes: np.ndarray) -> None:

@@ -56,6 +56,27 @@ def test_hamming_search_fewer_rows_than_k_and_empty() -> None:
     assert (i == -1).all() and np.isneginf(s).all()
 
 
+@pytest.mark.parametrize("nq", [3, 40])  # faiss scores fewer than 20 queries one by one, more with BLAS
+def test_float_search_breaks_ties_by_ascending_id_as_the_numpy_reference(nq: int) -> None:
+    """Documents of one vector tie; faiss kept the last of the tied rows at the k-th place (k=10 of 5,000
+    rows in 7 groups: rows 65, 59, 50, … where the reference has 11, 14, 16, …). Now ties by ascending
+    id: the rows, and the scores, of a numpy lexsort over every row. Small integer values: the inner
+    products are exact in float32, whichever kernel computes them."""
+    rng = np.random.default_rng(5)
+    base = rng.integers(-3, 4, size=(7, 16)).astype(np.float32)
+    corpus = base[rng.integers(0, 7, 5000)]
+    queries = rng.integers(-3, 4, size=(nq, 16)).astype(np.float32)
+    full = queries @ corpus.T  # exact: integers
+    for k in (1, 10, 700, 4999, 5000, 5003):  # 700: a tie group of ~700 rows at the k-th place
+        s, i = float_search(corpus, queries, k)
+        order = np.lexsort((np.broadcast_to(np.arange(5000), full.shape), -full), axis=1)[:, :k]
+        kk = min(k, 5000)
+        np.testing.assert_array_equal(i[:, :kk], order)
+        np.testing.assert_array_equal(s[:, :kk], np.take_along_axis(full, order, 1))
+        assert (i[:, kk:] == -1).all() and np.isneginf(s[:, kk:]).all()
+    assert float_search(corpus, queries[:0], 3)[1].shape == (0, 3)
+
+
 @pytest.mark.parametrize("k", [0, -1])
 def test_k_must_be_positive(k: int) -> None:
     codes = random_codes(4, 8, 0)
