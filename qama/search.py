@@ -288,6 +288,13 @@ def top_by_score(scores: np.ndarray, candidates: np.ndarray, k: int) -> tuple[np
     return out_s, out_i
 
 
+def _pad_to_rows(query_codes: np.ndarray, width: int) -> np.ndarray:
+    """Query codes padded with zero bytes to ``width``, that of aligned corpus rows (wider ones as they are)."""
+    if query_codes.shape[1] < width:
+        return np.pad(query_codes, ((0, 0), (0, width - query_codes.shape[1])))
+    return query_codes
+
+
 #: ``candidates(query_codes, m) -> (distances, rows)``: the first stage of :func:`search_rescored`.
 CandidateFn = Callable[[np.ndarray, int], tuple[np.ndarray, np.ndarray]]
 
@@ -333,9 +340,7 @@ def search_rescored(
     if query_codes is None:
         query_codes = encoder.encode_queries(queries)
     if candidates is None:
-        width = codes.shape[1]
-        if query_codes.shape[1] < width:  # aligned corpus rows: pad the queries with zero bytes
-            query_codes = np.pad(query_codes, ((0, 0), (0, width - query_codes.shape[1])))
+        query_codes = _pad_to_rows(query_codes, codes.shape[1])
         candidates = lambda qc, m: hamming_search(codes, qc, m)  # noqa: E731
     # candidates: oversample × k, at most MAX_CANDIDATES and the rows there are (when codes is an array)
     n = len(codes) if isinstance(codes, (np.ndarray, RowSegments)) else None
@@ -391,8 +396,8 @@ def funnel_search(
     if query_codes is None:
         raise ValueError("rerank='hamming' needs query_codes")
     _, cand = hamming_search(prefix_codes, prefix_query_codes, n_candidates(k, oversample, len(prefix_codes)))
-    valid = cand >= 0
-    rows = np.where(valid, cand, 0)
-    dist = hamming(np.asarray(codes[rows.reshape(-1)]).reshape(*cand.shape, -1), query_codes[:, None, :])
-    scores = np.where(valid, -dist, -np.inf).astype(np.float32)
+    query_codes = _pad_to_rows(np.asarray(query_codes), codes.shape[1])
+    scores = np.full(cand.shape, -np.inf, dtype=np.float32)
+    valid = cand >= 0  # the full codes of the candidates only (none for no queries or no rows)
+    scores[valid] = -hamming(np.asarray(codes[cand[valid]]), query_codes[np.nonzero(valid)[0]])
     return top_by_score(scores, cand, k)

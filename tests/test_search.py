@@ -291,6 +291,32 @@ def test_funnel_search(corpus: np.ndarray) -> None:
         funnel_search(pc, pq, 10, 2, "bogus", codes=codes)
 
 
+def test_funnel_search_hamming_rerank_of_no_queries_no_rows_and_aligned_rows(corpus: np.ndarray) -> None:
+    """``rerank="hamming"`` answers a batch of no queries, an empty corpus, and full codes in aligned rows
+    (zero bytes to a multiple of 8) with code-size query codes, as ``"asymmetric"`` does (before:
+    ``cannot reshape array of size 0 into shape (0,20,newaxis)``, ``index 0 is out of bounds for axis 0
+    with size 0`` and ``operands could not be broadcast together with shapes (6,20,8) (6,1,7)``)."""
+    q = corpus[:6]
+    enc, codes, qc, pc, pq = _funnel_inputs(corpus, q)
+    s, i = funnel_search(pc, pq[:0], 5, 4, "hamming", codes=codes, query_codes=qc[:0])
+    assert s.shape == i.shape == (0, 5)
+    s, i = funnel_search(pc[:0], pq, 5, 4, "hamming", codes=codes[:0], query_codes=qc)
+    assert (i == -1).all() and np.isneginf(s).all() and i.shape == (6, 5)
+    aligned = np.pad(codes, ((0, 0), (0, enc.plan.row_size(8) - enc.plan.code_size)))
+    assert aligned.shape[1] == 8 and qc.shape[1] == 7
+    expected = funnel_search(pc, pq, 5, 4, "hamming", codes=codes, query_codes=qc)
+    for a, b in zip(funnel_search(pc, pq, 5, 4, "hamming", codes=aligned, query_codes=qc), expected, strict=True):
+        np.testing.assert_array_equal(a, b)
+    # the reference: the 20 first candidates of the prefix by (distance, row), reranked by full distance, row
+    dp, df = hamming_search_reference(pc, pq, 300), hamming_search_reference(codes, qc, 300)
+    for r in range(6):
+        cand = dp[1][r, :20]
+        full = dict(zip(df[1][r].tolist(), df[0][r].tolist(), strict=True))
+        ref = sorted(cand.tolist(), key=lambda row: (full[row], row))[:5]
+        np.testing.assert_array_equal(expected[1][r], ref)
+        np.testing.assert_array_equal(-expected[0][r], [full[row] for row in ref])
+
+
 @pytest.mark.parametrize("rerank", ["hamming", "asymmetric"])
 def test_funnel_search_refuses_oversample_below_one(corpus: np.ndarray, rerank: str) -> None:
     """``oversample=0`` reranked nothing: ``rerank="asymmetric"`` returned the prefix's negated Hamming
