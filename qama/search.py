@@ -270,7 +270,8 @@ def exact_scores(queries: np.ndarray, vectors: np.ndarray, candidates: np.ndarra
     valid = candidates >= 0
     rows = np.where(valid, candidates, 0)
     cand = np.asarray(vectors[rows.reshape(-1)], dtype=np.float32).reshape(nq, m, -1)
-    q = np.asarray(queries, dtype=np.float32)[:, None, : cand.shape[2]]
+    # C order whatever the caller's layout: einsum's float32 sums differ in the last bit between layouts
+    q = np.ascontiguousarray(np.asarray(queries, dtype=np.float32)[:, : cand.shape[2]])[:, None, :]
     scores = np.einsum("qmd,qmd->qm", cand, np.broadcast_to(q, cand.shape))
     return np.where(valid, scores, -np.inf).astype(np.float32)
 
