@@ -109,6 +109,21 @@ def test_more_k_than_documents_and_empty(make, data) -> None:
         b.search_codes(qc, 0)
 
 
+def test_k_may_be_a_numpy_integer_and_must_be_an_integer_in_both_stores(make, data) -> None:
+    """``Backend.search_codes(qc, np.int64(3))`` answers as ``k=3`` in both stores (before, a Milvus
+    collection: pymilvus's ``ParamError: `limit` value 3 is illegal``), and a float ``k`` is refused with
+    qama's message in both (before, Milvus: ``TypeError: 'float' object cannot be interpreted as an integer``)."""
+    b = make(data["encoder"])
+    b.add(data["emb"], data["ids"])
+    qc, q = data["encoder"].encode(data["queries"]), data["queries"]
+    for call in (lambda k: b.search_codes(qc, k), lambda k: b.search(q, k, oversample=2)):
+        for got, want in zip(call(np.int64(3)), call(3), strict=True):
+            np.testing.assert_array_equal(got, want)
+        for bad in (2.0, True):
+            with pytest.raises(ValueError, match="^k must be an integer, got "):
+                call(bad)
+
+
 def test_delete_then_search(make, data) -> None:
     b = make(data["encoder"])
     b.add(data["emb"][:100], data["ids"][:100])

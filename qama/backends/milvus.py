@@ -452,8 +452,7 @@ class MilvusBackend:
     # ------------------------------------------------------------------ search
     def search_codes(self, query_codes: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """Hamming top-``k`` (exact with BIN_FLAT); distances ascending, ties in the server's order."""
-        if k <= 0:
-            raise ValueError(f"k must be positive, got {k}")
+        k = check_k(k, len(query_codes))  # a Python int (pymilvus refuses a numpy integer's limit)
         if k > MAX_TOPK:
             raise ValueError(f"Milvus returns at most {MAX_TOPK} results per query, asked for {k}")
         query_codes = np.asarray(query_codes)
