@@ -236,6 +236,20 @@ def test_reopen_uses_the_stored_encoder(make, data, tmp_path: Path, request: pyt
 
 
 # ---------------------------------------------------------------------- Milvus only
+def test_a_collection_milvus_refuses_to_create_is_a_one_line_error(milvus_uri: str, data) -> None:  # noqa: F811
+    """milvus-lite serves only BIN_FLAT: ``qama index --backend milvus --index-type BIN_IVF_FLAT`` on it raised
+    pymilvus's ``MilvusException`` (a traceback on the command line, whose contract is one line). Now a
+    ``ValueError`` with the server's reason and what to do about the collection it left, which the next
+    run refuses as before."""
+    name = collection_name()
+    options = dict(create=True, collection=name, index_type="BIN_IVF_FLAT", nlist=4, dim=D)
+    reason = r"invalid index type: BIN_IVF_FLAT, local mode only support BIN_FLAT:"
+    with pytest.raises(ValueError, match=rf"^collection '{name}': Milvus refused to create it \({reason}\); "):
+        open_backend(milvus_uri, "milvus", data["encoder"], **options)
+    with pytest.raises(FileExistsError, match=rf"^collection '{name}' exists and has no qama manifest "):
+        open_backend(milvus_uri, "milvus", data["encoder"], **options)
+
+
 def test_milvus_upsert_is_idempotent_and_code_size_is_checked(milvus_uri: str, data) -> None:  # noqa: F811
     enc = data["encoder"]
     idem = collection_name("idem")

@@ -273,7 +273,11 @@ class MilvusBackend:
                 client.upsert(f"{collection}_qama", rows, timeout=timeout)
         except _pymilvus().exceptions.MilvusException as e:
             if not client.has_collection(f"{collection}_qama", timeout=timeout):
-                raise
+                raise ValueError(
+                    f"collection {collection!r}: Milvus refused to create it ({e.message.strip()}); a collection of "
+                    "that name it made before refusing has no qama manifest: drop it in Milvus or choose another "
+                    "--collection"
+                ) from None
             logger.info("collection %s was created concurrently (%s)", collection, e)
 
     @staticmethod
