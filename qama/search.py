@@ -34,7 +34,7 @@ import faiss
 import numpy as np
 
 from qama._segments import RowSegments
-from qama._validate import check_k, check_oversample, n_candidates
+from qama._validate import MAX_RESULT_SLOTS, check_k, check_oversample, n_candidates
 from qama.codes import hamming, hamming_distances
 from qama.encoders import AdapterEncoder, Encoder, ThresholdEncoder  # re-exported: their old home
 
@@ -78,16 +78,30 @@ def _check_k(k: int, n_queries: int = 1) -> int:
 
 
 def float_search(corpus: np.ndarray, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Exact maximum-inner-product search (faiss ``IndexFlatIP``); missing slots: id -1, score -inf."""
+    """Exact maximum-inner-product search (faiss ``IndexFlatIP``); missing slots: id -1, score -inf.
+
+    Ties by ascending row id, as every search here: faiss keeps rows of its own choosing among those
+    tied with the ``k``-th, so one more row is asked for, and a query whose ``k``-th score is also the
+    next row's is searched again for twice as many rows until the tie ends (or every row is returned)."""
     k = _check_k(k, len(queries))
     queries = np.ascontiguousarray(queries, dtype=np.float32)
-    if len(corpus) == 0:
-        return np.full((len(queries), k), -np.inf, dtype=np.float32), np.full((len(queries), k), -1, dtype=np.int64)
+    nq, n = len(queries), len(corpus)
+    out_s, out_i = np.full((nq, k), -np.inf, dtype=np.float32), np.full((nq, k), -1, dtype=np.int64)
+    if n == 0 or nq == 0:
+        return out_s, out_i
     index = faiss.IndexFlatIP(corpus.shape[1])
     index.add(np.ascontiguousarray(corpus, dtype=np.float32))
-    scores, ids = index.search(queries, k)
-    scores[ids < 0] = -np.inf
-    return scores, ids
+    kk = min(k, n)
+    todo, m = np.arange(nq), min(kk + 1, n)
+    while len(todo):
+        again = []
+        for rows in np.array_split(todo, -(-len(todo) * m // MAX_RESULT_SLOTS)):  # bounded result slots
+            scores, ids = index.search(queries[rows], m)
+            tied = scores[:, kk - 1] == scores[:, m - 1] if m < n else np.zeros(len(rows), dtype=bool)
+            out_s[rows[~tied]], out_i[rows[~tied]] = top_by_score(scores[~tied], ids[~tied], k)
+            again.append(rows[tied])
+        todo, m = np.concatenate(again), min(2 * m, n)
+    return out_s, out_i
 
 
 def _check_codes(codes: np.ndarray | RowSegments, query_codes: np.ndarray) -> None:
@@ -256,7 +270,8 @@ def exact_scores(queries: np.ndarray, vectors: np.ndarray, candidates: np.ndarra
     valid = candidates >= 0
     rows = np.where(valid, candidates, 0)
     cand = np.asarray(vectors[rows.reshape(-1)], dtype=np.float32).reshape(nq, m, -1)
-    q = np.asarray(queries, dtype=np.float32)[:, None, : cand.shape[2]]
+    # C order whatever the caller's layout: einsum's float32 sums differ in the last bit between layouts
+    q = np.ascontiguousarray(np.asarray(queries, dtype=np.float32)[:, : cand.shape[2]])[:, None, :]
     scores = np.einsum("qmd,qmd->qm", cand, np.broadcast_to(q, cand.shape))
     return np.where(valid, scores, -np.inf).astype(np.float32)
 
@@ -272,6 +287,13 @@ def top_by_score(scores: np.ndarray, candidates: np.ndarray, k: int) -> tuple[np
     out_i[:, : order.shape[1]] = np.take_along_axis(candidates, order, axis=1)
     out_i[~np.isfinite(out_s)] = -1
     return out_s, out_i
+
+
+def _pad_to_rows(query_codes: np.ndarray, width: int) -> np.ndarray:
+    """Query codes padded with zero bytes to ``width``, that of aligned corpus rows (wider ones as they are)."""
+    if query_codes.shape[1] < width:
+        return np.pad(query_codes, ((0, 0), (0, width - query_codes.shape[1])))
+    return query_codes
 
 
 #: ``candidates(query_codes, m) -> (distances, rows)``: the first stage of :func:`search_rescored`.
@@ -319,9 +341,7 @@ def search_rescored(
     if query_codes is None:
         query_codes = encoder.encode_queries(queries)
     if candidates is None:
-        width = codes.shape[1]
-        if query_codes.shape[1] < width:  # aligned corpus rows: pad the queries with zero bytes
-            query_codes = np.pad(query_codes, ((0, 0), (0, width - query_codes.shape[1])))
+        query_codes = _pad_to_rows(query_codes, codes.shape[1])
         candidates = lambda qc, m: hamming_search(codes, qc, m)  # noqa: E731
     # candidates: oversample × k, at most MAX_CANDIDATES and the rows there are (when codes is an array)
     n = len(codes) if isinstance(codes, (np.ndarray, RowSegments)) else None
@@ -377,8 +397,8 @@ def funnel_search(
     if query_codes is None:
         raise ValueError("rerank='hamming' needs query_codes")
     _, cand = hamming_search(prefix_codes, prefix_query_codes, n_candidates(k, oversample, len(prefix_codes)))
-    valid = cand >= 0
-    rows = np.where(valid, cand, 0)
-    dist = hamming(np.asarray(codes[rows.reshape(-1)]).reshape(*cand.shape, -1), query_codes[:, None, :])
-    scores = np.where(valid, -dist, -np.inf).astype(np.float32)
+    query_codes = _pad_to_rows(np.asarray(query_codes), codes.shape[1])
+    scores = np.full(cand.shape, -np.inf, dtype=np.float32)
+    valid = cand >= 0  # the full codes of the candidates only (none for no queries or no rows)
+    scores[valid] = -hamming(np.asarray(codes[cand[valid]]), query_codes[np.nonzero(valid)[0]])
     return top_by_score(scores, cand, k)

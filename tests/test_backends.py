@@ -109,6 +109,21 @@ def test_more_k_than_documents_and_empty(make, data) -> None:
         b.search_codes(qc, 0)
 
 
+def test_k_may_be_a_numpy_integer_and_must_be_an_integer_in_both_stores(make, data) -> None:
+    """``Backend.search_codes(qc, np.int64(3))`` answers as ``k=3`` in both stores (before, a Milvus
+    collection: pymilvus's ``ParamError: `limit` value 3 is illegal``), and a float ``k`` is refused with
+    qama's message in both (before, Milvus: ``TypeError: 'float' object cannot be interpreted as an integer``)."""
+    b = make(data["encoder"])
+    b.add(data["emb"], data["ids"])
+    qc, q = data["encoder"].encode(data["queries"]), data["queries"]
+    for call in (lambda k: b.search_codes(qc, k), lambda k: b.search(q, k, oversample=2)):
+        for got, want in zip(call(np.int64(3)), call(3), strict=True):
+            np.testing.assert_array_equal(got, want)
+        for bad in (2.0, True):
+            with pytest.raises(ValueError, match="^k must be an integer, got "):
+                call(bad)
+
+
 def test_delete_then_search(make, data) -> None:
     b = make(data["encoder"])
     b.add(data["emb"][:100], data["ids"][:100])
@@ -221,6 +236,20 @@ def test_reopen_uses_the_stored_encoder(make, data, tmp_path: Path, request: pyt
 
 
 # ---------------------------------------------------------------------- Milvus only
+def test_a_collection_milvus_refuses_to_create_is_a_one_line_error(milvus_uri: str, data) -> None:  # noqa: F811
+    """milvus-lite serves only BIN_FLAT: ``qama index --backend milvus --index-type BIN_IVF_FLAT`` on it raised
+    pymilvus's ``MilvusException`` (a traceback on the command line, whose contract is one line). Now a
+    ``ValueError`` with the server's reason and what to do about the collection it left, which the next
+    run refuses as before."""
+    name = collection_name()
+    options = dict(create=True, collection=name, index_type="BIN_IVF_FLAT", nlist=4, dim=D)
+    reason = r"invalid index type: BIN_IVF_FLAT, local mode only support BIN_FLAT:"
+    with pytest.raises(ValueError, match=rf"^collection '{name}': Milvus refused to create it \({reason}\); "):
+        open_backend(milvus_uri, "milvus", data["encoder"], **options)
+    with pytest.raises(FileExistsError, match=rf"^collection '{name}' exists and has no qama manifest "):
+        open_backend(milvus_uri, "milvus", data["encoder"], **options)
+
+
 def test_milvus_upsert_is_idempotent_and_code_size_is_checked(milvus_uri: str, data) -> None:  # noqa: F811
     enc = data["encoder"]
     idem = collection_name("idem")

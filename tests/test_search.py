@@ -56,6 +56,27 @@ def test_hamming_search_fewer_rows_than_k_and_empty() -> None:
     assert (i == -1).all() and np.isneginf(s).all()
 
 
+@pytest.mark.parametrize("nq", [3, 40])  # faiss scores fewer than 20 queries one by one, more with BLAS
+def test_float_search_breaks_ties_by_ascending_id_as_the_numpy_reference(nq: int) -> None:
+    """Documents of one vector tie; faiss kept the last of the tied rows at the k-th place (k=10 of 5,000
+    rows in 7 groups: rows 65, 59, 50, … where the reference has 11, 14, 16, …). Now ties by ascending
+    id: the rows, and the scores, of a numpy lexsort over every row. Small integer values: the inner
+    products are exact in float32, whichever kernel computes them."""
+    rng = np.random.default_rng(5)
+    base = rng.integers(-3, 4, size=(7, 16)).astype(np.float32)
+    corpus = base[rng.integers(0, 7, 5000)]
+    queries = rng.integers(-3, 4, size=(nq, 16)).astype(np.float32)
+    full = queries @ corpus.T  # exact: integers
+    for k in (1, 10, 700, 4999, 5000, 5003):  # 700: a tie group of ~700 rows at the k-th place
+        s, i = float_search(corpus, queries, k)
+        order = np.lexsort((np.broadcast_to(np.arange(5000), full.shape), -full), axis=1)[:, :k]
+        kk = min(k, 5000)
+        np.testing.assert_array_equal(i[:, :kk], order)
+        np.testing.assert_array_equal(s[:, :kk], np.take_along_axis(full, order, 1))
+        assert (i[:, kk:] == -1).all() and np.isneginf(s[:, kk:]).all()
+    assert float_search(corpus, queries[:0], 3)[1].shape == (0, 3)
+
+
 @pytest.mark.parametrize("k", [0, -1])
 def test_k_must_be_positive(k: int) -> None:
     codes = random_codes(4, 8, 0)
@@ -150,6 +171,25 @@ def test_exact_scores(corpus: np.ndarray) -> None:
     got = exact_scores(corpus[:1], corpus, cand)
     np.testing.assert_allclose(got[0, :2], corpus[[3, 1]] @ corpus[0], rtol=1e-6)
     assert np.isneginf(got[0, 2])
+
+
+def test_exact_scores_do_not_depend_on_the_layout_of_the_queries(corpus: np.ndarray) -> None:
+    """The same query values, C-ordered, Fortran-ordered or a strided view, give the same float32 scores
+    (before: einsum summed a non-contiguous query in another order, a last-bit difference: 2.4e-7 in the
+    rescored scores of ``QamaIndex.search(np.asfortranarray(q), oversample=4)`` with stored vectors)."""
+    rng = np.random.default_rng(2)
+    queries = rng.standard_normal((64, 32)).astype(np.float32)
+    cand = rng.integers(-1, len(corpus), size=(64, 40))
+    expected = exact_scores(queries, corpus, cand)
+    wide = np.zeros((64, 64), np.float32)
+    wide[:, ::2] = queries
+    for layout in (np.asfortranarray(queries), wide[:, ::2], queries.astype(np.float64)):
+        np.testing.assert_array_equal(exact_scores(layout, corpus, cand), expected)
+    enc = ThresholdEncoder.fit(corpus, make_plan("2bit", 32))
+    codes = enc.encode(corpus)
+    got = search_rescored(codes, enc, np.asfortranarray(queries), 10, 4, vectors=corpus)
+    for a, b in zip(got, search_rescored(codes, enc, queries, 10, 4, vectors=corpus), strict=True):
+        np.testing.assert_array_equal(a, b)
 
 
 def test_exact_scores_of_no_queries_and_in_blocks_of_queries(corpus: np.ndarray, monkeypatch) -> None:
@@ -268,6 +308,32 @@ def test_funnel_search(corpus: np.ndarray) -> None:
     np.testing.assert_array_equal(i, i2)
     with pytest.raises(ValueError, match="rerank"):
         funnel_search(pc, pq, 10, 2, "bogus", codes=codes)
+
+
+def test_funnel_search_hamming_rerank_of_no_queries_no_rows_and_aligned_rows(corpus: np.ndarray) -> None:
+    """``rerank="hamming"`` answers a batch of no queries, an empty corpus, and full codes in aligned rows
+    (zero bytes to a multiple of 8) with code-size query codes, as ``"asymmetric"`` does (before:
+    ``cannot reshape array of size 0 into shape (0,20,newaxis)``, ``index 0 is out of bounds for axis 0
+    with size 0`` and ``operands could not be broadcast together with shapes (6,20,8) (6,1,7)``)."""
+    q = corpus[:6]
+    enc, codes, qc, pc, pq = _funnel_inputs(corpus, q)
+    s, i = funnel_search(pc, pq[:0], 5, 4, "hamming", codes=codes, query_codes=qc[:0])
+    assert s.shape == i.shape == (0, 5)
+    s, i = funnel_search(pc[:0], pq, 5, 4, "hamming", codes=codes[:0], query_codes=qc)
+    assert (i == -1).all() and np.isneginf(s).all() and i.shape == (6, 5)
+    aligned = np.pad(codes, ((0, 0), (0, enc.plan.row_size(8) - enc.plan.code_size)))
+    assert aligned.shape[1] == 8 and qc.shape[1] == 7
+    expected = funnel_search(pc, pq, 5, 4, "hamming", codes=codes, query_codes=qc)
+    for a, b in zip(funnel_search(pc, pq, 5, 4, "hamming", codes=aligned, query_codes=qc), expected, strict=True):
+        np.testing.assert_array_equal(a, b)
+    # the reference: the 20 first candidates of the prefix by (distance, row), reranked by full distance, row
+    dp, df = hamming_search_reference(pc, pq, 300), hamming_search_reference(codes, qc, 300)
+    for r in range(6):
+        cand = dp[1][r, :20]
+        full = dict(zip(df[1][r].tolist(), df[0][r].tolist(), strict=True))
+        ref = sorted(cand.tolist(), key=lambda row: (full[row], row))[:5]
+        np.testing.assert_array_equal(expected[1][r], ref)
+        np.testing.assert_array_equal(-expected[0][r], [full[row] for row in ref])
 
 
 @pytest.mark.parametrize("rerank", ["hamming", "asymmetric"])

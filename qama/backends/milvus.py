@@ -273,7 +273,11 @@ class MilvusBackend:
                 client.upsert(f"{collection}_qama", rows, timeout=timeout)
         except _pymilvus().exceptions.MilvusException as e:
             if not client.has_collection(f"{collection}_qama", timeout=timeout):
-                raise
+                raise ValueError(
+                    f"collection {collection!r}: Milvus refused to create it ({e.message.strip()}); a collection of "
+                    "that name it made before refusing has no qama manifest: drop it in Milvus or choose another "
+                    "--collection"
+                ) from None
             logger.info("collection %s was created concurrently (%s)", collection, e)
 
     @staticmethod
@@ -452,8 +456,7 @@ class MilvusBackend:
     # ------------------------------------------------------------------ search
     def search_codes(self, query_codes: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """Hamming top-``k`` (exact with BIN_FLAT); distances ascending, ties in the server's order."""
-        if k <= 0:
-            raise ValueError(f"k must be positive, got {k}")
+        k = check_k(k, len(query_codes))  # a Python int (pymilvus refuses a numpy integer's limit)
         if k > MAX_TOPK:
             raise ValueError(f"Milvus returns at most {MAX_TOPK} results per query, asked for {k}")
         query_codes = np.asarray(query_codes)
