@@ -9,6 +9,15 @@ One call per step: :func:`embed`, :func:`fit`, :func:`encode`, :func:`build_inde
 Every other name is reached by module: ``qama.search.hamming_search``, ``qama.codes.pack``.
 """
 
+import os as _os
+
+# numba's OpenMP layer starts one thread per core whatever OMP_NUM_THREADS says, and sets the process's
+# OpenMP thread count, which torch shares: a user's OMP_NUM_THREADS=1 became 2 threads for both after the
+# first asymmetric search. So OMP_NUM_THREADS bounds numba's threads too, unless NUMBA_NUM_THREADS is set
+# (read when numba is first imported: a numba imported before qama keeps its own count).
+if _os.environ.get("OMP_NUM_THREADS", "").isdigit() and int(_os.environ["OMP_NUM_THREADS"]) > 0:
+    _os.environ.setdefault("NUMBA_NUM_THREADS", _os.environ["OMP_NUM_THREADS"])
+
 from qama import evaluation as evaluation  # the modules (the API functions are evaluate_dataset, search_index)
 from qama import search as search
 from qama.api import build_index, embed, encode, evaluate_dataset, fit, open_index, search_index

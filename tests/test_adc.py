@@ -209,3 +209,24 @@ def test_adc_search_answers_queries_whose_tables_are_all_zero(tmp_path: Path, no
     s, i = index.search(x[:3], 2, mode="adc")
     np.testing.assert_array_equal(i, [[0, -1]] * 3)
     assert np.isfinite(s[:, 0]).all() and np.isneginf(s[:, 1]).all()
+
+
+def test_omp_num_threads_bounds_numba_and_torch_after_an_asymmetric_search() -> None:
+    """numba's OpenMP layer started one thread per core whatever ``OMP_NUM_THREADS`` said and set the
+    process's OpenMP count, which torch shares: with ``OMP_NUM_THREADS=1`` torch ran 2 threads after the
+    first asymmetric search."""
+    import os
+    import subprocess
+    import sys
+
+    script = (
+        "import numpy as np, torch, qama, numba\n"
+        "from qama.adc import adc_search\n"
+        "x = np.random.default_rng(0).standard_normal((3000, 32)).astype(np.float32)\n"
+        "enc = qama.encoders.fit_encoder(x, '2bit')\n"
+        "adc_search(enc.encode(x), enc, x[:20], 5)\n"
+        "print(numba.get_num_threads(), torch.get_num_threads())\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "NUMBA_NUM_THREADS"} | {"OMP_NUM_THREADS": "1"}
+    out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["1", "1"]
