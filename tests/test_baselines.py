@@ -137,3 +137,41 @@ def test_cli_eval_with_the_default_model(tiny, tmp_path, monkeypatch, capsys):
     assert main([*args, "--json", str(tmp_path / "b.json")]) == 0  # second run: from the cache
     assert [p.stat().st_mtime_ns for p in cached] == stamps
     assert json.loads((tmp_path / "a.json").read_text()) == json.loads((tmp_path / "b.json").read_text())
+
+
+def test_retention_is_against_fp32_at_full_size_when_the_sizes_leave_it_out(tiny, tmp_path):
+    """`qama eval --dims 8` on 16-dimensional embeddings: retention is a share of FP32 at 16 dimensions, whose
+    row the table shows (before: of FP32 at 8, the largest size asked for, which read 100.0%)."""
+    ds = load_dataset(tiny)
+    corpus, queries = load_embeddings(tiny.parent / "tiny-emb", ds)
+    ev = Evaluator(ds)
+    ndcg = {
+        dims: ev.from_scores(baselines.truncate(queries[ev.rows], dims) @ baselines.truncate(corpus, dims).T)["ndcg@10"]
+        for dims in (16, 8)
+    }
+    assert ndcg[8] < ndcg[16]
+    out = tmp_path / "t.json"
+    assert (
+        main(
+            [
+                "-q",
+                "eval",
+                "--dataset",
+                str(tiny),
+                "--embeddings",
+                str(tiny.parent / "tiny-emb"),
+                "--dims",
+                "8",
+                "--json",
+                str(out),
+            ]
+        )
+        == 0
+    )
+    rows = {(r["format"], r["plan"], r["dims"]): r for r in json.loads(out.read_text())["rows"]}
+    assert [dims for fmt, _, dims in rows if fmt == "fp32"] == [16, 8]
+    assert rows[("fp32", None, 16)]["retention"] == 1.0
+    assert rows[("fp32", None, 8)]["retention"] == pytest.approx(ndcg[8] / ndcg[16])
+    assert rows[("threshold", "2bit", 8)]["retention"] == pytest.approx(
+        rows[("threshold", "2bit", 8)]["ndcg@10"] / ndcg[16]
+    )

@@ -133,12 +133,18 @@ def baseline_rows(
     dims_list: Iterable[int] | None = None,
     plans: Iterable[str] = BASELINE_PLANS,
 ) -> list[Row]:
-    """FP32, FP16, int8 and simple threshold quantisation at every size in ``dims_list``.
+    """FP32, FP16, int8 and simple threshold quantisation at every size in ``dims_list``, and FP32 at
+    the full dimension where ``dims_list`` leaves it out: the reference of :func:`set_retention`.
 
     ``queries`` holds the judged queries only (rows ``evaluator.rows``).
     """
+    full = corpus.shape[1]
+    sizes = list(dims_list or default_dims(full))
     rows = []
-    for dims in dims_list or default_dims(corpus.shape[1]):
+    if full not in sizes:
+        c, q = baselines.truncate(corpus, full), baselines.truncate(queries, full)
+        rows.append(float_row("fp32", c, q, full, evaluator))
+    for dims in sizes:
         c, q = baselines.truncate(corpus, dims), baselines.truncate(queries, dims)
         rows.append(float_row("fp32", c, q, dims, evaluator))
         rows.append(float_row("fp16", *baselines.fp16(c, q), dims, evaluator))
