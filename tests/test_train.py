@@ -463,3 +463,25 @@ def test_the_check_of_a_corpus_a_little_over_its_search_size_searches_that_many(
     assert [len(codes) for codes, _ in searched] == [150] * 6
     plan = make_plan("2bit", 32)
     np.testing.assert_array_equal(searched[0][0][searched[0][1]], adapter.encode(x[rows], plan))
+
+
+def test_an_ablation_scores_the_adapters_own_codes_where_its_check_lost(small) -> None:
+    """The ablation score measures the fitted adapter's codes at every plan and size, also where its never-worse
+    check lost (before: untrained codes there, the figure of no training at all, so that switching a term off
+    that wrecked a size read as costing nothing)."""
+    from qama.data import load_dataset
+    from qama.embeddings import load_embeddings
+    from qama.evaluation.metrics import Evaluator
+    from qama.evaluation.rows import ablation_scorer, code_row
+
+    root, emb = small
+    ds = load_dataset(root)
+    corpus, queries = load_embeddings(emb, ds)
+    ev = Evaluator(ds)
+    adapter = fit(corpus, dataclasses.replace(TINY, checkpoint_every=0))
+    adapter.metadata["check"] = {"lost": ["2bit@32"]}
+    judged = queries[ev.rows]
+    plan = make_plan("2bit", 32)
+    own = code_row("qama", "2bit", 32, adapter.encode(corpus, plan), adapter.encode(judged, plan, queries=True), ev)
+    score = ablation_scorer(corpus, judged, ev)(adapter)
+    assert score["2bit@32"] == own.metrics["ndcg@10"]
