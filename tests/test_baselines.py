@@ -175,3 +175,18 @@ def test_retention_is_against_fp32_at_full_size_when_the_sizes_leave_it_out(tiny
     assert rows[("threshold", "2bit", 8)]["retention"] == pytest.approx(
         rows[("threshold", "2bit", 8)]["ndcg@10"] / ndcg[16]
     )
+
+
+def test_cli_eval_json_on_stdout_is_all_it_prints(tiny, capsys):
+    """`qama eval --json -` prints the JSON alone, readable as JSON (before: after the Markdown table)."""
+    emb = str(tiny.parent / "tiny-emb")
+    assert main(["-q", "eval", "--dataset", str(tiny), "--embeddings", emb, "--query-sample", "none"]) == 0
+    table = capsys.readouterr().out
+    assert (
+        main(["-q", "eval", "--dataset", str(tiny), "--embeddings", emb, "--query-sample", "none", "--json", "-"]) == 0
+    )
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["dataset"] == "tiny" and printed["split"] == "test"
+    lines = [line for line in table.splitlines() if line.startswith("| tiny")]
+    assert len(printed["rows"]) == len(lines) > 0
+    assert [f"{r['ndcg@10']:.4f}" for r in printed["rows"]] == [line.split("|")[9].strip() for line in lines]
