@@ -68,10 +68,13 @@ def _embeddings_folder(args: argparse.Namespace) -> Path | None:
     return folder.parent if folder is not None and folder.is_file() else folder
 
 
-def _query_sample(args: argparse.Namespace, dataset, corpus, queries, embed_titles=None, untrained=False):
+def _query_sample(
+    args: argparse.Namespace, dataset, corpus, queries, embed_titles=None, untrained=False, role="query thresholds"
+):
     """The query-like embeddings of ``--query-sample`` (:func:`qama.embeddings.query_sample`), or None;
     ``embed_titles``: the command's :func:`qama.embeddings.title_embedder`, when it has one; ``untrained``:
-    codes without an adapter, for which ``auto`` falls back to the documents' sentences."""
+    codes without an adapter, for which ``auto`` falls back to the documents' sentences; ``role``: whose
+    query thresholds, in the log line that names the sample."""
     from qama.embeddings import query_sample
 
     sample, what = query_sample(
@@ -79,7 +82,7 @@ def _query_sample(args: argparse.Namespace, dataset, corpus, queries, embed_titl
         args.batch_size,
         not args.quiet, embed_titles, untrained,
     )  # fmt: skip
-    logger.info("query thresholds: %s", what)
+    logger.info("%s: %s", role, what)
     return sample
 
 
@@ -102,7 +105,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
     dataset, corpus, queries = _load_inputs(args)
     sample = _query_sample(args, dataset, corpus, queries, untrained=adapter is None)
     explicit = args.query_sample != "auto"  # auto: the adapter keeps its own query thresholds
-    rows = evaluate_dataset(dataset, corpus, queries, adapter, args.plans, args.oversample, args.dims, sample, explicit)
+    untrained_sample = None  # the untrained rows' queries are coded as qama index codes them without an adapter
+    if adapter is not None and sample is None and not explicit:  # auto, no titles: the documents' sentences
+        untrained_sample = _query_sample(args, dataset, corpus, queries, untrained=True, role="untrained codes")
+    rows = evaluate_dataset(
+        dataset, corpus, queries, adapter, args.plans, args.oversample, args.dims, sample, explicit, untrained_sample
+    )
     table, _ = eval_markdown(rows)
     if not _json_on_stdout(args):
         print(table, end="")
