@@ -112,7 +112,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         dataset, corpus, queries, adapter, args.plans, args.oversample, args.dims, sample, explicit, untrained_sample
     )
     table, _ = eval_markdown(rows)
-    if not _json_on_stdout(args):
+    if not _json_on_stdout(args) and str(args.markdown) != "-":  # (--markdown - prints it below)
         print(table, end="")
     if args.json:
         write_json(args.json, eval_json(rows, dataset.name, dataset.split))

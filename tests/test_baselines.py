@@ -190,3 +190,23 @@ def test_cli_eval_json_on_stdout_is_all_it_prints(tiny, capsys):
     lines = [line for line in table.splitlines() if line.startswith("| tiny")]
     assert len(printed["rows"]) == len(lines) > 0
     assert [f"{r['ndcg@10']:.4f}" for r in printed["rows"]] == [line.split("|")[9].strip() for line in lines]
+
+
+def test_cli_eval_markdown_on_stdout_prints_the_table_once(tiny, tmp_path, monkeypatch, capsys):
+    """`qama eval --markdown -` prints the table once, `-` being stdout as for --json (before: printed, and also
+    written to a file named `-`)."""
+    monkeypatch.chdir(tmp_path)
+    args = [
+        "-q",
+        "eval",
+        "--dataset",
+        str(tiny),
+        "--embeddings",
+        str(tiny.parent / "tiny-emb"),
+        "--query-sample",
+        "none",
+    ]
+    assert main(args) == 0
+    table = capsys.readouterr().out
+    assert main([*args, "--markdown", "-"]) == 0
+    assert capsys.readouterr().out == table and table.startswith("| dataset") and not (tmp_path / "-").exists()
