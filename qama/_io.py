@@ -108,6 +108,10 @@ def check_output_files(*paths: str | os.PathLike | None) -> None:
 
 
 def write_text(path: str | os.PathLike, text: str) -> None:
+    """Write ``text`` to ``path`` atomically; the path ``-`` prints it instead."""
+    if str(path) == "-":
+        print(text, end="")
+        return
     with atomic_open(path, "w") as f:
         f.write(text)
 

@@ -332,6 +332,7 @@ def evaluate_dataset(
     dims: Sequence[int] | None = None,
     query_sample: np.ndarray | None = None,
     recalibrate_adapter: bool = True,
+    untrained_query_sample: np.ndarray | None = None,
 ) -> list[Row]:
     """The evaluation table of ``qama eval``: baselines, and the adapter's rows when one is given.
 
@@ -344,6 +345,9 @@ def evaluate_dataset(
     sizes of the baselines (default: d, d/2, d/4). ``query_sample``: query-like embeddings whose
     quantiles code the queries (:func:`qama.embeddings.query_sample`): adds ``threshold-qcal`` rows,
     and replaces the adapter's own query thresholds unless ``recalibrate_adapter=False``.
+    ``untrained_query_sample``: the sample of the ``threshold-qcal`` rows where it is not ``query_sample``
+    (``qama eval --adapter`` on a corpus without titles: sentences of the documents code untrained codes'
+    queries, as ``qama index`` codes them, while the adapter's queries keep its own thresholds).
 
     >>> rows = qama.evaluate_dataset("../shared/datasets/scifact", corpus, queries, "my_adapter")  # doctest: +SKIP
     >>> print(qama.evaluation.tables.to_markdown(rows))  # doctest: +SKIP
@@ -370,9 +374,10 @@ def evaluate_dataset(
             plans = [p for p in ALL_PLANS if misfit(p, nested) is None]
         check_plans_fit(plans, nested, "the adapter")
     rows = baseline_rows(corpus_emb, judged, evaluator, list(dims) if dims else None)
-    if query_sample is not None:
+    untrained_sample = query_sample if untrained_query_sample is None else untrained_query_sample
+    if untrained_sample is not None:
         sizes = list(dims) if dims else default_dims(corpus_emb.shape[1])
-        rows += calibrated_threshold_rows(corpus_emb, judged, evaluator, query_sample, sizes)
+        rows += calibrated_threshold_rows(corpus_emb, judged, evaluator, untrained_sample, sizes)
     if adapter is not None:
         rows += adapter_rows(
             adapter, corpus_emb, judged, evaluator, plans or ALL_PLANS, rescore, query_sample, recalibrate_adapter

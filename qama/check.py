@@ -102,8 +102,10 @@ def never_worse_check(
     results = []
     targets = np.asarray(held_rows, dtype=np.int64)
     if len(corpus) > CHECK_CORPUS_MAX:  # bounded work: the targets and a random sample of the others
-        others = np.setdiff1d(np.arange(len(corpus)), targets)
-        keep = np.concatenate([np.unique(targets), np.random.default_rng(0).choice(others, CHECK_CORPUS_MAX, False)])
+        own = np.unique(targets)
+        others = np.setdiff1d(np.arange(len(corpus)), own)
+        drawn = np.random.default_rng(0).choice(others, CHECK_CORPUS_MAX - len(own), replace=False)
+        keep = np.concatenate([own, drawn])
         keep.sort()
         corpus, targets = corpus[keep], np.searchsorted(keep, targets)
     for dims in sorted(adapter.config.nested_dims, reverse=True):

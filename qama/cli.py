@@ -68,10 +68,13 @@ def _embeddings_folder(args: argparse.Namespace) -> Path | None:
     return folder.parent if folder is not None and folder.is_file() else folder
 
 
-def _query_sample(args: argparse.Namespace, dataset, corpus, queries, embed_titles=None, untrained=False):
+def _query_sample(
+    args: argparse.Namespace, dataset, corpus, queries, embed_titles=None, untrained=False, role="query thresholds"
+):
     """The query-like embeddings of ``--query-sample`` (:func:`qama.embeddings.query_sample`), or None;
     ``embed_titles``: the command's :func:`qama.embeddings.title_embedder`, when it has one; ``untrained``:
-    codes without an adapter, for which ``auto`` falls back to the documents' sentences."""
+    codes without an adapter, for which ``auto`` falls back to the documents' sentences; ``role``: whose
+    query thresholds, in the log line that names the sample."""
     from qama.embeddings import query_sample
 
     sample, what = query_sample(
@@ -79,8 +82,14 @@ def _query_sample(args: argparse.Namespace, dataset, corpus, queries, embed_titl
         args.batch_size,
         not args.quiet, embed_titles, untrained,
     )  # fmt: skip
-    logger.info("query thresholds: %s", what)
+    logger.info("%s: %s", role, what)
     return sample
+
+
+def _json_on_stdout(args: argparse.Namespace) -> bool:
+    """Whether ``--json -`` prints the JSON: then it is all a command prints (a table before it would
+    leave stdout unreadable as JSON)."""
+    return args.json is not None and str(args.json) == "-"
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
@@ -96,9 +105,15 @@ def cmd_eval(args: argparse.Namespace) -> int:
     dataset, corpus, queries = _load_inputs(args)
     sample = _query_sample(args, dataset, corpus, queries, untrained=adapter is None)
     explicit = args.query_sample != "auto"  # auto: the adapter keeps its own query thresholds
-    rows = evaluate_dataset(dataset, corpus, queries, adapter, args.plans, args.oversample, args.dims, sample, explicit)
+    untrained_sample = None  # the untrained rows' queries are coded as qama index codes them without an adapter
+    if adapter is not None and sample is None and not explicit:  # auto, no titles: the documents' sentences
+        untrained_sample = _query_sample(args, dataset, corpus, queries, untrained=True, role="untrained codes")
+    rows = evaluate_dataset(
+        dataset, corpus, queries, adapter, args.plans, args.oversample, args.dims, sample, explicit, untrained_sample
+    )
     table, _ = eval_markdown(rows)
-    print(table, end="")
+    if not _json_on_stdout(args) and str(args.markdown) != "-":  # (--markdown - prints it below)
+        print(table, end="")
     if args.json:
         write_json(args.json, eval_json(rows, dataset.name, dataset.split))
     if args.markdown:
@@ -152,7 +167,8 @@ def cmd_ablate(args: argparse.Namespace) -> int:
     cfg, pairs = _training_setup(args, dataset, corpus, queries)
     score = ablation_scorer(corpus, queries[evaluator.rows], evaluator)
     results = ablate(corpus, score, cfg, pairs=pairs, names=args.only)
-    print("\n".join(ablation_markdown(results, ablation_columns(results))))
+    if not _json_on_stdout(args):
+        print("\n".join(ablation_markdown(results, ablation_columns(results))))
     if args.json:
         write_json(args.json, {"dataset": dataset.name, "ablations": results})
     return 0
@@ -308,7 +324,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
     parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
     sub = parser.add_subparsers(dest="command", required=True)
-    json_help = "write the results as JSON to this file (-: print them)"
+    json_help = "write the results as JSON to this file (-: print them, in place of the text output)"
 
     p = sub.add_parser("eval", help="nDCG@10 of every storage format on a dataset")
     _add_input_args(p)

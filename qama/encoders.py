@@ -410,12 +410,13 @@ def fit_encoder(
     query_sample: np.ndarray | None = None,
     replace_query_thresholds: bool = True,
     dim: int | None = None,
+    untrained_where_lost: bool = True,
 ) -> Encoder:
     """The encoder of a corpus under ``plan`` (at nested size ``dim``, default the plan's or the full
     size): a trained adapter's (a :class:`~qama.adapter.QamaAdapter` or its folder; centroids fitted
     on ``corpus``) or, without one, untrained quantile thresholds. Where the adapter's never-worse
     check found that training lost at this plan and size (:mod:`qama.check`), untrained quantile
-    thresholds serve it too.
+    thresholds serve it too, unless ``untrained_where_lost`` is false (what measures the training itself).
 
     ``query_sample``: query-like embeddings whose quantiles code the queries; an adapter that brought
     its own query thresholds keeps them when ``replace_query_thresholds`` is false.
@@ -432,7 +433,7 @@ def fit_encoder(
     if isinstance(adapter, (str, os.PathLike)):
         adapter = QamaAdapter.load(adapter)
     p = adapter.plan(plan, dim)
-    if _check_lost(adapter, p):
+    if untrained_where_lost and _check_lost(adapter, p):
         logger.warning("%s at %d dims: the adapter's check found untrained codes better; using them", p.name, p.dim)
         return ThresholdEncoder._fit(corpus, p, query_sample=query_sample)
     encoder = AdapterEncoder(adapter, p, fit_emb=corpus)

@@ -137,3 +137,76 @@ def test_cli_eval_with_the_default_model(tiny, tmp_path, monkeypatch, capsys):
     assert main([*args, "--json", str(tmp_path / "b.json")]) == 0  # second run: from the cache
     assert [p.stat().st_mtime_ns for p in cached] == stamps
     assert json.loads((tmp_path / "a.json").read_text()) == json.loads((tmp_path / "b.json").read_text())
+
+
+def test_retention_is_against_fp32_at_full_size_when_the_sizes_leave_it_out(tiny, tmp_path):
+    """`qama eval --dims 8` on 16-dimensional embeddings: retention is a share of FP32 at 16 dimensions, whose
+    row the table shows (before: of FP32 at 8, the largest size asked for, which read 100.0%)."""
+    ds = load_dataset(tiny)
+    corpus, queries = load_embeddings(tiny.parent / "tiny-emb", ds)
+    ev = Evaluator(ds)
+    ndcg = {
+        dims: ev.from_scores(baselines.truncate(queries[ev.rows], dims) @ baselines.truncate(corpus, dims).T)["ndcg@10"]
+        for dims in (16, 8)
+    }
+    assert ndcg[8] < ndcg[16]
+    out = tmp_path / "t.json"
+    assert (
+        main(
+            [
+                "-q",
+                "eval",
+                "--dataset",
+                str(tiny),
+                "--embeddings",
+                str(tiny.parent / "tiny-emb"),
+                "--dims",
+                "8",
+                "--json",
+                str(out),
+            ]
+        )
+        == 0
+    )
+    rows = {(r["format"], r["plan"], r["dims"]): r for r in json.loads(out.read_text())["rows"]}
+    assert [dims for fmt, _, dims in rows if fmt == "fp32"] == [16, 8]
+    assert rows[("fp32", None, 16)]["retention"] == 1.0
+    assert rows[("fp32", None, 8)]["retention"] == pytest.approx(ndcg[8] / ndcg[16])
+    assert rows[("threshold", "2bit", 8)]["retention"] == pytest.approx(
+        rows[("threshold", "2bit", 8)]["ndcg@10"] / ndcg[16]
+    )
+
+
+def test_cli_eval_json_on_stdout_is_all_it_prints(tiny, capsys):
+    """`qama eval --json -` prints the JSON alone, readable as JSON (before: after the Markdown table)."""
+    emb = str(tiny.parent / "tiny-emb")
+    assert main(["-q", "eval", "--dataset", str(tiny), "--embeddings", emb, "--query-sample", "none"]) == 0
+    table = capsys.readouterr().out
+    assert (
+        main(["-q", "eval", "--dataset", str(tiny), "--embeddings", emb, "--query-sample", "none", "--json", "-"]) == 0
+    )
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["dataset"] == "tiny" and printed["split"] == "test"
+    lines = [line for line in table.splitlines() if line.startswith("| tiny")]
+    assert len(printed["rows"]) == len(lines) > 0
+    assert [f"{r['ndcg@10']:.4f}" for r in printed["rows"]] == [line.split("|")[9].strip() for line in lines]
+
+
+def test_cli_eval_markdown_on_stdout_prints_the_table_once(tiny, tmp_path, monkeypatch, capsys):
+    """`qama eval --markdown -` prints the table once, `-` being stdout as for --json (before: printed, and also
+    written to a file named `-`)."""
+    monkeypatch.chdir(tmp_path)
+    args = [
+        "-q",
+        "eval",
+        "--dataset",
+        str(tiny),
+        "--embeddings",
+        str(tiny.parent / "tiny-emb"),
+        "--query-sample",
+        "none",
+    ]
+    assert main(args) == 0
+    table = capsys.readouterr().out
+    assert main([*args, "--markdown", "-"]) == 0
+    assert capsys.readouterr().out == table and table.startswith("| dataset") and not (tmp_path / "-").exists()

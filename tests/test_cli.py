@@ -300,6 +300,9 @@ def test_ablate_prints_every_ablation(small, tmp_path, capsys):
     assert "| full |" in out and "| no_orthogonality |" in out and "2bit@32" in out
     saved = json.loads((tmp_path / "a.json").read_text())["ablations"]
     assert set(saved) == {"full", "no_orthogonality"} and set(saved["full"]) >= {"2bit@32", "hybrid@16"}
+    # --json -: the JSON alone (before: after the table, unreadable as JSON)
+    assert main([*args[:-1], "-"]) == 0
+    assert json.loads(capsys.readouterr().out) == {"dataset": "ds", "ablations": saved}
 
 
 def test_flags_old_names_and_json_forms(capsys, tmp_path):

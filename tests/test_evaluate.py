@@ -127,3 +127,29 @@ def test_fp32_reference_figures(name, expected):
     ev = Evaluator(ds)
     scores = queries[ev.rows] @ corpus.T
     assert ev.from_scores(scores)["ndcg@10"] == pytest.approx(expected, abs=0.002)
+
+
+@pytest.mark.parametrize("name", ["cranfield", "scifact"])
+def test_figures_equal_pytrec_eval_over_every_score(name):
+    """FP32 rows of the shared benchmarks (Cranfield: graded judgments 1-4) against pytrec_eval over every
+    document's score, and MRR@10 by hand in trec_eval's order: the same figures, query by query."""
+    import pytrec_eval
+
+    from qama.evaluation.rows import baseline_rows
+
+    data_dir, emb_dir = shared_dataset(name)
+    ds = load_dataset(data_dir)
+    corpus, queries = load_embeddings(emb_dir, ds)
+    ev = Evaluator(ds)
+    (row,) = baseline_rows(corpus, queries[ev.rows], ev, [384], plans=())[:1]
+    scores = (queries[ev.rows] @ corpus.T).astype(np.float64)
+    run = {q: dict(zip(ds.doc_ids, map(float, s), strict=True)) for q, s in zip(ev.query_ids, scores, strict=True)}
+    ref = pytrec_eval.RelevanceEvaluator(ds.qrels, {"ndcg_cut.10", "recall.100"}).evaluate(run)
+    ndcg = np.array([ref[q]["ndcg_cut_10"] for q in ds.qrels])
+    np.testing.assert_allclose(row.per_query_ndcg, ndcg, atol=1e-6)
+    assert row.metrics["recall@100"] == pytest.approx(np.mean([ref[q]["recall_100"] for q in ds.qrels]), abs=1e-9)
+    rr = []
+    for q in ds.qrels:
+        top = sorted(run[q].items(), key=lambda kv: (kv[1], kv[0]), reverse=True)[:10]
+        rr.append(next((1 / i for i, (d, _) in enumerate(top, 1) if ds.qrels[q].get(d, 0) > 0), 0.0))
+    assert row.metrics["mrr@10"] == pytest.approx(np.mean(rr), abs=1e-9)

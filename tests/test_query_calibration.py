@@ -716,3 +716,46 @@ def test_uses_query_sample_is_false_only_where_the_adapter_serves_with_its_own_q
     assert uses_query_sample(adapter(True), "2bit")  # lost: untrained codes serve it
     assert uses_query_sample(adapter(True), "1bit", replace_query_thresholds=True)
     assert uses_query_sample(adapter(False), "1bit")
+
+
+def test_cli_eval_of_an_adapter_on_a_corpus_without_titles_compares_with_untrained_codes_as_index_codes_them(
+    tmp_path, small, monkeypatch
+):
+    """`qama eval --adapter` on a corpus without titles: the untrained rows (threshold-qcal, what the breakdown
+    compares with) code their queries by the documents' sentences, as `qama index` without an adapter does, while
+    the adapter's queries keep its own thresholds (before: no threshold-qcal rows, and the breakdown compared with
+    the threshold baseline, whose queries take the documents' thresholds)."""
+    from qama.data import load_dataset
+    from qama.evaluation.metrics import Evaluator
+    from qama.evaluation.rows import adapter_rows, calibrated_threshold_rows
+    from qama.train import TrainConfig, fit
+
+    root, emb = small
+    docs = [json.loads(line) for line in (root / "corpus.jsonl").read_text().splitlines()]
+    for i, doc in enumerate(docs):
+        doc["text"] = f"Document number {i} begins here. It then says one more thing about {i}."
+    (root / "corpus.jsonl").write_text("".join(json.dumps(doc) + "\n" for doc in docs))
+    (emb / "meta.json").write_text(json.dumps({"model": "org/model"}))
+    sample = np.random.default_rng(5).normal(size=(len(docs), 32)).astype(np.float32) + 0.5
+    sample /= np.linalg.norm(sample, axis=1, keepdims=True)
+    texts_seen = _fake_model(monkeypatch, lambda texts, call: sample[: len(texts)])
+    corpus, queries = np.load(emb / "corpus.npy"), np.load(emb / "queries.npy")
+    adapter = fit(
+        corpus, TrainConfig(steps=3, batch_size=64, progress=False, checkpoint_every=0), out_dir=tmp_path / "ad"
+    )
+    args = ["-q", "eval", "--dataset", str(root), "--embeddings", str(emb), "--adapter", str(tmp_path / "ad")]
+    assert (
+        main([*args, "--plans", "2bit", "--cache-dir", str(tmp_path / "cache"), "--json", str(tmp_path / "e.json")])
+        == 0
+    )
+    assert len(texts_seen) == 1 and all(t.startswith(("Document number", "It then says")) for t in texts_seen[0])
+    saved = json.loads((tmp_path / "e.json").read_text())
+    got = {(r["format"], r["plan"], r["dims"], r["rescore"]): r["ndcg@10"] for r in saved["rows"]}
+    ev = Evaluator(load_dataset(root))
+    judged = queries[ev.rows]
+    for r in calibrated_threshold_rows(corpus, judged, ev, sample[: len(texts_seen[0])], [32, 16, 8], ["2bit"]):
+        assert got[("threshold-qcal", "2bit", r.dims, None)] == r.metrics["ndcg@10"]
+    for r in adapter_rows(adapter, corpus, judged, ev, ["2bit"], (4,)):
+        assert got[("qama", r.plan, r.dims, r.rescore)] == r.metrics["ndcg@10"]
+    (b32,) = [b for b in saved["breakdown"] if b["dims"] == 32]
+    assert b32["untrained"] == got[("qama", "2bit", 32, None)] / got[("threshold-qcal", "2bit", 32, None)]

@@ -242,3 +242,29 @@ def test_a_report_interrupted_after_refitting_its_adapter_never_takes_it_for_the
     again = run_report(config, out, progress=False)
     assert again["main"] == run_report(config, tmp_path / "fresh", progress=False)["main"]
     assert first["main"] != again["main"]
+
+
+def test_the_speed_table_times_coding_the_queries_with_each_qama_search(monkeypatch):
+    """qama's rows of the speed table are given the float queries, as the FP32 and peer rows are: coding them is
+    timed with each search (before: the queries were coded once, before any clock started)."""
+    from qama.encoders import ThresholdEncoder
+    from qama.evaluation.speed import speed_table
+
+    coded: list[int] = []
+    encode_queries = ThresholdEncoder.encode_queries
+
+    def counted(self, emb):
+        coded.append(len(emb))
+        return encode_queries(self, emb)
+
+    monkeypatch.setattr(ThresholdEncoder, "encode_queries", counted)
+    rows = speed_table(2000, 16, 8, singles=3)
+    assert [r["method"] for r in rows] == [
+        "fp32 (faiss IndexFlatIP)",
+        "hybrid Hamming",
+        "hybrid Hamming + rescore 4x",
+        "hybrid Hamming + rescore 100",
+        "hybrid asymmetric full scan (adc)",
+    ]
+    # the three methods that search by query codes, each: a warm-up batch and single, the batch, three singles
+    assert coded == [8, 1, 8, 1, 1, 1] * 3

@@ -438,3 +438,50 @@ def test_a_fit_whose_never_worse_check_cannot_run_says_so(caplog: pytest.LogCapt
         fit(x, cfg, pairs=(x[:100], x[:100]))  # 20 held out: the check runs and says its own summary
     said = [r.getMessage() for r in caplog.records if r.getMessage().startswith("never-worse check")]
     assert len(said) == 1 and not said[0].startswith("never-worse check: not run")
+
+
+def test_the_check_of_a_corpus_a_little_over_its_search_size_searches_that_many(monkeypatch) -> None:
+    """A corpus over ``CHECK_CORPUS_MAX`` documents with fewer than that besides the held-out targets (20,500 with
+    1,000 held out): the check searches ``CHECK_CORPUS_MAX`` documents, the targets among them (before: a
+    ``ValueError`` drawing 20,000 of the 19,500 others, at the end of the fit, and no adapter saved)."""
+    import qama.check
+
+    monkeypatch.setattr(qama.check, "CHECK_CORPUS_MAX", 150)
+    x = _embeddings(160)
+    adapter = fit(x, dataclasses.replace(TINY, checkpoint_every=0, check=False))
+    rows = np.arange(0, 40, 2)  # 20 held-out targets: 140 others, fewer than 150
+    searched = []
+    known_item_gains = qama.check.known_item_gains
+
+    def recorded(codes, query_codes, targets):
+        searched.append((codes, targets))
+        return known_item_gains(codes, query_codes, targets)
+
+    monkeypatch.setattr(qama.check, "known_item_gains", recorded)
+    results = qama.check.never_worse_check(adapter, x, x[rows], rows, None, ("2bit",))
+    assert [(r.plan, r.dims) for r in results] == [("2bit", 32), ("2bit", 16), ("2bit", 8)]
+    assert [len(codes) for codes, _ in searched] == [150] * 6
+    plan = make_plan("2bit", 32)
+    np.testing.assert_array_equal(searched[0][0][searched[0][1]], adapter.encode(x[rows], plan))
+
+
+def test_an_ablation_scores_the_adapters_own_codes_where_its_check_lost(small) -> None:
+    """The ablation score measures the fitted adapter's codes at every plan and size, also where its never-worse
+    check lost (before: untrained codes there, the figure of no training at all, so that switching a term off
+    that wrecked a size read as costing nothing)."""
+    from qama.data import load_dataset
+    from qama.embeddings import load_embeddings
+    from qama.evaluation.metrics import Evaluator
+    from qama.evaluation.rows import ablation_scorer, code_row
+
+    root, emb = small
+    ds = load_dataset(root)
+    corpus, queries = load_embeddings(emb, ds)
+    ev = Evaluator(ds)
+    adapter = fit(corpus, dataclasses.replace(TINY, checkpoint_every=0))
+    adapter.metadata["check"] = {"lost": ["2bit@32"]}
+    judged = queries[ev.rows]
+    plan = make_plan("2bit", 32)
+    own = code_row("qama", "2bit", 32, adapter.encode(corpus, plan), adapter.encode(judged, plan, queries=True), ev)
+    score = ablation_scorer(corpus, judged, ev)(adapter)
+    assert score["2bit@32"] == own.metrics["ndcg@10"]

@@ -2,7 +2,11 @@
 
 A *run* is ``{qid: {doc_id: score}}`` (higher is better); qrels are ``{qid: {doc_id: relevance}}``.
 Every judged query counts: a judged query missing from the run scores 0. Ties are ordered as
-trec_eval orders them (score descending, then doc id descending).
+trec_eval orders them (score descending, then doc id descending) among the documents of the run: a
+run of a search's top 100 holds the documents of a tie across the 100th place that the search kept
+(:func:`qama.search.hamming_search`: the first rows), so Recall@100 of coarse codes can differ from
+trec_eval's over every document's score (measured on Cranfield, hybrid codes at 384 dimensions: 0.737
+against 0.729; nDCG@10 the same).
 """
 
 from __future__ import annotations

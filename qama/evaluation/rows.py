@@ -133,12 +133,18 @@ def baseline_rows(
     dims_list: Iterable[int] | None = None,
     plans: Iterable[str] = BASELINE_PLANS,
 ) -> list[Row]:
-    """FP32, FP16, int8 and simple threshold quantisation at every size in ``dims_list``.
+    """FP32, FP16, int8 and simple threshold quantisation at every size in ``dims_list``, and FP32 at
+    the full dimension where ``dims_list`` leaves it out: the reference of :func:`set_retention`.
 
     ``queries`` holds the judged queries only (rows ``evaluator.rows``).
     """
+    full = corpus.shape[1]
+    sizes = list(dims_list or default_dims(full))
     rows = []
-    for dims in dims_list or default_dims(corpus.shape[1]):
+    if full not in sizes:
+        c, q = baselines.truncate(corpus, full), baselines.truncate(queries, full)
+        rows.append(float_row("fp32", c, q, full, evaluator))
+    for dims in sizes:
         c, q = baselines.truncate(corpus, dims), baselines.truncate(queries, dims)
         rows.append(float_row("fp32", c, q, dims, evaluator))
         rows.append(float_row("fp16", *baselines.fp16(c, q), dims, evaluator))
@@ -265,12 +271,14 @@ def adapter_rows(
     oversamples: Iterable[int] = (4,),
     query_sample: np.ndarray | None = None,
     recalibrate: bool = False,
+    served: bool = True,
 ) -> list[Row]:
     """Rows of a trained adapter (format ``qama``): at every nested size, its FP32 output (plan
     ``None``), then every plan's symmetric Hamming search and its rescoring at each factor.
 
     ``corpus`` and ``queries`` are the frozen model's embeddings (queries: the judged ones).
-    Each plan and size is served as :func:`~qama.encoders.fit_encoder` serves it; queries are coded
+    Each plan and size is served as :func:`~qama.encoders.fit_encoder` serves it (``served=False``: by
+    the adapter's own codes, also where its never-worse check serves untrained ones); queries are coded
     with the adapter's query thresholds, else (or with ``recalibrate``) by quantiles of ``query_sample``.
     """
     rows = []
@@ -279,7 +287,9 @@ def adapter_rows(
         z_q = baselines.truncate(adapter.transform(queries, dims), dims)
         rows.append(float_row("qama", z_c, z_q, dims, evaluator, bytes_per_dim=4))
         for plan in plans_fitting(plans, dims):
-            encoder = fit_encoder(corpus, plan, adapter, query_sample, replace_query_thresholds=recalibrate)
+            encoder = fit_encoder(
+                corpus, plan, adapter, query_sample, replace_query_thresholds=recalibrate, untrained_where_lost=served
+            )
             rows += rescore_rows(encoder, corpus, queries, evaluator, "qama", oversamples)
     return rows
 
@@ -287,11 +297,12 @@ def adapter_rows(
 def ablation_scorer(
     corpus: np.ndarray, queries: np.ndarray, evaluator: Evaluator
 ) -> Callable[[QamaAdapter], dict[str, float]]:
-    """The score of an ablation (:func:`qama.train.ablate`): nDCG@10 of symmetric Hamming search
-    at each nested size of each of :data:`ABLATION_PLANS`, keyed ``"plan@dims"``."""
+    """The score of an ablation (:func:`qama.train.ablate`): nDCG@10 of symmetric Hamming search with the
+    adapter's own codes (where its never-worse check lost too) at each nested size of each of
+    :data:`ABLATION_PLANS`, keyed ``"plan@dims"``."""
 
     def score(adapter: QamaAdapter) -> dict[str, float]:
-        rows = adapter_rows(adapter, corpus, queries, evaluator, ABLATION_PLANS, oversamples=())
+        rows = adapter_rows(adapter, corpus, queries, evaluator, ABLATION_PLANS, oversamples=(), served=False)
         return {f"{r.plan}@{r.dims}": r.metrics["ndcg@10"] for r in rows if r.plan is not None}
 
     return score

@@ -379,7 +379,15 @@ def _run_report(config: ExperimentConfig, out: Path, command: str, progress: boo
             f"top-10, faiss threads {_faiss_threads()}"
         )
         bar.set_description("speed table")
-        setting = [config.speed_vectors, config.speed_queries, d, platform.node(), "aligned rows", "adc"]
+        setting = [
+            config.speed_vectors,
+            config.speed_queries,
+            d,
+            platform.node(),
+            "aligned rows",
+            "adc",
+            "queries coded",
+        ]
         key = _key([*setting, config.peers])
         speed = _cached(out / "stages" / "speed.json", key) or _save(
             out / "stages" / "speed.json",
