@@ -83,6 +83,11 @@ def _query_sample(args: argparse.Namespace, dataset, corpus, queries, embed_titl
     return sample
 
 
+def _json_to_stdout(args: argparse.Namespace) -> bool:
+    """``--json -``: stdout is the JSON alone (valid JSON for a pipe), so the table is not printed there."""
+    return args.json is not None and str(args.json) == "-"
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
     from qama._io import check_output_files, write_json, write_text
     from qama._validate import check_eval_options
@@ -98,7 +103,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     explicit = args.query_sample != "auto"  # auto: the adapter keeps its own query thresholds
     rows = evaluate_dataset(dataset, corpus, queries, adapter, args.plans, args.oversample, args.dims, sample, explicit)
     table, _ = eval_markdown(rows)
-    print(table, end="")
+    if not _json_to_stdout(args):
+        print(table, end="")
     if args.json:
         write_json(args.json, eval_json(rows, dataset.name, dataset.split))
     if args.markdown:
@@ -152,7 +158,8 @@ def cmd_ablate(args: argparse.Namespace) -> int:
     cfg, pairs = _training_setup(args, dataset, corpus, queries)
     score = ablation_scorer(corpus, queries[evaluator.rows], evaluator)
     results = ablate(corpus, score, cfg, pairs=pairs, names=args.only)
-    print("\n".join(ablation_markdown(results, ablation_columns(results))))
+    if not _json_to_stdout(args):
+        print("\n".join(ablation_markdown(results, ablation_columns(results))))
     if args.json:
         write_json(args.json, {"dataset": dataset.name, "ablations": results})
     return 0
@@ -308,7 +315,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
     parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
     sub = parser.add_subparsers(dest="command", required=True)
-    json_help = "write the results as JSON to this file (-: print them)"
+    json_help = "write the results as JSON to this file (-: print them on stdout, alone)"
 
     p = sub.add_parser("eval", help="nDCG@10 of every storage format on a dataset")
     _add_input_args(p)

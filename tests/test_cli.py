@@ -508,3 +508,17 @@ def test_quiet_silences_the_hugging_face_progress_bars(tmp_path, monkeypatch):
     assert main(["-q", *args]) == 2 and os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] == "1"
     monkeypatch.setenv("HF_HUB_DISABLE_PROGRESS_BARS", "0")
     assert main(["-q", *args]) == 2 and os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] == "0"
+
+
+def test_json_dash_prints_the_json_alone_on_stdout(small, tmp_path, capsys):
+    """``qama eval --json -`` and ``qama ablate --json -``: stdout is valid JSON (before: the Markdown table
+    was printed before it, so ``qama eval --json - | jq`` failed); with a file the table is printed as before."""
+    root, emb = small
+    common = ["--dataset", str(root), "--embeddings", str(emb)]
+    assert main(["-q", "eval", *common, "--dims", "32", "--json", "-"]) == 0
+    assert json.loads(capsys.readouterr().out)["rows"][0]["format"] == "fp32"
+    assert main(["-q", "eval", *common, "--dims", "32", "--json", str(tmp_path / "e.json")]) == 0
+    assert capsys.readouterr().out.startswith("| dataset ")
+    train = ["--steps", "2", "--train-batch-size", "64", "--only", "full"]
+    assert main(["-q", "ablate", *common, *train, "--json", "-"]) == 0
+    assert set(json.loads(capsys.readouterr().out)["ablations"]) == {"full"}
