@@ -522,3 +522,12 @@ def test_json_dash_prints_the_json_alone_on_stdout(small, tmp_path, capsys):
     train = ["--steps", "2", "--train-batch-size", "64", "--only", "full"]
     assert main(["-q", "ablate", *common, *train, "--json", "-"]) == 0
     assert set(json.loads(capsys.readouterr().out)["ablations"]) == {"full"}
+
+
+def test_python_dash_m_qama_runs_the_command_line():
+    """``python -m qama`` is the ``qama`` command (before: `No module named qama.__main__`)."""
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-m", "qama", "search", "-k", "0", "x"], capture_output=True, text=True)
+    assert (done.returncode, done.stderr) == (2, "qama: error: k must be positive, got 0\n")
