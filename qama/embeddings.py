@@ -330,10 +330,10 @@ def query_sample(
     """Query-like embeddings whose quantiles code the queries, and a description of them.
 
     ``source``, first match wins: ``"none"``; ``"auto"`` / ``"titles"``: the documents' titles
-    embedded with ``model_name`` (as :func:`title_pairs`: ``auto`` falls back to ``sentences`` when
-    ``sentences_fallback`` is set, else to none; ``embed``: a :func:`title_embedder` shared with other
-    uses of the titles); ``"sentences"``: :func:`embed_sentences`, one sentence drawn from each of up to
-    2,000 documents (what ``auto`` falls back to for untrained codes: measured in
+    embedded with ``model_name`` (as :func:`title_pairs`; fewer than 2 titles are no sample: ``auto`` falls
+    back to ``sentences`` when ``sentences_fallback`` is set, else to none; ``embed``: a
+    :func:`title_embedder` shared with other uses of the titles); ``"sentences"``: :func:`embed_sentences`,
+    one sentence drawn from each of up to 2,000 documents (what ``auto`` falls back to for untrained codes: measured in
     ``benchmarks/RESULTS_training.md``, "Sentences as query-like texts");
     a ``.npy`` file of ``(m, d)`` query embeddings; a text file of queries, one a line, or a ``.jsonl``
     file of ``{"_id", "text"}`` records (a BEIR ``queries.jsonl``: its texts), embedded with ``model_name``
@@ -348,6 +348,12 @@ def query_sample(
         return None, "none (queries coded with the documents' thresholds)"
     if source in ("auto", "titles") and dataset is not None:
         pairs = title_pairs(dataset, corpus, source, model_name, embeddings_dir, cache_dir, batch_size, progress, embed)
+        if pairs is not None and len(pairs[0]) < 2:  # one title has no quantiles: auto goes on without it
+            if source == "titles":
+                raise EmbeddingError(
+                    f"query sample 'titles': 1 document of {dataset.name} has a title; a query sample needs at least 2"
+                )
+            pairs = None
         if pairs is not None:
             return _check_sample_dim(pairs[0], corpus, f"{len(pairs[0])} document titles", source, model_name)
         if not (sentences_fallback and source == "auto"):

@@ -716,3 +716,19 @@ def test_uses_query_sample_is_false_only_where_the_adapter_serves_with_its_own_q
     assert uses_query_sample(adapter(True), "2bit")  # lost: untrained codes serve it
     assert uses_query_sample(adapter(True), "1bit", replace_query_thresholds=True)
     assert uses_query_sample(adapter(False), "1bit")
+
+
+def test_a_corpus_with_one_title_is_indexed_and_titles_are_refused_by_name(tmp_path, monkeypatch, capsys):
+    """``qama index --corpus`` of one titled document: ``auto`` goes on without a query sample (before:
+    `a query sample needs values of shape (n >= 2, 336), got (1, 336)`, and no index); ``titles`` says why."""
+    _fake_model(monkeypatch, lambda texts, call: np.random.default_rng(call).normal(size=(len(texts), 16)))
+    corpus = tmp_path / "one.jsonl"
+    corpus.write_text('{"_id": "a", "title": "Wings", "text": "Lift on swept wings."}\n')
+    args = ["-q", "index", "--corpus", str(corpus), "--plan", "2bit", "--cache-dir", str(tmp_path / "cache")]
+    assert main([*args, "--out", str(tmp_path / "ix")]) == 0
+    assert QamaIndex.open(tmp_path / "ix").encoder.quantizer.query_thresholds is None
+    capsys.readouterr()
+    assert main([*args, "--out", str(tmp_path / "ix2"), "--query-sample", "titles"]) == 2
+    assert capsys.readouterr().err == (
+        "qama: error: query sample 'titles': 1 document of one has a title; a query sample needs at least 2\n"
+    )
