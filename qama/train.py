@@ -178,13 +178,20 @@ class TrainConfig(JsonFields):
         self.train_plans = tuple(self.train_plans)
 
 
-#: Upper bounds of the integer settings whose size is memory or threads (a bad value must not take the machine).
-TRAIN_INT_BOUNDS = {"threads": 256, "batch_size": 1 << 20, "rank_triplets": 4096, "merge_hidden": 4096}
+#: Upper bounds of the integer settings whose size is memory or threads (a bad value must not take the machine),
+#: and of the seed: each step's generator is seeded with ``seed * 1_000_003 + step``, which torch takes below 2**64.
+TRAIN_INT_BOUNDS = {
+    "threads": 256,
+    "batch_size": 1 << 20,
+    "rank_triplets": 4096,
+    "merge_hidden": 4096,
+    "seed": 2**32 - 1,
+}
 
 
 def check_train_types(cfg: TrainConfig) -> None:
     """Every setting of its declared type: integers are integers (not ``2.5`` or ``true``), numbers are
-    finite, flags are booleans, texts are strings; sizes that cost memory or threads are bounded;
+    finite, flags are booleans, texts are strings; sizes that cost memory or threads, and the seed, are bounded;
     weights, rates and temperatures are not negative. Raises a one-line ``ValueError``."""
     for f in dataclasses.fields(cfg):
         v, kind = getattr(cfg, f.name), str(f.type)

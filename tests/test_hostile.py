@@ -614,6 +614,7 @@ def test_milvus_manifest_fields_are_checked(request):
     [
         (("--nce-weight", "nan"), "w_nce must be a finite number, got nan"),
         (("--seed", "-1"), "seed must not be negative, got -1"),
+        (("--seed", "99999999999999999999"), "seed must be at most 4294967295, got 99999999999999999999"),
         (("--batch-size", "0"), "--batch-size must be in 1..65536, got 0"),
         (("--steps", "0"), "steps must be at least 1, got 0"),
     ],
