@@ -112,15 +112,30 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _train_settings(args: argparse.Namespace) -> dict[str, Any]:
+    """The :class:`~qama.train.TrainConfig` fields set by options of ``qama train`` / ``ablate`` (None: the default)."""
+    drop_mean_direction = False if args.keep_mean_direction else None
+    return dict(
+        steps=args.steps, expansion=args.expansion, seed=args.seed, nested_dims=args.nested_dims,
+        batch_size=args.train_batch_size, drop_mean_direction=drop_mean_direction,
+    )  # fmt: skip
+
+
+def _check_train_settings(args: argparse.Namespace) -> None:
+    """The training options, before any work (:func:`qama.train.check_settings`)."""
+    from qama.train import check_settings
+
+    check_settings(w_nce=args.nce_weight, **_train_settings(args))
+
+
 def _training_setup(args: argparse.Namespace, dataset, corpus, queries, embed_titles=None):
     """The :class:`~qama.train.TrainConfig` and InfoNCE ``pairs`` of ``qama train`` / ``qama ablate``."""
     from qama.train import training_setup
 
     cfg, pairs = training_setup(
         dataset, corpus, queries, args.pseudo_queries, args.pairs, args.nce_weight, args.model,
-        _embeddings_folder(args), args.cache_dir, args.batch_size, not args.quiet, embed_titles, steps=args.steps,
-        expansion=args.expansion, seed=args.seed, nested_dims=args.nested_dims, batch_size=args.train_batch_size,
-        drop_mean_direction=False if args.keep_mean_direction else None,
+        _embeddings_folder(args), args.cache_dir, args.batch_size, not args.quiet, embed_titles,
+        **_train_settings(args),
     )  # fmt: skip
     cfg.model_name = args.recorded_model or ""  # the model of the embeddings, when known (meta.json)
     return cfg, pairs
@@ -134,6 +149,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.corpus is not None and args.pairs:
         raise ValueError("--pairs takes a qrels split of --dataset; a --corpus file has no judgments")
     check_out_dir(args.out, args.overwrite)  # before loading or training anything
+    _check_train_settings(args)
     _resolve_model(args)
     dataset, corpus, queries = _load_inputs(args)
     # The titles feed the training pairs and the query sample: embedded once for both.
@@ -152,6 +168,7 @@ def cmd_ablate(args: argparse.Namespace) -> int:
     from qama.train import ablate
 
     check_output_files(args.json)
+    _check_train_settings(args)
     _resolve_model(args)
     dataset, corpus, queries = _load_inputs(args)
     evaluator = Evaluator(dataset)

@@ -814,6 +814,13 @@ def info_nce_setup(
     return pairs, w_nce, description
 
 
+def check_settings(**settings: Any) -> None:
+    """Raise the error a :class:`TrainConfig` of ``settings`` (``None`` = the default) raises: the checks of
+    the training options before any work (:func:`training_setup` builds the config once the data and its
+    titles are loaded)."""
+    TrainConfig(**{k: v for k, v in settings.items() if v is not None})
+
+
 def training_setup(
     dataset: Any,
     corpus: np.ndarray,

@@ -627,6 +627,23 @@ def test_train_numeric_options(tiny, tmp_path, capsys, extra, message):
     _one_line_error(err, message)
 
 
+@pytest.mark.parametrize("command", ["train", "ablate"])
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (("--seed", str(2**64)), f"seed must be at most 4294967295, got {2**64}"),
+        (("--nce-weight", "-1"), "w_nce must not be negative, got -1.0"),
+    ],
+)
+def test_train_options_are_checked_before_any_work(tmp_path, capsys, command, extra, message):
+    """The training options of ``qama train`` / ``qama ablate`` are refused before the dataset is read (before:
+    after it was loaded and its titles embedded, minutes on a large corpus; here: no such dataset folder)."""
+    out = ["--out", str(tmp_path / "ad")] if command == "train" else []
+    rc, _, err = _run(capsys, command, "--dataset", str(tmp_path / "nowhere"), *out, *extra)
+    assert rc == 2
+    _one_line_error(err, message)
+
+
 def test_report_train_settings_are_type_checked(tiny, tmp_path, capsys):
     cfg = tmp_path / "c.toml"
     cfg.write_text(f"[[datasets]]\npath = {json.dumps(str(tiny))}\n\n[train]\nthreads = 1000000\nsteps = 2.5\n")
