@@ -55,7 +55,7 @@ from typing import Any
 
 import numpy as np
 
-from qama._io import atomic_open, fsync_dir, save_npy_chunks, write_json
+from qama._io import atomic_open, check_creatable, fsync_dir, save_npy_chunks, write_json
 from qama._segments import RowSegments
 from qama._validate import (
     Field,
@@ -785,6 +785,7 @@ def check_new_index_folder(path: Path, overwrite: bool) -> None:
     if path.exists() and not path.is_dir():
         raise FileExistsError(f"{path}: exists and is not a folder")
     if not path.is_dir():
+        check_creatable(path)
         return
     if (path / MANIFEST).exists():
         if not _is_index_manifest(path / MANIFEST):  # the user's own manifest.json: never replaced

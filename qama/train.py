@@ -59,7 +59,7 @@ from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from qama import losses as L
-from qama._io import JsonFields, fingerprint, folder_lock, fsync_dir, fsync_file
+from qama._io import JsonFields, check_creatable, fingerprint, folder_lock, fsync_dir, fsync_file
 from qama._validate import misfit
 from qama.adapter import (
     CONFIG_NAME,
@@ -515,6 +515,7 @@ def check_out_dir(out_dir: str | os.PathLike, overwrite: bool = False) -> None:
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise FileExistsError(f"{out}: exists and is not a folder (an adapter is a folder)")
+    check_creatable(out)
     ckpt = out / CHECKPOINT_DIR
     if ckpt.exists() and not (ckpt / "meta.json").is_file():
         raise FileExistsError(f"{ckpt}: exists but is not a qama checkpoint; move it or choose another --out")

@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
-from qama._io import atomic_open, fingerprint, folder_lock, write_json
+from qama._io import atomic_open, check_creatable, fingerprint, folder_lock, write_json
 from qama.config import ExperimentConfig
 from qama.evaluation.plots import plot_all
 from qama.evaluation.rows import Row, baseline_rows, set_retention
@@ -309,6 +309,7 @@ def check_report_folder(out: Path) -> None:
     """Refuse a report folder that holds anything but an earlier report (which a re-run resumes)."""
     if out.exists() and not out.is_dir():
         raise FileExistsError(f"{out}: exists and is not a folder")
+    check_creatable(out)
     if out.is_dir() and not (out / "stages").is_dir() and any(out.iterdir()):
         raise FileExistsError(
             f"{out}: the folder is not empty and holds no qama report; write the report to a new or empty folder"
