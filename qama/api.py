@@ -355,7 +355,8 @@ def evaluate_dataset(
     from qama.evaluation.metrics import Evaluator
     from qama.evaluation.rows import adapter_rows, baseline_rows, calibrated_threshold_rows, default_dims, set_retention
 
-    check_eval_options(plans or (), rescore, dims)  # before any work: a plan that does not read would leave no row
+    # before any work: a plan that does not read would leave no row
+    check_eval_options(plans or (), rescore, dims, adapter is not None)
     ds = dataset if isinstance(dataset, Dataset) else load_dataset(dataset)
     # rows of another dataset (or another order) would be scored against the wrong documents, silently
     corpus_emb = check_embeddings(np.asarray(corpus_emb), len(ds.doc_ids), "corpus embeddings", normalise=False)

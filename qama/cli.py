@@ -95,7 +95,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from qama.evaluation.tables import eval_json, eval_markdown
 
     check_output_files(args.json, args.markdown)
-    check_eval_options(args.plans or (), args.oversample, args.dims)
+    check_eval_options(args.plans or (), args.oversample, args.dims, args.adapter is not None)
     _resolve_model(args)
     adapter = load_adapter(args.adapter, args.recorded_model, args.plans)
     dataset, corpus, queries = _load_inputs(args)

@@ -235,6 +235,22 @@ def test_eval_plans_that_give_no_row_are_refused(tiny, adapter_dir, capsys, plan
     _one_line_error(err, message)
 
 
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (("--dims", "8", "8"), "--dims: 8 is given twice"),
+        (("--oversample", "4", "2", "4"), "--oversample: 4 is given twice"),
+        (("--plans", "2bit"), "--plans: the plans of the adapter's rows; give --adapter (without one every plan is"),
+    ],
+)
+def test_eval_options_given_twice_or_without_their_adapter_are_refused(tiny, tmp_path, capsys, extra, message):
+    """``qama eval --dims 8 8`` measured and printed every row of that size twice; ``--plans`` without ``--adapter``
+    was ignored, silently (the baselines measure every built-in plan). Refused before the dataset is read."""
+    rc, out, err = _run(capsys, "eval", "--dataset", str(tmp_path / "nowhere"), *extra)
+    assert rc == 2 and out == ""
+    _one_line_error(err, message)
+
+
 def test_manifest_naming_a_file_outside_the_folder(built, tmp_path):
     _, _, ix = built
     other = tmp_path / "other"
