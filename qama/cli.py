@@ -38,11 +38,12 @@ def _check_corpus_or_dataset(args: argparse.Namespace) -> None:
         raise ValueError("give either --dataset or --corpus")
 
 
-def _load_inputs(args: argparse.Namespace):
+def _load_inputs(args: argparse.Namespace, queries: bool = True):
     """The dataset and its ``(corpus, queries)`` embeddings, from ``--embeddings`` or ``--model``; for
-    ``--corpus`` (a plain JSONL file) a dataset with no queries, and ``queries`` None."""
+    ``--corpus`` (a plain JSONL file) a dataset with no queries, and ``queries`` None; with ``queries=False``
+    (a command that reads none) ``queries`` None too, and none embedded or read."""
     from qama.data import load_dataset
-    from qama.embeddings import dataset_embeddings, jsonl_corpus_embeddings
+    from qama.embeddings import corpus_embeddings, dataset_embeddings, jsonl_corpus_embeddings
 
     if getattr(args, "corpus", None) is not None:
         progress = not args.quiet
@@ -53,8 +54,18 @@ def _load_inputs(args: argparse.Namespace):
         return dataset, corpus, None
     dataset = load_dataset(args.dataset, split=args.split, cache_dir=args.cache_dir)
     logger.info("%r", dataset)
-    corpus, queries = dataset_embeddings(dataset, args.model, args.embeddings, args.cache_dir, args.batch_size)
-    return dataset, corpus, queries
+    if not queries:
+        return dataset, corpus_embeddings(dataset, args.model, args.embeddings, args.cache_dir, args.batch_size), None
+    corpus, query_emb = dataset_embeddings(dataset, args.model, args.embeddings, args.cache_dir, args.batch_size)
+    return dataset, corpus, query_emb
+
+
+def _reads_queries(args: argparse.Namespace) -> bool:
+    """Whether ``qama train`` / ``qama index`` read the dataset's queries: only for the pairs of ``--pairs`` or
+    a ``--query-sample`` that names a split (the embedding of every query of a large dataset costs hours)."""
+    from qama.embeddings import query_sample_split
+
+    return bool(getattr(args, "pairs", None)) or query_sample_split(args.query_sample)
 
 
 def _embeddings_folder(args: argparse.Namespace) -> Path | None:
@@ -151,7 +162,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     check_out_dir(args.out, args.overwrite)  # before loading or training anything
     _check_train_settings(args)
     _resolve_model(args)
-    dataset, corpus, queries = _load_inputs(args)
+    dataset, corpus, queries = _load_inputs(args, _reads_queries(args))
     # The titles feed the training pairs and the query sample: embedded once for both.
     titles = title_embedder(dataset, args.model, args.cache_dir, args.batch_size, not args.quiet)
     cfg, pairs = _training_setup(args, dataset, corpus, queries, titles)
@@ -216,7 +227,7 @@ def cmd_index(args: argparse.Namespace) -> int:
             raise ValueError("--add adds documents to an index; it takes neither --overwrite nor --shard")
         uri, kind, options = _store(args, args.out, "--out", {"verify": True})
         _resolve_model(args)
-        dataset, corpus, _ = _load_inputs(args)
+        dataset, corpus, _ = _load_inputs(args, queries=False)
         add_to_store(
             uri, corpus, dataset.doc_ids, dataset.titles, args.recorded_model, kind, args.adapter, not args.quiet,
             **options,
@@ -227,7 +238,7 @@ def cmd_index(args: argparse.Namespace) -> int:
     check_new_store(uri, kind, args.overwrite, args.shard)
     _resolve_model(args)
     adapter = load_adapter(args.adapter, args.recorded_model)
-    dataset, corpus, queries = _load_inputs(args)
+    dataset, corpus, queries = _load_inputs(args, _reads_queries(args))
     ids, titles = dataset.doc_ids, dataset.titles
     if args.query_sample == "auto" and not uses_query_sample(adapter, args.plan):
         sample = None  # auto leaves an adapter's own query thresholds as they are (fit_encoder): nothing to embed
@@ -290,7 +301,8 @@ def _add_input_args(p: argparse.ArgumentParser, required: bool = True) -> None:
     model_help = "sentence-transformers model of the dataset's embeddings and of its titles (default: the "
     model_help += f"model in meta.json of --embeddings, else {DEFAULT_MODEL}; one contradicting it is refused)"
     p.add_argument("--model", default=None, help=model_help)
-    emb_help = "folder with precomputed corpus.npy and queries.npy of --model (with --corpus: a .npy file)"
+    emb_help = "folder with precomputed corpus.npy and queries.npy of --model (queries.npy only where queries are "
+    emb_help += "read: eval, ablate, --pairs, a split as --query-sample; with --corpus: a .npy file)"
     p.add_argument("--embeddings", type=Path, help=emb_help)
     p.add_argument("--batch-size", type=int, default=64, help="embedding batch size")
     sample_help = "query-like texts whose quantiles code the queries: auto (default: the titles if any, else, for "

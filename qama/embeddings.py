@@ -33,13 +33,17 @@ __all__ = [
     "load_model",
     "encode",
     "embed_dataset",
+    "embed_corpus",
+    "corpus_embeddings",
     "embed_titles",
     "title_embedder",
     "title_pairs",
     "PSEUDO_QUERY_MODES",
     "query_sample",
+    "query_sample_split",
     "resolve_model",
     "load_embeddings",
+    "load_corpus_embeddings",
     "check_embeddings",
 ]
 
@@ -152,19 +156,34 @@ def embed_dataset(
     progress: bool = True,
     model: SentenceTransformer | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Embed a dataset's documents (``title + " " + text``) and queries, cached on disk.
+    """Embed a dataset's documents (``title + " " + text``, :func:`embed_corpus`) and queries, cached on disk.
 
     Returns ``(corpus, queries)`` in file order.
     """
     model = model or load_model(model_name)
+    corpus = embed_corpus(dataset, model_name, cache_dir, batch_size, progress, model)
     root = _cache_root(model_name, cache_dir)
-    corpus = _embed_cached(model, model_name, root, f"{dataset.name}-corpus", dataset.doc_texts, batch_size, progress)
     queries = _embed_cached(
         model, model_name, root, f"{dataset.name}-queries", dataset.query_texts, batch_size, progress
     )
+    return corpus, queries
+
+
+def embed_corpus(
+    dataset: Dataset,
+    model_name: str = DEFAULT_MODEL,
+    cache_dir: Path | None = None,
+    batch_size: int = 64,
+    progress: bool = True,
+    model: SentenceTransformer | None = None,
+) -> np.ndarray:
+    """Embed a dataset's documents (``title + " " + text``) in file order, cached on disk."""
+    model = model or load_model(model_name)
+    root = _cache_root(model_name, cache_dir)
+    corpus = _embed_cached(model, model_name, root, f"{dataset.name}-corpus", dataset.doc_texts, batch_size, progress)
     meta = root / f"{dataset.name}-meta.json"
     _write_cache(meta, lambda: write_json(meta, {"model": model_name, "dataset": str(dataset.path)}))
-    return corpus, queries
+    return corpus
 
 
 #: The most titles :func:`embed_titles` embeds. A default fit draws 300 steps × 256 pairs (76,800), and a
@@ -411,6 +430,13 @@ def query_sample(
     return np.asarray(queries)[rows], f"{len(rows)} queries of the {source!r} split"
 
 
+def query_sample_split(source: str) -> bool:
+    """Whether the query sample ``source`` names a qrels split (the last case of :func:`query_sample`): the
+    only one that reads the dataset's query embeddings."""
+    named = source in ("auto", "titles", "sentences", "none")
+    return not named and Path(source).suffix != ".npy" and not Path(source).is_file()
+
+
 def _check_sample_dim(
     emb: np.ndarray, corpus: np.ndarray, what: str, source: str, model_name: str
 ) -> tuple[np.ndarray, str]:
@@ -481,6 +507,20 @@ def dataset_embeddings(
     return embed_dataset(dataset, model_name, cache_dir=cache_dir, batch_size=batch_size)
 
 
+def corpus_embeddings(
+    dataset: Dataset,
+    model_name: str = DEFAULT_MODEL,
+    embeddings_dir: str | os.PathLike | None = None,
+    cache_dir: Path | None = None,
+    batch_size: int = 64,
+) -> np.ndarray:
+    """The corpus of :func:`dataset_embeddings` alone, for a command that reads no query (``qama index``
+    and ``qama train``, unless a query split is named): no ``queries.npy``, no query embedded."""
+    if embeddings_dir is not None:
+        return load_corpus_embeddings(embeddings_dir, dataset)
+    return embed_corpus(dataset, model_name, cache_dir=cache_dir, batch_size=batch_size)
+
+
 def check_embeddings(
     emb: np.ndarray, rows: int | None, what: str, dim: int | None = None, normalise: bool = True
 ) -> np.ndarray:
@@ -511,15 +551,22 @@ def load_embeddings(directory: str | os.PathLike, dataset: Dataset) -> tuple[np.
 
     ``meta.json`` beside them is optional. Checks shape, dtype and finiteness; never unpickles.
     """
+    corpus = load_corpus_embeddings(directory, dataset)
+    queries = load_npy(Path(directory) / "queries.npy", error=EmbeddingError)
+    queries = check_embeddings(queries, len(dataset.query_ids), str(Path(directory) / "queries.npy"), corpus.shape[1])
+    return corpus, queries
+
+
+def load_corpus_embeddings(directory: str | os.PathLike, dataset: Dataset) -> np.ndarray:
+    """The ``corpus.npy`` of :func:`load_embeddings` alone, checked likewise."""
     directory = Path(directory)
     if not directory.is_dir():
         raise EmbeddingError(f"{directory}: no such embeddings folder")
-    corpus = load_npy(directory / "corpus.npy", error=EmbeddingError)
-    queries = load_npy(directory / "queries.npy", error=EmbeddingError)
-    corpus = check_embeddings(corpus, len(dataset.doc_ids), str(directory / "corpus.npy"))
-    queries = check_embeddings(queries, len(dataset.query_ids), str(directory / "queries.npy"), dim=corpus.shape[1])
+    corpus = check_embeddings(
+        load_npy(directory / "corpus.npy", error=EmbeddingError), len(dataset.doc_ids), str(directory / "corpus.npy")
+    )
     check_meta_dimension(directory, corpus.shape[1], "corpus.npy")
-    return corpus, queries
+    return corpus
 
 
 def read_embeddings_meta(directory: str | os.PathLike) -> dict | None:

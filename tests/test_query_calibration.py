@@ -732,3 +732,24 @@ def test_a_corpus_with_one_title_is_indexed_and_titles_are_refused_by_name(tmp_p
     assert capsys.readouterr().err == (
         "qama: error: query sample 'titles': 1 document of one has a title; a query sample needs at least 2\n"
     )
+
+
+def test_index_and_train_of_a_dataset_read_no_query_unless_a_split_is_named(tmp_path, tiny, monkeypatch, capsys):
+    """``qama index`` / ``qama train --dataset`` code and fit the documents only: no query is embedded and no
+    ``queries.npy`` read (before: every query of the dataset was embedded, hours for a large BEIR dataset, and
+    precomputed embeddings without ``queries.npy`` were refused); ``--query-sample SPLIT`` still reads them."""
+    seen = _fake_model(monkeypatch, lambda texts, call: np.random.default_rng(call).normal(size=(len(texts), 16)))
+    cache = ["--cache-dir", str(tmp_path / "cache")]
+    assert main(["-q", "index", "--dataset", str(tiny), "--plan", "2bit", *cache, "--out", str(tmp_path / "ix")]) == 0
+    train = ["-q", "train", "--dataset", str(tiny), "--steps", "2", "--train-batch-size", "8"]
+    assert main([*train, "--nested-dims", "8", "16", *cache, "--out", str(tmp_path / "ad")]) == 0
+    embedded = {t for batch in seen for t in batch}
+    assert "text of document 0" in " ".join(embedded) and not any(t.startswith("query ") for t in embedded)
+    emb = tiny.parent / "tiny-emb"
+    (emb / "queries.npy").unlink()
+    precomputed = ["-q", "index", "--dataset", str(tiny), "--embeddings", str(emb), "--plan", "2bit"]
+    assert main([*precomputed, "--query-sample", "none", "--out", str(tmp_path / "ix2")]) == 0
+    assert len(QamaIndex.open(tmp_path / "ix2").ids) == 40
+    capsys.readouterr()
+    assert main([*precomputed, "--query-sample", "test", "--out", str(tmp_path / "ix3")]) == 2
+    assert capsys.readouterr().err == f"qama: error: {emb / 'queries.npy'}: file not found\n"
