@@ -255,7 +255,7 @@ def check_training_input(
     if x.shape[0] < batch_size:
         raise ValueError(
             f"{what}: {x.shape[0]} vectors are fewer than one batch ({batch_size}); "
-            f"lower batch_size or give more vectors"
+            "lower batch_size (qama train --train-batch-size) or give more vectors"
         )
     x = x.astype(np.float32, copy=False)
     finite = np.isfinite(x).all(axis=1)

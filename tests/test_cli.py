@@ -191,7 +191,8 @@ def test_train_with_pairs_of_a_missing_split(small, tmp_path, capsys):
 def test_train_too_few_vectors_for_a_batch(small, tmp_path, capsys):
     root, emb = small
     rc = _train(root, emb, tmp_path / "ad", "--train-batch-size", "1000")
-    assert rc == 2 and "batch" in capsys.readouterr().err
+    message = "300 vectors are fewer than one batch (1000); lower batch_size (qama train --train-batch-size)"
+    assert rc == 2 and capsys.readouterr().err == f"qama: error: embeddings: {message} or give more vectors\n"
 
 
 def test_index_then_search(small, tmp_path, capsys):
