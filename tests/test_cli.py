@@ -532,3 +532,12 @@ def test_python_dash_m_qama_runs_the_command_line():
 
     done = subprocess.run([sys.executable, "-m", "qama", "search", "-k", "0", "x"], capture_output=True, text=True)
     assert (done.returncode, done.stderr) == (2, "qama: error: k must be positive, got 0\n")
+
+
+def test_search_text_escapes_control_characters_of_ids_and_titles():
+    """``qama search`` prints a line a hit: a newline in a title or id broke the line, and a title holding a
+    terminal escape sequence (``\\x1b[2J``: clear the screen) reached the terminal as it was."""
+    from qama.backends import hits_text
+
+    results = [{"query": "q\n2", "hits": [{"id": "a\tb", "title": "x\ny\x1b[2J Ü 日本", "score": 1.0}]}]
+    assert hits_text(results) == "query: q\\n2\n   1.    1.0000  a\\tb  x\\ny\\x1b[2J Ü 日本\n"
