@@ -291,8 +291,9 @@ def search_store(
     larger than the store is clamped to its size, with a warning. ``mode="adc"``: the asymmetric full
     scan (an index folder only)."""
     from qama.backends import open_backend, search_hits
-    from qama.embeddings import query_embeddings
+    from qama.embeddings import check_query_input, query_embeddings
 
+    check_query_input(texts, npy)  # before the store is opened
     with open_backend(uri, backend, adapter=adapter, **options) as store:
         n = store.count()
         if n == 0:

@@ -14,7 +14,7 @@ import logging
 import os
 import socket
 import urllib.parse
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -41,6 +41,7 @@ __all__ = [
     "PSEUDO_QUERY_MODES",
     "query_sample",
     "query_sample_split",
+    "check_query_input",
     "resolve_model",
     "load_embeddings",
     "load_corpus_embeddings",
@@ -659,6 +660,16 @@ def jsonl_corpus_embeddings(
     return dataset, _embed_cached(model, model_name, root, stem, dataset.doc_texts, batch_size, progress)
 
 
+def check_query_input(texts: Sequence[str], npy: str | os.PathLike | None = None) -> None:
+    """The queries of :func:`query_embeddings` are given once, before any work: texts (none empty) or a ``.npy``."""
+    if npy is not None and texts:
+        raise ValueError("give query texts or --queries FILE.npy, not both")
+    if npy is None and not texts:
+        raise ValueError("give query text or --queries FILE.npy")
+    if not all(t.strip() for t in texts):
+        raise ValueError("a query is empty")
+
+
 def query_embeddings(
     texts: list[str],
     npy: str | os.PathLike | None = None,
@@ -670,15 +681,10 @@ def query_embeddings(
     numbers; checked and L2-normalised by :func:`check_embeddings`, as the documents were: a query's
     scale would change its code), else of ``texts`` (labels: the texts) embedded with the model the
     store recorded (``recorded``, its ``meta.model``) or ``model_name``, which must not contradict it."""
+    check_query_input(texts, npy)
     if npy is not None:
-        if texts:
-            raise ValueError("give query texts or --queries FILE.npy, not both")
         queries = check_embeddings(np.atleast_2d(load_npy(npy, error=EmbeddingError)), None, str(npy))
         return queries, [str(i) for i in range(len(queries))]
-    if not texts:
-        raise ValueError("give query text or --queries FILE.npy")
-    if not all(t.strip() for t in texts):
-        raise ValueError("a query is empty")
     if model_name and recorded and not same_model(model_name, recorded):
         raise ValueError(
             f"{where}: the documents were embedded with {recorded}; queries embedded with --model {model_name} "

@@ -541,3 +541,18 @@ def test_search_text_escapes_control_characters_of_ids_and_titles():
 
     results = [{"query": "q\n2", "hits": [{"id": "a\tb", "title": "x\ny\x1b[2J Ü 日本", "score": 1.0}]}]
     assert hits_text(results) == "query: q\\n2\n   1.    1.0000  a\\tb  x\\ny\\x1b[2J Ü 日本\n"
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        ([], "give query text or --queries FILE.npy"),
+        (["  "], "a query is empty"),
+        (["text", "--queries", "q.npy"], "give query texts or --queries FILE.npy, not both"),
+    ],
+)
+def test_search_without_a_query_is_refused_before_the_index_is_opened(tmp_path, capsys, extra, message):
+    """``qama search --index DIR`` with no query (or an empty one) opened and verified the index first (its
+    warning that k is larger than the index came before the error; here: no index at all)."""
+    assert main(["-q", "search", "--index", str(tmp_path / "nowhere"), *extra]) == 2
+    assert capsys.readouterr().err == f"qama: error: {message}\n"
