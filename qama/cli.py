@@ -223,8 +223,18 @@ def cmd_index(args: argparse.Namespace) -> int:
 
     _check_corpus_or_dataset(args)
     if args.add:
-        if args.overwrite or args.shard:
-            raise ValueError("--add adds documents to an index; it takes neither --overwrite nor --shard")
+        flags = {
+            "--overwrite": args.overwrite,
+            "--shard": args.shard,
+            "--plan": args.plan,
+            "--keep-vectors": args.keep_vectors,
+            "--query-sample": args.query_sample != "auto",
+        }
+        given = [flag for flag, value in flags.items() if value]
+        if given:  # the index's own encoder, plan and stored vectors code the documents: these would be ignored
+            raise ValueError(
+                f"--add adds documents to an index, coded by its own encoder and plan; it takes no {', '.join(given)}"
+            )
         uri, kind, options = _store(args, args.out, "--out", {"verify": True})
         _resolve_model(args)
         dataset, corpus, _ = _load_inputs(args, queries=False)
@@ -233,6 +243,7 @@ def cmd_index(args: argparse.Namespace) -> int:
             **options,
         )  # fmt: skip
         return 0
+    args.plan = args.plan or "hybrid"
     uri, kind, options = _store(args, args.out, "--out", {"adapter_path": args.adapter, "overwrite": args.overwrite})
     # before any work: an index folder must be new, empty, or --overwrite (with --shard: an index is appended to)
     check_new_store(uri, kind, args.overwrite, args.shard)
@@ -402,7 +413,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_input_args(p, required=False)
     _add_corpus_arg(p)
     p.add_argument("--adapter", type=Path, help="trained adapter folder (default: untrained quantile thresholds)")
-    p.add_argument("--plan", default="hybrid", help="plan of the codes (default: hybrid)")
+    p.add_argument("--plan", help="plan of the codes (default: hybrid)")
     p.add_argument("--keep-vectors", action="store_true", help="also store float32 vectors for exact rescoring")
     p.add_argument("--overwrite", action="store_true", help="replace an existing index at --out")
     add_help = "add the documents to the index already at --out (or --uri), coded by its own encoder and plan"

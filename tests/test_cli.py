@@ -458,8 +458,9 @@ def test_index_add_appends_documents_with_the_index_own_encoder(tmp_path, monkey
         (tmp_path / name / "meta.json").write_text(json.dumps({"model": model}))
         return tmp_path / f"{name}.jsonl", tmp_path / name / "emb.npy"
 
-    def run(*args: str) -> int:
-        return main(["-q", "index", "--query-sample", "none", "--plan", "2bit", "--keep-vectors", *args])
+    def run(*args: str) -> int:  # --add codes with the index's own plan and settings: it takes none of these
+        settings = [] if "--add" in args else ["--query-sample", "none", "--plan", "2bit", "--keep-vectors"]
+        return main(["-q", "index", *settings, *args])
 
     first, later, other = (
         corpus("first", 300, 0, False),
@@ -486,6 +487,10 @@ def test_index_add_appends_documents_with_the_index_own_encoder(tmp_path, monkey
             f"{ix}: the documents there were embedded with org/model, these with org/b",
         ),
         (["--corpus", str(other[0]), "--embeddings", str(other[1]), "--overwrite"], "--add adds documents to an index"),
+        (
+            ["--corpus", str(later[0]), "--embeddings", str(later[1]), "--plan", "hybrid", "--query-sample", "titles"],
+            "--add adds documents to an index, coded by its own encoder and plan; it takes no --plan, --query-sample\n",
+        ),
     ]:
         assert run("--add", *args, "--out", str(ix)) == 2
         assert capsys.readouterr().err.startswith(f"qama: error: {message}")
