@@ -264,11 +264,12 @@ def cmd_index(args: argparse.Namespace) -> int:
 
 
 def cmd_search(args: argparse.Namespace) -> int:
-    from qama._io import write_json
+    from qama._io import check_output_files, write_json
     from qama._validate import check_oversample
     from qama.api import search_store
     from qama.backends import hits_text
 
+    check_output_files(args.json)
     if args.k <= 0:  # before any work; a k larger than the index is clamped by search_store
         raise ValueError(f"k must be positive, got {args.k}")
     check_oversample(args.oversample)

@@ -139,6 +139,20 @@ def test_an_output_under_a_file_is_refused_before_any_work(tmp_path, capsys, com
     assert user.read_text() == "keep"
 
 
+def test_search_json_that_cannot_be_written_is_refused_before_the_search(tmp_path, capsys):
+    """``qama search --json`` naming a folder, or a path under a file, is refused before the index is opened, as
+    ``qama eval --json`` is (before: searched, then `[Errno 21] Is a directory: '….tmp' -> 'DIR'`)."""
+    user = tmp_path / "notes.txt"
+    user.write_text("keep")
+    for out, message in (
+        (tmp_path, f"{tmp_path}: is a folder; give the path of a file to write"),
+        (user / "hits.json", f"{user / 'hits.json'}: cannot be created, {user} is not a folder"),
+    ):
+        rc = main(["-q", "search", "--index", str(tmp_path / "nowhere"), "--json", str(out), "text"])
+        assert (rc, capsys.readouterr().err) == (2, f"qama: error: {message}\n")
+    assert user.read_text() == "keep"
+
+
 def test_report_refuses_a_folder_that_is_not_a_report(tmp_path, tiny):
     emb = tiny.parent / "tiny-emb"
     out = tmp_path / "proj"
