@@ -54,9 +54,10 @@ def _load_inputs(args: argparse.Namespace, queries: bool = True):
         return dataset, corpus, None
     dataset = load_dataset(args.dataset, split=args.split, cache_dir=args.cache_dir)
     logger.info("%r", dataset)
+    inputs = (dataset, args.model, args.embeddings, args.cache_dir, args.batch_size, not args.quiet)
     if not queries:
-        return dataset, corpus_embeddings(dataset, args.model, args.embeddings, args.cache_dir, args.batch_size), None
-    corpus, query_emb = dataset_embeddings(dataset, args.model, args.embeddings, args.cache_dir, args.batch_size)
+        return dataset, corpus_embeddings(*inputs), None
+    corpus, query_emb = dataset_embeddings(*inputs)
     return dataset, corpus, query_emb
 
 

@@ -500,12 +500,13 @@ def dataset_embeddings(
     embeddings_dir: str | os.PathLike | None = None,
     cache_dir: Path | None = None,
     batch_size: int = 64,
+    progress: bool = True,
 ) -> tuple[np.ndarray, np.ndarray]:
     """``(corpus, queries)`` of a dataset: precomputed in ``embeddings_dir`` when given, else embedded
-    with ``model_name`` (cached)."""
+    with ``model_name`` (cached; ``progress``: a progress bar)."""
     if embeddings_dir is not None:
         return load_embeddings(embeddings_dir, dataset)
-    return embed_dataset(dataset, model_name, cache_dir=cache_dir, batch_size=batch_size)
+    return embed_dataset(dataset, model_name, cache_dir=cache_dir, batch_size=batch_size, progress=progress)
 
 
 def corpus_embeddings(
@@ -514,12 +515,13 @@ def corpus_embeddings(
     embeddings_dir: str | os.PathLike | None = None,
     cache_dir: Path | None = None,
     batch_size: int = 64,
+    progress: bool = True,
 ) -> np.ndarray:
     """The corpus of :func:`dataset_embeddings` alone, for a command that reads no query (``qama index``
     and ``qama train``, unless a query split is named): no ``queries.npy``, no query embedded."""
     if embeddings_dir is not None:
         return load_corpus_embeddings(embeddings_dir, dataset)
-    return embed_corpus(dataset, model_name, cache_dir=cache_dir, batch_size=batch_size)
+    return embed_corpus(dataset, model_name, cache_dir=cache_dir, batch_size=batch_size, progress=progress)
 
 
 def check_embeddings(

@@ -753,3 +753,23 @@ def test_index_and_train_of_a_dataset_read_no_query_unless_a_split_is_named(tmp_
     capsys.readouterr()
     assert main([*precomputed, "--query-sample", "test", "--out", str(tmp_path / "ix3")]) == 2
     assert capsys.readouterr().err == f"qama: error: {emb / 'queries.npy'}: file not found\n"
+
+
+def test_quiet_embeds_a_dataset_without_progress_bars(tmp_path, tiny, monkeypatch):
+    """``qama -q eval/index/train --dataset`` embedded the corpus and the queries with a progress bar on stderr
+    (sentence-transformers' ``Batches: …``): ``-q`` left it on; without ``-q`` it is shown."""
+    import qama.embeddings
+
+    bars: list[bool] = []
+
+    def encode(model, texts, batch_size=64, progress=True):
+        bars.append(progress)
+        return np.random.default_rng(len(bars)).normal(size=(len(texts), 16))
+
+    _fake_model(monkeypatch, lambda texts, call: None)
+    monkeypatch.setattr(qama.embeddings, "encode", encode)
+    args = ["eval", "--dataset", str(tiny), "--dims", "16", "--query-sample", "none"]
+    assert main(["-q", *args, "--cache-dir", str(tmp_path / "a")]) == 0
+    assert bars == [False, False]  # the corpus, the queries
+    assert main([*args, "--cache-dir", str(tmp_path / "b")]) == 0
+    assert bars == [False, False, True, True]
