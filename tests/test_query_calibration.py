@@ -773,3 +773,9 @@ def test_quiet_embeds_a_dataset_without_progress_bars(tmp_path, tiny, monkeypatc
     assert bars == [False, False]  # the corpus, the queries
     assert main([*args, "--cache-dir", str(tmp_path / "b")]) == 0
     assert bars == [False, False, True, True]
+    from qama.config import DatasetSpec, experiment_config
+    from qama.evaluation.study import _load
+
+    monkeypatch.setenv("QAMA_CACHE", str(tmp_path / "c"))  # qama report -q (run_report(progress=False)) likewise
+    _load(experiment_config(datasets=[DatasetSpec(str(tiny))], model="org/m"), DatasetSpec(str(tiny)), progress=False)
+    assert len(bars) > 5 and not any(bars[4:])  # the corpus, the queries (and the titles)
