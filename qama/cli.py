@@ -292,6 +292,16 @@ class _Deprecated(argparse.Action):
         setattr(namespace, self.dest, value)
 
 
+class _Once(argparse.Action):
+    """An option that names one thing (``--dataset``, ``--embeddings``, ``--out``): given twice is an error, not
+    the last one silently (``qama report`` takes ``--dataset`` repeated; these commands read one)."""
+
+    def __call__(self, parser, namespace, value, option_string=None):
+        if getattr(namespace, self.dest) is not None:
+            parser.error(f"{option_string} is given twice; this command takes one")
+        setattr(namespace, self.dest, value)
+
+
 def _add_backend_args(p: argparse.ArgumentParser) -> None:
     from qama.backends import BACKENDS
     from qama.backends.milvus import INDEX_TYPES
@@ -308,7 +318,10 @@ def _add_input_args(p: argparse.ArgumentParser, required: bool = True) -> None:
     from qama.embeddings import DEFAULT_MODEL
 
     p.add_argument(
-        "--dataset", required=required, help="BEIR-layout folder, cranfield (shipped), or a BEIR name to download"
+        "--dataset",
+        required=required,
+        action=_Once,
+        help="BEIR-layout folder, cranfield (shipped), or a BEIR name to download",
     )
     p.add_argument("--split", default="test", help="qrels split to evaluate (default: test)")
     model_help = "sentence-transformers model of the dataset's embeddings and of its titles (default: the "
@@ -316,7 +329,7 @@ def _add_input_args(p: argparse.ArgumentParser, required: bool = True) -> None:
     p.add_argument("--model", default=None, help=model_help)
     emb_help = "folder with precomputed corpus.npy and queries.npy of --model (queries.npy only where queries are "
     emb_help += "read: eval, ablate, --pairs, a split as --query-sample; with --corpus: a .npy file)"
-    p.add_argument("--embeddings", type=Path, help=emb_help)
+    p.add_argument("--embeddings", type=Path, action=_Once, help=emb_help)
     p.add_argument("--batch-size", type=int, default=64, help="embedding batch size")
     sample_help = "query-like texts whose quantiles code the queries: auto (default: the titles if any, else, for "
     sample_help += "codes without an adapter, sentences), titles, sentences (one of each of up to 2,000 documents), "
@@ -329,7 +342,7 @@ def _add_input_args(p: argparse.ArgumentParser, required: bool = True) -> None:
 def _add_corpus_arg(p: argparse.ArgumentParser) -> None:
     corpus_help = "plain JSONL corpus ({_id or id, text, title?} a line) instead of --dataset; its "
     corpus_help += "--embeddings is a .npy file, one row per line"
-    p.add_argument("--corpus", type=Path, help=corpus_help)
+    p.add_argument("--corpus", type=Path, action=_Once, help=corpus_help)
 
 
 def _add_train_args(p: argparse.ArgumentParser) -> None:
@@ -400,7 +413,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_input_args(p, required=False)
     _add_corpus_arg(p)
     _add_train_args(p)
-    p.add_argument("--out", type=Path, required=True, help="adapter folder (config.json + model.safetensors)")
+    p.add_argument(
+        "--out", type=Path, action=_Once, required=True, help="adapter folder (config.json + model.safetensors)"
+    )
     p.add_argument("--overwrite", action="store_true", help="replace an adapter already in --out")
     p.set_defaults(func=cmd_train)
 
@@ -420,13 +435,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace an existing index at --out")
     add_help = "add the documents to the index already at --out (or --uri), coded by its own encoder and plan"
     p.add_argument("--add", action="store_true", help=add_help)
-    p.add_argument("--out", type=Path, help="index folder to write (faiss backend)")
+    p.add_argument("--out", type=Path, action=_Once, help="index folder to write (faiss backend)")
     _add_backend_args(p)
     p.add_argument("--shard", help="I/N: encode and load only part I of N of the corpus (N workers, one store)")
     p.set_defaults(func=cmd_index)
 
     p = sub.add_parser("search", help="top-k documents of a qama index for query texts or embeddings")
-    p.add_argument("--index", type=Path, help="index folder written by 'qama index' (faiss backend)")
+    p.add_argument("--index", type=Path, action=_Once, help="index folder written by 'qama index' (faiss backend)")
     _add_backend_args(p)
     p.add_argument("text", nargs="*", help="query texts (embedded with the index's model)")
     p.add_argument("--queries", type=Path, help=".npy of query embeddings (nq, d) instead of texts")

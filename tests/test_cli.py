@@ -561,3 +561,23 @@ def test_search_without_a_query_is_refused_before_the_index_is_opened(tmp_path, 
     warning that k is larger than the index came before the error; here: no index at all)."""
     assert main(["-q", "search", "--index", str(tmp_path / "nowhere"), *extra]) == 2
     assert capsys.readouterr().err == f"qama: error: {message}\n"
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["eval", "--dataset", "a", "--dataset", "b"],
+        ["train", "--dataset", "a", "--embeddings", "e", "--embeddings", "f", "--out", "x"],
+        ["train", "--dataset", "a", "--out", "x", "--out", "y"],
+        ["index", "--corpus", "a.jsonl", "--corpus", "b.jsonl", "--out", "x"],
+        ["search", "--index", "a", "--index", "b", "text"],
+    ],
+)
+def test_an_option_that_names_one_thing_given_twice_is_refused(argv, capsys):
+    """``qama eval --dataset a --dataset b`` (as ``qama report`` takes them) evaluated b alone, silently; a second
+    ``--out``, ``--embeddings``, ``--corpus`` or ``--index`` replaced the first likewise."""
+    flag = next(a for i, a in enumerate(argv) if a.startswith("--") and a in argv[i + 1 :])
+    with pytest.raises(SystemExit) as exit_:
+        main(argv)
+    message = f"qama {argv[0]}: error: {flag} is given twice; this command takes one\n"
+    assert exit_.value.code == 2 and capsys.readouterr().err.endswith(message)
