@@ -597,7 +597,10 @@ class QamaIndex:
         if mode == "adc":
             return adc_search(self.codes, self.encoder, queries, k, fast=self._adc_codes())
         if rescore == "vectors" and self.vectors is None:
-            raise ValueError(f"{self.path}: this index keeps no vectors; rebuild it with keep_vectors=True")
+            raise ValueError(
+                f"{self.path}: this index keeps no vectors; rebuild it with qama index --keep-vectors "
+                "(keep_vectors=True in Python)"
+            )
         if self.vectors is not None and rescore != "asymmetric" and queries.shape[1] != self.vectors.shape[1]:
             raise IndexMismatchError(f"queries have {queries.shape[1]} dimensions, vectors {self.manifest['dim']}")
         first = self.search_codes  # the exact scan, with query codes checked and padded to the row size

@@ -581,3 +581,15 @@ def test_an_option_that_names_one_thing_given_twice_is_refused(argv, capsys):
         main(argv)
     message = f"qama {argv[0]}: error: {flag} is given twice; this command takes one\n"
     assert exit_.value.code == 2 and capsys.readouterr().err.endswith(message)
+
+
+def test_search_rescoring_with_vectors_an_index_without_them_names_the_option(small, tmp_path, capsys):
+    """The error named only the Python argument (`rebuild it with keep_vectors=True`), not ``--keep-vectors``."""
+    root, emb = small
+    main(["-q", "index", "--dataset", str(root), "--embeddings", str(emb), "--out", str(tmp_path / "idx")])
+    np.save(tmp_path / "q.npy", np.load(emb / "corpus.npy")[:1])
+    args = ["-q", "search", "--index", str(tmp_path / "idx"), "--queries", str(tmp_path / "q.npy")]
+    capsys.readouterr()
+    assert main([*args, "--rescore", "vectors"]) == 2
+    message = "this index keeps no vectors; rebuild it with qama index --keep-vectors (keep_vectors=True in Python)"
+    assert capsys.readouterr().err == f"qama: error: {tmp_path / 'idx'}: {message}\n"
