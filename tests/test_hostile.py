@@ -660,6 +660,19 @@ def test_train_options_are_checked_before_any_work(tmp_path, capsys, command, ex
     _one_line_error(err, message)
 
 
+@pytest.mark.parametrize(
+    "steps, message", [("0", "steps must be at least 1, got 0"), ("-3", "steps must not be negative")]
+)
+def test_report_steps_are_checked_before_any_work(tiny, tmp_path, capsys, steps, message):
+    """``qama report --steps 0`` wrote the report folder (its config.json and the baselines, after embedding the
+    dataset) and failed only at the fit."""
+    emb = tiny.parent / "tiny-emb"
+    args = ["report", "--dataset", str(tiny), "--embeddings", str(emb), "--steps", steps, "--out", str(tmp_path / "r")]
+    rc, _, err = _run(capsys, *args)
+    assert rc == 2 and not (tmp_path / "r").exists()
+    _one_line_error(err, message)
+
+
 def test_report_train_settings_are_type_checked(tiny, tmp_path, capsys):
     cfg = tmp_path / "c.toml"
     cfg.write_text(f"[[datasets]]\npath = {json.dumps(str(tiny))}\n\n[train]\nthreads = 1000000\nsteps = 2.5\n")
