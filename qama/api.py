@@ -354,7 +354,14 @@ def evaluate_dataset(
     from qama.data import load_dataset
     from qama.embeddings import check_embeddings
     from qama.evaluation.metrics import Evaluator
-    from qama.evaluation.rows import adapter_rows, baseline_rows, calibrated_threshold_rows, default_dims, set_retention
+    from qama.evaluation.rows import (
+        adapter_rows,
+        baseline_rows,
+        calibrated_threshold_rows,
+        default_dims,
+        fp32_row,
+        set_retention,
+    )
 
     # before any work: a plan that does not read would leave no row
     check_eval_options(plans or (), rescore, dims, adapter is not None)
@@ -382,7 +389,9 @@ def evaluate_dataset(
         )
     for r in rows:
         r.dataset = ds.name
-    set_retention(rows)
+    # retention is a share of FP32 at full size, also where --dims leaves that size out
+    full = fp32_row(corpus_emb, judged, dim, evaluator) if dims and dim not in dims else None
+    set_retention(rows, full)
     return rows
 
 

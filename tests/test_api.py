@@ -164,3 +164,16 @@ def test_encode_warns_of_a_lost_plan_once_not_at_every_batch(caplog: pytest.LogC
         "2bit at 32 dims: the adapter's check found untrained codes better; these are the adapter's codes "
         "(build_index or qama.encoders.fit_encoder on the corpus serve untrained ones)"
     ]
+
+
+def test_retention_is_a_share_of_fp32_at_full_size_when_dims_leave_it_out(tiny):
+    """``qama eval --dims 4`` of 16-dimensional embeddings gave retention against FP32 at 4 dimensions (its
+    own FP32 row said 100.0%, truncation losing nothing); it is a share of FP32 at full size, as documented."""
+    emb = tiny.parent / "tiny-emb"
+    corpus, queries = np.load(emb / "corpus.npy"), np.load(emb / "queries.npy")
+    full = qama.evaluate_dataset(tiny, corpus, queries, dims=[16])[0]
+    rows = qama.evaluate_dataset(tiny, corpus, queries, dims=[4])
+    fp32 = rows[0]
+    assert (fp32.format, fp32.dims) == ("fp32", 4) and fp32.metrics["ndcg@10"] < full.metrics["ndcg@10"]
+    for r in rows:
+        assert r.retention == pytest.approx(r.metrics["ndcg@10"] / full.metrics["ndcg@10"])

@@ -148,15 +148,21 @@ def baseline_rows(
     return rows
 
 
-def set_retention(rows: list[Row]) -> None:
-    """Retention of every row against the FP32 row of largest dimension (of the same dataset)."""
+def fp32_row(corpus: np.ndarray, queries: np.ndarray, dims: int, evaluator: Evaluator) -> Row:
+    """The FP32 row at ``dims`` dimensions (a Matryoshka prefix) of full-size embeddings."""
+    return float_row("fp32", baselines.truncate(corpus, dims), baselines.truncate(queries, dims), dims, evaluator)
+
+
+def set_retention(rows: list[Row], full: Row | None = None) -> None:
+    """Retention of every row against the FP32 row of largest dimension (of the same dataset), or against
+    ``full``, the FP32 row at full size measured apart when the rows leave it out (``qama eval --dims 96``)."""
     refs: dict[str | None, Row] = {}
     for r in rows:
         if r.format == "fp32" and r.plan is None and r.rescore is None:
             if r.dataset not in refs or r.dims > refs[r.dataset].dims:
                 refs[r.dataset] = r
     for r in rows:
-        ref = refs.get(r.dataset)
+        ref = full or refs.get(r.dataset)
         r.retention = r.metrics["ndcg@10"] / ref.metrics["ndcg@10"] if ref and ref.metrics["ndcg@10"] else None
 
 
