@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from tqdm.auto import tqdm
 
 __all__ = [
     "DataError",
@@ -444,12 +445,20 @@ def download_beir(name: str, cache_dir: Path, url: str | None = None, timeout: f
         try:
             with urllib.request.urlopen(url, timeout=timeout) as resp, archive.open("wb") as out:
                 size = 0
-                while chunk := resp.read(1 << 20):
-                    size += len(chunk)
-                    if size > MAX_DOWNLOAD_BYTES:
-                        raise DataError(f"{url}: larger than {MAX_DOWNLOAD_BYTES} bytes, refusing")
-                    md5.update(chunk)
-                    out.write(chunk)
+                # a bar where the logs show (not under qama -q): BEIR archives reach 1.5 GB, minutes of download
+                length = getattr(resp, "headers", {}).get("Content-Length")
+                bar = tqdm(
+                    total=int(length) if length and length.isdigit() else None, desc=f"downloading {name}",
+                    unit="B", unit_scale=True, disable=not logger.isEnabledFor(logging.INFO),
+                )  # fmt: skip
+                with bar:
+                    while chunk := resp.read(1 << 20):
+                        size += len(chunk)
+                        if size > MAX_DOWNLOAD_BYTES:
+                            raise DataError(f"{url}: larger than {MAX_DOWNLOAD_BYTES} bytes, refusing")
+                        md5.update(chunk)
+                        out.write(chunk)
+                        bar.update(len(chunk))
         except (urllib.error.URLError, TimeoutError, OSError) as e:
             raise DataError(
                 f"cannot download BEIR dataset {name!r} from {url} ({e}); are you offline? "
