@@ -52,7 +52,9 @@ def _load_inputs(args: argparse.Namespace, queries: bool = True):
         )
         logger.info("%r", dataset)
         return dataset, corpus, None
-    dataset = load_dataset(args.dataset, split=args.split, cache_dir=args.cache_dir)
+    # qama train and qama index judge nothing: no --split, no qrels read (--pairs and a split as --query-sample
+    # read theirs)
+    dataset = load_dataset(args.dataset, split=getattr(args, "split", None), cache_dir=args.cache_dir)
     logger.info("%r", dataset)
     inputs = (dataset, args.model, args.embeddings, args.cache_dir, args.batch_size, not args.quiet)
     if not queries:
@@ -314,7 +316,8 @@ def _add_backend_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--nprobe", type=int, default=16, help="BIN_IVF_FLAT lists searched per query (default: 16)")
 
 
-def _add_input_args(p: argparse.ArgumentParser, required: bool = True) -> None:
+def _add_input_args(p: argparse.ArgumentParser, required: bool = True, split: bool = True) -> None:
+    """The options that name the data (``split``: the command judges a qrels split: ``qama eval``, ``ablate``)."""
     from qama.embeddings import DEFAULT_MODEL
 
     p.add_argument(
@@ -323,7 +326,8 @@ def _add_input_args(p: argparse.ArgumentParser, required: bool = True) -> None:
         action=_Once,
         help="BEIR-layout folder, cranfield (shipped), or a BEIR name to download",
     )
-    p.add_argument("--split", default="test", help="qrels split to evaluate (default: test)")
+    if split:
+        p.add_argument("--split", default="test", help="qrels split to evaluate (default: test)")
     model_help = "sentence-transformers model of the dataset's embeddings and of its titles (default: the "
     model_help += f"model in meta.json of --embeddings, else {DEFAULT_MODEL}; one contradicting it is refused)"
     p.add_argument("--model", default=None, help=model_help)
@@ -410,7 +414,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_report, datasets=None)
 
     p = sub.add_parser("train", help="fit a QAMA adapter on a dataset's or a JSONL corpus's embeddings")
-    _add_input_args(p, required=False)
+    _add_input_args(p, required=False, split=False)
     _add_corpus_arg(p)
     _add_train_args(p)
     p.add_argument(
@@ -427,7 +431,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_ablate)
 
     p = sub.add_parser("index", help="encode a corpus into a persistent qama index folder or a Milvus collection")
-    _add_input_args(p, required=False)
+    _add_input_args(p, required=False, split=False)
     _add_corpus_arg(p)
     p.add_argument("--adapter", type=Path, help="trained adapter folder (default: untrained quantile thresholds)")
     p.add_argument("--plan", help="plan of the codes (default: hybrid)")

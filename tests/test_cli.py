@@ -593,3 +593,17 @@ def test_search_rescoring_with_vectors_an_index_without_them_names_the_option(sm
     assert main([*args, "--rescore", "vectors"]) == 2
     message = "this index keeps no vectors; rebuild it with qama index --keep-vectors (keep_vectors=True in Python)"
     assert capsys.readouterr().err == f"qama: error: {tmp_path / 'idx'}: {message}\n"
+
+
+def test_index_and_train_of_a_beir_folder_need_no_judgments(tiny, tmp_path):
+    """``qama index`` / ``qama train --dataset`` judge nothing: a BEIR folder without ``qrels/test.tsv`` (only a
+    train split, or no qrels at all) is indexed and trained on (before: `qrels/test.tsv: split 'test' does not
+    exist`, and ``--split``, whose help said `qrels split to evaluate`, had to name one for nothing)."""
+    import shutil
+
+    shutil.rmtree(tiny / "qrels")
+    data = ["--dataset", str(tiny), "--embeddings", str(tiny.parent / "tiny-emb"), "--query-sample", "none"]
+    assert main(["-q", "index", *data, "--plan", "2bit", "--out", str(tmp_path / "ix")]) == 0
+    train = ["--steps", "2", "--train-batch-size", "8", "--nested-dims", "8", "16", "--out", str(tmp_path / "ad")]
+    assert main(["-q", "train", *data, *train]) == 0
+    assert (tmp_path / "ad" / "model.safetensors").is_file()
