@@ -368,6 +368,7 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
 def build_parser() -> argparse.ArgumentParser:
     from qama.config import DatasetArgs
     from qama.search import RESCORE_MODES
+    from qama.train import ABLATIONS
 
     raw = argparse.RawDescriptionHelpFormatter
     parser = argparse.ArgumentParser(prog="qama", description=__doc__, formatter_class=raw)
@@ -426,7 +427,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("ablate", help="retrain with each loss component off; nDCG@10 table")
     _add_input_args(p)
     _add_train_args(p)
-    p.add_argument("--only", nargs="+", help="ablations to run (default: all)")
+    only_help = f"ablations to run: {', '.join(ABLATIONS)} (default: all)"
+    p.add_argument("--only", nargs="+", choices=ABLATIONS, metavar="ABLATION", help=only_help)
     p.add_argument("--json", type=Path, help=json_help)
     p.set_defaults(func=cmd_ablate)
 

@@ -607,3 +607,11 @@ def test_index_and_train_of_a_beir_folder_need_no_judgments(tiny, tmp_path):
     train = ["--steps", "2", "--train-batch-size", "8", "--nested-dims", "8", "16", "--out", str(tmp_path / "ad")]
     assert main(["-q", "train", *data, *train]) == 0
     assert (tmp_path / "ad" / "model.safetensors").is_file()
+
+
+def test_ablate_only_an_unknown_ablation_is_refused_before_any_work(tmp_path, capsys):
+    """``qama ablate --only bogus`` loaded (or embedded) the dataset and then said `unknown ablation 'bogus'`."""
+    with pytest.raises(SystemExit) as exit_:
+        main(["ablate", "--dataset", str(tmp_path / "nowhere"), "--only", "full", "bogus"])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and "qama ablate: error: argument --only: invalid choice: 'bogus' (choose from" in err
