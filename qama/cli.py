@@ -220,6 +220,7 @@ def _store(args: argparse.Namespace, folder: Path | None, flag: str, faiss: dict
 
 
 def cmd_index(args: argparse.Namespace) -> int:
+    from qama._validate import check_plan_syntax
     from qama.api import add_to_store, index_corpus, load_adapter
     from qama.backends import check_new_store
     from qama.encoders import uses_query_sample
@@ -246,7 +247,7 @@ def cmd_index(args: argparse.Namespace) -> int:
             **options,
         )  # fmt: skip
         return 0
-    args.plan = args.plan or "hybrid"
+    args.plan = check_plan_syntax(args.plan or "hybrid", "--plan")  # before any work
     uri, kind, options = _store(args, args.out, "--out", {"adapter_path": args.adapter, "overwrite": args.overwrite})
     # before any work: an index folder must be new, empty, or --overwrite (with --shard: an index is appended to)
     check_new_store(uri, kind, args.overwrite, args.shard)

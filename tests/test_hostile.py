@@ -396,6 +396,13 @@ def test_qrels_linked_to_dev_zero(tiny, capsys):
     _one_line_error(err, "qrels/test.tsv: not a regular file (a device, pipe or socket), expected a file")
 
 
+def test_a_plan_that_does_not_parse_is_refused_before_any_work(tmp_path, capsys):
+    """``qama index --plan bogus`` read the dataset, embedded its corpus and titles, then refused the plan."""
+    rc, _, err = _run(capsys, "index", "--dataset", str(tmp_path / "nowhere"), "--plan", "bogus", "--out", "ix")
+    assert rc == 2
+    _one_line_error(err, "--plan: cannot read plan 'bogus': expected a built-in name")
+
+
 def test_plan_that_does_not_parse(tiny, tmp_path, capsys):
     rc, _, err = _run(
         capsys,
