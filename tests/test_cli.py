@@ -615,3 +615,12 @@ def test_ablate_only_an_unknown_ablation_is_refused_before_any_work(tmp_path, ca
         main(["ablate", "--dataset", str(tmp_path / "nowhere"), "--only", "full", "bogus"])
     err = capsys.readouterr().err
     assert exit_.value.code == 2 and "qama ablate: error: argument --only: invalid choice: 'bogus' (choose from" in err
+
+
+def test_version(capsys):
+    """``qama --version`` said `the following arguments are required: command`."""
+    import qama
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["--version"])
+    assert exit_.value.code == 0 and capsys.readouterr().out == f"qama {qama.__version__}\n"
