@@ -27,6 +27,7 @@ __all__ = [
     "write_json",
     "write_text",
     "check_output_files",
+    "check_creatable",
     "save_npy",
     "save_npy_chunks",
     "load_npy",
@@ -100,11 +101,23 @@ def fsync_dir(path: str | os.PathLike) -> None:
 
 
 def check_output_files(*paths: str | os.PathLike | None) -> None:
-    """Refuse, before any work, an output file that is a folder or not a regular file (``-``: stdout)."""
+    """Refuse, before any work, an output file that is a folder or not a regular file (``-``: stdout), or
+    that cannot be made (:func:`check_creatable`)."""
     for p in (Path(x) for x in paths if x is not None and str(x) != "-"):
         if p.is_dir() or (p.exists() and not p.is_file()):
             kind = "a folder" if p.is_dir() else "not a regular file"
             raise ValueError(f"{p}: is {kind}; give the path of a file to write")
+        check_creatable(p)
+
+
+def check_creatable(path: str | os.PathLike) -> None:
+    """Refuse, before any work, an output path under something that is not a folder (``out.json/report``):
+    its folders could not be made, and the work would be lost at the first write."""
+    for parent in Path(path).parents:
+        if parent.is_dir():
+            return
+        if parent.exists() or parent.is_symlink():
+            raise FileExistsError(f"{path}: cannot be created, {parent} is not a folder")
 
 
 def write_text(path: str | os.PathLike, text: str) -> None:

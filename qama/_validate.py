@@ -229,9 +229,25 @@ def check_queries(
     return q
 
 
-def check_eval_options(plans: Sequence[Any], oversamples: Sequence[Any] | None, dims: Sequence[Any] | None) -> None:
+def check_eval_options(
+    plans: Sequence[Any], oversamples: Sequence[Any] | None, dims: Sequence[Any] | None, adapter: bool = True
+) -> None:
     """An evaluation's plans, oversampling factors and sizes, before any work: every plan reads as
-    one (name or ``SIZE:BITS`` spec), every factor is in ``1..MAX_OVERSAMPLE``, every size in range."""
+    one (name or ``SIZE:BITS`` spec), every factor is in ``1..MAX_OVERSAMPLE``, every size in range, and
+    none is given twice (its rows would be measured and printed twice); plans only with an ``adapter``
+    (they choose its rows; the baselines measure every built-in plan, so they would be ignored, silently)."""
+    if plans and not adapter:
+        raise ValueError(
+            "--plans: the plans of the adapter's rows; give --adapter (without one every plan is measured)"
+        )
+    for flag, values in (
+        ("--plans", list(plans)),
+        ("--oversample", list(oversamples or [])),
+        ("--dims", list(dims or [])),
+    ):
+        twice = [v for i, v in enumerate(values) if v in values[:i]]
+        if twice:
+            raise ValueError(f"{flag}: {twice[0]} is given twice")
     for f in oversamples or []:
         check_oversample(f, minimum=1)
     for d in dims or []:

@@ -290,8 +290,9 @@ def search_store(
     larger than the store is clamped to its size, with a warning. ``mode="adc"``: the asymmetric full
     scan (an index folder only)."""
     from qama.backends import open_backend, search_hits
-    from qama.embeddings import query_embeddings
+    from qama.embeddings import check_query_input, query_embeddings
 
+    check_query_input(texts, npy)  # before the store is opened
     with open_backend(uri, backend, adapter=adapter, **options) as store:
         n = store.count()
         if n == 0:
@@ -358,7 +359,8 @@ def evaluate_dataset(
     from qama.evaluation.metrics import Evaluator
     from qama.evaluation.rows import adapter_rows, baseline_rows, calibrated_threshold_rows, default_dims, set_retention
 
-    check_eval_options(plans or (), rescore, dims)  # before any work: a plan that does not read would leave no row
+    # before any work: a plan that does not read would leave no row
+    check_eval_options(plans or (), rescore, dims, adapter is not None)
     ds = dataset if isinstance(dataset, Dataset) else load_dataset(dataset)
     # rows of another dataset (or another order) would be scored against the wrong documents, silently
     corpus_emb = check_embeddings(np.asarray(corpus_emb), len(ds.doc_ids), "corpus embeddings", normalise=False)
@@ -384,7 +386,7 @@ def evaluate_dataset(
         )
     for r in rows:
         r.dataset = ds.name
-    set_retention(rows)
+    set_retention(rows)  # against FP32 at full size, a row baseline_rows adds where dims leave it out
     return rows
 
 

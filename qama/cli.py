@@ -38,11 +38,12 @@ def _check_corpus_or_dataset(args: argparse.Namespace) -> None:
         raise ValueError("give either --dataset or --corpus")
 
 
-def _load_inputs(args: argparse.Namespace):
+def _load_inputs(args: argparse.Namespace, queries: bool = True):
     """The dataset and its ``(corpus, queries)`` embeddings, from ``--embeddings`` or ``--model``; for
-    ``--corpus`` (a plain JSONL file) a dataset with no queries, and ``queries`` None."""
+    ``--corpus`` (a plain JSONL file) a dataset with no queries, and ``queries`` None; with ``queries=False``
+    (a command that reads none) ``queries`` None too, and none embedded or read."""
     from qama.data import load_dataset
-    from qama.embeddings import dataset_embeddings, jsonl_corpus_embeddings
+    from qama.embeddings import corpus_embeddings, dataset_embeddings, jsonl_corpus_embeddings
 
     if getattr(args, "corpus", None) is not None:
         progress = not args.quiet
@@ -51,10 +52,23 @@ def _load_inputs(args: argparse.Namespace):
         )
         logger.info("%r", dataset)
         return dataset, corpus, None
-    dataset = load_dataset(args.dataset, split=args.split, cache_dir=args.cache_dir)
+    # qama train and qama index judge nothing: no --split, no qrels read (--pairs and a split as --query-sample
+    # read theirs)
+    dataset = load_dataset(args.dataset, split=getattr(args, "split", None), cache_dir=args.cache_dir)
     logger.info("%r", dataset)
-    corpus, queries = dataset_embeddings(dataset, args.model, args.embeddings, args.cache_dir, args.batch_size)
-    return dataset, corpus, queries
+    inputs = (dataset, args.model, args.embeddings, args.cache_dir, args.batch_size, not args.quiet)
+    if not queries:
+        return dataset, corpus_embeddings(*inputs), None
+    corpus, query_emb = dataset_embeddings(*inputs)
+    return dataset, corpus, query_emb
+
+
+def _reads_queries(args: argparse.Namespace) -> bool:
+    """Whether ``qama train`` / ``qama index`` read the dataset's queries: only for the pairs of ``--pairs`` or
+    a ``--query-sample`` that names a split (the embedding of every query of a large dataset costs hours)."""
+    from qama.embeddings import query_sample_split
+
+    return bool(getattr(args, "pairs", None)) or query_sample_split(args.query_sample)
 
 
 def _embeddings_folder(args: argparse.Namespace) -> Path | None:
@@ -99,7 +113,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from qama.evaluation.tables import eval_json, eval_markdown
 
     check_output_files(args.json, args.markdown)
-    check_eval_options(args.plans or (), args.oversample, args.dims)
+    check_eval_options(args.plans or (), args.oversample, args.dims, args.adapter is not None)
     _resolve_model(args)
     adapter = load_adapter(args.adapter, args.recorded_model, args.plans)
     dataset, corpus, queries = _load_inputs(args)
@@ -121,15 +135,30 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _train_settings(args: argparse.Namespace) -> dict[str, Any]:
+    """The :class:`~qama.train.TrainConfig` fields set by options of ``qama train`` / ``ablate`` (None: the default)."""
+    drop_mean_direction = False if args.keep_mean_direction else None
+    return dict(
+        steps=args.steps, expansion=args.expansion, seed=args.seed, nested_dims=args.nested_dims,
+        batch_size=args.train_batch_size, drop_mean_direction=drop_mean_direction,
+    )  # fmt: skip
+
+
+def _check_train_settings(args: argparse.Namespace) -> None:
+    """The training options, before any work (:func:`qama.train.check_settings`)."""
+    from qama.train import check_settings
+
+    check_settings(w_nce=args.nce_weight, **_train_settings(args))
+
+
 def _training_setup(args: argparse.Namespace, dataset, corpus, queries, embed_titles=None):
     """The :class:`~qama.train.TrainConfig` and InfoNCE ``pairs`` of ``qama train`` / ``qama ablate``."""
     from qama.train import training_setup
 
     cfg, pairs = training_setup(
         dataset, corpus, queries, args.pseudo_queries, args.pairs, args.nce_weight, args.model,
-        _embeddings_folder(args), args.cache_dir, args.batch_size, not args.quiet, embed_titles, steps=args.steps,
-        expansion=args.expansion, seed=args.seed, nested_dims=args.nested_dims, batch_size=args.train_batch_size,
-        drop_mean_direction=False if args.keep_mean_direction else None,
+        _embeddings_folder(args), args.cache_dir, args.batch_size, not args.quiet, embed_titles,
+        **_train_settings(args),
     )  # fmt: skip
     cfg.model_name = args.recorded_model or ""  # the model of the embeddings, when known (meta.json)
     return cfg, pairs
@@ -143,8 +172,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.corpus is not None and args.pairs:
         raise ValueError("--pairs takes a qrels split of --dataset; a --corpus file has no judgments")
     check_out_dir(args.out, args.overwrite)  # before loading or training anything
+    _check_train_settings(args)
     _resolve_model(args)
-    dataset, corpus, queries = _load_inputs(args)
+    dataset, corpus, queries = _load_inputs(args, _reads_queries(args))
     # The titles feed the training pairs and the query sample: embedded once for both.
     titles = title_embedder(dataset, args.model, args.cache_dir, args.batch_size, not args.quiet)
     cfg, pairs = _training_setup(args, dataset, corpus, queries, titles)
@@ -161,6 +191,7 @@ def cmd_ablate(args: argparse.Namespace) -> int:
     from qama.train import ablate
 
     check_output_files(args.json)
+    _check_train_settings(args)
     _resolve_model(args)
     dataset, corpus, queries = _load_inputs(args)
     evaluator = Evaluator(dataset)
@@ -198,28 +229,40 @@ def _store(args: argparse.Namespace, folder: Path | None, flag: str, faiss: dict
 
 
 def cmd_index(args: argparse.Namespace) -> int:
+    from qama._validate import check_plan_syntax
     from qama.api import add_to_store, index_corpus, load_adapter
     from qama.backends import check_new_store
     from qama.encoders import uses_query_sample
 
     _check_corpus_or_dataset(args)
     if args.add:
-        if args.overwrite or args.shard:
-            raise ValueError("--add adds documents to an index; it takes neither --overwrite nor --shard")
+        flags = {
+            "--overwrite": args.overwrite,
+            "--shard": args.shard,
+            "--plan": args.plan,
+            "--keep-vectors": args.keep_vectors,
+            "--query-sample": args.query_sample != "auto",
+        }
+        given = [flag for flag, value in flags.items() if value]
+        if given:  # the index's own encoder, plan and stored vectors code the documents: these would be ignored
+            raise ValueError(
+                f"--add adds documents to an index, coded by its own encoder and plan; it takes no {', '.join(given)}"
+            )
         uri, kind, options = _store(args, args.out, "--out", {"verify": True})
         _resolve_model(args)
-        dataset, corpus, _ = _load_inputs(args)
+        dataset, corpus, _ = _load_inputs(args, queries=False)
         add_to_store(
             uri, corpus, dataset.doc_ids, dataset.titles, args.recorded_model, kind, args.adapter, not args.quiet,
             **options,
         )  # fmt: skip
         return 0
+    args.plan = check_plan_syntax(args.plan or "hybrid", "--plan")  # before any work
     uri, kind, options = _store(args, args.out, "--out", {"adapter_path": args.adapter, "overwrite": args.overwrite})
     # before any work: an index folder must be new, empty, or --overwrite (with --shard: an index is appended to)
     check_new_store(uri, kind, args.overwrite, args.shard)
     _resolve_model(args)
     adapter = load_adapter(args.adapter, args.recorded_model)
-    dataset, corpus, queries = _load_inputs(args)
+    dataset, corpus, queries = _load_inputs(args, _reads_queries(args))
     ids, titles = dataset.doc_ids, dataset.titles
     if args.query_sample == "auto" and not uses_query_sample(adapter, args.plan):
         sample = None  # auto leaves an adapter's own query thresholds as they are (fit_encoder): nothing to embed
@@ -234,11 +277,12 @@ def cmd_index(args: argparse.Namespace) -> int:
 
 
 def cmd_search(args: argparse.Namespace) -> int:
-    from qama._io import write_json
+    from qama._io import check_output_files, write_json
     from qama._validate import check_oversample
     from qama.api import search_store
     from qama.backends import hits_text
 
+    check_output_files(args.json)
     if args.k <= 0:  # before any work; a k larger than the index is clamped by search_store
         raise ValueError(f"k must be positive, got {args.k}")
     check_oversample(args.oversample)
@@ -260,6 +304,16 @@ class _Deprecated(argparse.Action):
         setattr(namespace, self.dest, value)
 
 
+class _Once(argparse.Action):
+    """An option that names one thing (``--dataset``, ``--embeddings``, ``--out``): given twice is an error, not
+    the last one silently (``qama report`` takes ``--dataset`` repeated; these commands read one)."""
+
+    def __call__(self, parser, namespace, value, option_string=None):
+        if getattr(namespace, self.dest) is not None:
+            parser.error(f"{option_string} is given twice; this command takes one")
+        setattr(namespace, self.dest, value)
+
+
 def _add_backend_args(p: argparse.ArgumentParser) -> None:
     from qama.backends import BACKENDS
     from qama.backends.milvus import INDEX_TYPES
@@ -272,18 +326,24 @@ def _add_backend_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--nprobe", type=int, default=16, help="BIN_IVF_FLAT lists searched per query (default: 16)")
 
 
-def _add_input_args(p: argparse.ArgumentParser, required: bool = True) -> None:
+def _add_input_args(p: argparse.ArgumentParser, required: bool = True, split: bool = True) -> None:
+    """The options that name the data (``split``: the command judges a qrels split: ``qama eval``, ``ablate``)."""
     from qama.embeddings import DEFAULT_MODEL
 
     p.add_argument(
-        "--dataset", required=required, help="BEIR-layout folder, cranfield (shipped), or a BEIR name to download"
+        "--dataset",
+        required=required,
+        action=_Once,
+        help="BEIR-layout folder, cranfield (shipped), or a BEIR name to download",
     )
-    p.add_argument("--split", default="test", help="qrels split to evaluate (default: test)")
+    if split:
+        p.add_argument("--split", default="test", help="qrels split to evaluate (default: test)")
     model_help = "sentence-transformers model of the dataset's embeddings and of its titles (default: the "
     model_help += f"model in meta.json of --embeddings, else {DEFAULT_MODEL}; one contradicting it is refused)"
     p.add_argument("--model", default=None, help=model_help)
-    emb_help = "folder with precomputed corpus.npy and queries.npy of --model (with --corpus: a .npy file)"
-    p.add_argument("--embeddings", type=Path, help=emb_help)
+    emb_help = "folder with precomputed corpus.npy and queries.npy of --model (queries.npy only where queries are "
+    emb_help += "read: eval, ablate, --pairs, a split as --query-sample; with --corpus: a .npy file)"
+    p.add_argument("--embeddings", type=Path, action=_Once, help=emb_help)
     p.add_argument("--batch-size", type=int, default=64, help="embedding batch size")
     sample_help = "query-like texts whose quantiles code the queries: auto (default: the titles if any, else, for "
     sample_help += "codes without an adapter, sentences), titles, sentences (one of each of up to 2,000 documents), "
@@ -296,7 +356,7 @@ def _add_input_args(p: argparse.ArgumentParser, required: bool = True) -> None:
 def _add_corpus_arg(p: argparse.ArgumentParser) -> None:
     corpus_help = "plain JSONL corpus ({_id or id, text, title?} a line) instead of --dataset; its "
     corpus_help += "--embeddings is a .npy file, one row per line"
-    p.add_argument("--corpus", type=Path, help=corpus_help)
+    p.add_argument("--corpus", type=Path, action=_Once, help=corpus_help)
 
 
 def _add_train_args(p: argparse.ArgumentParser) -> None:
@@ -318,9 +378,13 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
 def build_parser() -> argparse.ArgumentParser:
     from qama.config import DatasetArgs
     from qama.search import RESCORE_MODES
+    from qama.train import ABLATIONS
 
     raw = argparse.RawDescriptionHelpFormatter
     parser = argparse.ArgumentParser(prog="qama", description=__doc__, formatter_class=raw)
+    from qama import __version__
+
+    parser.add_argument("--version", action="version", version=f"qama {__version__}")
     parser.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
     parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -364,36 +428,39 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_report, datasets=None)
 
     p = sub.add_parser("train", help="fit a QAMA adapter on a dataset's or a JSONL corpus's embeddings")
-    _add_input_args(p, required=False)
+    _add_input_args(p, required=False, split=False)
     _add_corpus_arg(p)
     _add_train_args(p)
-    p.add_argument("--out", type=Path, required=True, help="adapter folder (config.json + model.safetensors)")
+    p.add_argument(
+        "--out", type=Path, action=_Once, required=True, help="adapter folder (config.json + model.safetensors)"
+    )
     p.add_argument("--overwrite", action="store_true", help="replace an adapter already in --out")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("ablate", help="retrain with each loss component off; nDCG@10 table")
     _add_input_args(p)
     _add_train_args(p)
-    p.add_argument("--only", nargs="+", help="ablations to run (default: all)")
+    only_help = f"ablations to run: {', '.join(ABLATIONS)} (default: all)"
+    p.add_argument("--only", nargs="+", choices=ABLATIONS, metavar="ABLATION", help=only_help)
     p.add_argument("--json", type=Path, help=json_help)
     p.set_defaults(func=cmd_ablate)
 
     p = sub.add_parser("index", help="encode a corpus into a persistent qama index folder or a Milvus collection")
-    _add_input_args(p, required=False)
+    _add_input_args(p, required=False, split=False)
     _add_corpus_arg(p)
     p.add_argument("--adapter", type=Path, help="trained adapter folder (default: untrained quantile thresholds)")
-    p.add_argument("--plan", default="hybrid", help="plan of the codes (default: hybrid)")
+    p.add_argument("--plan", help="plan of the codes (default: hybrid)")
     p.add_argument("--keep-vectors", action="store_true", help="also store float32 vectors for exact rescoring")
     p.add_argument("--overwrite", action="store_true", help="replace an existing index at --out")
     add_help = "add the documents to the index already at --out (or --uri), coded by its own encoder and plan"
     p.add_argument("--add", action="store_true", help=add_help)
-    p.add_argument("--out", type=Path, help="index folder to write (faiss backend)")
+    p.add_argument("--out", type=Path, action=_Once, help="index folder to write (faiss backend)")
     _add_backend_args(p)
     p.add_argument("--shard", help="I/N: encode and load only part I of N of the corpus (N workers, one store)")
     p.set_defaults(func=cmd_index)
 
     p = sub.add_parser("search", help="top-k documents of a qama index for query texts or embeddings")
-    p.add_argument("--index", type=Path, help="index folder written by 'qama index' (faiss backend)")
+    p.add_argument("--index", type=Path, action=_Once, help="index folder written by 'qama index' (faiss backend)")
     _add_backend_args(p)
     p.add_argument("text", nargs="*", help="query texts (embedded with the index's model)")
     p.add_argument("--queries", type=Path, help=".npy of query embeddings (nq, d) instead of texts")

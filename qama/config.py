@@ -215,6 +215,7 @@ def experiment_config(
 
         out.peers = check_peers(peers) if peers else []
     check_experiment_config(out)  # the values given on the command line too
+    out.train_config()  # and the training settings with --steps
     return out
 
 

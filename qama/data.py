@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from tqdm.auto import tqdm
 
 __all__ = [
     "DataError",
@@ -314,8 +315,9 @@ def _read_qrels(path: Path, doc_index: dict[str, int], query_set: set[str]) -> d
     return {q: docs for q, docs in qrels.items() if any(r > 0 for r in docs.values())}
 
 
-def load_dataset(path_or_name: str | os.PathLike, split: str = "test", cache_dir: Path | None = None) -> Dataset:
-    """Load a BEIR-layout dataset from a folder, or a BEIR dataset by name (downloaded once).
+def load_dataset(path_or_name: str | os.PathLike, split: str | None = "test", cache_dir: Path | None = None) -> Dataset:
+    """Load a BEIR-layout dataset from a folder, or a BEIR dataset by name (downloaded once); the judgments
+    of ``split`` (``None``: none are read, for work that judges nothing, such as indexing and training).
 
     >>> ds = load_dataset("../shared/datasets/scifact")  # doctest: +SKIP
     >>> len(ds.doc_ids), len(ds.qrels)  # doctest: +SKIP
@@ -332,16 +334,18 @@ def load_dataset(path_or_name: str | os.PathLike, split: str = "test", cache_dir
         path = embedded_dataset(name, cache_dir) or download_beir(name, cache_dir or default_cache_dir())
     corpus = _read_jsonl(path / "corpus.jsonl", "documents")
     queries = _read_jsonl(path / "queries.jsonl", "queries")
-    qrels_path = path / "qrels" / f"{split}.tsv"
-    if not qrels_path.exists() and not qrels_path.is_symlink():
-        found = sorted(p.stem for p in (path / "qrels").glob("*.tsv"))
-        raise DataError(f"{qrels_path}: split {split!r} does not exist (found: {', '.join(found) or 'none'})")
     doc_ids = [d["_id"] for d in corpus]
     doc_index = {d: i for i, d in enumerate(doc_ids)}
     query_ids = [q["_id"] for q in queries]
-    qrels = _read_qrels(qrels_path, doc_index, set(query_ids))
-    if not qrels:
-        raise DataError(f"{qrels_path}: no query has a relevant document")
+    qrels: dict[str, dict[str, int]] = {}
+    if split is not None:
+        qrels_path = path / "qrels" / f"{split}.tsv"
+        if not qrels_path.exists() and not qrels_path.is_symlink():
+            found = sorted(p.stem for p in (path / "qrels").glob("*.tsv"))
+            raise DataError(f"{qrels_path}: split {split!r} does not exist (found: {', '.join(found) or 'none'})")
+        qrels = _read_qrels(qrels_path, doc_index, set(query_ids))
+        if not qrels:
+            raise DataError(f"{qrels_path}: no query has a relevant document")
     return Dataset(
         name=dataset_name(path),
         doc_ids=doc_ids,
@@ -350,7 +354,7 @@ def load_dataset(path_or_name: str | os.PathLike, split: str = "test", cache_dir
         query_ids=query_ids,
         query_texts=[q.get("text", "") for q in queries],
         qrels=qrels,
-        split=split,
+        split=split or "",
         path=path,
         _doc_index=doc_index,
     )
@@ -444,12 +448,20 @@ def download_beir(name: str, cache_dir: Path, url: str | None = None, timeout: f
         try:
             with urllib.request.urlopen(url, timeout=timeout) as resp, archive.open("wb") as out:
                 size = 0
-                while chunk := resp.read(1 << 20):
-                    size += len(chunk)
-                    if size > MAX_DOWNLOAD_BYTES:
-                        raise DataError(f"{url}: larger than {MAX_DOWNLOAD_BYTES} bytes, refusing")
-                    md5.update(chunk)
-                    out.write(chunk)
+                # a bar where the logs show (not under qama -q): BEIR archives reach 1.5 GB, minutes of download
+                length = getattr(resp, "headers", {}).get("Content-Length")
+                bar = tqdm(
+                    total=int(length) if length and length.isdigit() else None, desc=f"downloading {name}",
+                    unit="B", unit_scale=True, disable=not logger.isEnabledFor(logging.INFO),
+                )  # fmt: skip
+                with bar:
+                    while chunk := resp.read(1 << 20):
+                        size += len(chunk)
+                        if size > MAX_DOWNLOAD_BYTES:
+                            raise DataError(f"{url}: larger than {MAX_DOWNLOAD_BYTES} bytes, refusing")
+                        md5.update(chunk)
+                        out.write(chunk)
+                        bar.update(len(chunk))
         except (urllib.error.URLError, TimeoutError, OSError) as e:
             raise DataError(
                 f"cannot download BEIR dataset {name!r} from {url} ({e}); are you offline? "

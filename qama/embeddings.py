@@ -14,7 +14,7 @@ import logging
 import os
 import socket
 import urllib.parse
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -33,13 +33,18 @@ __all__ = [
     "load_model",
     "encode",
     "embed_dataset",
+    "embed_corpus",
+    "corpus_embeddings",
     "embed_titles",
     "title_embedder",
     "title_pairs",
     "PSEUDO_QUERY_MODES",
     "query_sample",
+    "query_sample_split",
+    "check_query_input",
     "resolve_model",
     "load_embeddings",
+    "load_corpus_embeddings",
     "check_embeddings",
 ]
 
@@ -152,19 +157,34 @@ def embed_dataset(
     progress: bool = True,
     model: SentenceTransformer | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Embed a dataset's documents (``title + " " + text``) and queries, cached on disk.
+    """Embed a dataset's documents (``title + " " + text``, :func:`embed_corpus`) and queries, cached on disk.
 
     Returns ``(corpus, queries)`` in file order.
     """
     model = model or load_model(model_name)
+    corpus = embed_corpus(dataset, model_name, cache_dir, batch_size, progress, model)
     root = _cache_root(model_name, cache_dir)
-    corpus = _embed_cached(model, model_name, root, f"{dataset.name}-corpus", dataset.doc_texts, batch_size, progress)
     queries = _embed_cached(
         model, model_name, root, f"{dataset.name}-queries", dataset.query_texts, batch_size, progress
     )
+    return corpus, queries
+
+
+def embed_corpus(
+    dataset: Dataset,
+    model_name: str = DEFAULT_MODEL,
+    cache_dir: Path | None = None,
+    batch_size: int = 64,
+    progress: bool = True,
+    model: SentenceTransformer | None = None,
+) -> np.ndarray:
+    """Embed a dataset's documents (``title + " " + text``) in file order, cached on disk."""
+    model = model or load_model(model_name)
+    root = _cache_root(model_name, cache_dir)
+    corpus = _embed_cached(model, model_name, root, f"{dataset.name}-corpus", dataset.doc_texts, batch_size, progress)
     meta = root / f"{dataset.name}-meta.json"
     _write_cache(meta, lambda: write_json(meta, {"model": model_name, "dataset": str(dataset.path)}))
-    return corpus, queries
+    return corpus
 
 
 #: The most titles :func:`embed_titles` embeds. A default fit draws 300 steps × 256 pairs (76,800), and a
@@ -335,10 +355,10 @@ def query_sample(
     """Query-like embeddings whose quantiles code the queries, and a description of them.
 
     ``source``, first match wins: ``"none"``; ``"auto"`` / ``"titles"``: the documents' titles
-    embedded with ``model_name`` (as :func:`title_pairs`: ``auto`` falls back to ``sentences`` when
-    ``sentences_fallback`` is set, else to none; ``embed``: a :func:`title_embedder` shared with other
-    uses of the titles); ``"sentences"``: :func:`embed_sentences`, one sentence drawn from each of up to
-    2,000 documents (what ``auto`` falls back to for untrained codes: measured in
+    embedded with ``model_name`` (as :func:`title_pairs`; fewer than 2 titles are no sample: ``auto`` falls
+    back to ``sentences`` when ``sentences_fallback`` is set, else to none; ``embed``: a
+    :func:`title_embedder` shared with other uses of the titles); ``"sentences"``: :func:`embed_sentences`,
+    one sentence drawn from each of up to 2,000 documents (what ``auto`` falls back to for untrained codes: measured in
     ``benchmarks/RESULTS_training.md``, "Sentences as query-like texts");
     a ``.npy`` file of ``(m, d)`` query embeddings; a text file of queries, one a line, or a ``.jsonl``
     file of ``{"_id", "text"}`` records (a BEIR ``queries.jsonl``: its texts), embedded with ``model_name``
@@ -353,6 +373,12 @@ def query_sample(
         return None, "none (queries coded with the documents' thresholds)"
     if source in ("auto", "titles") and dataset is not None:
         pairs = title_pairs(dataset, corpus, source, model_name, embeddings_dir, cache_dir, batch_size, progress, embed)
+        if pairs is not None and len(pairs[0]) < 2:  # one title has no quantiles: auto goes on without it
+            if source == "titles":
+                raise EmbeddingError(
+                    f"query sample 'titles': 1 document of {dataset.name} has a title; a query sample needs at least 2"
+                )
+            pairs = None
         if pairs is not None:
             return _check_sample_dim(pairs[0], corpus, f"{len(pairs[0])} document titles", source, model_name)
         if not (sentences_fallback and source == "auto"):
@@ -408,6 +434,13 @@ def query_sample(
     if source == dataset.split:
         logger.warning("query sample: the %r queries are the evaluated ones (an upper bound, not a measure)", source)
     return np.asarray(queries)[rows], f"{len(rows)} queries of the {source!r} split"
+
+
+def query_sample_split(source: str) -> bool:
+    """Whether the query sample ``source`` names a qrels split (the last case of :func:`query_sample`): the
+    only one that reads the dataset's query embeddings."""
+    named = source in ("auto", "titles", "sentences", "none")
+    return not named and Path(source).suffix != ".npy" and not Path(source).is_file()
 
 
 def _check_sample_dim(
@@ -472,12 +505,28 @@ def dataset_embeddings(
     embeddings_dir: str | os.PathLike | None = None,
     cache_dir: Path | None = None,
     batch_size: int = 64,
+    progress: bool = True,
 ) -> tuple[np.ndarray, np.ndarray]:
     """``(corpus, queries)`` of a dataset: precomputed in ``embeddings_dir`` when given, else embedded
-    with ``model_name`` (cached)."""
+    with ``model_name`` (cached; ``progress``: a progress bar)."""
     if embeddings_dir is not None:
         return load_embeddings(embeddings_dir, dataset)
-    return embed_dataset(dataset, model_name, cache_dir=cache_dir, batch_size=batch_size)
+    return embed_dataset(dataset, model_name, cache_dir=cache_dir, batch_size=batch_size, progress=progress)
+
+
+def corpus_embeddings(
+    dataset: Dataset,
+    model_name: str = DEFAULT_MODEL,
+    embeddings_dir: str | os.PathLike | None = None,
+    cache_dir: Path | None = None,
+    batch_size: int = 64,
+    progress: bool = True,
+) -> np.ndarray:
+    """The corpus of :func:`dataset_embeddings` alone, for a command that reads no query (``qama index``
+    and ``qama train``, unless a query split is named): no ``queries.npy``, no query embedded."""
+    if embeddings_dir is not None:
+        return load_corpus_embeddings(embeddings_dir, dataset)
+    return embed_corpus(dataset, model_name, cache_dir=cache_dir, batch_size=batch_size, progress=progress)
 
 
 def check_embeddings(
@@ -510,15 +559,22 @@ def load_embeddings(directory: str | os.PathLike, dataset: Dataset) -> tuple[np.
 
     ``meta.json`` beside them is optional. Checks shape, dtype and finiteness; never unpickles.
     """
+    corpus = load_corpus_embeddings(directory, dataset)
+    queries = load_npy(Path(directory) / "queries.npy", error=EmbeddingError)
+    queries = check_embeddings(queries, len(dataset.query_ids), str(Path(directory) / "queries.npy"), corpus.shape[1])
+    return corpus, queries
+
+
+def load_corpus_embeddings(directory: str | os.PathLike, dataset: Dataset) -> np.ndarray:
+    """The ``corpus.npy`` of :func:`load_embeddings` alone, checked likewise."""
     directory = Path(directory)
     if not directory.is_dir():
         raise EmbeddingError(f"{directory}: no such embeddings folder")
-    corpus = load_npy(directory / "corpus.npy", error=EmbeddingError)
-    queries = load_npy(directory / "queries.npy", error=EmbeddingError)
-    corpus = check_embeddings(corpus, len(dataset.doc_ids), str(directory / "corpus.npy"))
-    queries = check_embeddings(queries, len(dataset.query_ids), str(directory / "queries.npy"), dim=corpus.shape[1])
+    corpus = check_embeddings(
+        load_npy(directory / "corpus.npy", error=EmbeddingError), len(dataset.doc_ids), str(directory / "corpus.npy")
+    )
     check_meta_dimension(directory, corpus.shape[1], "corpus.npy")
-    return corpus, queries
+    return corpus
 
 
 def read_embeddings_meta(directory: str | os.PathLike) -> dict | None:
@@ -611,6 +667,16 @@ def jsonl_corpus_embeddings(
     return dataset, _embed_cached(model, model_name, root, stem, dataset.doc_texts, batch_size, progress)
 
 
+def check_query_input(texts: Sequence[str], npy: str | os.PathLike | None = None) -> None:
+    """The queries of :func:`query_embeddings` are given once, before any work: texts (none empty) or a ``.npy``."""
+    if npy is not None and texts:
+        raise ValueError("give query texts or --queries FILE.npy, not both")
+    if npy is None and not texts:
+        raise ValueError("give query text or --queries FILE.npy")
+    if not all(t.strip() for t in texts):
+        raise ValueError("a query is empty")
+
+
 def query_embeddings(
     texts: list[str],
     npy: str | os.PathLike | None = None,
@@ -622,15 +688,10 @@ def query_embeddings(
     numbers; checked and L2-normalised by :func:`check_embeddings`, as the documents were: a query's
     scale would change its code), else of ``texts`` (labels: the texts) embedded with the model the
     store recorded (``recorded``, its ``meta.model``) or ``model_name``, which must not contradict it."""
+    check_query_input(texts, npy)
     if npy is not None:
-        if texts:
-            raise ValueError("give query texts or --queries FILE.npy, not both")
         queries = check_embeddings(np.atleast_2d(load_npy(npy, error=EmbeddingError)), None, str(npy))
         return queries, [str(i) for i in range(len(queries))]
-    if not texts:
-        raise ValueError("give query text or --queries FILE.npy")
-    if not all(t.strip() for t in texts):
-        raise ValueError("a query is empty")
     if model_name and recorded and not same_model(model_name, recorded):
         raise ValueError(
             f"{where}: the documents were embedded with {recorded}; queries embedded with --model {model_name} "

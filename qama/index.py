@@ -55,7 +55,7 @@ from typing import Any
 
 import numpy as np
 
-from qama._io import atomic_open, fsync_dir, save_npy_chunks, write_json
+from qama._io import atomic_open, check_creatable, fsync_dir, save_npy_chunks, write_json
 from qama._segments import RowSegments
 from qama._validate import (
     Field,
@@ -597,7 +597,10 @@ class QamaIndex:
         if mode == "adc":
             return adc_search(self.codes, self.encoder, queries, k, fast=self._adc_codes())
         if rescore == "vectors" and self.vectors is None:
-            raise ValueError(f"{self.path}: this index keeps no vectors; rebuild it with keep_vectors=True")
+            raise ValueError(
+                f"{self.path}: this index keeps no vectors; rebuild it with qama index --keep-vectors "
+                "(keep_vectors=True in Python)"
+            )
         if self.vectors is not None and rescore != "asymmetric" and queries.shape[1] != self.vectors.shape[1]:
             raise IndexMismatchError(f"queries have {queries.shape[1]} dimensions, vectors {self.manifest['dim']}")
         first = self.search_codes  # the exact scan, with query codes checked and padded to the row size
@@ -785,6 +788,7 @@ def check_new_index_folder(path: Path, overwrite: bool) -> None:
     if path.exists() and not path.is_dir():
         raise FileExistsError(f"{path}: exists and is not a folder")
     if not path.is_dir():
+        check_creatable(path)
         return
     if (path / MANIFEST).exists():
         if not _is_index_manifest(path / MANIFEST):  # the user's own manifest.json: never replaced

@@ -59,7 +59,7 @@ from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from qama import losses as L
-from qama._io import JsonFields, fingerprint, folder_lock, fsync_dir, fsync_file
+from qama._io import JsonFields, check_creatable, fingerprint, folder_lock, fsync_dir, fsync_file
 from qama._validate import misfit
 from qama.adapter import (
     CONFIG_NAME,
@@ -178,13 +178,20 @@ class TrainConfig(JsonFields):
         self.train_plans = tuple(self.train_plans)
 
 
-#: Upper bounds of the integer settings whose size is memory or threads (a bad value must not take the machine).
-TRAIN_INT_BOUNDS = {"threads": 256, "batch_size": 1 << 20, "rank_triplets": 4096, "merge_hidden": 4096}
+#: Upper bounds of the integer settings whose size is memory or threads (a bad value must not take the machine),
+#: and of the seed: each step's generator is seeded with ``seed * 1_000_003 + step``, which torch takes below 2**64.
+TRAIN_INT_BOUNDS = {
+    "threads": 256,
+    "batch_size": 1 << 20,
+    "rank_triplets": 4096,
+    "merge_hidden": 4096,
+    "seed": 2**32 - 1,
+}
 
 
 def check_train_types(cfg: TrainConfig) -> None:
     """Every setting of its declared type: integers are integers (not ``2.5`` or ``true``), numbers are
-    finite, flags are booleans, texts are strings; sizes that cost memory or threads are bounded;
+    finite, flags are booleans, texts are strings; sizes that cost memory or threads, and the seed, are bounded;
     weights, rates and temperatures are not negative. Raises a one-line ``ValueError``."""
     for f in dataclasses.fields(cfg):
         v, kind = getattr(cfg, f.name), str(f.type)
@@ -248,7 +255,7 @@ def check_training_input(
     if x.shape[0] < batch_size:
         raise ValueError(
             f"{what}: {x.shape[0]} vectors are fewer than one batch ({batch_size}); "
-            f"lower batch_size or give more vectors"
+            "lower batch_size (qama train --train-batch-size) or give more vectors"
         )
     x = x.astype(np.float32, copy=False)
     finite = np.isfinite(x).all(axis=1)
@@ -508,6 +515,7 @@ def check_out_dir(out_dir: str | os.PathLike, overwrite: bool = False) -> None:
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise FileExistsError(f"{out}: exists and is not a folder (an adapter is a folder)")
+    check_creatable(out)
     ckpt = out / CHECKPOINT_DIR
     if ckpt.exists() and not (ckpt / "meta.json").is_file():
         raise FileExistsError(f"{ckpt}: exists but is not a qama checkpoint; move it or choose another --out")
@@ -805,6 +813,13 @@ def info_nce_setup(
     w_nce = default if weight is None else weight
     logger.info("InfoNCE (weight %g) on %s", w_nce, ", ".join(sources))
     return pairs, w_nce, description
+
+
+def check_settings(**settings: Any) -> None:
+    """Raise the error a :class:`TrainConfig` of ``settings`` (``None`` = the default) raises: the checks of
+    the training options before any work (:func:`training_setup` builds the config once the data and its
+    titles are loaded)."""
+    TrainConfig(**{k: v for k, v in settings.items() if v is not None})
 
 
 def training_setup(

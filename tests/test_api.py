@@ -123,8 +123,8 @@ def test_evaluate_dataset_checks_the_embeddings_against_the_dataset(small):
     ]
     for c, q, message in cases:
         with pytest.raises(qama.embeddings.EmbeddingError, match=f"^{message}$"):
-            qama.evaluate_dataset(root, c, q, plans=("2bit",))
-    rows = qama.evaluate_dataset(root, corpus.astype(np.float64), queries, plans=("2bit",), dims=[32])
+            qama.evaluate_dataset(root, c, q)
+    rows = qama.evaluate_dataset(root, corpus.astype(np.float64), queries, dims=[32])
     assert rows[0].format == "fp32" and rows[0].metrics["ndcg@10"] == 1.0
 
 
@@ -182,3 +182,4 @@ def test_encode_warns_of_a_lost_plan_once_not_at_every_batch(caplog: pytest.LogC
         "2bit at 32 dims: the adapter's check found untrained codes better; these are the adapter's codes "
         "(build_index or qama.encoders.fit_encoder on the corpus serve untrained ones)"
     ]
+

@@ -191,7 +191,8 @@ def test_train_with_pairs_of_a_missing_split(small, tmp_path, capsys):
 def test_train_too_few_vectors_for_a_batch(small, tmp_path, capsys):
     root, emb = small
     rc = _train(root, emb, tmp_path / "ad", "--train-batch-size", "1000")
-    assert rc == 2 and "batch" in capsys.readouterr().err
+    message = "300 vectors are fewer than one batch (1000); lower batch_size (qama train --train-batch-size)"
+    assert rc == 2 and capsys.readouterr().err == f"qama: error: embeddings: {message} or give more vectors\n"
 
 
 def test_index_then_search(small, tmp_path, capsys):
@@ -460,8 +461,9 @@ def test_index_add_appends_documents_with_the_index_own_encoder(tmp_path, monkey
         (tmp_path / name / "meta.json").write_text(json.dumps({"model": model}))
         return tmp_path / f"{name}.jsonl", tmp_path / name / "emb.npy"
 
-    def run(*args: str) -> int:
-        return main(["-q", "index", "--query-sample", "none", "--plan", "2bit", "--keep-vectors", *args])
+    def run(*args: str) -> int:  # --add codes with the index's own plan and settings: it takes none of these
+        settings = [] if "--add" in args else ["--query-sample", "none", "--plan", "2bit", "--keep-vectors"]
+        return main(["-q", "index", *settings, *args])
 
     first, later, other = (
         corpus("first", 300, 0, False),
@@ -488,6 +490,10 @@ def test_index_add_appends_documents_with_the_index_own_encoder(tmp_path, monkey
             f"{ix}: the documents there were embedded with org/model, these with org/b",
         ),
         (["--corpus", str(other[0]), "--embeddings", str(other[1]), "--overwrite"], "--add adds documents to an index"),
+        (
+            ["--corpus", str(later[0]), "--embeddings", str(later[1]), "--plan", "hybrid", "--query-sample", "titles"],
+            "--add adds documents to an index, coded by its own encoder and plan; it takes no --plan, --query-sample\n",
+        ),
     ]:
         assert run("--add", *args, "--out", str(ix)) == 2
         assert capsys.readouterr().err.startswith(f"qama: error: {message}")
@@ -511,3 +517,99 @@ def test_quiet_silences_the_hugging_face_progress_bars(tmp_path, monkeypatch):
     assert main(["-q", *args]) == 2 and os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] == "1"
     monkeypatch.setenv("HF_HUB_DISABLE_PROGRESS_BARS", "0")
     assert main(["-q", *args]) == 2 and os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] == "0"
+
+
+def test_python_dash_m_qama_runs_the_command_line():
+    """``python -m qama`` is the ``qama`` command (before: `No module named qama.__main__`)."""
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-m", "qama", "search", "-k", "0", "x"], capture_output=True, text=True)
+    assert (done.returncode, done.stderr) == (2, "qama: error: k must be positive, got 0\n")
+
+
+def test_search_text_escapes_control_characters_of_ids_and_titles():
+    """``qama search`` prints a line a hit: a newline in a title or id broke the line, and a title holding a
+    terminal escape sequence (``\\x1b[2J``: clear the screen) reached the terminal as it was."""
+    from qama.backends import hits_text
+
+    results = [{"query": "q\n2", "hits": [{"id": "a\tb", "title": "x\ny\x1b[2J Ü 日本", "score": 1.0}]}]
+    assert hits_text(results) == "query: q\\n2\n   1.    1.0000  a\\tb  x\\ny\\x1b[2J Ü 日本\n"
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        ([], "give query text or --queries FILE.npy"),
+        (["  "], "a query is empty"),
+        (["text", "--queries", "q.npy"], "give query texts or --queries FILE.npy, not both"),
+    ],
+)
+def test_search_without_a_query_is_refused_before_the_index_is_opened(tmp_path, capsys, extra, message):
+    """``qama search --index DIR`` with no query (or an empty one) opened and verified the index first (its
+    warning that k is larger than the index came before the error; here: no index at all)."""
+    assert main(["-q", "search", "--index", str(tmp_path / "nowhere"), *extra]) == 2
+    assert capsys.readouterr().err == f"qama: error: {message}\n"
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["eval", "--dataset", "a", "--dataset", "b"],
+        ["train", "--dataset", "a", "--embeddings", "e", "--embeddings", "f", "--out", "x"],
+        ["train", "--dataset", "a", "--out", "x", "--out", "y"],
+        ["index", "--corpus", "a.jsonl", "--corpus", "b.jsonl", "--out", "x"],
+        ["search", "--index", "a", "--index", "b", "text"],
+    ],
+)
+def test_an_option_that_names_one_thing_given_twice_is_refused(argv, capsys):
+    """``qama eval --dataset a --dataset b`` (as ``qama report`` takes them) evaluated b alone, silently; a second
+    ``--out``, ``--embeddings``, ``--corpus`` or ``--index`` replaced the first likewise."""
+    flag = next(a for i, a in enumerate(argv) if a.startswith("--") and a in argv[i + 1 :])
+    with pytest.raises(SystemExit) as exit_:
+        main(argv)
+    message = f"qama {argv[0]}: error: {flag} is given twice; this command takes one\n"
+    assert exit_.value.code == 2 and capsys.readouterr().err.endswith(message)
+
+
+def test_search_rescoring_with_vectors_an_index_without_them_names_the_option(small, tmp_path, capsys):
+    """The error named only the Python argument (`rebuild it with keep_vectors=True`), not ``--keep-vectors``."""
+    root, emb = small
+    main(["-q", "index", "--dataset", str(root), "--embeddings", str(emb), "--out", str(tmp_path / "idx")])
+    np.save(tmp_path / "q.npy", np.load(emb / "corpus.npy")[:1])
+    args = ["-q", "search", "--index", str(tmp_path / "idx"), "--queries", str(tmp_path / "q.npy")]
+    capsys.readouterr()
+    assert main([*args, "--rescore", "vectors"]) == 2
+    message = "this index keeps no vectors; rebuild it with qama index --keep-vectors (keep_vectors=True in Python)"
+    assert capsys.readouterr().err == f"qama: error: {tmp_path / 'idx'}: {message}\n"
+
+
+def test_index_and_train_of_a_beir_folder_need_no_judgments(tiny, tmp_path):
+    """``qama index`` / ``qama train --dataset`` judge nothing: a BEIR folder without ``qrels/test.tsv`` (only a
+    train split, or no qrels at all) is indexed and trained on (before: `qrels/test.tsv: split 'test' does not
+    exist`, and ``--split``, whose help said `qrels split to evaluate`, had to name one for nothing)."""
+    import shutil
+
+    shutil.rmtree(tiny / "qrels")
+    data = ["--dataset", str(tiny), "--embeddings", str(tiny.parent / "tiny-emb"), "--query-sample", "none"]
+    assert main(["-q", "index", *data, "--plan", "2bit", "--out", str(tmp_path / "ix")]) == 0
+    train = ["--steps", "2", "--train-batch-size", "8", "--nested-dims", "8", "16", "--out", str(tmp_path / "ad")]
+    assert main(["-q", "train", *data, *train]) == 0
+    assert (tmp_path / "ad" / "model.safetensors").is_file()
+
+
+def test_ablate_only_an_unknown_ablation_is_refused_before_any_work(tmp_path, capsys):
+    """``qama ablate --only bogus`` loaded (or embedded) the dataset and then said `unknown ablation 'bogus'`."""
+    with pytest.raises(SystemExit) as exit_:
+        main(["ablate", "--dataset", str(tmp_path / "nowhere"), "--only", "full", "bogus"])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and "qama ablate: error: argument --only: invalid choice: 'bogus' (choose from" in err
+
+
+def test_version(capsys):
+    """``qama --version`` said `the following arguments are required: command`."""
+    import qama
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["--version"])
+    assert exit_.value.code == 0 and capsys.readouterr().out == f"qama {qama.__version__}\n"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import logging
 import sys
 import zipfile
 from pathlib import Path
@@ -200,6 +201,17 @@ def _beir_members(name: str) -> dict[str, bytes]:
         f"{name}/queries.jsonl": b"".join(json.dumps(q).encode() + b"\n" for q in QUERIES),
         f"{name}/qrels/test.tsv": b"query-id\tcorpus-id\tscore\nq1\td1\t1\n",
     }
+
+
+def test_a_download_shows_its_progress_where_the_logs_show(tmp_path, monkeypatch, capsys, caplog):
+    """A BEIR download (up to 1.5 GB) said only `downloading URL`, then nothing for minutes: it has a bar, as
+    embedding and training do, left out where INFO logs are (``qama -q``)."""
+    _serve(monkeypatch, _zip(_beir_members("mini")))
+    load_dataset("mini", cache_dir=tmp_path / "quiet")
+    assert "downloading mini" not in capsys.readouterr().err
+    caplog.set_level(logging.INFO, logger="qama.data")
+    load_dataset("mini", cache_dir=tmp_path / "shown")
+    assert "downloading mini: " in capsys.readouterr().err
 
 
 def test_download_unpacks_and_loads_by_name(tmp_path, monkeypatch):

@@ -116,6 +116,43 @@ def test_train_out_that_is_a_file_fails_before_training(tmp_path, tiny, capsys):
     assert target.read_text() == "keep"
 
 
+@pytest.mark.parametrize(
+    "command, flag",
+    [
+        ("train", "--out"),
+        ("index", "--out"),
+        ("report", "--out"),
+        ("eval", "--json"),
+        ("eval", "--markdown"),
+        ("ablate", "--json"),
+    ],
+)
+def test_an_output_under_a_file_is_refused_before_any_work(tmp_path, capsys, command, flag):
+    """An output path under a file of the user's (``notes.txt/out``) is refused before the dataset is read
+    (before: `[Errno 20] Not a directory` at the first write, after the work: the embedding and training, or
+    the whole evaluation, lost; `[Errno 17] File exists` for ``--json``); the file is left as it is."""
+    user = tmp_path / "notes.txt"
+    user.write_text("keep")
+    out = user / "sub" / "out"
+    rc = main(["-q", command, "--dataset", str(tmp_path / "nowhere"), flag, str(out)])
+    assert (rc, capsys.readouterr().err) == (2, f"qama: error: {out}: cannot be created, {user} is not a folder\n")
+    assert user.read_text() == "keep"
+
+
+def test_search_json_that_cannot_be_written_is_refused_before_the_search(tmp_path, capsys):
+    """``qama search --json`` naming a folder, or a path under a file, is refused before the index is opened, as
+    ``qama eval --json`` is (before: searched, then `[Errno 21] Is a directory: '….tmp' -> 'DIR'`)."""
+    user = tmp_path / "notes.txt"
+    user.write_text("keep")
+    for out, message in (
+        (tmp_path, f"{tmp_path}: is a folder; give the path of a file to write"),
+        (user / "hits.json", f"{user / 'hits.json'}: cannot be created, {user} is not a folder"),
+    ):
+        rc = main(["-q", "search", "--index", str(tmp_path / "nowhere"), "--json", str(out), "text"])
+        assert (rc, capsys.readouterr().err) == (2, f"qama: error: {message}\n")
+    assert user.read_text() == "keep"
+
+
 def test_report_refuses_a_folder_that_is_not_a_report(tmp_path, tiny):
     emb = tiny.parent / "tiny-emb"
     out = tmp_path / "proj"

@@ -235,6 +235,22 @@ def test_eval_plans_that_give_no_row_are_refused(tiny, adapter_dir, capsys, plan
     _one_line_error(err, message)
 
 
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (("--dims", "8", "8"), "--dims: 8 is given twice"),
+        (("--oversample", "4", "2", "4"), "--oversample: 4 is given twice"),
+        (("--plans", "2bit"), "--plans: the plans of the adapter's rows; give --adapter (without one every plan is"),
+    ],
+)
+def test_eval_options_given_twice_or_without_their_adapter_are_refused(tiny, tmp_path, capsys, extra, message):
+    """``qama eval --dims 8 8`` measured and printed every row of that size twice; ``--plans`` without ``--adapter``
+    was ignored, silently (the baselines measure every built-in plan). Refused before the dataset is read."""
+    rc, out, err = _run(capsys, "eval", "--dataset", str(tmp_path / "nowhere"), *extra)
+    assert rc == 2 and out == ""
+    _one_line_error(err, message)
+
+
 def test_manifest_naming_a_file_outside_the_folder(built, tmp_path):
     _, _, ix = built
     other = tmp_path / "other"
@@ -378,6 +394,13 @@ def test_qrels_linked_to_dev_zero(tiny, capsys):
     rc, _, err = _run(capsys, "eval", "--dataset", str(tiny), "--embeddings", str(tiny.parent / "tiny-emb"))
     assert rc == 2
     _one_line_error(err, "qrels/test.tsv: not a regular file (a device, pipe or socket), expected a file")
+
+
+def test_a_plan_that_does_not_parse_is_refused_before_any_work(tmp_path, capsys):
+    """``qama index --plan bogus`` read the dataset, embedded its corpus and titles, then refused the plan."""
+    rc, _, err = _run(capsys, "index", "--dataset", str(tmp_path / "nowhere"), "--plan", "bogus", "--out", "ix")
+    assert rc == 2
+    _one_line_error(err, "--plan: cannot read plan 'bogus': expected a built-in name")
 
 
 def test_plan_that_does_not_parse(tiny, tmp_path, capsys):
@@ -614,6 +637,7 @@ def test_milvus_manifest_fields_are_checked(request):
     [
         (("--nce-weight", "nan"), "w_nce must be a finite number, got nan"),
         (("--seed", "-1"), "seed must not be negative, got -1"),
+        (("--seed", "99999999999999999999"), "seed must be at most 4294967295, got 99999999999999999999"),
         (("--batch-size", "0"), "--batch-size must be in 1..65536, got 0"),
         (("--steps", "0"), "steps must be at least 1, got 0"),
     ],
@@ -623,6 +647,36 @@ def test_train_numeric_options(tiny, tmp_path, capsys, extra, message):
     args = ("--dataset", str(tiny), "--embeddings", str(emb), "--out", str(tmp_path / "ad"), "--train-batch-size", "8")
     rc, _, err = _run(capsys, "train", *args, "--nested-dims", "8", "16", "--pairs", "test", *extra)
     assert rc == 2 and not (tmp_path / "ad" / "config.json").exists()
+    _one_line_error(err, message)
+
+
+@pytest.mark.parametrize("command", ["train", "ablate"])
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (("--seed", str(2**64)), f"seed must be at most 4294967295, got {2**64}"),
+        (("--nce-weight", "-1"), "w_nce must not be negative, got -1.0"),
+    ],
+)
+def test_train_options_are_checked_before_any_work(tmp_path, capsys, command, extra, message):
+    """The training options of ``qama train`` / ``qama ablate`` are refused before the dataset is read (before:
+    after it was loaded and its titles embedded, minutes on a large corpus; here: no such dataset folder)."""
+    out = ["--out", str(tmp_path / "ad")] if command == "train" else []
+    rc, _, err = _run(capsys, command, "--dataset", str(tmp_path / "nowhere"), *out, *extra)
+    assert rc == 2
+    _one_line_error(err, message)
+
+
+@pytest.mark.parametrize(
+    "steps, message", [("0", "steps must be at least 1, got 0"), ("-3", "steps must not be negative")]
+)
+def test_report_steps_are_checked_before_any_work(tiny, tmp_path, capsys, steps, message):
+    """``qama report --steps 0`` wrote the report folder (its config.json and the baselines, after embedding the
+    dataset) and failed only at the fit."""
+    emb = tiny.parent / "tiny-emb"
+    args = ["report", "--dataset", str(tiny), "--embeddings", str(emb), "--steps", steps, "--out", str(tmp_path / "r")]
+    rc, _, err = _run(capsys, *args)
+    assert rc == 2 and not (tmp_path / "r").exists()
     _one_line_error(err, message)
 
 

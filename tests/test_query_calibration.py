@@ -759,3 +759,66 @@ def test_cli_eval_of_an_adapter_on_a_corpus_without_titles_compares_with_untrain
         assert got[("qama", r.plan, r.dims, r.rescore)] == r.metrics["ndcg@10"]
     (b32,) = [b for b in saved["breakdown"] if b["dims"] == 32]
     assert b32["untrained"] == got[("qama", "2bit", 32, None)] / got[("threshold-qcal", "2bit", 32, None)]
+
+
+def test_a_corpus_with_one_title_is_indexed_and_titles_are_refused_by_name(tmp_path, monkeypatch, capsys):
+    """``qama index --corpus`` of one titled document: ``auto`` goes on without a query sample (before:
+    `a query sample needs values of shape (n >= 2, 336), got (1, 336)`, and no index); ``titles`` says why."""
+    _fake_model(monkeypatch, lambda texts, call: np.random.default_rng(call).normal(size=(len(texts), 16)))
+    corpus = tmp_path / "one.jsonl"
+    corpus.write_text('{"_id": "a", "title": "Wings", "text": "Lift on swept wings."}\n')
+    args = ["-q", "index", "--corpus", str(corpus), "--plan", "2bit", "--cache-dir", str(tmp_path / "cache")]
+    assert main([*args, "--out", str(tmp_path / "ix")]) == 0
+    assert QamaIndex.open(tmp_path / "ix").encoder.quantizer.query_thresholds is None
+    capsys.readouterr()
+    assert main([*args, "--out", str(tmp_path / "ix2"), "--query-sample", "titles"]) == 2
+    assert capsys.readouterr().err == (
+        "qama: error: query sample 'titles': 1 document of one has a title; a query sample needs at least 2\n"
+    )
+
+
+def test_index_and_train_of_a_dataset_read_no_query_unless_a_split_is_named(tmp_path, tiny, monkeypatch, capsys):
+    """``qama index`` / ``qama train --dataset`` code and fit the documents only: no query is embedded and no
+    ``queries.npy`` read (before: every query of the dataset was embedded, hours for a large BEIR dataset, and
+    precomputed embeddings without ``queries.npy`` were refused); ``--query-sample SPLIT`` still reads them."""
+    seen = _fake_model(monkeypatch, lambda texts, call: np.random.default_rng(call).normal(size=(len(texts), 16)))
+    cache = ["--cache-dir", str(tmp_path / "cache")]
+    assert main(["-q", "index", "--dataset", str(tiny), "--plan", "2bit", *cache, "--out", str(tmp_path / "ix")]) == 0
+    train = ["-q", "train", "--dataset", str(tiny), "--steps", "2", "--train-batch-size", "8"]
+    assert main([*train, "--nested-dims", "8", "16", *cache, "--out", str(tmp_path / "ad")]) == 0
+    embedded = {t for batch in seen for t in batch}
+    assert "text of document 0" in " ".join(embedded) and not any(t.startswith("query ") for t in embedded)
+    emb = tiny.parent / "tiny-emb"
+    (emb / "queries.npy").unlink()
+    precomputed = ["-q", "index", "--dataset", str(tiny), "--embeddings", str(emb), "--plan", "2bit"]
+    assert main([*precomputed, "--query-sample", "none", "--out", str(tmp_path / "ix2")]) == 0
+    assert len(QamaIndex.open(tmp_path / "ix2").ids) == 40
+    capsys.readouterr()
+    assert main([*precomputed, "--query-sample", "test", "--out", str(tmp_path / "ix3")]) == 2
+    assert capsys.readouterr().err == f"qama: error: {emb / 'queries.npy'}: file not found\n"
+
+
+def test_quiet_embeds_a_dataset_without_progress_bars(tmp_path, tiny, monkeypatch):
+    """``qama -q eval/index/train --dataset`` embedded the corpus and the queries with a progress bar on stderr
+    (sentence-transformers' ``Batches: …``): ``-q`` left it on; without ``-q`` it is shown."""
+    import qama.embeddings
+
+    bars: list[bool] = []
+
+    def encode(model, texts, batch_size=64, progress=True):
+        bars.append(progress)
+        return np.random.default_rng(len(bars)).normal(size=(len(texts), 16))
+
+    _fake_model(monkeypatch, lambda texts, call: None)
+    monkeypatch.setattr(qama.embeddings, "encode", encode)
+    args = ["eval", "--dataset", str(tiny), "--dims", "16", "--query-sample", "none"]
+    assert main(["-q", *args, "--cache-dir", str(tmp_path / "a")]) == 0
+    assert bars == [False, False]  # the corpus, the queries
+    assert main([*args, "--cache-dir", str(tmp_path / "b")]) == 0
+    assert bars == [False, False, True, True]
+    from qama.config import DatasetSpec, experiment_config
+    from qama.evaluation.study import _load
+
+    monkeypatch.setenv("QAMA_CACHE", str(tmp_path / "c"))  # qama report -q (run_report(progress=False)) likewise
+    _load(experiment_config(datasets=[DatasetSpec(str(tiny))], model="org/m"), DatasetSpec(str(tiny)), progress=False)
+    assert len(bars) > 5 and not any(bars[4:])  # the corpus, the queries (and the titles)

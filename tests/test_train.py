@@ -309,7 +309,8 @@ def test_bad_inputs_raise_clear_errors() -> None:
         fit(bad, TINY)
     with pytest.raises(
         ValueError,
-        match=r"^embeddings: 10 vectors are fewer than one batch \(32\); lower batch_size or give more vectors$",
+        match=r"^embeddings: 10 vectors are fewer than one batch \(32\); lower batch_size \(qama train "
+        r"--train-batch-size\) or give more vectors$",
     ):
         fit(x[:10], TINY)
     with pytest.raises(DimensionError, match=r"^pair queries have dimension 8, but the adapter expects 32$"):

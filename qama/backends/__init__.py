@@ -417,10 +417,18 @@ class FaissBackend:
 
 
 def hits_text(results: list[dict[str, Any]]) -> str:
-    """:func:`search_hits` as the lines ``qama search`` prints: the query, then ``rank. score  id  title``."""
+    """:func:`search_hits` as the lines ``qama search`` prints: the query, then ``rank. score  id  title``;
+    control characters of a query, id or title are written as escapes (``\\n``, ``\\x1b``): a line a hit,
+    and no escape sequence of a document reaches the terminal."""
     lines = []
     for res in results:
-        lines.append(f"query: {res['query']}")
+        lines.append(f"query: {_printable(res['query'])}")
         for rank, hit in enumerate(res["hits"], 1):
-            lines.append(f"{rank:4d}. {hit['score']:9.4f}  {hit['id']}" + (f"  {hit['title']}" if hit["title"] else ""))
+            title = f"  {_printable(hit['title'])}" if hit["title"] else ""
+            lines.append(f"{rank:4d}. {hit['score']:9.4f}  {_printable(hit['id'])}{title}")
     return "\n".join(lines) + "\n"
+
+
+def _printable(text: str) -> str:
+    """``text`` with each character that is not printable written as its escape (``repr``'s)."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)

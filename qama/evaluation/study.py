@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
-from qama._io import atomic_open, fingerprint, folder_lock, write_json
+from qama._io import atomic_open, check_creatable, fingerprint, folder_lock, write_json
 from qama.config import ExperimentConfig
 from qama.evaluation.plots import plot_all
 from qama.evaluation.rows import Row, baseline_rows, set_retention
@@ -101,13 +101,13 @@ class _Inputs:
         return _key([fingerprint(self.judged), dataset.split, dataset.qrels, dataset.doc_ids])
 
 
-def _load(config: ExperimentConfig, spec) -> _Inputs:
+def _load(config: ExperimentConfig, spec, progress: bool = True) -> _Inputs:
     from qama.data import load_dataset
     from qama.embeddings import dataset_embeddings, title_pairs
     from qama.evaluation.metrics import Evaluator
 
     dataset = load_dataset(spec.path, split=spec.split)
-    corpus, queries = dataset_embeddings(dataset, config.model, spec.embeddings)
+    corpus, queries = dataset_embeddings(dataset, config.model, spec.embeddings, progress=progress)
     evaluator = Evaluator(dataset)
     pairs = title_pairs(dataset, corpus, config.pseudo_queries, config.model, spec.embeddings, progress=False)
     return _Inputs(dataset.name, corpus, queries[evaluator.rows], evaluator, pairs)
@@ -309,6 +309,7 @@ def check_report_folder(out: Path) -> None:
     """Refuse a report folder that holds anything but an earlier report (which a re-run resumes)."""
     if out.exists() and not out.is_dir():
         raise FileExistsError(f"{out}: exists and is not a folder")
+    check_creatable(out)
     if out.is_dir() and not (out / "stages").is_dir() and any(out.iterdir()):
         raise FileExistsError(
             f"{out}: the folder is not empty and holds no qama report; write the report to a new or empty folder"
@@ -364,7 +365,7 @@ def _run_report(config: ExperimentConfig, out: Path, command: str, progress: boo
     first: _Inputs | None = None
     for spec in config.datasets:
         bar.set_description(f"{spec.path}: embeddings")
-        data = _load(config, spec)
+        data = _load(config, spec, progress)
         if data.name in rows_by_dataset:  # a name _dataset_name did not foresee
             raise ValueError(f"two datasets of the report are named {data.name!r}; study them in separate reports")
         first = first or data  # the ablations run on the first dataset

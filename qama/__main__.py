@@ -1,0 +1,7 @@
+"""``python -m qama``: the ``qama`` command line."""
+
+import sys
+
+from qama.cli import main
+
+sys.exit(main())
