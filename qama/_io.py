@@ -100,13 +100,20 @@ def fsync_dir(path: str | os.PathLike) -> None:
         os.close(fd)
 
 
-def check_output_files(*paths: str | os.PathLike | None) -> None:
-    """Refuse, before any work, an output file that is a folder or not a regular file (``-``: stdout), or
-    that cannot be made (:func:`check_creatable`)."""
+def check_output_files(*paths: str | os.PathLike | None, overwrite: bool = False) -> None:
+    """Refuse, before any work, an output file that is a folder or not a regular file (``-``: stdout), that
+    cannot be made (:func:`check_creatable`), that is given twice, or that exists unless ``overwrite``
+    (``--overwrite``: a slip such as ``--json corpus.jsonl`` would replace the user's file)."""
+    seen: set[Path] = set()
     for p in (Path(x) for x in paths if x is not None and str(x) != "-"):
         if p.is_dir() or (p.exists() and not p.is_file()):
             kind = "a folder" if p.is_dir() else "not a regular file"
             raise ValueError(f"{p}: is {kind}; give the path of a file to write")
+        if p.resolve() in seen:
+            raise ValueError(f"{p}: given as two outputs; give each its own file")
+        seen.add(p.resolve())
+        if p.exists() and not overwrite:
+            raise FileExistsError(f"{p}: exists; add --overwrite to replace it")
         check_creatable(p)
 
 

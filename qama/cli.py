@@ -112,7 +112,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from qama.api import evaluate_dataset, load_adapter
     from qama.evaluation.tables import eval_json, eval_markdown
 
-    check_output_files(args.json, args.markdown)
+    check_output_files(args.json, args.markdown, overwrite=args.overwrite)
     check_eval_options(args.plans or (), args.oversample, args.dims, args.adapter is not None)
     _resolve_model(args)
     adapter = load_adapter(args.adapter, args.recorded_model, args.plans)
@@ -190,7 +190,7 @@ def cmd_ablate(args: argparse.Namespace) -> int:
     from qama.evaluation.tables import ablation_columns, ablation_markdown
     from qama.train import ablate
 
-    check_output_files(args.json)
+    check_output_files(args.json, overwrite=args.overwrite)
     _check_train_settings(args)
     _resolve_model(args)
     dataset, corpus, queries = _load_inputs(args)
@@ -282,7 +282,7 @@ def cmd_search(args: argparse.Namespace) -> int:
     from qama.api import search_store
     from qama.backends import hits_text
 
-    check_output_files(args.json)
+    check_output_files(args.json, overwrite=args.overwrite)
     if args.k <= 0:  # before any work; a k larger than the index is clamped by search_store
         raise ValueError(f"k must be positive, got {args.k}")
     check_oversample(args.oversample)
@@ -399,7 +399,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="embedding sizes of the baseline rows (default: d, d/2, d/4); --adapter rows are at its nested sizes",
     )
     p.add_argument("--json", type=Path, help=json_help)
-    p.add_argument("--markdown", type=Path, help="write the table as Markdown")
+    p.add_argument("--markdown", type=Path, help="write the table as Markdown to this file (-: print it)")
+    p.add_argument("--overwrite", action="store_true", help="replace files already at --json / --markdown")
     p.add_argument("--adapter", type=Path, help="a trained adapter folder: adds its rows (format qama)")
     p.add_argument(
         "--plans",
@@ -443,6 +444,7 @@ def build_parser() -> argparse.ArgumentParser:
     only_help = f"ablations to run: {', '.join(ABLATIONS)} (default: all)"
     p.add_argument("--only", nargs="+", choices=ABLATIONS, metavar="ABLATION", help=only_help)
     p.add_argument("--json", type=Path, help=json_help)
+    p.add_argument("--overwrite", action="store_true", help="replace a file already at --json")
     p.set_defaults(func=cmd_ablate)
 
     p = sub.add_parser("index", help="encode a corpus into a persistent qama index folder or a Milvus collection")
@@ -471,6 +473,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rescore", default="auto", choices=RESCORE_MODES, help="how candidates are rescored")
     p.add_argument("--mode", default="hamming", choices=["hamming", "adc"], help="adc: score every code asymmetrically")
     p.add_argument("--json", type=Path, nargs="?", const=Path("-"), help=json_help + " (default: -)")
+    p.add_argument("--overwrite", action="store_true", help="replace a file already at --json")
     p.set_defaults(func=cmd_search)
     return parser
 

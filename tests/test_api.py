@@ -182,4 +182,3 @@ def test_encode_warns_of_a_lost_plan_once_not_at_every_batch(caplog: pytest.LogC
         "2bit at 32 dims: the adapter's check found untrained codes better; these are the adapter's codes "
         "(build_index or qama.encoders.fit_encoder on the corpus serve untrained ones)"
     ]
-

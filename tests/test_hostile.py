@@ -460,6 +460,28 @@ def test_output_file_that_is_a_folder_is_refused_before_work(tiny, tmp_path, cap
         _one_line_error(err, "out: is a folder; give the path of a file to write")
 
 
+def test_an_existing_output_file_is_kept_unless_overwrite(tiny, tmp_path, capsys):
+    """``--json`` / ``--markdown`` replaced a file already there: a slip such as ``--json corpus.jsonl`` lost
+    the user's file. It is refused before any work, ``--overwrite`` replaces it, and one file given as
+    both outputs is refused."""
+    mine = tmp_path / "corpus.jsonl"
+    mine.write_text("the user's own lines\n")
+    data = ["--dataset", str(tiny), "--embeddings", str(tiny.parent / "tiny-emb"), "--query-sample", "none"]
+    for opt in ("--json", "--markdown"):
+        rc, out, err = _run(capsys, "eval", *data, opt, str(mine))
+        assert rc == 2 and out == ""
+        _one_line_error(err, f"{mine}: exists; add --overwrite to replace it")
+        assert mine.read_text() == "the user's own lines\n"
+    rc, out, err = _run(capsys, "search", "--index", str(tmp_path / "ix"), "a query", "--json", str(mine))
+    assert rc == 2
+    _one_line_error(err, f"{mine}: exists; add --overwrite to replace it")
+    rc, out, err = _run(capsys, "eval", *data, "--json", str(tmp_path / "t"), "--markdown", str(tmp_path / "t"))
+    assert rc == 2 and not (tmp_path / "t").exists()
+    _one_line_error(err, f"{tmp_path / 't'}: given as two outputs; give each its own file")
+    rc, out, err = _run(capsys, "eval", *data, "--json", str(mine), "--overwrite")
+    assert rc == 0 and json.loads(mine.read_text())["dataset"] == "tiny"
+
+
 # ---------------------------------------------------------------------- neighbours: the Milvus backend
 def test_milvus_never_adopts_a_collection_it_did_not_create(request):
     from tests.milvus_fixtures import collection_name, require_milvus
