@@ -16,7 +16,9 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -487,6 +489,7 @@ def main(argv: list[str] | None = None) -> int:
         os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     if args.debug:
         return args.func(args)
+    previous = _terminate_as_interrupt()
     try:
         return args.func(args)
     except (ValueError, OSError, KeyError, RuntimeError) as e:  # bad input, unreadable files, locks, divergence
@@ -495,9 +498,28 @@ def main(argv: list[str] | None = None) -> int:
     except MemoryError:  # a bound missed: still one line, never a traceback
         print("qama: error: out of memory (an input asks for more than this machine has)", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("qama: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as e:
+        print("qama: interrupted" if not isinstance(e, Terminated) else "qama: terminated", file=sys.stderr)
+        return 143 if isinstance(e, Terminated) else 130
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (``kill``, a job scheduler's stop) raised where the command runs: it unwinds as Ctrl-C does,
+    so what a command made and has not finished is removed or left resumable, as after an interrupt."""
+
+
+def _raise_terminated(signum: int, frame: Any) -> None:
+    raise Terminated()
+
+
+def _terminate_as_interrupt() -> Any:
+    """Make SIGTERM raise :class:`Terminated` (in the main thread only); returns the previous handler, or None."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    return signal.signal(signal.SIGTERM, _raise_terminated)
 
 
 if __name__ == "__main__":

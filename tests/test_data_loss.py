@@ -415,3 +415,25 @@ def test_train_refuses_folders_of_the_user_named_like_its_checkpoint_scratch(tmp
     (out / "checkpoint.tmp" / "state.safetensors").write_bytes(b"partial")
     qama.fit(x, out=out, **settings)
     assert sorted(p.name for p in out.iterdir()) == ["config.json", "model.safetensors"]
+
+
+def test_sigterm_unwinds_a_training_as_ctrl_c_does(tmp_path, tiny, monkeypatch, capsys):
+    """``kill`` (SIGTERM) stopped ``qama train`` without unwinding: the adapter folder it had made was left
+    empty. SIGTERM now unwinds as Ctrl-C does (the folder made and not written is removed), the command says
+    so and exits with 143, and the previous SIGTERM handler is back afterwards."""
+    import os
+    import signal
+
+    import qama.train
+
+    def killed(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGTERM)
+        raise AssertionError("SIGTERM did not stop the command")
+
+    monkeypatch.setattr(qama.train, "_fit", killed)
+    before = signal.getsignal(signal.SIGTERM)
+    args = ["-q", "train", "--dataset", str(tiny), "--embeddings", str(tiny.parent / "tiny-emb"), "--steps", "2"]
+    args += ["--train-batch-size", "16", "--nested-dims", "8", "16", "--pseudo-queries", "none"]
+    assert main([*args, "--out", str(tmp_path / "ad")]) == 143
+    assert capsys.readouterr().err == "qama: terminated\n"
+    assert not (tmp_path / "ad").exists() and signal.getsignal(signal.SIGTERM) is before
