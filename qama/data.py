@@ -462,6 +462,13 @@ def download_beir(name: str, cache_dir: Path, url: str | None = None, timeout: f
                         md5.update(chunk)
                         out.write(chunk)
                         bar.update(len(chunk))
+        except urllib.error.HTTPError as e:
+            if e.code != 404:
+                raise DataError(f"cannot download BEIR dataset {name!r} from {url} (HTTP {e.code})") from None
+            raise DataError(
+                f"{name!r}: no such folder here, and no BEIR dataset of that name ({url}: HTTP 404 Not Found); "
+                "check the name or the path"
+            ) from None
         except (urllib.error.URLError, TimeoutError, OSError) as e:
             raise DataError(
                 f"cannot download BEIR dataset {name!r} from {url} ({e}); are you offline? "

@@ -309,6 +309,23 @@ def test_download_offline_message(tmp_path, monkeypatch):
         load_dataset("scifact", cache_dir=tmp_path)
 
 
+def test_a_name_that_is_neither_a_folder_nor_a_beir_dataset_says_so(tmp_path, monkeypatch):
+    """A mistyped dataset name (or path) was downloaded, and the server's 404 read ``are you offline?``."""
+
+    def not_found(url, timeout):
+        raise data.urllib.error.HTTPError(url, 404, "Not Found", {}, None)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(data.urllib.request, "urlopen", not_found)
+    url = data.BEIR_URL.format(name="scifactt")
+    with pytest.raises(DataError) as e:
+        load_dataset("scifactt", cache_dir=tmp_path)
+    assert str(e.value) == (
+        f"'scifactt': no such folder here, and no BEIR dataset of that name ({url}: HTTP 404 Not Found); "
+        "check the name or the path"
+    )
+    assert not any((tmp_path / "datasets").iterdir())  # nothing left behind
+
+
 def test_empty_query_text_is_refused(tmp_path):
     root = make(tmp_path)
     (root / "queries.jsonl").write_text('{"_id": "q1", "text": "first"}\n{"_id": "q2", "text": "  "}\n')
