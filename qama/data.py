@@ -228,6 +228,8 @@ def _read_jsonl(path: Path, kind: str, id_keys: tuple[str, ...] = ("_id",)) -> l
                 raise DataError(f"{path}:{lineno}: duplicate _id {obj['_id']!r}")
             seen.add(obj["_id"])
             for key in ("title", "text"):
+                if key in obj and obj[key] is None:  # null (pandas' and other exporters' missing value): absent
+                    del obj[key]
                 if key in obj and not isinstance(obj[key], str):
                     raise DataError(f"{path}:{lineno}: '{key}' must be a string")
                 _check_unicode(obj.get(key, ""), key, path, lineno)

@@ -326,6 +326,17 @@ def test_a_name_that_is_neither_a_folder_nor_a_beir_dataset_says_so(tmp_path, mo
     assert not any((tmp_path / "datasets").iterdir())  # nothing left behind
 
 
+def test_a_null_title_or_text_is_read_as_absent(tmp_path):
+    """``"title": null`` (how pandas and other exporters write a missing value) was refused as not a string."""
+    root = make(tmp_path)
+    (root / "corpus.jsonl").write_text(
+        '{"_id": "d1", "title": null, "text": "one"}\n{"_id": "d2", "title": "Two", "text": null}\n'
+        '{"_id": "3", "text": "x"}\n'
+    )
+    ds = load_dataset(root)
+    assert ds.titles == ["", "Two", ""] and ds.doc_texts == ["one", "Two", "x"]
+
+
 def test_empty_query_text_is_refused(tmp_path):
     root = make(tmp_path)
     (root / "queries.jsonl").write_text('{"_id": "q1", "text": "first"}\n{"_id": "q2", "text": "  "}\n')
