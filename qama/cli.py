@@ -226,8 +226,15 @@ def _store(args: argparse.Namespace, folder: Path | None, flag: str, faiss: dict
     from qama._validate import check_nprobe
     from qama.backends import store_target
 
-    milvus = {"collection": args.collection, "index_type": args.index_type, "nprobe": check_nprobe(args.nprobe)}
-    return store_target(args.uri, folder, args.backend, milvus, flag, faiss)
+    # the options given (the others: MilvusBackend's defaults)
+    milvus = {k: getattr(args, k) for k in ("collection", "index_type", "nprobe") if getattr(args, k) is not None}
+    if "nprobe" in milvus:
+        check_nprobe(milvus["nprobe"])
+    uri, kind, options = store_target(args.uri, folder, args.backend, milvus, flag, faiss)
+    if kind != "milvus" and milvus:  # an index folder has no collection, index type or lists: ignored, silently
+        given = ", ".join("--" + k.replace("_", "-") for k in milvus)
+        raise ValueError(f"{given}: options of a Milvus collection; this store is an index folder ({uri})")
+    return uri, kind, options
 
 
 def cmd_index(args: argparse.Namespace) -> int:
@@ -287,10 +294,18 @@ def cmd_search(args: argparse.Namespace) -> int:
     check_output_files(args.json, overwrite=args.overwrite)
     if args.k <= 0:  # before any work; a k larger than the index is clamped by search_store
         raise ValueError(f"k must be positive, got {args.k}")
-    check_oversample(args.oversample)
+    # the two-stage search's options, where given (the others: search_store's defaults)
+    two_stage = {k: getattr(args, k) for k in ("oversample", "rescore") if getattr(args, k) is not None}
+    if args.mode == "adc" and two_stage:  # the full scan has no candidates to rescore: they would be ignored
+        given = ", ".join("--" + k for k in two_stage)
+        raise ValueError(f"{given}: options of the Hamming search's rescoring; --mode adc scores every code")
+    if "oversample" in two_stage:
+        check_oversample(two_stage["oversample"])
     uri, kind, options = _store(args, args.index, "--index", {"verify": True})
-    search = (args.text, args.queries, args.model, args.k, args.oversample, args.rescore, kind, args.adapter, args.mode)
-    results = search_store(uri, *search, **options)
+    results = search_store(
+        uri, args.text, args.queries, args.model, args.k, backend=kind, adapter=args.adapter, mode=args.mode,
+        **two_stage, **options,
+    )  # fmt: skip
     if args.json is not None:
         write_json(args.json, results)
     else:
@@ -323,9 +338,9 @@ def _add_backend_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("backend (default: a faiss index folder on this machine)")
     g.add_argument("--backend", choices=BACKENDS, help="where the codes live (default: from --uri, else faiss)")
     g.add_argument("--uri", help="Milvus server (http://host:19530) or milvus-lite file (codes.db)")
-    g.add_argument("--collection", default="qama", help="Milvus collection (default: qama)")
-    g.add_argument("--index-type", default="BIN_FLAT", choices=INDEX_TYPES, help="Milvus index type")
-    g.add_argument("--nprobe", type=int, default=16, help="BIN_IVF_FLAT lists searched per query (default: 16)")
+    g.add_argument("--collection", help="Milvus collection (default: qama)")
+    g.add_argument("--index-type", choices=INDEX_TYPES, help="Milvus index type (default: BIN_FLAT)")
+    g.add_argument("--nprobe", type=int, help="BIN_IVF_FLAT lists searched per query (default: 16)")
 
 
 def _add_input_args(p: argparse.ArgumentParser, required: bool = True, split: bool = True) -> None:
@@ -471,8 +486,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", help="sentence-transformers model for query texts (default: the index's)")
     p.add_argument("--adapter", type=Path, help="the adapter the index was built with (default: the one it names)")
     p.add_argument("-k", type=int, default=10, help="documents per query (default: 10)")
-    p.add_argument("--oversample", type=int, default=4, help="rescore oversample*k Hamming candidates; 0: none")
-    p.add_argument("--rescore", default="auto", choices=RESCORE_MODES, help="how candidates are rescored")
+    p.add_argument("--oversample", type=int, help="rescore oversample*k Hamming candidates; 0: none (default: 4)")
+    p.add_argument("--rescore", choices=RESCORE_MODES, help="how candidates are rescored (default: auto)")
     p.add_argument("--mode", default="hamming", choices=["hamming", "adc"], help="adc: score every code asymmetrically")
     p.add_argument("--json", type=Path, nargs="?", const=Path("-"), help=json_help + " (default: -)")
     p.add_argument("--overwrite", action="store_true", help="replace a file already at --json")

@@ -807,6 +807,10 @@ def info_nce_setup(
     description = ", ".join([f"{dataset} corpus embeddings", *sources])
     description += " (labels)" if labelled is not None else " (no labels)"
     if not parts:
+        if weight is not None:  # asked for, and nothing to weigh: said, not ignored silently
+            logger.warning(
+                "InfoNCE weight %g not used: %s has no title pseudo-queries or labelled pairs", weight, dataset
+            )
         return None, None, description
     pairs = (np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]))
     default = NCE_WEIGHT_LABELLED if labelled is not None else NCE_WEIGHT_TITLES

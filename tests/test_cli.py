@@ -230,6 +230,14 @@ def test_index_then_search(small, tmp_path, capsys):
     hits = json.loads(capsys.readouterr().out)
     assert [h["hits"][0]["id"] for h in hits] == ["d0", "d1", "d2"]
     assert all(len(h["hits"]) == 2 and -1.01 <= h["hits"][0]["score"] <= 1.01 for h in hits)
+    # options that this search or store would ignore, silently, are refused (before: ignored)
+    for extra, message in [
+        (["--mode", "adc", "--oversample", "8"], "--oversample: options of the Hamming search's rescoring"),
+        (["--mode", "adc", "--rescore", "vectors"], "--rescore: options of the Hamming search's rescoring"),
+        (["--collection", "c", "--nprobe", "4"], "--collection, --nprobe: options of a Milvus collection"),
+    ]:
+        assert main([*args, *extra]) == 2
+        assert capsys.readouterr().err.startswith(f"qama: error: {message}")
 
 
 @pytest.mark.parametrize(

@@ -486,3 +486,19 @@ def test_an_ablation_scores_the_adapters_own_codes_where_its_check_lost(small) -
     own = code_row("qama", "2bit", 32, adapter.encode(corpus, plan), adapter.encode(judged, plan, queries=True), ev)
     score = ablation_scorer(corpus, judged, ev)(adapter)
     assert score["2bit@32"] == own.metrics["ndcg@10"]
+
+
+def test_an_infonce_weight_without_pairs_is_said_not_used(caplog):
+    """``qama train --nce-weight 2 --pseudo-queries none`` (or a corpus without titles): the weight was
+    ignored, silently."""
+    from qama.train import info_nce_setup
+
+    with caplog.at_level("WARNING"):
+        assert info_nce_setup("tiny", None, None, "", 2.0) == (None, None, "tiny corpus embeddings (no labels)")
+    assert [r.getMessage() for r in caplog.records] == [
+        "InfoNCE weight 2 not used: tiny has no title pseudo-queries or labelled pairs"
+    ]
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        info_nce_setup("tiny", None, None, "", None)
+    assert not caplog.records
