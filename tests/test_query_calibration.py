@@ -509,9 +509,10 @@ def test_quality_targets_saves_again_what_it_loaded_from_files_older_than_run_re
     ]
 
 
-def test_cli_auto_codes_untrained_queries_by_sentences_when_no_document_has_a_title(tmp_path, small, monkeypatch):
-    """A corpus without titles: --query-sample auto calibrates untrained codes on sentences of the documents
-    (embedded once, with the model the embeddings' meta.json names), and leaves an adapter's queries alone."""
+def _untitled_two_sentence_corpus(small, monkeypatch):
+    """The small dataset without titles, each document two sentences, its embeddings' model named
+    ``org/model`` (meta.json), and a fake model that embeds texts as rows of ``sample``: ``(root, emb, sample,
+    texts_seen)``, ``texts_seen`` the batches the fake model embedded."""
     import json
 
     root, emb = small
@@ -523,10 +524,17 @@ def test_cli_auto_codes_untrained_queries_by_sentences_when_no_document_has_a_ti
     sample = np.random.default_rng(5).normal(size=(len(docs), 32)).astype(np.float32) + 0.5
     sample /= np.linalg.norm(sample, axis=1, keepdims=True)
     texts_seen = _fake_model(monkeypatch, lambda texts, call: sample[: len(texts)])
+    return root, emb, sample, texts_seen
+
+
+def test_cli_auto_codes_untrained_queries_by_sentences_when_no_document_has_a_title(tmp_path, small, monkeypatch):
+    """A corpus without titles: --query-sample auto calibrates untrained codes on sentences of the documents
+    (embedded once, with the model the embeddings' meta.json names), and leaves an adapter's queries alone."""
+    root, emb, sample, texts_seen = _untitled_two_sentence_corpus(small, monkeypatch)
     args = ["-q", "index", "--dataset", str(root), "--embeddings", str(emb), "--plan", "2bit"]
     args += ["--cache-dir", str(tmp_path / "cache")]
     assert main([*args, "--out", str(tmp_path / "ix")]) == 0
-    assert len(texts_seen) == 1 and len(texts_seen[0]) == len(docs)
+    assert len(texts_seen) == 1 and len(texts_seen[0]) == len(sample)
     assert all(t.startswith("Document number") or t.startswith("It then says") for t in texts_seen[0])
     index = QamaIndex.open(tmp_path / "ix")
     expected = quantile_thresholds(plan_values(sample, index.plan), index.plan.value_levels)
@@ -730,15 +738,7 @@ def test_cli_eval_of_an_adapter_on_a_corpus_without_titles_compares_with_untrain
     from qama.evaluation.rows import adapter_rows, calibrated_threshold_rows
     from qama.train import TrainConfig, fit
 
-    root, emb = small
-    docs = [json.loads(line) for line in (root / "corpus.jsonl").read_text().splitlines()]
-    for i, doc in enumerate(docs):
-        doc["text"] = f"Document number {i} begins here. It then says one more thing about {i}."
-    (root / "corpus.jsonl").write_text("".join(json.dumps(doc) + "\n" for doc in docs))
-    (emb / "meta.json").write_text(json.dumps({"model": "org/model"}))
-    sample = np.random.default_rng(5).normal(size=(len(docs), 32)).astype(np.float32) + 0.5
-    sample /= np.linalg.norm(sample, axis=1, keepdims=True)
-    texts_seen = _fake_model(monkeypatch, lambda texts, call: sample[: len(texts)])
+    root, emb, sample, texts_seen = _untitled_two_sentence_corpus(small, monkeypatch)
     corpus, queries = np.load(emb / "corpus.npy"), np.load(emb / "queries.npy")
     adapter = fit(
         corpus, TrainConfig(steps=3, batch_size=64, progress=False, checkpoint_every=0), out_dir=tmp_path / "ad"
