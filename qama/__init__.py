@@ -10,12 +10,19 @@ Every other name is reached by module: ``qama.search.hamming_search``, ``qama.co
 """
 
 import os as _os
+import sys as _sys
 
 # numba's OpenMP layer starts one thread per core whatever OMP_NUM_THREADS says, and sets the process's
 # OpenMP thread count, which torch shares: a user's OMP_NUM_THREADS=1 became 2 threads for both after the
 # first asymmetric search. So OMP_NUM_THREADS bounds numba's threads too, unless NUMBA_NUM_THREADS is set
-# (read when numba is first imported: a numba imported before qama keeps its own count).
-if _os.environ.get("OMP_NUM_THREADS", "").isdigit() and int(_os.environ["OMP_NUM_THREADS"]) > 0:
+# (read when numba is first imported). A numba imported before qama keeps its own count: the variable is
+# then left unset, since numba re-reads it at each compilation and, once its threads run, raises
+# "Cannot set NUMBA_NUM_THREADS to a different value" at any later jit compilation, qama's kernels included.
+if (
+    "numba" not in _sys.modules
+    and _os.environ.get("OMP_NUM_THREADS", "").isdigit()
+    and int(_os.environ["OMP_NUM_THREADS"]) > 0
+):
     _os.environ.setdefault("NUMBA_NUM_THREADS", _os.environ["OMP_NUM_THREADS"])
 
 from qama import evaluation as evaluation  # the modules (the API functions are evaluate_dataset, search_index)

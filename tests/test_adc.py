@@ -230,3 +230,35 @@ def test_omp_num_threads_bounds_numba_and_torch_after_an_asymmetric_search() -> 
     env = {k: v for k, v in os.environ.items() if k != "NUMBA_NUM_THREADS"} | {"OMP_NUM_THREADS": "1"}
     out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["1", "1"]
+
+
+def test_qama_imported_after_numba_ran_its_threads_leaves_numba_thread_count_alone() -> None:
+    """A numba imported (and its threads started) before ``import qama`` keeps its own count: qama set
+    ``NUMBA_NUM_THREADS`` from ``OMP_NUM_THREADS`` all the same, and numba, which re-reads it at each
+    compilation, raised ``Cannot set NUMBA_NUM_THREADS to a different value once the threads have been
+    launched`` at the next jit compilation (qama's own kernels included)."""
+    import os
+    import subprocess
+    import sys
+
+    script = (
+        "import os, numba, numpy as np\n"
+        "@numba.njit(parallel=True)\n"
+        "def total(x):\n"
+        "    s = 0.0\n"
+        "    for i in numba.prange(len(x)):\n"
+        "        s += x[i]\n"
+        "    return s\n"
+        "total(np.ones(10))\n"
+        "import qama\n"
+        "@numba.njit\n"
+        "def plus_one(x):\n"
+        "    return x + 1\n"
+        "print(plus_one(1), os.environ.get('NUMBA_NUM_THREADS'))\n"
+    )
+    # a count other than numba's own (one thread per core)
+    omp = str(len(os.sched_getaffinity(0)) + 1)
+    env = {k: v for k, v in os.environ.items() if k != "NUMBA_NUM_THREADS"} | {"OMP_NUM_THREADS": omp}
+    out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-300:]
+    assert out.stdout.split() == ["2", "None"]
