@@ -103,7 +103,10 @@ def fsync_dir(path: str | os.PathLike) -> None:
 def check_output_files(*paths: str | os.PathLike | None, overwrite: bool = False) -> None:
     """Refuse, before any work, an output file that is a folder or not a regular file (``-``: stdout), that
     cannot be made (:func:`check_creatable`), that is given twice, or that exists unless ``overwrite``
-    (``--overwrite``: a slip such as ``--json corpus.jsonl`` would replace the user's file)."""
+    (``--overwrite``: a slip such as ``--json corpus.jsonl`` would replace the user's file); ``-`` given
+    twice too (``--json - --markdown -``: the two would be printed one after the other)."""
+    if sum(x is not None and str(x) == "-" for x in paths) > 1:
+        raise ValueError("-: given as two outputs; give each its own file")
     seen: set[Path] = set()
     for p in (Path(x) for x in paths if x is not None and str(x) != "-"):
         if p.is_dir() or (p.exists() and not p.is_file()):

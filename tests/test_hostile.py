@@ -478,6 +478,10 @@ def test_an_existing_output_file_is_kept_unless_overwrite(tiny, tmp_path, capsys
     rc, out, err = _run(capsys, "eval", *data, "--json", str(tmp_path / "t"), "--markdown", str(tmp_path / "t"))
     assert rc == 2 and not (tmp_path / "t").exists()
     _one_line_error(err, f"{tmp_path / 't'}: given as two outputs; give each its own file")
+    # both printed (before: the JSON, then the Markdown table, on stdout: unreadable as JSON)
+    rc, out, err = _run(capsys, "eval", *data, "--json", "-", "--markdown", "-")
+    assert (rc, out) == (2, "")
+    _one_line_error(err, "-: given as two outputs; give each its own file")
     rc, out, err = _run(capsys, "eval", *data, "--json", str(mine), "--overwrite")
     assert rc == 0 and json.loads(mine.read_text())["dataset"] == "tiny"
 
