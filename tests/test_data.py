@@ -326,6 +326,21 @@ def test_a_name_that_is_neither_a_folder_nor_a_beir_dataset_says_so(tmp_path, mo
     assert not any((tmp_path / "datasets").iterdir())  # nothing left behind
 
 
+def test_a_download_refused_by_the_server_names_its_status(tmp_path, monkeypatch):
+    """An HTTP error other than 404 (a server down, a proxy refusing) says its status (the message had no row
+    in docs/errors.md nor a test)."""
+
+    def unavailable(url, timeout):
+        raise data.urllib.error.HTTPError(url, 503, "Service Unavailable", {}, None)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(data.urllib.request, "urlopen", unavailable)
+    url = data.BEIR_URL.format(name="scifact")
+    with pytest.raises(DataError) as e:
+        load_dataset("scifact", cache_dir=tmp_path)
+    assert str(e.value) == f"cannot download BEIR dataset 'scifact' from {url} (HTTP 503)"
+    assert not any((tmp_path / "datasets").iterdir())
+
+
 def test_a_null_title_or_text_is_read_as_absent(tmp_path):
     """``"title": null`` (how pandas and other exporters write a missing value) was refused as not a string."""
     root = make(tmp_path)
