@@ -91,10 +91,8 @@ class Dataset:
         return [q for q, _ in pairs], [d for _, d in pairs]
 
     def __repr__(self) -> str:
-        return (
-            f"Dataset({self.name!r}, docs={len(self.doc_ids)}, queries={len(self.query_ids)}, "
-            f"judged[{self.split}]={len(self.qrels)})"
-        )
+        judged = f"judged[{self.split}]={len(self.qrels)}" if self.split else "no judgments read"
+        return f"Dataset({self.name!r}, docs={len(self.doc_ids)}, queries={len(self.query_ids)}, {judged})"
 
 
 #: Most documents :func:`sentence_sample` draws a sentence from, and the fewest words of a drawn sentence.

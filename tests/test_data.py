@@ -407,3 +407,10 @@ def test_a_record_keeps_only_its_id_title_and_text(tmp_path):
         {"_id": "b", "text": "y"},
     ]
     assert data.read_jsonl_corpus(path) == (["7", "b"], ["T", ""], ["T x", "y"])
+
+
+def test_a_dataset_loaded_without_a_split_says_it_read_no_judgments(tiny):
+    """``load_dataset(…, split=None)`` (``qama index``/``train``, whose log line shows the dataset) read as
+    ``judged[]=0``: a split of no name, and no judged query, as if the judgments were missing."""
+    assert repr(load_dataset(tiny, split=None)) == "Dataset('tiny', docs=40, queries=6, no judgments read)"
+    assert repr(load_dataset(tiny)) == "Dataset('tiny', docs=40, queries=6, judged[test]=5)"
