@@ -489,7 +489,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--oversample", type=int, help="rescore oversample*k Hamming candidates; 0: none (default: 4)")
     p.add_argument("--rescore", choices=RESCORE_MODES, help="how candidates are rescored (default: auto)")
     p.add_argument("--mode", default="hamming", choices=["hamming", "adc"], help="adc: score every code asymmetrically")
-    p.add_argument("--json", type=Path, nargs="?", const=Path("-"), help=json_help + " (default: -)")
+    p.add_argument("--json", type=Path, nargs="?", const=Path("-"), help=json_help + "; a bare --json: -")
     p.add_argument("--overwrite", action="store_true", help="replace a file already at --json")
     p.set_defaults(func=cmd_search)
     return parser

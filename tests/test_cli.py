@@ -621,3 +621,17 @@ def test_version(capsys):
     with pytest.raises(SystemExit) as exit_:
         main(["--version"])
     assert exit_.value.code == 0 and capsys.readouterr().out == f"qama {qama.__version__}\n"
+
+
+def test_search_json_help_says_a_bare_json_prints_not_that_json_is_the_default():
+    """``qama search --help`` read `(-: print them, in place of the text output) (default: -)`: as if the JSON
+    were printed by default, when the hits are, and ``-`` is what a bare ``--json`` means."""
+    from qama.cli import build_parser
+
+    search = build_parser()._subparsers._group_actions[0].choices["search"]  # type: ignore[union-attr]
+    (action,) = [a for a in search._actions if "--json" in a.option_strings]
+    assert (
+        action.help
+        == "write the results as JSON to this file (-: print them, in place of the text output); a bare --json: -"
+    )
+    assert action.default is None and action.const == Path("-")
