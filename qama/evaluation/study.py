@@ -135,7 +135,8 @@ def _dataset_stage(config: ExperimentConfig, spec, data: _Inputs, out: Path, bar
     name, corpus, judged, evaluator = data.name, data.corpus, data.judged, data.evaluator
     dims = config.nested_dims or None
 
-    key = _key([spec, dims, "baselines", data.corpus_key, data.eval_key])
+    # "fp32 at full size": the rows hold that reference even where dims leave it out (a stage saved before does not)
+    key = _key([spec, dims, "baselines", "fp32 at full size", data.corpus_key, data.eval_key])
     path = out / "stages" / f"{name}-baselines.json"
     bar.set_description(f"{name}: baselines")
     rows = _cached(path, key) or _save(path, key, [r.to_dict() for r in baseline_rows(corpus, judged, evaluator, dims)])
