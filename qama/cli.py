@@ -357,7 +357,7 @@ def _add_input_args(p: argparse.ArgumentParser, required: bool = True, split: bo
         p.add_argument("--split", default="test", help="qrels split to evaluate (default: test)")
     model_help = "sentence-transformers model of the dataset's embeddings and of its titles (default: the "
     model_help += f"model in meta.json of --embeddings, else {DEFAULT_MODEL}; one contradicting it is refused)"
-    p.add_argument("--model", default=None, help=model_help)
+    p.add_argument("--model", action=_Once, default=None, help=model_help)
     emb_help = "folder with precomputed corpus.npy and queries.npy of --model (queries.npy only where queries are "
     emb_help += "read: eval, ablate, --pairs, a split as --query-sample; with --corpus: a .npy file)"
     p.add_argument("--embeddings", type=Path, action=_Once, help=emb_help)
@@ -418,7 +418,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", type=Path, help=json_help)
     p.add_argument("--markdown", type=Path, help="write the table as Markdown to this file (-: print it)")
     p.add_argument("--overwrite", action="store_true", help="replace files already at --json / --markdown")
-    p.add_argument("--adapter", type=Path, help="a trained adapter folder: adds its rows (format qama)")
+    p.add_argument("--adapter", action=_Once, type=Path, help="a trained adapter folder: adds its rows (format qama)")
     p.add_argument(
         "--plans",
         nargs="+",
@@ -434,7 +434,9 @@ def build_parser() -> argparse.ArgumentParser:
     datasets_help = "BEIR folder or name (repeatable; default: cranfield, shipped in the package)"
     p.add_argument("--dataset", dest="datasets", action=DatasetArgs, help=datasets_help)
     p.add_argument("--embeddings", action=DatasetArgs, help="precomputed embeddings of the --dataset before it")
-    p.add_argument("--model", default=None, help="sentence-transformers model (default: all-MiniLM-L6-v2)")
+    p.add_argument(
+        "--model", action=_Once, default=None, help="sentence-transformers model (default: all-MiniLM-L6-v2)"
+    )
     p.add_argument("--steps", type=int, help="training steps (overrides the config)")
     p.add_argument("--no-ablation", action="store_true", help="skip the ablations")
     p.add_argument("--speed-vectors", type=int, help="synthetic vectors of the speed table (0: skip)")
@@ -467,7 +469,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("index", help="encode a corpus into a persistent qama index folder or a Milvus collection")
     _add_input_args(p, required=False, split=False)
     _add_corpus_arg(p)
-    p.add_argument("--adapter", type=Path, help="trained adapter folder (default: untrained quantile thresholds)")
+    p.add_argument(
+        "--adapter", action=_Once, type=Path, help="trained adapter folder (default: untrained quantile thresholds)"
+    )
     p.add_argument("--plan", help="plan of the codes (default: hybrid)")
     p.add_argument("--keep-vectors", action="store_true", help="also store float32 vectors for exact rescoring")
     p.add_argument("--overwrite", action="store_true", help="replace an existing index at --out")
@@ -483,8 +487,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_backend_args(p)
     p.add_argument("text", nargs="*", help="query texts (embedded with the index's model)")
     p.add_argument("--queries", type=Path, help=".npy of query embeddings (nq, d) instead of texts")
-    p.add_argument("--model", help="sentence-transformers model for query texts (default: the index's)")
-    p.add_argument("--adapter", type=Path, help="the adapter the index was built with (default: the one it names)")
+    p.add_argument("--model", action=_Once, help="sentence-transformers model for query texts (default: the index's)")
+    p.add_argument(
+        "--adapter", action=_Once, type=Path, help="the adapter the index was built with (default: the one it names)"
+    )
     p.add_argument("-k", type=int, default=10, help="documents per query (default: 10)")
     p.add_argument("--oversample", type=int, help="rescore oversample*k Hamming candidates; 0: none (default: 4)")
     p.add_argument("--rescore", choices=RESCORE_MODES, help="how candidates are rescored (default: auto)")

@@ -568,6 +568,9 @@ def test_search_without_a_query_is_refused_before_the_index_is_opened(tmp_path, 
         ["train", "--dataset", "a", "--out", "x", "--out", "y"],
         ["index", "--corpus", "a.jsonl", "--corpus", "b.jsonl", "--out", "x"],
         ["search", "--index", "a", "--index", "b", "text"],
+        ["search", "--index", "a", "--adapter", "x", "--adapter", "y", "text"],
+        ["eval", "--dataset", "a", "--model", "m", "--model", "n"],
+        ["report", "--model", "m", "--model", "n"],
     ],
 )
 def test_an_option_that_names_one_thing_given_twice_is_refused(argv, capsys):
