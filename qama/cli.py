@@ -45,7 +45,13 @@ def _load_inputs(args: argparse.Namespace, queries: bool = True):
     ``--corpus`` (a plain JSONL file) a dataset with no queries, and ``queries`` None; with ``queries=False``
     (a command that reads none) ``queries`` None too, and none embedded or read."""
     from qama.data import load_dataset
-    from qama.embeddings import corpus_embeddings, dataset_embeddings, jsonl_corpus_embeddings
+    from qama.embeddings import (
+        corpus_embeddings,
+        dataset_embeddings,
+        jsonl_corpus_embeddings,
+        query_sample_split,
+        query_split_rows,
+    )
 
     if getattr(args, "corpus", None) is not None:
         progress = not args.quiet
@@ -61,6 +67,8 @@ def _load_inputs(args: argparse.Namespace, queries: bool = True):
     inputs = (dataset, args.model, args.embeddings, args.cache_dir, args.batch_size, not args.quiet)
     if not queries:
         return dataset, corpus_embeddings(*inputs), None
+    if getattr(args, "query_sample", None) is not None and query_sample_split(args.query_sample):
+        query_split_rows(dataset, args.query_sample)  # a mistyped file or split: refused before any embedding
     corpus, query_emb = dataset_embeddings(*inputs)
     return dataset, corpus, query_emb
 

@@ -41,6 +41,7 @@ __all__ = [
     "PSEUDO_QUERY_MODES",
     "query_sample",
     "query_sample_split",
+    "query_split_rows",
     "check_query_input",
     "resolve_model",
     "load_embeddings",
@@ -421,19 +422,25 @@ def query_sample(
             texts, what = [texts[i] for i in keep], f"{SAMPLE_TEXTS_MAX} of the {what} (drawn at random)"
         emb = check_embeddings(encode(load_model(model_name), texts, batch_size, progress), None, str(path))
         return _check_sample_dim(emb, corpus, what, source, model_name)
-    from qama.data import DataError, load_dataset
-
     if dataset is None or dataset.path is None or queries is None:
         if source in ("auto", "titles"):
             return None, "none (no titles to use)"
         raise EmbeddingError(f"query sample {source!r}: not a file, and no dataset split to take queries from")
-    try:
-        rows = load_dataset(dataset.path, split=source).eval_query_rows
-    except DataError as e:
-        raise EmbeddingError(f"query sample {source!r} is neither a file nor a split of {dataset.name} ({e})") from None
+    rows = query_split_rows(dataset, source)
     if source == dataset.split:
         logger.warning("query sample: the %r queries are the evaluated ones (an upper bound, not a measure)", source)
     return np.asarray(queries)[rows], f"{len(rows)} queries of the {source!r} split"
+
+
+def query_split_rows(dataset: Dataset, source: str) -> list[int]:
+    """The rows of the queries judged in the qrels split ``source`` of ``dataset`` (a query sample that names
+    a split); :class:`EmbeddingError` when ``source`` is neither a file nor a split of it."""
+    from qama.data import DataError, load_dataset
+
+    try:
+        return load_dataset(dataset.path or dataset.name, split=source).eval_query_rows
+    except DataError as e:
+        raise EmbeddingError(f"query sample {source!r} is neither a file nor a split of {dataset.name} ({e})") from None
 
 
 def query_sample_split(source: str) -> bool:

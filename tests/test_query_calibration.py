@@ -162,6 +162,19 @@ def test_cli_index_with_a_query_sample_file(tmp_path, tiny):
     assert main([*args, "--query-sample", "nosuchsplit", "--out", str(tmp_path / "ix3")]) == 2
 
 
+def test_a_query_sample_neither_file_nor_split_is_refused_before_the_queries_are_read(tmp_path, tiny, capsys):
+    """``qama index --query-sample sampel.txt`` (a mistyped file) was taken for a split name: every query of the
+    dataset was embedded (or its queries.npy read) first, and only then was the split found missing."""
+    emb = tmp_path / "emb"
+    emb.mkdir()
+    (emb / "corpus.npy").write_bytes((tiny.parent / "tiny-emb" / "corpus.npy").read_bytes())  # no queries.npy
+    args = ["-q", "index", "--dataset", str(tiny), "--embeddings", str(emb), "--plan", "2bit"]
+    assert main([*args, "--query-sample", "sampel.txt", "--out", str(tmp_path / "ix")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("qama: error: query sample 'sampel.txt' is neither a file nor a split of tiny (")
+    assert not (tmp_path / "ix").exists()
+
+
 def test_cli_eval_prints_the_breakdown(tmp_path, tiny, capsys):
     emb = tiny.parent / "tiny-emb"
     common = ["--dataset", str(tiny), "--embeddings", str(emb)]
