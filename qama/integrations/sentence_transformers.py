@@ -203,13 +203,24 @@ def attach(base_model: SentenceTransformer, adapter: QamaAdapter, **settings: An
 
 
 def save_model(
-    base_model: SentenceTransformer, adapter: QamaAdapter, path: str | os.PathLike, **settings: Any
+    base_model: SentenceTransformer,
+    adapter: QamaAdapter,
+    path: str | os.PathLike,
+    *,
+    overwrite: bool = False,
+    **settings: Any,
 ) -> SentenceTransformer:
-    """Save ``base_model`` with the adapter as its last module into the folder ``path``.
+    """Save ``base_model`` with the adapter as its last module into the folder ``path``, which must be
+    new or empty unless ``overwrite=True`` (then the model's files are written over what is there).
 
     Returns the model that was saved (see :func:`attach`); load it again with
     ``SentenceTransformer(path, trust_remote_code=True)``.
     """
+    folder = Path(path)
+    if folder.exists() and not folder.is_dir():
+        raise FileExistsError(f"{folder}: exists and is not a folder (a model is saved as a folder)")
+    if not overwrite and folder.is_dir() and any(folder.iterdir()):
+        raise FileExistsError(f"{folder}: the folder is not empty (overwrite=True writes the model over it)")
     model = attach(base_model, adapter, **settings)
     model.save(str(path))
     logger.info("saved %s with a qama adapter (dim %d) as its last module", path, adapter.dim)
