@@ -351,7 +351,8 @@ def evaluate_dataset(
     queries, as ``qama index`` codes them, while the adapter's queries keep its own thresholds).
 
     >>> rows = qama.evaluate_dataset("../shared/datasets/scifact", corpus, queries, "my_adapter")  # doctest: +SKIP
-    >>> print(qama.evaluation.tables.to_markdown(rows))  # doctest: +SKIP
+    >>> from qama.evaluation.tables import to_markdown  # (import qama imports no evaluation table)
+    >>> print(to_markdown(rows))  # doctest: +SKIP
     """
     from qama._validate import check_eval_options, check_plans_fit, misfit
     from qama.data import load_dataset

@@ -17,6 +17,25 @@ def test_api_docstring_examples(tmp_path):
     assert result.attempted >= 7 and result.failed == 0
 
 
+def test_names_in_the_api_examples_exist_after_import_qama() -> None:
+    """Every ``qama.…`` name the API's examples use, skipped ones too, is there after a plain ``import qama``
+    in a new interpreter (before: ``qama.evaluation.tables.to_markdown`` was an ``AttributeError``, since
+    ``qama.evaluation`` imports none of its modules)."""
+    import re
+    import subprocess
+    import sys
+
+    lines = [line.strip()[4:] for line in (qama.api.__doc__ or "").splitlines() if line.strip().startswith(">>> ")]
+    for name in ("evaluate_dataset", "embed"):
+        lines += [line.strip()[4:] for line in getattr(qama.api, name).__doc__.splitlines() if ">>> " in line]
+    names = sorted({m for line in lines for m in re.findall(r"\bqama(?:\.\w+)+", line) if "import" not in line})
+    imports = [line.split("#")[0].strip() for line in lines if line.startswith("from ")]
+    assert "qama.evaluate_dataset" in names and "qama.embed" in names
+    code = "import qama\n" + "\n".join(imports) + "\n" + "\n".join(names)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+
+
 def test_fit_save_reopen_search(tmp_path):
     rng = np.random.default_rng(1)
     docs = rng.standard_normal((600, 32)).astype(np.float32)
