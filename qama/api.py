@@ -58,14 +58,16 @@ logger = logging.getLogger(__name__)
 
 
 def embed(texts: Sequence[str], model: str = DEFAULT_MODEL, batch_size: int = 64, progress: bool = True) -> np.ndarray:
-    """L2-normalised float32 embeddings of ``texts`` with a sentence-transformers model.
+    """L2-normalised float32 ``(len(texts), d)`` embeddings of ``texts``, a list of strings
+    (:func:`qama.embeddings.check_texts`), with a sentence-transformers model.
 
     >>> emb = qama.embed(["a query", "a document"])  # doctest: +SKIP
     """
+    from qama.embeddings import check_texts, load_model
     from qama.embeddings import encode as st_encode
-    from qama.embeddings import load_model
 
-    return st_encode(load_model(model), list(texts), batch_size=batch_size, progress=progress)
+    texts = check_texts(texts)  # before the model is loaded
+    return st_encode(load_model(model), texts, batch_size=batch_size, progress=progress)
 
 
 def fit(
