@@ -110,6 +110,19 @@ def test_module_settings_round_trip(base_model, adapter, tmp_path) -> None:
     assert np.array_equal(model.encode(TEXTS[:5]), adapter.encode(x, "1bit", 96))  # codes by default
 
 
+def test_encode_takes_a_list_of_strings_only(saved) -> None:
+    """One string was coded character by character (``encode(model, "hello")``: 5 rows); ``None`` was
+    sentence-transformers' ``Unsupported input type: NoneType``."""
+    from qama.integrations.sentence_transformers import encode
+
+    model = _load(saved)
+    with pytest.raises(TypeError, match=r"^texts must be a list of texts to embed, not one str \('hello'\)$"):
+        encode(model, "hello", precision="hybrid")  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match=r"^texts\[1\] is NoneType \(None\), not a string$"):
+        encode(model, ["a", None], precision="hybrid")  # type: ignore[list-item]
+    assert encode(model, ("hello",), precision="hybrid").shape == (1, 78)
+
+
 def test_save_model_replaces_a_folder_only_with_overwrite(base_model, adapter, saved, tmp_path) -> None:
     """A second save into a model folder is refused (before: written over it, silently)."""
     from qama.integrations.sentence_transformers import save_model

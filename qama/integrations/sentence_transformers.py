@@ -43,6 +43,7 @@ import torch
 
 from qama.adapter import QamaAdapter
 from qama.codes import Plan
+from qama.embeddings import check_texts
 
 try:  # the base class of modules: sentence-transformers >= 6, then 5
     from sentence_transformers.base.modules import Module as _Module
@@ -259,8 +260,10 @@ def encode(
     (or the plan's own, for a :class:`~qama.codes.Plan`). ``prompt_name`` picks one of the model's
     prompts, as in ``SentenceTransformer.encode``. ``queries=True`` codes the texts as queries, by
     the adapter's query thresholds (see :meth:`~qama.adapter.QamaAdapter.calibrate_queries`), as
-    every qama search codes queries; documents are coded with ``queries=False``.
+    every qama search codes queries; documents are coded with ``queries=False``. ``texts`` is a list
+    of strings (:func:`qama.embeddings.check_texts`).
     """
+    texts = check_texts(texts)  # one string would be coded character by character
     module = find_module(model)
     assert module is not None  # required=True raises instead
     if model.truncate_dim is not None:
@@ -273,7 +276,7 @@ def encode(
         plan = module.adapter.plan(precision, dim)  # validate before encoding anything
         precision, dim = plan, plan.dim
     out = model.encode(
-        list(texts),
+        texts,
         batch_size=batch_size,
         show_progress_bar=show_progress_bar,
         prompt_name=prompt_name,
