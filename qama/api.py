@@ -145,6 +145,10 @@ def build_index(
 ) -> QamaIndex:
     """Encode a corpus with a trained adapter into a persistent index folder at ``path``.
 
+    ``adapter`` given as a folder is named by the index, and :func:`open_index` opens it again with it;
+    given as a :class:`QamaAdapter` (the object :func:`fit` returns, saved or not) it is not, and
+    :func:`open_index` must be passed the adapter.
+
     ``query_sample``: query-like embeddings (a query log, titles) that calibrate how queries are
     coded, where the adapter brought no query thresholds (see :func:`qama.encoders.fit_encoder`)."""
     from qama.encoders import fit_encoder
