@@ -147,6 +147,22 @@ def test_evaluate_dataset_checks_the_embeddings_against_the_dataset(small):
     assert rows[0].format == "fp32" and rows[0].metrics["ndcg@10"] == 1.0
 
 
+def test_evaluate_dataset_options_are_lists(small):
+    """``plans="hybrid"`` was read as its characters (``--plans: cannot read plan 'h'``), ``rescore=4`` and
+    ``dims=384`` were ``TypeError: 'int' object is not iterable``, ``dims="32"`` ``--dims must be an integer,
+    got '3'``; refused before the dataset is read."""
+    root, _ = small
+    cases = [
+        ({"plans": "hybrid"}, r"^plans must be a list of plans, not one str \('hybrid'\)$"),
+        ({"rescore": 4}, r"^rescore must be a list of factors, not one int \(4\)$"),
+        ({"dims": 32}, r"^dims must be a list of sizes, not one int \(32\)$"),
+        ({"dims": "32"}, r"^dims must be a list of sizes, not one str \('32'\)$"),
+    ]
+    for options, message in cases:
+        with pytest.raises(TypeError, match=message):
+            qama.evaluate_dataset(root / "missing", np.zeros((1, 32)), np.zeros((1, 32)), **options)
+
+
 @pytest.mark.parametrize("order", [("0/2", "1/2"), ("1/2", "0/2")])
 def test_index_corpus_shards_agree_on_titles_that_one_part_lacks(tmp_path, order):
     """Whether titles are stored was decided on each shard's part: a part whose titles were all empty
