@@ -22,7 +22,7 @@ import math
 import os
 import stat
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -235,7 +235,12 @@ def check_eval_options(
     """An evaluation's plans, oversampling factors and sizes, before any work: every plan reads as
     one (name or ``SIZE:BITS`` spec), every factor is in ``1..MAX_OVERSAMPLE``, every size in range, and
     none is given twice (its rows would be measured and printed twice); plans only with an ``adapter``
-    (they choose its rows; the baselines measure every built-in plan, so they would be ignored, silently)."""
+    (they choose its rows; the baselines measure every built-in plan, so they would be ignored, silently).
+    Each is a list (as :func:`qama.evaluate_dataset` names them: ``plans``, ``rescore``, ``dims``): one
+    string would be read as its characters, one number is not a list."""
+    for name, values, what in (("plans", plans, "plans"), ("rescore", oversamples, "factors"), ("dims", dims, "sizes")):
+        if isinstance(values, (str, bytes)) or not (values is None or isinstance(values, Iterable)):
+            raise TypeError(f"{name} must be a list of {what}, not one {type(values).__name__} ({values!r:.40})")
     if plans and not adapter:
         raise ValueError(
             "--plans: the plans of the adapter's rows; give --adapter (without one every plan is measured)"

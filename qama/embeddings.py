@@ -16,12 +16,12 @@ import socket
 import urllib.parse
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from qama._io import load_npy, save_npy, write_json
-from qama._validate import check_batch_size
+from qama._validate import check_batch_size, check_not_one_string
 from qama.data import Dataset, default_cache_dir, sentence_sample
 
 if TYPE_CHECKING:
@@ -114,8 +114,24 @@ def _load_model_kept(name_or_path: str, device: str | None) -> SentenceTransform
         return SentenceTransformer(offline, device=device)
 
 
+def check_texts(texts: Any) -> list[str]:
+    """``texts`` as a list, refused unless it is a sequence of strings (one string would be embedded
+    character by character; ``None``, a number or a record reached sentence-transformers, which
+    refused some with its own message and embedded a dict's keys)."""
+    check_not_one_string(texts, "texts", "texts to embed")
+    texts = list(texts)
+    for i, text in enumerate(texts):
+        if not isinstance(text, str):
+            raise TypeError(f"texts[{i}] is {type(text).__name__} ({text!r:.40}), not a string")
+    return texts
+
+
 def encode(model: SentenceTransformer, texts: list[str], batch_size: int = 64, progress: bool = True) -> np.ndarray:
-    """Embed ``texts`` in batches; L2-normalised float32 ``(len(texts), d)``."""
+    """Embed ``texts`` (:func:`check_texts`) in batches; L2-normalised float32 ``(len(texts), d)``, also
+    for no texts."""
+    texts = check_texts(texts)
+    if not texts:  # sentence-transformers answers no texts with shape (0,); d from one empty text
+        return np.zeros((0, encode(model, [""], progress=False).shape[1]), dtype=np.float32)
     emb = model.encode(
         texts, batch_size=batch_size, show_progress_bar=progress, convert_to_numpy=True, normalize_embeddings=True
     )

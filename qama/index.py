@@ -51,7 +51,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, overload
 
 import numpy as np
 
@@ -200,7 +200,8 @@ class StringColumn:
 
 
 class StringSegments:
-    """A string column stored in segments (one :class:`StringColumn` each), read as one column."""
+    """A string column stored in segments (one :class:`StringColumn` each), read as one column: indexed
+    as a list is (a row, negative from the end; a slice gives a list)."""
 
     def __init__(self, parts: Sequence[StringColumn]) -> None:
         self.parts = list(parts)
@@ -210,10 +211,22 @@ class StringSegments:
     def __len__(self) -> int:
         return int(self.starts[-1])
 
-    def __getitem__(self, row: int) -> str:
-        row = int(row)
-        if not 0 <= row < len(self):
-            raise IndexError(f"row {row} is out of range for {len(self)} rows")
+    @overload
+    def __getitem__(self, row: int) -> str: ...
+
+    @overload
+    def __getitem__(self, row: slice) -> list[str]: ...
+
+    def __getitem__(self, row: int | slice) -> str | list[str]:
+        n = len(self)
+        if isinstance(row, slice):
+            return [self[i] for i in range(*row.indices(n))]
+        if not isinstance(row, (int, np.integer)):
+            raise TypeError(f"rows are whole numbers or slices, got {type(row).__name__}")
+        given = int(row)
+        row = given + (n if given < 0 else 0)
+        if not 0 <= row < n:
+            raise IndexError(f"row {given} is out of range for {n} rows")
         s = int(np.searchsorted(self.starts, row, side="right")) - 1
         return self.parts[s][row - int(self.starts[s])]
 

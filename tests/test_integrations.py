@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -107,6 +108,40 @@ def test_module_settings_round_trip(base_model, adapter, tmp_path) -> None:
     model = _load(tmp_path / "m")
     x = base_model.encode(TEXTS[:5], normalize_embeddings=True)
     assert np.array_equal(model.encode(TEXTS[:5]), adapter.encode(x, "1bit", 96))  # codes by default
+
+
+def test_encode_takes_a_list_of_strings_only(saved) -> None:
+    """One string was coded character by character (``encode(model, "hello")``: 5 rows); ``None`` was
+    sentence-transformers' ``Unsupported input type: NoneType``."""
+    from qama.integrations.sentence_transformers import encode
+
+    model = _load(saved)
+    with pytest.raises(TypeError, match=r"^texts must be a list of texts to embed, not one str \('hello'\)$"):
+        encode(model, "hello", precision="hybrid")  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match=r"^texts\[1\] is NoneType \(None\), not a string$"):
+        encode(model, ["a", None], precision="hybrid")  # type: ignore[list-item]
+    assert encode(model, ("hello",), precision="hybrid").shape == (1, 78)
+
+
+def test_save_model_replaces_a_folder_only_with_overwrite(base_model, adapter, saved, tmp_path) -> None:
+    """A second save into a model folder is refused (before: written over it, silently)."""
+    from qama.integrations.sentence_transformers import save_model
+
+    before = {p: p.stat().st_mtime_ns for p in saved.rglob("*") if p.is_file()}
+    refused = re.escape(f"{saved}: the folder is not empty (overwrite=True writes the model over it)")
+    with pytest.raises(FileExistsError, match=f"^{refused}$"):
+        save_model(base_model, adapter, saved)
+    assert {p: p.stat().st_mtime_ns for p in saved.rglob("*") if p.is_file()} == before
+    (tmp_path / "notes.txt").write_text("mine")
+    with pytest.raises(
+        FileExistsError, match=r"notes\.txt: exists and is not a folder \(a model is saved as a folder\)$"
+    ):
+        save_model(base_model, adapter, tmp_path / "notes.txt")
+    (tmp_path / "empty").mkdir()
+    save_model(base_model, adapter, tmp_path / "empty", precision="1bit", dim=96)  # an empty folder is new
+    save_model(base_model, adapter, tmp_path / "empty", overwrite=True)  # replaced: floats by default again
+    x = base_model.encode(TEXTS[:3], normalize_embeddings=True)
+    np.testing.assert_allclose(_load(tmp_path / "empty").encode(TEXTS[:3]), adapter.transform(x), atol=1e-6)
 
 
 def test_errors(base_model, adapter) -> None:

@@ -186,6 +186,22 @@ def test_row_segments_read_as_one_array() -> None:
             np.testing.assert_array_equal(i, ri)
 
 
+def test_string_segments_are_indexed_as_a_list() -> None:
+    """``index.ids`` and ``index.titles`` are indexed as the list of strings they read as (before:
+    ``ids[:2]`` was ``TypeError: int() argument must be ... not 'slice'``, ``ids[-1]`` an IndexError)."""
+    strings = ["a", "bb", "", "ccc", "d", "é"]
+    column = qi.StringSegments([qi.StringColumn.from_strings(p) for p in (strings[:2], [], strings[2:5], strings[5:])])
+    assert column[:2] == ["a", "bb"] and column[1:5:2] == ["bb", "ccc"] and column[::-1] == strings[::-1]
+    assert column[10:] == [] and column[-1] == "é" and column[-6] == "a" and column[np.int64(3)] == "ccc"
+    assert list(column) == strings
+    with pytest.raises(IndexError, match=r"^row -7 is out of range for 6 rows$"):
+        column[-7]
+    with pytest.raises(IndexError, match=r"^row 6 is out of range for 6 rows$"):
+        column[6]
+    with pytest.raises(TypeError, match=r"^rows are whole numbers or slices, got str$"):
+        column["a"]  # type: ignore[call-overload]
+
+
 def test_version_1_index_is_read_as_one_segment_and_migrated_by_the_next_commit(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -280,6 +280,11 @@ def test_pairs_feed_info_nce() -> None:
     assert adapter.metadata["data"]["n_pairs"] == 20
     with pytest.raises(ValueError, match=r"^pairs are used only by the InfoNCE term, which is off: set w_nce > 0$"):
         fit(x, dataclasses.replace(TINY, w_nce=0.0), pairs=(q, x[:20]))
+    # a third array was ignored, silently; one array of the corpus was read as rows
+    with pytest.raises(ValueError, match=r"^pairs must be \(queries, documents\), two arrays; got 3$"):
+        fit(x, TINY, pairs=(q, x[:20], x[:20]))  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=rf"^pairs must be \(queries, documents\), two arrays; got {len(x)}$"):
+        fit(x, TINY, pairs=x)  # type: ignore[arg-type]
 
 
 def test_pair_info_nce_scores_prefixes_and_codes_against_the_paired_document() -> None:

@@ -43,6 +43,7 @@ import torch
 
 from qama.adapter import QamaAdapter
 from qama.codes import Plan
+from qama.embeddings import check_texts
 
 try:  # the base class of modules: sentence-transformers >= 6, then 5
     from sentence_transformers.base.modules import Module as _Module
@@ -203,13 +204,24 @@ def attach(base_model: SentenceTransformer, adapter: QamaAdapter, **settings: An
 
 
 def save_model(
-    base_model: SentenceTransformer, adapter: QamaAdapter, path: str | os.PathLike, **settings: Any
+    base_model: SentenceTransformer,
+    adapter: QamaAdapter,
+    path: str | os.PathLike,
+    *,
+    overwrite: bool = False,
+    **settings: Any,
 ) -> SentenceTransformer:
-    """Save ``base_model`` with the adapter as its last module into the folder ``path``.
+    """Save ``base_model`` with the adapter as its last module into the folder ``path``, which must be
+    new or empty unless ``overwrite=True`` (then the model's files are written over what is there).
 
     Returns the model that was saved (see :func:`attach`); load it again with
     ``SentenceTransformer(path, trust_remote_code=True)``.
     """
+    folder = Path(path)
+    if folder.exists() and not folder.is_dir():
+        raise FileExistsError(f"{folder}: exists and is not a folder (a model is saved as a folder)")
+    if not overwrite and folder.is_dir() and any(folder.iterdir()):
+        raise FileExistsError(f"{folder}: the folder is not empty (overwrite=True writes the model over it)")
     model = attach(base_model, adapter, **settings)
     model.save(str(path))
     logger.info("saved %s with a qama adapter (dim %d) as its last module", path, adapter.dim)
@@ -248,8 +260,10 @@ def encode(
     (or the plan's own, for a :class:`~qama.codes.Plan`). ``prompt_name`` picks one of the model's
     prompts, as in ``SentenceTransformer.encode``. ``queries=True`` codes the texts as queries, by
     the adapter's query thresholds (see :meth:`~qama.adapter.QamaAdapter.calibrate_queries`), as
-    every qama search codes queries; documents are coded with ``queries=False``.
+    every qama search codes queries; documents are coded with ``queries=False``. ``texts`` is a list
+    of strings (:func:`qama.embeddings.check_texts`).
     """
+    texts = check_texts(texts)  # one string would be coded character by character
     module = find_module(model)
     assert module is not None  # required=True raises instead
     if model.truncate_dim is not None:
@@ -262,7 +276,7 @@ def encode(
         plan = module.adapter.plan(precision, dim)  # validate before encoding anything
         precision, dim = plan, plan.dim
     out = model.encode(
-        list(texts),
+        texts,
         batch_size=batch_size,
         show_progress_bar=show_progress_bar,
         prompt_name=prompt_name,
