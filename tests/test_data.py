@@ -309,36 +309,25 @@ def test_download_offline_message(tmp_path, monkeypatch):
         load_dataset("scifact", cache_dir=tmp_path)
 
 
-def test_a_name_that_is_neither_a_folder_nor_a_beir_dataset_says_so(tmp_path, monkeypatch):
-    """A mistyped dataset name (or path) was downloaded, and the server's 404 read ``are you offline?``."""
+@pytest.mark.parametrize(
+    ("name", "status", "message"),
+    [
+        # a mistyped dataset name (or path) was downloaded, and the server's 404 read "are you offline?"
+        ("scifactt", 404, "'scifactt': no such folder here, and no BEIR dataset of that name "
+         "(URL: HTTP 404 Not Found); check the name or the path"),
+        # another HTTP error (a server down, a proxy refusing) says its status
+        ("scifact", 503, "cannot download BEIR dataset 'scifact' from URL (HTTP 503)"),
+    ],
+)  # fmt: skip
+def test_an_http_error_of_the_download_says_what_it_means(tmp_path, monkeypatch, name, status, message):
+    def refused(url, timeout):
+        raise data.urllib.error.HTTPError(url, status, "refused", {}, None)  # type: ignore[arg-type]
 
-    def not_found(url, timeout):
-        raise data.urllib.error.HTTPError(url, 404, "Not Found", {}, None)  # type: ignore[arg-type]
-
-    monkeypatch.setattr(data.urllib.request, "urlopen", not_found)
-    url = data.BEIR_URL.format(name="scifactt")
+    monkeypatch.setattr(data.urllib.request, "urlopen", refused)
     with pytest.raises(DataError) as e:
-        load_dataset("scifactt", cache_dir=tmp_path)
-    assert str(e.value) == (
-        f"'scifactt': no such folder here, and no BEIR dataset of that name ({url}: HTTP 404 Not Found); "
-        "check the name or the path"
-    )
+        load_dataset(name, cache_dir=tmp_path)
+    assert str(e.value) == message.replace("URL", data.BEIR_URL.format(name=name))
     assert not any((tmp_path / "datasets").iterdir())  # nothing left behind
-
-
-def test_a_download_refused_by_the_server_names_its_status(tmp_path, monkeypatch):
-    """An HTTP error other than 404 (a server down, a proxy refusing) says its status (the message had no row
-    in docs/errors.md nor a test)."""
-
-    def unavailable(url, timeout):
-        raise data.urllib.error.HTTPError(url, 503, "Service Unavailable", {}, None)  # type: ignore[arg-type]
-
-    monkeypatch.setattr(data.urllib.request, "urlopen", unavailable)
-    url = data.BEIR_URL.format(name="scifact")
-    with pytest.raises(DataError) as e:
-        load_dataset("scifact", cache_dir=tmp_path)
-    assert str(e.value) == f"cannot download BEIR dataset 'scifact' from {url} (HTTP 503)"
-    assert not any((tmp_path / "datasets").iterdir())
 
 
 def test_a_null_title_or_text_is_read_as_absent(tmp_path):
