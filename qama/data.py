@@ -21,7 +21,7 @@ import urllib.request
 import zipfile
 import zlib
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -89,6 +89,15 @@ class Dataset:
         doc_row = self._doc_index or {d: i for i, d in enumerate(self.doc_ids)}
         pairs = [(query_row[q], doc_row[d]) for q, docs in self.qrels.items() for d, rel in docs.items() if rel > 0]
         return [q for q, _ in pairs], [d for _, d in pairs]
+
+    def with_split(self, split: str) -> Dataset:
+        """This dataset with the judgments of the qrels split ``split`` instead, read from its folder (the
+        documents and queries are not read again); :class:`DataError` as :func:`load_dataset` for a split
+        that does not exist or judges nothing."""
+        if self.path is None:
+            raise DataError(f"{self.name}: no dataset folder to read the split {split!r} from")
+        doc_index = self._doc_index or {d: i for i, d in enumerate(self.doc_ids)}
+        return replace(self, qrels=_read_split(self.path, split, doc_index, self.query_ids), split=split)
 
     def __repr__(self) -> str:
         judged = f"judged[{self.split}]={len(self.qrels)}" if self.split else "no judgments read"
@@ -315,6 +324,19 @@ def _read_qrels(path: Path, doc_index: dict[str, int], query_set: set[str]) -> d
     return {q: docs for q, docs in qrels.items() if any(r > 0 for r in docs.values())}
 
 
+def _read_split(path: Path, split: str, doc_index: dict[str, int], query_ids: list[str]) -> dict[str, dict[str, int]]:
+    """The judgments of the qrels split ``split`` of the dataset folder ``path`` (only queries with a relevant
+    document); :class:`DataError` when the split does not exist or judges nothing."""
+    qrels_path = path / "qrels" / f"{split}.tsv"
+    if not qrels_path.exists() and not qrels_path.is_symlink():
+        found = sorted(p.stem for p in (path / "qrels").glob("*.tsv"))
+        raise DataError(f"{qrels_path}: split {split!r} does not exist (found: {', '.join(found) or 'none'})")
+    qrels = _read_qrels(qrels_path, doc_index, set(query_ids))
+    if not qrels:
+        raise DataError(f"{qrels_path}: no query has a relevant document")
+    return qrels
+
+
 def load_dataset(path_or_name: str | os.PathLike, split: str | None = "test", cache_dir: Path | None = None) -> Dataset:
     """Load a BEIR-layout dataset from a folder, or a BEIR dataset by name (downloaded once); the judgments
     of ``split`` (``None``: none are read, for work that judges nothing, such as indexing and training).
@@ -337,15 +359,7 @@ def load_dataset(path_or_name: str | os.PathLike, split: str | None = "test", ca
     doc_ids = [d["_id"] for d in corpus]
     doc_index = {d: i for i, d in enumerate(doc_ids)}
     query_ids = [q["_id"] for q in queries]
-    qrels: dict[str, dict[str, int]] = {}
-    if split is not None:
-        qrels_path = path / "qrels" / f"{split}.tsv"
-        if not qrels_path.exists() and not qrels_path.is_symlink():
-            found = sorted(p.stem for p in (path / "qrels").glob("*.tsv"))
-            raise DataError(f"{qrels_path}: split {split!r} does not exist (found: {', '.join(found) or 'none'})")
-        qrels = _read_qrels(qrels_path, doc_index, set(query_ids))
-        if not qrels:
-            raise DataError(f"{qrels_path}: no query has a relevant document")
+    qrels = {} if split is None else _read_split(path, split, doc_index, query_ids)
     return Dataset(
         name=dataset_name(path),
         doc_ids=doc_ids,

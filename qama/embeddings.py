@@ -451,10 +451,10 @@ def query_sample(
 def query_split_rows(dataset: Dataset, source: str) -> list[int]:
     """The rows of the queries judged in the qrels split ``source`` of ``dataset`` (a query sample that names
     a split); :class:`EmbeddingError` when ``source`` is neither a file nor a split of it."""
-    from qama.data import DataError, load_dataset
+    from qama.data import DataError
 
     try:
-        return load_dataset(dataset.path or dataset.name, split=source).eval_query_rows
+        return dataset.with_split(source).eval_query_rows
     except DataError as e:
         raise EmbeddingError(f"query sample {source!r} is neither a file nor a split of {dataset.name} ({e})") from None
 

@@ -848,7 +848,6 @@ def training_setup(
     :func:`qama.embeddings.title_pairs`; ``embed_titles``: a :func:`qama.embeddings.title_embedder`
     shared with the command's other uses of the titles) and the qrels pairs of ``pairs_split``,
     weighted by :func:`info_nce_setup`. ``settings``: :class:`TrainConfig` fields (``None`` = the default)."""
-    from qama.data import load_dataset
     from qama.embeddings import title_pairs
 
     titles = title_pairs(
@@ -856,7 +855,7 @@ def training_setup(
     )
     labelled = None
     if pairs_split:
-        q_rows, d_rows = load_dataset(dataset.path, split=pairs_split).relevant_pairs()
+        q_rows, d_rows = dataset.with_split(pairs_split).relevant_pairs()
         labelled = (queries[q_rows], corpus[d_rows])
     split = pairs_split or ""
     pairs, settings["w_nce"], description = info_nce_setup(dataset.name, titles, labelled, split, nce_weight)

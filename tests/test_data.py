@@ -30,6 +30,25 @@ def make(tmp_path: Path, qrels=(("q1", "d1", 1), ("q2", "3", 2), ("q3", "d2", 0)
     return write_beir(tmp_path / "ds", DOCS, QUERIES, list(qrels))
 
 
+def test_with_split_reads_only_that_splits_judgments(tmp_path):
+    """``Dataset.with_split`` gives the judgments ``load_dataset(split=...)`` reads, without reading the
+    documents again (a query sample or labelled pairs of another split), and its errors."""
+    root = make(tmp_path)
+    (root / "qrels" / "train.tsv").write_text("query-id\tcorpus-id\tscore\nq3\td2\t1\n")
+    ds = load_dataset(root, split=None)
+    (root / "corpus.jsonl").unlink()  # not read again
+    train = ds.with_split("train")
+    assert (train.split, train.qrels, train.eval_query_rows, train.relevant_pairs()) == (
+        "train",
+        {"q3": {"d2": 1}},
+        [2],
+        ([2], [1]),
+    )
+    assert ds.qrels == {} and ds.with_split("test").qrels == {"q1": {"d1": 1}, "q2": {"3": 2}}
+    with pytest.raises(DataError, match=r"qrels/dev.tsv: split 'dev' does not exist \(found: test, train\)$"):
+        ds.with_split("dev")
+
+
 def test_loads_in_file_order(tmp_path):
     ds = load_dataset(make(tmp_path))
     assert ds.doc_ids == ["d1", "d2", "3"]  # numeric ids become strings
