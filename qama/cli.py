@@ -234,15 +234,23 @@ def _store(args: argparse.Namespace, folder: Path | None, flag: str, faiss: dict
     from qama._validate import check_nprobe
     from qama.backends import store_target
 
-    # the options given (the others: MilvusBackend's defaults)
-    milvus = {k: getattr(args, k) for k in ("collection", "index_type", "nprobe") if getattr(args, k) is not None}
+    milvus = _given(args, "collection", "index_type", "nprobe")  # (the others: MilvusBackend's defaults)
     if "nprobe" in milvus:
         check_nprobe(milvus["nprobe"])
     uri, kind, options = store_target(args.uri, folder, args.backend, milvus, flag, faiss)
     if kind != "milvus" and milvus:  # an index folder has no collection, index type or lists: ignored, silently
-        given = ", ".join("--" + k.replace("_", "-") for k in milvus)
-        raise ValueError(f"{given}: options of a Milvus collection; this store is an index folder ({uri})")
+        raise ValueError(f"{_flags(milvus)}: options of a Milvus collection; this store is an index folder ({uri})")
     return uri, kind, options
+
+
+def _given(args: argparse.Namespace, *names: str) -> dict[str, Any]:
+    """The options among ``names`` that the command line gave (those whose default is None and that are not)."""
+    return {name: getattr(args, name) for name in names if getattr(args, name) is not None}
+
+
+def _flags(options: dict[str, Any]) -> str:
+    """The flags of ``options`` (:func:`_given`), as the command line spells them: ``--index-type, --nprobe``."""
+    return ", ".join("--" + name.replace("_", "-") for name in options)
 
 
 def cmd_index(args: argparse.Namespace) -> int:
@@ -303,10 +311,11 @@ def cmd_search(args: argparse.Namespace) -> int:
     if args.k <= 0:  # before any work; a k larger than the index is clamped by search_store
         raise ValueError(f"k must be positive, got {args.k}")
     # the two-stage search's options, where given (the others: search_store's defaults)
-    two_stage = {k: getattr(args, k) for k in ("oversample", "rescore") if getattr(args, k) is not None}
+    two_stage = _given(args, "oversample", "rescore")
     if args.mode == "adc" and two_stage:  # the full scan has no candidates to rescore: they would be ignored
-        given = ", ".join("--" + k for k in two_stage)
-        raise ValueError(f"{given}: options of the Hamming search's rescoring; --mode adc scores every code")
+        raise ValueError(
+            f"{_flags(two_stage)}: options of the Hamming search's rescoring; --mode adc scores every code"
+        )
     if "oversample" in two_stage:
         check_oversample(two_stage["oversample"])
     uri, kind, options = _store(args, args.index, "--index", {"verify": True})
