@@ -825,7 +825,12 @@ def check_settings(**settings: Any) -> None:
     """Raise the error a :class:`TrainConfig` of ``settings`` (``None`` = the default) raises: the checks of
     the training options before any work (:func:`training_setup` builds the config once the data and its
     titles are loaded)."""
-    TrainConfig(**{k: v for k, v in settings.items() if v is not None})
+    TrainConfig(**_set(settings))
+
+
+def _set(settings: dict[str, Any]) -> dict[str, Any]:
+    """The :class:`TrainConfig` fields of ``settings`` that are set (``None``: the field's default)."""
+    return {k: v for k, v in settings.items() if v is not None}
 
 
 def training_setup(
@@ -863,6 +868,6 @@ def training_setup(
         model_name=str(embeddings_dir) if embeddings_dir else model_name,
         data_description=description,
         progress=progress,
-        **{k: v for k, v in settings.items() if v is not None},
+        **_set(settings),
     )
     return cfg, pairs
