@@ -131,7 +131,9 @@ def encode(model: SentenceTransformer, texts: list[str], batch_size: int = 64, p
     for no texts."""
     texts = check_texts(texts)
     if not texts:  # sentence-transformers answers no texts with shape (0,)
-        d = model.get_sentence_embedding_dimension() or encode(model, [""], progress=False).shape[1]
+        # (sentence-transformers 6 renamed get_sentence_embedding_dimension)
+        dimension = getattr(model, "get_embedding_dimension", None) or model.get_sentence_embedding_dimension
+        d = dimension() or encode(model, [""], progress=False).shape[1]
         return np.zeros((0, d), dtype=np.float32)
     emb = model.encode(
         texts, batch_size=batch_size, show_progress_bar=progress, convert_to_numpy=True, normalize_embeddings=True
